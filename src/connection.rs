@@ -1,0 +1,594 @@
+//! One client connection as a state machine over bytes, with no socket inside (sans-I/O).
+//!
+//! The reactor feeds it what a socket read returned ([`Connection::receive`]), tells it when the
+//! peer hung up or a deadline passed, and writes out whatever it queued. The phases:
+//!
+//! ```text
+//!  Request ──101──▶ Open ──our Close──▶ Closing ──peer's Close──▶ Finishing ──EOF──▶ Closed
+//!     │               │ peer's Close, or ping timeout                 ▲
+//!     └─ plain HTTP answer, error status, 408 ───────────────────────┘
+//! ```
+//!
+//! Messages for the room go into the [`Broadcast`] it is handed; replies meant for this peer alone
+//! (the handshake, pongs, close frames, echoes) go into its own [`OutQueue`].
+
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::frame::{self, close, Header, OpCode};
+use crate::http::{self, Decision, Response, Route};
+use crate::queue::OutQueue;
+use crate::room::Broadcast;
+
+/// How long a closing connection may take to finish its closing handshake and hang up.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the HTTP request head, however many reads it takes.
+    Request,
+    /// A WebSocket, on the chat room or the echo route.
+    Open(Route),
+    /// We sent a Close frame and wait for the peer's (RFC 6455 §7.1.2); data is ignored.
+    Closing,
+    /// Nothing more to say: write what is queued (a plain HTTP answer, or the last Close frame),
+    /// half-close, and wait for the peer to hang up.
+    Finishing,
+    /// Done; the reactor closes the socket.
+    Closed,
+}
+
+/// What a connection needs from the world while it handles an event.
+pub struct Context<'a> {
+    pub now: Instant,
+    pub config: &'a Config,
+    /// Frames for every member of the room.
+    pub broadcast: &'a mut Broadcast,
+}
+
+/// A message arriving in several frames.
+#[derive(Debug)]
+struct Partial {
+    opcode: OpCode,
+    data: Vec<u8>,
+    /// Length of the prefix of `data` known to be valid UTF-8, so each fragment is checked once.
+    checked: usize,
+}
+
+#[derive(Debug)]
+pub struct Connection {
+    phase: Phase,
+    /// When the current phase began: the clock for the handshake and closing timeouts.
+    since: Instant,
+    /// When the peer last sent anything: the clock for keepalive.
+    last_heard: Instant,
+    ping_outstanding: bool,
+    /// The peer has shut down its side; once our queue drains there is nothing left to do.
+    peer_done: bool,
+    /// Received bytes not yet used: an incomplete request head or frame.
+    input: Vec<u8>,
+    output: OutQueue,
+    message: Option<Partial>,
+}
+
+impl Connection {
+    pub fn new(now: Instant) -> Self {
+        Connection {
+            phase: Phase::Request,
+            since: now,
+            last_heard: now,
+            ping_outstanding: false,
+            peer_done: false,
+            input: Vec::new(),
+            output: OutQueue::default(),
+            message: None,
+        }
+    }
+
+    /// A connection turned away at the door: it gets `status` and nothing else.
+    pub fn refused(now: Instant, status: u16) -> Self {
+        let mut conn = Connection::new(now);
+        conn.respond(Response::status(status), now);
+        conn
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Whether this connection should be a member of the chat room.
+    pub fn in_room(&self) -> bool {
+        self.phase == Phase::Open(Route::Chat)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    pub fn output(&self) -> &OutQueue {
+        &self.output
+    }
+
+    /// Queues bytes for this peer (the reactor's fan-out uses this).
+    pub fn queue(&mut self, bytes: &[u8]) {
+        self.output.push(bytes);
+    }
+
+    /// Records that a socket write took `n` queued bytes.
+    pub fn sent(&mut self, n: usize) {
+        self.output.consume(n);
+        if self.phase == Phase::Finishing && self.output.is_empty() && self.peer_done {
+            self.enter(Phase::Closed, self.since);
+        }
+    }
+
+    /// All said and written: time to send our FIN.
+    pub fn should_half_close(&self) -> bool {
+        self.phase == Phase::Finishing && self.output.is_empty()
+    }
+
+    /// Memory held for this connection's buffers, for measurements.
+    pub fn buffer_capacity(&self) -> usize {
+        self.input.capacity()
+            + self.output.capacity()
+            + self.message.as_ref().map_or(0, |m| m.data.capacity())
+    }
+
+    /// Handles bytes the peer sent. `data` may be altered (unmasked in place).
+    pub fn receive(&mut self, data: &mut [u8], cx: &mut Context) {
+        self.last_heard = cx.now;
+        self.ping_outstanding = false;
+        if self.input.is_empty() {
+            // The common case: whole frames, used straight from the reactor's read buffer.
+            let used = self.process(data, cx);
+            if self.accepts_input() {
+                self.input.extend_from_slice(&data[used..]);
+            }
+        } else {
+            let mut input = std::mem::take(&mut self.input);
+            input.extend_from_slice(data);
+            let used = self.process(&mut input, cx);
+            input.drain(..used);
+            // Like the output queue, an emptied input buffer goes back to the allocator.
+            if self.accepts_input() && !input.is_empty() {
+                self.input = input;
+            }
+        }
+    }
+
+    /// The peer shut down its side of the connection (EOF), or the socket failed.
+    pub fn peer_closed(&mut self, now: Instant) {
+        self.peer_done = true;
+        if !(self.phase == Phase::Finishing && !self.output.is_empty()) {
+            self.enter(Phase::Closed, now);
+        }
+    }
+
+    /// The server drops this connection without ceremony (slow consumer, socket error).
+    pub fn abort(&mut self, now: Instant) {
+        self.enter(Phase::Closed, now);
+    }
+
+    /// The server is shutting down: WebSocket peers get close 1001, half-read requests nothing.
+    pub fn go_away(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Open(_) => self.close(close::GOING_AWAY, "server shutting down", now),
+            Phase::Request => self.enter(Phase::Closed, now),
+            Phase::Closing | Phase::Finishing | Phase::Closed => {}
+        }
+    }
+
+    /// The next moment [`Connection::on_deadline`] has something to decide, if any.
+    pub fn deadline(&self, config: &Config) -> Option<Instant> {
+        match self.phase {
+            Phase::Request => Some(self.since + config.handshake_timeout),
+            Phase::Open(_) => config.ping_interval.map(|interval| {
+                let silent_intervals = if self.ping_outstanding { 2 } else { 1 };
+                self.last_heard + interval * silent_intervals
+            }),
+            Phase::Closing | Phase::Finishing => Some(self.since + CLOSE_TIMEOUT),
+            Phase::Closed => None,
+        }
+    }
+
+    /// Acts on timeouts: 408 for a slow request, pings and ping timeouts, closing timeouts.
+    pub fn on_deadline(&mut self, now: Instant, config: &Config) {
+        match self.phase {
+            Phase::Request if now >= self.since + config.handshake_timeout => {
+                self.respond(Response::status(408), now);
+            }
+            Phase::Open(_) => {
+                let Some(interval) = config.ping_interval else {
+                    return;
+                };
+                let silent = now.saturating_duration_since(self.last_heard);
+                if silent >= interval * 2 {
+                    frame::push_close(self.output.buffer(), close::GOING_AWAY, "ping timeout");
+                    self.enter(Phase::Finishing, now);
+                } else if silent >= interval && !self.ping_outstanding {
+                    frame::push_frame(self.output.buffer(), OpCode::Ping, b"");
+                    self.ping_outstanding = true;
+                }
+            }
+            Phase::Closing | Phase::Finishing if now >= self.since + CLOSE_TIMEOUT => {
+                self.enter(Phase::Closed, now);
+            }
+            _ => {}
+        }
+    }
+
+    fn accepts_input(&self) -> bool {
+        matches!(self.phase, Phase::Request | Phase::Open(_) | Phase::Closing)
+    }
+
+    fn enter(&mut self, phase: Phase, now: Instant) {
+        self.phase = phase;
+        self.since = now;
+        if !self.accepts_input() {
+            self.input = Vec::new();
+            self.message = None;
+        }
+    }
+
+    /// Uses as many whole request heads and frames from `buf` as it holds; returns bytes used.
+    fn process(&mut self, buf: &mut [u8], cx: &mut Context) -> usize {
+        let mut used = 0;
+        while used < buf.len() {
+            let n = match self.phase {
+                Phase::Request => self.read_request(&buf[used..], cx),
+                Phase::Open(_) | Phase::Closing => self.read_frame(&mut buf[used..], cx),
+                Phase::Finishing | Phase::Closed => buf.len() - used, // nothing more is read
+            };
+            if n == 0 {
+                break; // incomplete: wait for more bytes
+            }
+            used += n;
+        }
+        used
+    }
+
+    fn read_request(&mut self, buf: &[u8], cx: &mut Context) -> usize {
+        match http::decide(buf, &cx.config.origins, cx.config.echo) {
+            Decision::Incomplete => 0,
+            Decision::Respond(response) => {
+                self.respond(response, cx.now);
+                buf.len()
+            }
+            Decision::Upgrade {
+                route,
+                accept_key,
+                head_len,
+            } => {
+                http::write_switching_protocols(self.output.buffer(), &accept_key);
+                self.enter(Phase::Open(route), cx.now);
+                if route == Route::Chat {
+                    cx.broadcast.joined();
+                }
+                head_len
+            }
+        }
+    }
+
+    fn respond(&mut self, response: Response, now: Instant) {
+        response.write_to(self.output.buffer());
+        self.enter(Phase::Finishing, now);
+    }
+
+    fn read_frame(&mut self, buf: &mut [u8], cx: &mut Context) -> usize {
+        let so_far = self.message.as_ref().map_or(0, |m| m.data.len());
+        let room_left = cx.config.max_message_size.saturating_sub(so_far);
+        let header = match frame::parse_header(buf, room_left) {
+            Ok(Some(header)) if buf.len() >= header.frame_len() => header,
+            Ok(_) => return 0,
+            Err(code) => {
+                self.fail(code, "malformed or oversized frame", cx.now);
+                return buf.len();
+            }
+        };
+        let payload = &mut buf[header.header_len..header.frame_len()];
+        frame::unmask(payload, header.mask);
+        self.on_frame(header, payload, cx);
+        header.frame_len()
+    }
+
+    fn on_frame(&mut self, header: Header, payload: &[u8], cx: &mut Context) {
+        if self.phase == Phase::Closing {
+            // Only the peer's Close matters now; it completes the closing handshake.
+            if header.opcode == OpCode::Close {
+                self.enter(Phase::Finishing, cx.now);
+            }
+            return;
+        }
+        match header.opcode {
+            OpCode::Ping => frame::push_frame(self.output.buffer(), OpCode::Pong, payload),
+            OpCode::Pong => {}
+            OpCode::Close => match frame::check_close_payload(payload) {
+                Ok(code) => {
+                    frame::push_close(self.output.buffer(), code, "");
+                    self.enter(Phase::Finishing, cx.now);
+                }
+                Err(code) => self.fail(code, "invalid close frame", cx.now),
+            },
+            OpCode::Text | OpCode::Binary if self.message.is_some() => self.fail(
+                close::PROTOCOL_ERROR,
+                "expected a continuation frame",
+                cx.now,
+            ),
+            OpCode::Text | OpCode::Binary if header.fin => {
+                self.on_message(header.opcode, payload, cx)
+            }
+            OpCode::Text | OpCode::Binary => {
+                self.message = Some(Partial {
+                    opcode: header.opcode,
+                    data: Vec::new(),
+                    checked: 0,
+                });
+                self.continue_message(payload, false, cx);
+            }
+            OpCode::Continuation if self.message.is_none() => self.fail(
+                close::PROTOCOL_ERROR,
+                "continuation without a message",
+                cx.now,
+            ),
+            OpCode::Continuation => self.continue_message(payload, header.fin, cx),
+        }
+    }
+
+    /// Adds a fragment; text is checked as it comes, so bad UTF-8 fails at once (Autobahn §6).
+    fn continue_message(&mut self, fragment: &[u8], fin: bool, cx: &mut Context) {
+        let Some(partial) = self.message.as_mut() else {
+            return;
+        };
+        partial.data.extend_from_slice(fragment);
+        if partial.opcode == OpCode::Text {
+            match std::str::from_utf8(&partial.data[partial.checked..]) {
+                Ok(_) => partial.checked = partial.data.len(),
+                // A character cut in two by the fragment boundary is fine, unless this is the end.
+                Err(e) if e.error_len().is_none() && !fin => partial.checked += e.valid_up_to(),
+                Err(_) => return self.fail(close::INVALID_PAYLOAD, "invalid UTF-8", cx.now),
+            }
+        }
+        if fin {
+            if let Some(partial) = self.message.take() {
+                self.on_message(partial.opcode, &partial.data, cx);
+            }
+        }
+    }
+
+    fn on_message(&mut self, opcode: OpCode, data: &[u8], cx: &mut Context) {
+        let Phase::Open(route) = self.phase else {
+            return;
+        };
+        let text = if opcode == OpCode::Text {
+            match std::str::from_utf8(data) {
+                Ok(text) => Some(text),
+                Err(_) => return self.fail(close::INVALID_PAYLOAD, "invalid UTF-8", cx.now),
+            }
+        } else {
+            None
+        };
+        match (route, text) {
+            (Route::Chat, Some(text)) => cx.broadcast.said(text),
+            (Route::Chat, None) => self.fail(
+                close::UNSUPPORTED_DATA,
+                "binary messages are not supported",
+                cx.now,
+            ),
+            (Route::Echo, _) => frame::push_frame(self.output.buffer(), opcode, data),
+        }
+    }
+
+    /// Starts the closing handshake because the peer broke a rule.
+    fn fail(&mut self, code: u16, reason: &str, now: Instant) {
+        match self.phase {
+            Phase::Open(_) => self.close(code, reason, now),
+            // Already closing and still garbage: stop listening.
+            Phase::Closing => self.enter(Phase::Finishing, now),
+            _ => {}
+        }
+    }
+
+    fn close(&mut self, code: u16, reason: &str, now: Instant) {
+        frame::push_close(self.output.buffer(), code, reason);
+        self.enter(Phase::Closing, now);
+        self.message = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Message, JOINED};
+
+    const REQUEST: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n";
+
+    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        assert!(payload.len() < 126);
+        let mask = [9, 8, 7, 6];
+        let mut out = vec![first, 0x80 | payload.len() as u8];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    struct Harness {
+        conn: Connection,
+        config: Config,
+        broadcast: Broadcast,
+        now: Instant,
+    }
+
+    impl Harness {
+        fn new(config: Config) -> Self {
+            let now = Instant::now();
+            Harness {
+                conn: Connection::new(now),
+                config,
+                broadcast: Broadcast::default(),
+                now,
+            }
+        }
+
+        fn feed(&mut self, bytes: &[u8]) {
+            let mut cx = Context {
+                now: self.now,
+                config: &self.config,
+                broadcast: &mut self.broadcast,
+            };
+            self.conn.receive(&mut bytes.to_vec(), &mut cx);
+        }
+
+        /// Takes everything queued for the peer.
+        fn take_output(&mut self) -> Vec<u8> {
+            let out = self.conn.output().pending().to_vec();
+            self.conn.sent(out.len());
+            out
+        }
+
+        fn open() -> Self {
+            let mut h = Harness::new(Config::default());
+            h.feed(REQUEST);
+            h.take_output();
+            h.broadcast = Broadcast::default();
+            h
+        }
+
+        fn close_code_sent(&mut self) -> u16 {
+            let out = self.take_output();
+            let at = out
+                .windows(1)
+                .rposition(|w| w[0] == 0x88)
+                .expect("a close frame");
+            u16::from_be_bytes([out[at + 2], out[at + 3]])
+        }
+    }
+
+    #[test]
+    fn a_request_in_one_byte_pieces_opens_exactly_like_one_in_a_piece() {
+        let mut h = Harness::new(Config::default());
+        let mut stream = REQUEST.to_vec();
+        stream.extend(client_frame(0x81, b"hi"));
+        for byte in &stream {
+            h.feed(&[*byte]);
+        }
+        assert_eq!(h.conn.phase(), Phase::Open(Route::Chat));
+        let out = String::from_utf8(h.take_output()).unwrap();
+        assert!(out.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        let mut expected = Broadcast::default();
+        expected.joined();
+        expected.said("hi");
+        assert_eq!(h.broadcast.as_bytes(), expected.as_bytes());
+    }
+
+    #[test]
+    fn fragments_with_a_ping_between_make_one_message() {
+        let mut h = Harness::open();
+        let mut bytes = client_frame(0x01, "h\u{e9}".as_bytes()[..2].as_ref()); // cut inside é
+        bytes.extend(client_frame(0x89, b"p"));
+        bytes.extend(client_frame(0x80, &"h\u{e9}llo".as_bytes()[2..]));
+        h.feed(&bytes);
+        assert_eq!(h.take_output(), [0x8A, 1, b'p']); // the pong, unmasked
+        let mut expected = Broadcast::default();
+        expected.said("h\u{e9}llo");
+        assert_eq!(h.broadcast.as_bytes(), expected.as_bytes());
+    }
+
+    #[test]
+    fn each_offence_earns_its_close_code() {
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            (client_frame(0x82, b"bin"), close::UNSUPPORTED_DATA),
+            (client_frame(0x81, &[0xFF]), close::INVALID_PAYLOAD),
+            (
+                [client_frame(0x01, b"a"), client_frame(0x80, &[0xC0])].concat(),
+                close::INVALID_PAYLOAD,
+            ),
+            (vec![0x81, 0x00], close::PROTOCOL_ERROR), // unmasked
+            (client_frame(0x80, b"x"), close::PROTOCOL_ERROR), // continuation, no message
+            (
+                [client_frame(0x01, b"a"), client_frame(0x81, b"b")].concat(),
+                close::PROTOCOL_ERROR,
+            ),
+            (client_frame(0x88, &[3]), close::PROTOCOL_ERROR),
+            (client_frame(0x88, &[0x03, 0xED]), close::PROTOCOL_ERROR), // 1005
+            (
+                client_frame(0x88, &[0x03, 0xE8, 0xFF]),
+                close::INVALID_PAYLOAD,
+            ),
+            (
+                vec![0x81, 0xFF, 0, 0, 0, 0, 0, 1, 0, 1, 1, 2, 3, 4],
+                close::TOO_BIG,
+            ),
+        ];
+        for (bytes, code) in cases {
+            let mut h = Harness::open();
+            h.feed(&bytes);
+            assert_eq!(h.conn.phase(), Phase::Closing, "{bytes:?}");
+            assert_eq!(h.close_code_sent(), code, "{bytes:?}");
+            assert!(h.broadcast.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_fragmented_message_may_not_outgrow_the_limit() {
+        let mut h = Harness::open();
+        h.config.max_message_size = 100;
+        h.feed(&client_frame(0x01, &[b'a'; 60]));
+        h.feed(&client_frame(0x00, &[b'a'; 60]));
+        assert_eq!(h.close_code_sent(), close::TOO_BIG);
+    }
+
+    #[test]
+    fn the_closing_handshake_both_ways() {
+        let mut h = Harness::open();
+        h.feed(&client_frame(0x88, &1000u16.to_be_bytes()));
+        assert_eq!(h.close_code_sent(), 1000);
+        assert!(h.conn.should_half_close());
+        h.conn.peer_closed(h.now);
+        assert!(h.conn.is_closed());
+
+        let mut h = Harness::open();
+        h.conn.go_away(h.now);
+        assert_eq!(h.close_code_sent(), close::GOING_AWAY);
+        h.feed(&client_frame(0x81, b"ignored while closing"));
+        assert!(h.broadcast.is_empty());
+        h.feed(&client_frame(0x88, &1001u16.to_be_bytes()));
+        assert_eq!(h.conn.phase(), Phase::Finishing);
+    }
+
+    #[test]
+    fn keepalive_pings_then_drops_a_silent_peer() {
+        let mut h = Harness::open();
+        let interval = h.config.ping_interval.unwrap();
+        let start = h.now;
+        assert_eq!(h.conn.deadline(&h.config), Some(start + interval));
+        h.conn.on_deadline(start + interval, &h.config);
+        assert_eq!(h.take_output(), [0x89, 0]);
+        assert_eq!(h.conn.deadline(&h.config), Some(start + interval * 2));
+        h.conn.on_deadline(start + interval * 2, &h.config);
+        assert_eq!(h.close_code_sent(), close::GOING_AWAY);
+        assert_eq!(h.conn.phase(), Phase::Finishing);
+    }
+
+    #[test]
+    fn a_slow_request_gets_408() {
+        let mut h = Harness::new(Config::default());
+        h.feed(b"GET / HTTP/1.1\r\n");
+        let deadline = h.conn.deadline(&h.config).unwrap();
+        h.conn.on_deadline(deadline, &h.config);
+        assert!(h.take_output().starts_with(b"HTTP/1.1 408 "));
+        assert_eq!(h.conn.phase(), Phase::Finishing);
+    }
+
+    #[test]
+    fn an_idle_open_connection_holds_no_buffers() {
+        let mut h = Harness::open();
+        h.feed(&client_frame(0x81, b"hello"));
+        h.take_output();
+        assert_eq!(h.conn.buffer_capacity(), 0);
+        let msg: Message = serde_json::from_slice(&h.broadcast.as_bytes()[2..]).unwrap();
+        assert_eq!(msg.body, "hello");
+        assert_ne!(msg.body, JOINED);
+    }
+}

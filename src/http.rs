@@ -1,0 +1,379 @@
+//! HTTP on the WebSocket port: parse one request head and decide what to answer. No sockets.
+//!
+//! Every connection starts here. [`decide`] is called with the bytes received so far and says
+//! "read more", "answer this and close", or "switch to WebSocket". Plain HTTP answers one request
+//! per connection (`Connection: close`), which is all a chat page and a health check need.
+
+use tungstenite::handshake::derive_accept_key;
+
+/// Largest request head accepted; more gets 431.
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Most header lines accepted; more gets 431.
+const MAX_HEADERS: usize = 64;
+
+/// The chat page: one self-contained HTML file, compiled into the binary.
+pub const CHAT_PAGE: &str = include_str!("chat.html");
+
+/// Which WebSocket endpoint a client upgraded on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `/ws`: the chat room.
+    Chat,
+    /// `/echo` (with `--echo`): every message comes straight back; for conformance testing.
+    Echo,
+}
+
+/// A plain HTTP response, sent once before the connection closes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub extra_header: &'static str,
+    pub body: &'static str,
+}
+
+impl Response {
+    /// A short plain-text error or status answer.
+    pub fn status(status: u16) -> Self {
+        let body = match status {
+            200 => "ok",
+            400 => "bad request\n",
+            403 => "origin not allowed\n",
+            404 => "not found\n",
+            405 => "method not allowed\n",
+            408 => "request timeout\n",
+            426 => "upgrade required: WebSocket version 13\n",
+            431 => "request header fields too large\n",
+            503 => "too many connections\n",
+            _ => "error\n",
+        };
+        let extra_header = match status {
+            405 => "Allow: GET\r\n",
+            426 => "Sec-WebSocket-Version: 13\r\n",
+            _ => "",
+        };
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            extra_header,
+            body,
+        }
+    }
+
+    fn page() -> Self {
+        Response {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            extra_header: "",
+            body: CHAT_PAGE,
+        }
+    }
+
+    /// Appends the whole response, head and body, to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let head = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\
+             Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+            self.status,
+            reason(self.status),
+            self.content_type,
+            self.body.len(),
+            self.extra_header,
+        );
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(self.body.as_bytes());
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// Which browser origins may open a WebSocket (the defence against cross-site WebSocket hijacking).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OriginPolicy {
+    /// `--allow-origin` values; `*` allows any.
+    pub allowed: Vec<String>,
+}
+
+impl OriginPolicy {
+    /// No Origin (not a browser), an Origin on the same host as the Host header (any port), or a
+    /// listed one. The port is ignored so the tutorial's frontend on :3000 can reach :8080.
+    pub fn allows(&self, origin: Option<&str>, host: &str) -> bool {
+        let Some(origin) = origin else { return true };
+        if self
+            .allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+        {
+            return true;
+        }
+        let origin_authority = origin.split_once("://").map_or("", |(_, rest)| rest);
+        let origin_authority = origin_authority.split('/').next().unwrap_or("");
+        let origin_host = host_part(origin_authority);
+        !origin_host.is_empty() && origin_host.eq_ignore_ascii_case(host_part(host))
+    }
+}
+
+/// `example.com:80` → `example.com`; `[::1]:80` → `[::1]`.
+fn host_part(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .find(']')
+            .map_or(authority, |end| &authority[..=end]);
+    }
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
+}
+
+/// What to do with the bytes of a request head received so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The head is not complete: keep reading.
+    Incomplete,
+    /// Send this and close.
+    Respond(Response),
+    /// Send `101 Switching Protocols` with this accept key; WebSocket frames start at `head_len`.
+    Upgrade {
+        route: Route,
+        accept_key: String,
+        head_len: usize,
+    },
+}
+
+/// Parses the request head in `buf` (it may be incomplete) and decides the answer.
+///
+/// `echo` says whether `/echo` is served. The whole head is parsed again on each call; that is
+/// cheap because a head is at most [`MAX_HEAD`] bytes.
+pub fn decide(buf: &[u8], origins: &OriginPolicy, echo: bool) -> Decision {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
+        Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
+            return Decision::Respond(Response::status(431))
+        }
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Decision::Incomplete,
+        Ok(httparse::Status::Partial) => return Decision::Respond(Response::status(431)),
+        Err(_) => return Decision::Respond(Response::status(400)),
+    };
+    if req.method != Some("GET") {
+        return Decision::Respond(Response::status(405));
+    }
+    let path = req.path.unwrap_or("").split('?').next().unwrap_or("");
+    let route = match path {
+        "/" => return Decision::Respond(Response::page()),
+        "/healthz" => return Decision::Respond(Response::status(200)),
+        "/ws" => Route::Chat,
+        "/echo" if echo => Route::Echo,
+        _ => return Decision::Respond(Response::status(404)),
+    };
+    match check_upgrade(&req, origins) {
+        Ok(key) => Decision::Upgrade {
+            route,
+            accept_key: derive_accept_key(key.as_bytes()),
+            head_len,
+        },
+        Err(status) => Decision::Respond(Response::status(status)),
+    }
+}
+
+/// The opening-handshake rules of RFC 6455 §4.2.1, then the Origin policy. Returns the key.
+fn check_upgrade<'b>(
+    req: &httparse::Request<'_, 'b>,
+    origins: &OriginPolicy,
+) -> Result<&'b str, u16> {
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    // A header may be repeated; a token may sit in any of its comma-separated lists.
+    let has_token = |name: &str, token: &str| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .any(|h| {
+                std::str::from_utf8(h.value)
+                    .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            })
+    };
+    if req.version != Some(1) {
+        return Err(400);
+    }
+    let host = header("Host").ok_or(400u16)?;
+    if !has_token("Upgrade", "websocket") || !has_token("Connection", "upgrade") {
+        return Err(400);
+    }
+    match header("Sec-WebSocket-Version") {
+        None => return Err(400),
+        Some(v) if v.trim() != "13" => return Err(426),
+        Some(_) => {}
+    }
+    let key = header("Sec-WebSocket-Key").map(str::trim).ok_or(400u16)?;
+    if !is_valid_key(key) {
+        return Err(400);
+    }
+    if !origins.allows(header("Origin"), host) {
+        return Err(403);
+    }
+    Ok(key)
+}
+
+/// A Sec-WebSocket-Key is 16 random bytes in base64: 22 characters and `==`.
+fn is_valid_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    b.len() == 24
+        && b.ends_with(b"==")
+        && b[..22]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+}
+
+/// The server's half of the opening handshake.
+pub fn write_switching_protocols(out: &mut Vec<u8>, accept_key: &str) {
+    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n");
+    out.extend_from_slice(b"Connection: Upgrade\r\nSec-WebSocket-Accept: ");
+    out.extend_from_slice(accept_key.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn upgrade(extra: &str) -> String {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: localhost:8080\r\nUpgrade: websocket\r\n\
+             Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: {KEY}\r\n\
+             Sec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+    }
+
+    fn status_of(request: &str) -> u16 {
+        match decide(request.as_bytes(), &OriginPolicy::default(), false) {
+            Decision::Respond(r) => r.status,
+            Decision::Upgrade { .. } => 101,
+            Decision::Incomplete => 0,
+        }
+    }
+
+    #[test]
+    fn accepts_the_rfc_example_handshake() {
+        let req = upgrade("") + "first frame bytes";
+        match decide(req.as_bytes(), &OriginPolicy::default(), false) {
+            Decision::Upgrade {
+                route,
+                accept_key,
+                head_len,
+            } => {
+                assert_eq!(route, Route::Chat);
+                assert_eq!(accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="); // RFC 6455 §1.3
+                assert_eq!(&req[head_len..], "first frame bytes");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn any_prefix_of_a_request_is_incomplete() {
+        let req = upgrade("Origin: http://localhost:3000\r\n");
+        for cut in 0..req.len() {
+            assert_eq!(
+                decide(&req.as_bytes()[..cut], &OriginPolicy::default(), false),
+                Decision::Incomplete
+            );
+        }
+        assert_eq!(status_of(&req), 101);
+    }
+
+    #[test]
+    fn routes_plain_requests() {
+        assert_eq!(status_of("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
+        assert_eq!(status_of("GET /healthz?probe=1 HTTP/1.0\r\n\r\n"), 200);
+        assert_eq!(status_of("GET /nope HTTP/1.1\r\n\r\n"), 404);
+        assert_eq!(
+            status_of("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            405
+        );
+        assert_eq!(status_of("GET /echo HTTP/1.1\r\n\r\n"), 404); // only with --echo
+        assert_eq!(status_of("\x16\x03\x01 hello\r\n\r\n"), 400);
+        assert_eq!(status_of("GET / HTTP/1.1\r\nBad Header\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn oversized_heads_get_431_before_they_complete() {
+        let long = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
+        assert_eq!(status_of(&long), 431);
+        let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
+        assert_eq!(status_of(&format!("GET / HTTP/1.1\r\n{many}\r\n")), 431);
+    }
+
+    #[test]
+    fn bad_upgrades_are_refused_with_the_specified_status() {
+        let good = upgrade("");
+        assert_eq!(status_of(&good.replace("HTTP/1.1", "HTTP/1.0")), 400);
+        assert_eq!(status_of(&good.replace("Upgrade: websocket\r\n", "")), 400);
+        assert_eq!(
+            status_of(&good.replace("keep-alive, Upgrade", "keep-alive")),
+            400
+        );
+        assert_eq!(status_of(&good.replace(KEY, "short==")), 400);
+        assert_eq!(
+            status_of(&good.replace("Sec-WebSocket-Version: 13\r\n", "")),
+            400
+        );
+        assert_eq!(status_of(&good.replace("Version: 13", "Version: 8")), 426);
+        assert_eq!(
+            status_of(&good.replace("Host: localhost:8080\r\n", "")),
+            400
+        );
+    }
+
+    #[test]
+    fn origin_rules() {
+        let policy = OriginPolicy::default();
+        assert!(policy.allows(None, "localhost:8080"));
+        assert!(policy.allows(Some("http://localhost:3000"), "localhost:8080"));
+        assert!(policy.allows(Some("https://CHAT.example.com"), "chat.example.com"));
+        assert!(policy.allows(Some("http://[::1]:3000"), "[::1]:8080"));
+        assert!(!policy.allows(Some("http://evil.example"), "localhost:8080"));
+        assert!(!policy.allows(Some("null"), "localhost:8080"));
+        assert!(!policy.allows(Some("http://localhost.evil.example"), "localhost:8080"));
+        let listed = OriginPolicy {
+            allowed: vec!["http://evil.example".into()],
+        };
+        assert!(listed.allows(Some("http://evil.example"), "localhost:8080"));
+        let any = OriginPolicy {
+            allowed: vec!["*".into()],
+        };
+        assert!(any.allows(Some("http://anything"), "localhost"));
+        assert_eq!(status_of(&upgrade("Origin: http://evil.example\r\n")), 403);
+    }
+
+    #[test]
+    fn responses_are_complete_http() {
+        let mut out = Vec::new();
+        Response::status(426).write_to(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
+        assert!(text.contains("Sec-WebSocket-Version: 13\r\n"));
+        assert!(text.contains("Connection: close\r\n"));
+        assert!(text.ends_with("\r\n\r\nupgrade required: WebSocket version 13\n"));
+    }
+}

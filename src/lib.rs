@@ -1,0 +1,25 @@
+//! mio-chat: a WebSocket chat server in one thread, on one hand-rolled `mio` event loop.
+//!
+//! Every text message a client sends goes to every client, in one order for all; everyone is
+//! told when someone joins or leaves. A reading order for the code:
+//!
+//! 1. [`reactor`]: the event loop. Start here: it owns the sockets and shows the whole flow.
+//! 2. [`connection`]: one client as a state machine over bytes (HTTP request → WebSocket → close).
+//! 3. [`http`] and [`frame`]: parsing the request head and WebSocket frames, without I/O.
+//! 4. [`room`] and [`message`]: who gets what, and the JSON every client receives.
+//! 5. [`queue`], [`timers`], [`config`]: outbound bytes, deadlines, settings.
+//!
+//! Everything but `reactor` is plain logic over bytes and can be tested without a socket.
+
+pub mod config;
+pub mod connection;
+pub mod frame;
+pub mod http;
+pub mod message;
+pub mod queue;
+pub mod reactor;
+pub mod room;
+pub mod timers;
+
+pub use config::Config;
+pub use reactor::{Server, StopHandle};

@@ -1,0 +1,121 @@
+//! The `mio-chat` binary: read the flags, set up logging, run the server until a signal.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use log::{error, warn};
+use mio_chat::config::{self, Config};
+use mio_chat::http::OriginPolicy;
+use mio_chat::Server;
+
+/// A WebSocket chat server: every message to everyone, on one thread.
+///
+/// Serves the chat page at /, the WebSocket at /ws and a health check at /healthz.
+/// Logs go to stderr; set RUST_LOG (default: info) to see more or less.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Listen address; port 0 picks a free port (the first log line says which).
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_addr)]
+    addr: SocketAddr,
+    /// Open connections (HTTP and WebSocket) at most; more get HTTP 503.
+    /// [default: the open-file limit, raised to its hard maximum, less 300]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+    /// Largest text message accepted, in bytes; larger ones get close 1009.
+    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..))]
+    max_message_size: u64,
+    /// Unsent bytes queued for one client before it is dropped as a slow consumer.
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    max_outbound: u64,
+    /// Seconds a connection has to send its HTTP request (fractions allowed).
+    #[arg(long, default_value = "10", value_parser = parse_positive_secs)]
+    handshake_timeout: Duration,
+    /// Ping idle clients every this many seconds; drop them after two silent intervals; 0 = off.
+    #[arg(long, default_value = "30", value_parser = parse_secs)]
+    ping_interval: Duration,
+    /// Also allow WebSockets from this browser Origin (repeatable); '*' allows any. By default only
+    /// requests without Origin, or whose Origin host equals the Host header's host, are allowed.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allow_origin: Vec<String>,
+    /// Serve /echo, which sends every message back unchanged (for conformance testing).
+    #[arg(long)]
+    echo: bool,
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.to_socket_addrs()
+        .map_err(|e| format!("{s}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s}: no address"))
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s}: not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s}: not a valid number of seconds"))
+}
+
+fn parse_positive_secs(s: &str) -> Result<Duration, String> {
+    parse_secs(s).and_then(|d| {
+        if d.is_zero() {
+            Err("must be more than 0".into())
+        } else {
+            Ok(d)
+        }
+    })
+}
+
+/// Info lines are printed bare (so the first line reads exactly `listening on HOST:PORT`);
+/// other levels are prefixed with theirs. Timestamps are left to journald or the shell.
+fn init_logging() {
+    use std::io::Write;
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(|out, record| match record.level() {
+            log::Level::Info => writeln!(out, "{}", record.args()),
+            level => writeln!(out, "{}: {}", level.as_str().to_lowercase(), record.args()),
+        })
+        .init();
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging();
+    let fd_limit = config::raise_open_file_limit().unwrap_or_else(|e| {
+        warn!("could not raise the open-file limit: {e}");
+        1024
+    });
+    let fit = config::default_max_connections(fd_limit);
+    let max_connections = args.max_connections.map_or(fit, |n| n as usize);
+    if max_connections > fit {
+        warn!("--max-connections {max_connections} exceeds what {fd_limit} open files allow");
+    }
+    let config = Config {
+        addr: args.addr,
+        max_connections,
+        max_message_size: args.max_message_size as usize,
+        max_outbound: args.max_outbound as usize,
+        handshake_timeout: args.handshake_timeout,
+        ping_interval: Some(args.ping_interval).filter(|d| !d.is_zero()),
+        origins: OriginPolicy {
+            allowed: args.allow_origin,
+        },
+        echo: args.echo,
+    };
+    match Server::bind(config).and_then(Server::stop_on_signals) {
+        Ok(server) => match server.run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("event loop failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            error!("cannot listen on {}: {e}", args.addr);
+            ExitCode::FAILURE
+        }
+    }
+}

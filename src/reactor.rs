@@ -1,0 +1,532 @@
+//! The event loop: one thread, one `mio::Poll`, and every socket registered in it.
+//!
+//! Each turn of [`Server::run`]:
+//! 1. wait until a socket is ready or the nearest deadline comes;
+//! 2. accept new connections, and read every ready client until `WouldBlock`, handling what it
+//!    sent on the spot: its replies are queued for it, its chat messages fanned out to the room;
+//! 3. fire due timers (handshake timeouts, pings, closing timeouts);
+//! 4. write out what was queued this turn: one `write` per client, however many frames piled up;
+//! 5. close the connections that are done.
+//!
+//! Sockets are edge-triggered: an event means "something changed", so a handler reads (or writes)
+//! until the kernel says `WouldBlock`; WRITABLE is asked for only while bytes wait. Nothing here
+//! ever blocks, so one slow peer never delays another.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::config::Config;
+use crate::connection::{Connection, Context};
+use crate::room::{Broadcast, Delivery, Room};
+use crate::timers::{Timer, Timers};
+
+/// Clients use their slab keys as tokens, counting up from 0; the fixed tokens sit at the top.
+const LISTENER: Token = Token(usize::MAX);
+const SIGNALS: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+
+/// One read buffer for all clients: idle clients hold no read buffer of their own.
+const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read from one client per turn before the others get theirs (fairness).
+const READ_BUDGET: usize = 256 * 1024;
+/// How long shutdown waits for closing handshakes and queued bytes.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+/// Pause after `accept` fails for lack of resources (file descriptors, memory).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Connections being told 503 at the same time; past this, extra ones are closed unanswered.
+const MAX_REFUSING: usize = 64;
+
+/// A socket and the state machine that speaks over it.
+struct Client {
+    socket: TcpStream,
+    peer: SocketAddr,
+    conn: Connection,
+    /// Distinguishes this client from earlier ones that had the same slab key.
+    id: u64,
+    /// The deadline this client has armed in the timer heap.
+    timer_at: Option<Instant>,
+    /// WRITABLE interest is registered (bytes are waiting for the socket).
+    writable: bool,
+    /// Already in the list of clients to flush at the end of this turn.
+    dirty: bool,
+    /// Our FIN is sent.
+    half_closed: bool,
+    /// Only here to be told 503.
+    refused: bool,
+}
+
+/// Stops a running server from another thread, as SIGTERM would (for tests and embedders).
+#[derive(Clone)]
+pub struct StopHandle(Arc<Waker>);
+
+impl StopHandle {
+    pub fn stop(&self) {
+        if let Err(e) = self.0.wake() {
+            warn!("could not wake the event loop: {e}");
+        }
+    }
+}
+
+/// The chat server: bind it, then [`run`](Server::run) it until SIGINT/SIGTERM or a stop.
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    signals: Option<Signals>,
+    waker: Arc<Waker>,
+    config: Config,
+    clients: Slab<Client>,
+    room: Room,
+    /// Frames waiting to be fanned out to the room.
+    broadcast: Broadcast,
+    timers: Timers,
+    read_buf: Box<[u8]>,
+    /// Clients with newly queued bytes, flushed at the end of the turn.
+    dirty: Vec<usize>,
+    /// Clients that used up their read budget and still have bytes to read.
+    unread: Vec<usize>,
+    /// Clients whose connection is over, closed at the end of the turn.
+    closed: Vec<usize>,
+    next_id: u64,
+    refusing: usize,
+    accept_paused_until: Option<Instant>,
+    stopping_at: Option<Instant>,
+}
+
+impl Server {
+    /// Binds the listener; port 0 picks a free port (see [`Server::local_addr`]).
+    pub fn bind(config: Config) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(config.addr)?;
+        let local_addr = listener.local_addr()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            signals: None,
+            waker,
+            config,
+            clients: Slab::new(),
+            room: Room::default(),
+            broadcast: Broadcast::default(),
+            timers: Timers::default(),
+            read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            dirty: Vec::new(),
+            unread: Vec::new(),
+            closed: Vec::new(),
+            next_id: 0,
+            refusing: 0,
+            accept_paused_until: None,
+            stopping_at: None,
+        })
+    }
+
+    /// Makes SIGINT and SIGTERM start a graceful shutdown. The signals arrive through a pipe
+    /// registered in the same poll, so they are handled in the loop like any other event.
+    pub fn stop_on_signals(mut self) -> io::Result<Server> {
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(self)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(Arc::clone(&self.waker))
+    }
+
+    /// Runs the event loop until a graceful shutdown completes.
+    pub fn run(mut self) -> io::Result<()> {
+        info!("listening on {}", self.local_addr);
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    SIGNALS => self.on_signal(now),
+                    WAKER => self.shut_down(now),
+                    Token(key) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read(key, now);
+                        }
+                        if event.is_writable() {
+                            self.flush(key, now);
+                        }
+                    }
+                }
+            }
+            self.read_unread(now);
+            self.fire_timers(now);
+            self.resume_accepting(now);
+            self.flush_dirty(now);
+            self.reap();
+            if let Some(deadline) = self.stopping_at {
+                if self.clients.is_empty() || now >= deadline {
+                    break;
+                }
+            }
+        }
+        info!(
+            "stopped ({} connections cut off at the deadline)",
+            self.clients.len()
+        );
+        Ok(())
+    }
+
+    /// Sleep until the nearest deadline; not at all if a client still has bytes to read.
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.unread.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        [
+            self.timers.next(),
+            self.stopping_at,
+            self.accept_paused_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|at| at.saturating_duration_since(now))
+    }
+
+    fn accept(&mut self, now: Instant) {
+        while let Some(listener) = &self.listener {
+            if self.accept_paused_until.is_some() {
+                return;
+            }
+            match listener.accept() {
+                Ok((socket, peer)) => self.admit(socket, peer, now),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) => {
+                    // Out of file descriptors or memory: the connection waits in the backlog.
+                    warn!("accept failed: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                }
+            }
+        }
+    }
+
+    fn resume_accepting(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|until| until <= now) {
+            self.accept_paused_until = None;
+            self.accept(now);
+        }
+    }
+
+    fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr, now: Instant) {
+        let refused = self.clients.len() - self.refusing >= self.config.max_connections;
+        if refused && self.refusing >= MAX_REFUSING {
+            debug!("{peer}: closed unanswered, too many connections");
+            return;
+        }
+        // We batch small frames ourselves; Nagle's algorithm would only add latency.
+        if let Err(e) = socket.set_nodelay(true) {
+            debug!("{peer}: set_nodelay: {e}");
+        }
+        let entry = self.clients.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut socket, Token(key), Interest::READABLE)
+        {
+            warn!("{peer}: could not register the connection: {e}");
+            return;
+        }
+        let conn = if refused {
+            Connection::refused(now, 503)
+        } else {
+            Connection::new(now)
+        };
+        self.next_id += 1;
+        entry.insert(Client {
+            socket,
+            peer,
+            conn,
+            id: self.next_id,
+            timer_at: None,
+            writable: false,
+            dirty: false,
+            half_closed: false,
+            refused,
+        });
+        self.refusing += usize::from(refused);
+        debug!(
+            "{peer}: accepted as #{key}{}",
+            if refused { ", refused (503)" } else { "" }
+        );
+        self.settle(key, now);
+    }
+
+    /// Reads from one client until `WouldBlock`, EOF, or its budget for this turn runs out.
+    fn read(&mut self, key: usize, now: Instant) {
+        let mut budget = READ_BUDGET;
+        loop {
+            let Some(client) = self.clients.get_mut(key) else {
+                return;
+            };
+            if client.conn.is_closed() {
+                return;
+            }
+            match client.socket.read(&mut self.read_buf) {
+                Ok(0) => client.conn.peer_closed(now),
+                Ok(n) => {
+                    let mut cx = Context {
+                        now,
+                        config: &self.config,
+                        broadcast: &mut self.broadcast,
+                    };
+                    client.conn.receive(&mut self.read_buf[..n], &mut cx);
+                    budget = budget.saturating_sub(n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!("{}: read: {e}", client.peer);
+                    client.conn.peer_closed(now);
+                }
+            }
+            self.settle(key, now);
+            if !self.clients.get(key).is_some_and(|c| !c.conn.is_closed()) {
+                return;
+            }
+            if budget == 0 {
+                // Edge-triggered: no new event will come for bytes already waiting.
+                self.unread.push(key);
+                return;
+            }
+        }
+    }
+
+    fn read_unread(&mut self, now: Instant) {
+        for key in std::mem::take(&mut self.unread) {
+            self.read(key, now);
+        }
+    }
+
+    /// Writes a client's queued bytes until they are all gone or the socket is full.
+    fn flush(&mut self, key: usize, now: Instant) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        while !client.conn.is_closed() && !client.conn.output().is_empty() {
+            match client.socket.write(client.conn.output().pending()) {
+                Ok(n) if n > 0 => client.conn.sent(n),
+                Ok(_) => client.conn.abort(now),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("{}: write: {e}", client.peer);
+                    client.conn.abort(now);
+                }
+            }
+        }
+        if !client.conn.is_closed() {
+            let want_writable = !client.conn.output().is_empty();
+            if want_writable != client.writable {
+                let interest = if want_writable {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                match self
+                    .poll
+                    .registry()
+                    .reregister(&mut client.socket, Token(key), interest)
+                {
+                    Ok(()) => client.writable = want_writable,
+                    Err(e) => {
+                        warn!("{}: reregister: {e}", client.peer);
+                        client.conn.abort(now);
+                    }
+                }
+            }
+            if client.conn.should_half_close() && !client.half_closed {
+                // Our FIN tells the peer we are done; closing only after theirs avoids a reset
+                // that could destroy the answer still in flight.
+                client.half_closed = true;
+                if let Err(e) = client.socket.shutdown(Shutdown::Write) {
+                    debug!("{}: shutdown: {e}", client.peer);
+                    client.conn.abort(now);
+                }
+            }
+        }
+        self.settle(key, now);
+    }
+
+    fn flush_dirty(&mut self, now: Instant) {
+        // Flushing can close a client, whose leave notice makes more clients dirty.
+        while !self.dirty.is_empty() {
+            for key in std::mem::take(&mut self.dirty) {
+                if let Some(client) = self.clients.get_mut(key) {
+                    client.dirty = false;
+                    self.flush(key, now);
+                }
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(timer) = self.timers.pop_due(now) {
+            let Some(client) = self.clients.get_mut(timer.key) else {
+                continue;
+            };
+            if client.id != timer.id || client.timer_at != Some(timer.at) {
+                continue; // a stale entry: the slot was reused, or the deadline was re-armed
+            }
+            client.timer_at = None;
+            client.conn.on_deadline(now, &self.config);
+            self.settle(timer.key, now);
+        }
+    }
+
+    /// Brings everything else in line with what just happened to one client: room membership
+    /// and notices, the outbound limit, the flush list, its timer, and its end.
+    fn settle(&mut self, key: usize, now: Instant) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        if client.conn.output().len() > self.config.max_outbound {
+            debug!(
+                "{}: dropped, {} bytes unsent",
+                client.peer,
+                client.conn.output().len()
+            );
+            client.conn.abort(now);
+        }
+        let member = self.room.contains(key);
+        if client.conn.in_room() && !member {
+            self.room.join(key);
+        } else if !client.conn.in_room() && member {
+            self.room.leave(key);
+            self.broadcast.left();
+        }
+        if client.conn.is_closed() {
+            self.closed.push(key);
+        } else {
+            if !client.writable && !client.dirty && !client.conn.output().is_empty() {
+                client.dirty = true;
+                self.dirty.push(key);
+            }
+            if let Some(at) = client.conn.deadline(&self.config) {
+                if client.timer_at.is_none_or(|armed| at < armed) {
+                    client.timer_at = Some(at);
+                    self.timers.arm(Timer {
+                        at,
+                        key,
+                        id: client.id,
+                    });
+                }
+            }
+        }
+        self.fan_out(now);
+    }
+
+    /// Copies the pending broadcast into every member's queue; overflowing members are dropped.
+    fn fan_out(&mut self, now: Instant) {
+        if self.broadcast.is_empty() {
+            return;
+        }
+        let Server {
+            room,
+            broadcast,
+            clients,
+            dirty,
+            closed,
+            config,
+            ..
+        } = self;
+        room.fan_out(broadcast, |key, frames| {
+            let Some(client) = clients.get_mut(key) else {
+                return Delivery::Overflow;
+            };
+            if client.conn.output().len() + frames.len() > config.max_outbound {
+                debug!("{}: dropped as a slow consumer", client.peer);
+                client.conn.abort(now);
+                closed.push(key);
+                return Delivery::Overflow;
+            }
+            client.conn.queue(frames);
+            if !client.writable && !client.dirty {
+                client.dirty = true;
+                dirty.push(key);
+            }
+            Delivery::Queued
+        });
+    }
+
+    /// Closes the sockets of connections that are over.
+    fn reap(&mut self) {
+        for key in std::mem::take(&mut self.closed) {
+            if !self.clients.get(key).is_some_and(|c| c.conn.is_closed()) {
+                continue; // listed twice
+            }
+            let mut client = self.clients.remove(key);
+            if let Err(e) = self.poll.registry().deregister(&mut client.socket) {
+                debug!("{}: deregister: {e}", client.peer);
+            }
+            self.refusing -= usize::from(client.refused);
+            debug!("{}: #{key} closed", client.peer);
+        }
+    }
+
+    fn on_signal(&mut self, now: Instant) {
+        let Some(signals) = self.signals.as_mut() else {
+            return;
+        };
+        if signals.pending().next().is_some() {
+            self.shut_down(now);
+        }
+    }
+
+    /// Graceful shutdown: stop accepting, send every WebSocket client close 1001, and give the
+    /// closing handshakes and queued bytes [`SHUTDOWN_GRACE`] to finish.
+    fn shut_down(&mut self, now: Instant) {
+        if self.stopping_at.is_some() {
+            return;
+        }
+        info!("shutting down: closing {} connections", self.clients.len());
+        if let Some(mut listener) = self.listener.take() {
+            if let Err(e) = self.poll.registry().deregister(&mut listener) {
+                debug!("deregister listener: {e}");
+            }
+        }
+        self.stopping_at = Some(now + SHUTDOWN_GRACE);
+        self.room.clear(); // everyone leaves at once; nobody is told that the others left
+        let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.clients[key].conn.go_away(now);
+            self.settle(key, now);
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The chat room: who is in it, and who gets what. Pure logic, no sockets.
+//!
+//! The rules (the tutorial's pool, without its channels):
+//! - a newcomer is a member before its join notice goes out, so it gets its own notice;
+//! - a leaver stops being a member before its leave notice goes out, so only the others get it;
+//! - a message goes to every member, the sender included.
+//!
+//! Frames meant for everyone collect in a [`Broadcast`] while one connection's input is processed;
+//! [`Room::fan_out`] then hands the same bytes to every member, in one piece. Every member receives
+//! every batch in the same order, so all clients see one order. A member whose queue overflows
+//! during the fan-out is removed on the spot and its leave notice becomes the next batch: removals
+//! never disturb the iteration, and no leave notice is lost.
+
+use crate::message::{self, JOINED, LEFT};
+
+/// Frames waiting to go to every member, already encoded: encode once, copy many times.
+#[derive(Debug, Default)]
+pub struct Broadcast {
+    frames: Vec<u8>,
+}
+
+impl Broadcast {
+    pub fn joined(&mut self) {
+        message::push_chat_frame(&mut self.frames, JOINED);
+    }
+
+    pub fn left(&mut self) {
+        message::push_chat_frame(&mut self.frames, LEFT);
+    }
+
+    pub fn said(&mut self, text: &str) {
+        message::push_chat_frame(&mut self.frames, text);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// The encoded frames, for tests and tools.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.frames
+    }
+}
+
+/// What became of one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Queued,
+    /// The member's queue would pass its limit: it is dropped instead.
+    Overflow,
+}
+
+/// The members, by connection key, with O(1) join, leave and membership test.
+#[derive(Debug, Default)]
+pub struct Room {
+    members: Vec<usize>,
+    /// `position[key]` is 1 + the key's index in `members`, or 0 when not a member.
+    position: Vec<u32>,
+}
+
+impl Room {
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn contains(&self, key: usize) -> bool {
+        self.position.get(key).is_some_and(|&p| p != 0)
+    }
+
+    pub fn members(&self) -> &[usize] {
+        &self.members
+    }
+
+    pub fn join(&mut self, key: usize) {
+        if self.contains(key) {
+            return;
+        }
+        if key >= self.position.len() {
+            self.position.resize(key + 1, 0);
+        }
+        self.members.push(key);
+        self.position[key] = self.members.len() as u32;
+    }
+
+    /// Removes `key`; returns whether it was a member.
+    pub fn leave(&mut self, key: usize) -> bool {
+        if !self.contains(key) {
+            return false;
+        }
+        let index = self.position[key] as usize - 1;
+        self.members.swap_remove(index);
+        if let Some(&moved) = self.members.get(index) {
+            self.position[moved] = index as u32 + 1;
+        }
+        self.position[key] = 0;
+        true
+    }
+
+    /// Removes everyone without any notice (the server is going away).
+    pub fn clear(&mut self) {
+        self.members.clear();
+        self.position.clear();
+    }
+
+    /// Delivers everything in `broadcast` to every member, then empties it.
+    ///
+    /// `deliver` queues bytes for one member. Members it reports as overflowing leave the room,
+    /// and their leave notices are delivered to those who remain, until nothing is left to send.
+    pub fn fan_out(
+        &mut self,
+        broadcast: &mut Broadcast,
+        mut deliver: impl FnMut(usize, &[u8]) -> Delivery,
+    ) {
+        let mut overflowed = Vec::new();
+        while !broadcast.is_empty() {
+            // Taking the batch out lets leave notices collect in `broadcast` as the next one.
+            let batch = std::mem::take(&mut broadcast.frames);
+            for &key in &self.members {
+                if deliver(key, &batch) == Delivery::Overflow {
+                    overflowed.push(key);
+                }
+            }
+            for key in overflowed.drain(..) {
+                if self.leave(key) {
+                    broadcast.left();
+                }
+            }
+            if broadcast.frames.is_empty() {
+                broadcast.frames = batch; // keep the capacity for the next batch
+                broadcast.frames.clear();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use std::collections::HashMap;
+
+    /// Splits a run of encoded frames back into bodies (frames here are all short).
+    fn bodies(mut bytes: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let (len, start) = match bytes[1] {
+                126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+                n => (n as usize, 2),
+            };
+            let msg: Message = serde_json::from_slice(&bytes[start..start + len]).unwrap();
+            out.push(msg.body.into_owned());
+            bytes = &bytes[start + len..];
+        }
+        out
+    }
+
+    /// A stand-in for the clients' queues, each with a byte limit.
+    struct Queues {
+        got: HashMap<usize, Vec<u8>>,
+        limit: HashMap<usize, usize>,
+    }
+
+    impl Queues {
+        fn new() -> Self {
+            Queues {
+                got: HashMap::new(),
+                limit: HashMap::new(),
+            }
+        }
+
+        fn deliver(&mut self, key: usize, frames: &[u8]) -> Delivery {
+            let queue = self.got.entry(key).or_default();
+            if queue.len() + frames.len() > *self.limit.get(&key).unwrap_or(&usize::MAX) {
+                return Delivery::Overflow;
+            }
+            queue.extend_from_slice(frames);
+            Delivery::Queued
+        }
+
+        fn bodies(&self, key: usize) -> Vec<String> {
+            bodies(self.got.get(&key).map_or(&[][..], |v| v))
+        }
+    }
+
+    #[test]
+    fn newcomer_gets_its_own_join_notice_and_leaver_gets_none() {
+        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
+        room.join(0);
+        b.joined();
+        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        room.join(1);
+        b.joined();
+        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        b.said("hi");
+        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        assert!(room.leave(0));
+        b.left();
+        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        assert_eq!(q.bodies(0), [JOINED, JOINED, "hi"]);
+        assert_eq!(q.bodies(1), [JOINED, "hi", LEFT]);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn overflowing_members_leave_and_the_others_are_told() {
+        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
+        for key in 0..5 {
+            room.join(key);
+        }
+        q.limit.insert(1, 10);
+        q.limit.insert(3, 10);
+        b.said("this is longer than ten bytes");
+        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        assert_eq!(room.len(), 3);
+        for key in [0, 2, 4] {
+            assert_eq!(q.bodies(key), ["this is longer than ten bytes", LEFT, LEFT]);
+        }
+        assert!(q.bodies(1).is_empty() && q.bodies(3).is_empty());
+    }
+
+    #[test]
+    fn join_and_leave_keep_membership_exact() {
+        let mut room = Room::default();
+        for key in [5, 0, 9, 3] {
+            room.join(key);
+        }
+        room.join(9); // twice is once
+        assert_eq!(room.len(), 4);
+        assert!(room.leave(5));
+        assert!(!room.leave(5));
+        assert!(!room.leave(1000));
+        let mut members = room.members().to_vec();
+        members.sort();
+        assert_eq!(members, [0, 3, 9]);
+        assert!(room.contains(9) && !room.contains(5));
+        room.clear();
+        assert!(room.is_empty() && !room.contains(9));
+    }
+}
