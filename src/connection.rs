@@ -4,9 +4,9 @@
 //! peer hung up or a deadline passed, and writes out whatever it queued. The phases:
 //!
 //! ```text
-//!  Request ──101──▶ Open ──our Close──▶ Closing ──peer's Close──▶ Finishing ──EOF──▶ Closed
-//!     │               │ peer's Close, or ping timeout                 ▲
-//!     └─ plain HTTP answer, error status, 408 ───────────────────────┘
+//!  Request ──101──▶ Open ──shutdown: Close 1001──▶ Closing ──peer's Close──▶ Finishing ──EOF──▶ Closed
+//!     │               │ peer's Close; a broken rule or ping timeout: Close with a code  ▲
+//!     └─ plain HTTP answer, error status, 408 ──────────────────────────────────────────┘
 //! ```
 //!
 //! Messages for the room go into the [`Broadcast`] it is handed; replies meant for this peer alone
@@ -29,7 +29,8 @@ pub enum Phase {
     Request,
     /// A WebSocket, on the chat room or the echo route.
     Open(Route),
-    /// We sent a Close frame and wait for the peer's (RFC 6455 §7.1.2); data is ignored.
+    /// The server is going away: we sent Close 1001 and wait for the peer's (RFC 6455 §7.1.2);
+    /// data is ignored.
     Closing,
     /// Nothing more to say: write what is queued (a plain HTTP answer, or the last Close frame),
     /// half-close, and wait for the peer to hang up.
@@ -172,7 +173,14 @@ impl Connection {
     /// The server is shutting down: WebSocket peers get close 1001, half-read requests nothing.
     pub fn go_away(&mut self, now: Instant) {
         match self.phase {
-            Phase::Open(_) => self.close(close::GOING_AWAY, "server shutting down", now),
+            Phase::Open(_) => {
+                frame::push_close(
+                    self.output.buffer(),
+                    close::GOING_AWAY,
+                    "server shutting down",
+                );
+                self.enter(Phase::Closing, now);
+            }
             Phase::Request => self.enter(Phase::Closed, now),
             Phase::Closing | Phase::Finishing | Phase::Closed => {}
         }
@@ -378,20 +386,16 @@ impl Connection {
         }
     }
 
-    /// Starts the closing handshake because the peer broke a rule.
+    /// The peer broke a rule: "fail the WebSocket connection" (RFC 6455 §7.1.7). It gets a Close
+    /// frame with the code it earned, and then the end of the TCP stream, without waiting for
+    /// its Close: what it sends next cannot be trusted to be a frame.
     fn fail(&mut self, code: u16, reason: &str, now: Instant) {
-        match self.phase {
-            Phase::Open(_) => self.close(code, reason, now),
-            // Already closing and still garbage: stop listening.
-            Phase::Closing => self.enter(Phase::Finishing, now),
-            _ => {}
+        if let Phase::Open(_) = self.phase {
+            frame::push_close(self.output.buffer(), code, reason);
         }
-    }
-
-    fn close(&mut self, code: u16, reason: &str, now: Instant) {
-        frame::push_close(self.output.buffer(), code, reason);
-        self.enter(Phase::Closing, now);
-        self.message = None;
+        if self.accepts_input() {
+            self.enter(Phase::Finishing, now);
+        }
     }
 }
 
@@ -524,7 +528,7 @@ mod tests {
         for (bytes, code) in cases {
             let mut h = Harness::open();
             h.feed(&bytes);
-            assert_eq!(h.conn.phase(), Phase::Closing, "{bytes:?}");
+            assert_eq!(h.conn.phase(), Phase::Finishing, "{bytes:?}");
             assert_eq!(h.close_code_sent(), code, "{bytes:?}");
             assert!(h.broadcast.is_empty());
         }
