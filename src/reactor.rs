@@ -298,8 +298,11 @@ impl Server {
             if client.conn.is_closed() {
                 return;
             }
-            match client.socket.read(&mut self.read_buf) {
-                Ok(0) => client.conn.peer_closed(now),
+            let more = match client.socket.read(&mut self.read_buf) {
+                Ok(0) => {
+                    client.conn.peer_closed(now);
+                    false // EOF: nothing more will come, however long we keep the socket
+                }
                 Ok(n) => {
                     let mut cx = Context {
                         now,
@@ -308,16 +311,18 @@ impl Server {
                     };
                     client.conn.receive(&mut self.read_buf[..n], &mut cx);
                     budget = budget.saturating_sub(n);
+                    true
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     debug!("{}: read: {e}", client.peer);
                     client.conn.peer_closed(now);
+                    false
                 }
-            }
+            };
             self.settle(key, now);
-            if !self.clients.get(key).is_some_and(|c| !c.conn.is_closed()) {
+            if !more || !self.clients.get(key).is_some_and(|c| !c.conn.is_closed()) {
                 return;
             }
             if budget == 0 {

@@ -170,3 +170,24 @@ fn the_server_keeps_serving_after_many_requests() {
         assert_eq!(http_get(&server, "/healthz").body, b"ok");
     }
 }
+
+/// A client that sends its request and at once shuts down its sending side (as `nc -N` or a
+/// scripted probe does) still gets the whole answer. The server sees the request and the EOF in
+/// the same turn, before it has written anything: it must stop reading, not give up on the
+/// answer, and not spin on the EOF.
+#[test]
+fn a_request_followed_by_eof_still_gets_its_answer() {
+    let server = TestServer::start(&[]);
+    for _ in 0..3 {
+        let mut stream = tcp_connect(&server);
+        let request = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", server.host());
+        stream.write_all(request.as_bytes()).expect("send the request");
+        stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("half-close");
+        let response = HttpResponse::parse(&read_to_close(&mut stream));
+        assert_eq!((response.status, response.body_text().as_str()), (200, "ok"));
+    }
+    // Still responsive afterwards (a spinning loop would not answer).
+    assert_eq!(http_get(&server, "/healthz").status, 200);
+}
