@@ -68,7 +68,7 @@ pub fn raise_open_file_limit() -> std::io::Result<u64> {
             }
         }
     }
-    Ok(limit.rlim_cur as u64)
+    Ok(limit.rlim_cur)
 }
 
 /// The default `--max-connections`: as many as the open-file limit allows, less a reserve.

@@ -160,7 +160,7 @@ impl Connection {
     /// The peer shut down its side of the connection (EOF), or the socket failed.
     pub fn peer_closed(&mut self, now: Instant) {
         self.peer_done = true;
-        if !(self.phase == Phase::Finishing && !self.output.is_empty()) {
+        if self.phase != Phase::Finishing || self.output.is_empty() {
             self.enter(Phase::Closed, now);
         }
     }

@@ -322,7 +322,7 @@ impl Server {
                 }
             };
             self.settle(key, now);
-            if !more || !self.clients.get(key).is_some_and(|c| !c.conn.is_closed()) {
+            if !more || self.clients.get(key).is_none_or(|c| c.conn.is_closed()) {
                 return;
             }
             if budget == 0 {
