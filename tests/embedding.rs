@@ -25,7 +25,10 @@ fn a_server_bound_on_port_0_runs_and_stops_from_a_handle() {
         .unwrap();
     let (mut ws, _) = tungstenite::client(format!("ws://{addr}/ws"), stream).expect("handshake");
     let joined = ws.read().expect("join notice");
-    assert_eq!(joined, Message::text(r#"{"type":1,"body":"New User Joined..."}"#));
+    assert_eq!(
+        joined,
+        Message::text(r#"{"type":1,"body":"New User Joined..."}"#)
+    );
 
     stop.stop();
     // The client is told the server is going away, with close code 1001.
@@ -39,5 +42,9 @@ fn a_server_bound_on_port_0_runs_and_stops_from_a_handle() {
     // Reading on sends tungstenite's Close reply; the server then hangs up and, with no client
     // left, its loop ends.
     while ws.read().is_ok() {}
-    running.join().expect("no panic").expect("run() ends with Ok");
+    drop(ws);
+    running
+        .join()
+        .expect("no panic")
+        .expect("run() ends with Ok");
 }

@@ -181,12 +181,17 @@ fn a_request_followed_by_eof_still_gets_its_answer() {
     for _ in 0..3 {
         let mut stream = tcp_connect(&server);
         let request = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", server.host());
-        stream.write_all(request.as_bytes()).expect("send the request");
+        stream
+            .write_all(request.as_bytes())
+            .expect("send the request");
         stream
             .shutdown(std::net::Shutdown::Write)
             .expect("half-close");
         let response = HttpResponse::parse(&read_to_close(&mut stream));
-        assert_eq!((response.status, response.body_text().as_str()), (200, "ok"));
+        assert_eq!(
+            (response.status, response.body_text().as_str()),
+            (200, "ok")
+        );
     }
     // Still responsive afterwards (a spinning loop would not answer).
     assert_eq!(http_get(&server, "/healthz").status, 200);
