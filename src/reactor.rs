@@ -439,7 +439,9 @@ impl Server {
         if client.conn.is_closed() {
             self.closed.push(key);
         } else {
-            if !client.writable && !client.dirty && !client.conn.output().is_empty() {
+            let has_bytes = !client.writable && !client.conn.output().is_empty();
+            let owes_fin = client.conn.should_half_close() && !client.half_closed;
+            if !client.dirty && (has_bytes || owes_fin) {
                 client.dirty = true;
                 self.dirty.push(key);
             }

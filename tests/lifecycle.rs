@@ -423,3 +423,23 @@ fn sigterm_exits_0_while_a_client_has_unsent_bytes() {
 fn sigint_exits_0_while_a_client_has_unsent_bytes() {
     shutdown_with_unsent_bytes_pending(libc::SIGINT);
 }
+
+/// A client that answers the server's Close 1001 completes the closing handshake at once: the
+/// server sends its FIN right after the peer's Close (it has nothing left to write), so the
+/// client sees the end of the stream and nobody is still connected when the process stops.
+#[test]
+fn clients_that_answer_the_close_are_released_before_the_deadline() {
+    let server = TestServer::start(&[]);
+    let mut a = ws_connect(&server, "/ws");
+    expect_body(&mut a, JOINED);
+    let mut b = join_chat(&server, &mut [&mut a]);
+    server.signal(libc::SIGTERM);
+    for mut ws in [a, b] {
+        assert_eq!(expect_close(&mut ws), 1001);
+        // Reading on sends tungstenite's Close reply and returns once the server hangs up;
+        // then the client closes its socket too.
+        while ws.read().is_ok() {}
+    }
+    let last = server.wait_for_log("stopped");
+    assert!(last.contains("stopped (0 connections"), "{last}");
+}

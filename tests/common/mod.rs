@@ -18,7 +18,7 @@ use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -49,7 +49,8 @@ pub struct TestServer {
     pid: u32,
     addr: SocketAddr,
     first_line: String,
-    stderr: Arc<Mutex<Vec<String>>>,
+    /// Lines logged so far; the condition variable is signalled at each new line.
+    stderr: Arc<(Mutex<Vec<String>>, Condvar)>,
     exited: bool,
 }
 
@@ -72,7 +73,7 @@ impl TestServer {
         // A thread reads stderr for the whole life of the process: if nobody read it, the pipe
         // would fill up and the server would block on its next log line.
         let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let (first_tx, first_rx) = mpsc::channel();
         {
             let lines = Arc::clone(&lines);
@@ -86,11 +87,12 @@ impl TestServer {
                         Ok(_) => {}
                     }
                     let line = String::from_utf8_lossy(&raw).trim_end().to_string();
-                    let mut all = lines.lock().unwrap();
+                    let mut all = lines.0.lock().unwrap();
                     if all.is_empty() {
                         let _ = first_tx.send(line.clone());
                     }
                     all.push(line);
+                    lines.1.notify_all();
                 }
             });
         }
@@ -140,7 +142,21 @@ impl TestServer {
 
     /// Everything the server has written to stderr so far.
     pub fn stderr_lines(&self) -> Vec<String> {
-        self.stderr.lock().unwrap().clone()
+        self.stderr.0.lock().unwrap().clone()
+    }
+
+    /// Waits until the server logs a line containing `needle`, and returns it.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let (lines, logged) = &*self.stderr;
+        let all = logged
+            .wait_timeout_while(lines.lock().unwrap(), GUARD, |all| {
+                !all.iter().any(|line| line.contains(needle))
+            })
+            .unwrap()
+            .0;
+        let found = all.iter().find(|line| line.contains(needle)).cloned();
+        drop(all);
+        found.unwrap_or_else(|| panic!("the server never logged {needle:?}"))
     }
 
     /// Sends a Unix signal (e.g. `libc::SIGTERM`) to the server process.
