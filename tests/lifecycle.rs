@@ -432,7 +432,7 @@ fn clients_that_answer_the_close_are_released_before_the_deadline() {
     let server = TestServer::start(&[]);
     let mut a = ws_connect(&server, "/ws");
     expect_body(&mut a, JOINED);
-    let mut b = join_chat(&server, &mut [&mut a]);
+    let b = join_chat(&server, &mut [&mut a]);
     server.signal(libc::SIGTERM);
     for mut ws in [a, b] {
         assert_eq!(expect_close(&mut ws), 1001);
