@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::frame::{self, close, Header, OpCode};
 use crate::http::{self, Decision, Response, Route};
+use crate::metrics::Metrics;
 use crate::queue::OutQueue;
 use crate::room::Broadcast;
 
@@ -39,12 +40,30 @@ pub enum Phase {
     Closed,
 }
 
+/// Why a connection ended (or is ending): for the logs and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Answered plain HTTP with this status: a page, or a refused request or upgrade.
+    Answered(u16),
+    /// The peer closed: a Close frame, EOF, or a reset.
+    PeerLeft,
+    /// The peer broke a rule and was sent this close code (1002, 1003, 1007, 1009).
+    Failed(u16),
+    /// Silent for two ping intervals.
+    PingTimeout,
+    /// Stopped reading while its unsent bytes passed `--max-outbound`.
+    SlowConsumer,
+    /// The server is shutting down.
+    ShuttingDown,
+}
+
 /// What a connection needs from the world while it handles an event.
 pub struct Context<'a> {
     pub now: Instant,
     pub config: &'a Config,
     /// Frames for every member of the room.
     pub broadcast: &'a mut Broadcast,
+    pub metrics: &'a mut Metrics,
 }
 
 /// A message arriving in several frames.
@@ -70,6 +89,10 @@ pub struct Connection {
     input: Vec<u8>,
     output: OutQueue,
     message: Option<Partial>,
+    /// The first reason this connection started to end.
+    ending: Option<Ending>,
+    /// It asked for `/metrics`, which only the event loop can answer.
+    wants_metrics: bool,
 }
 
 impl Connection {
@@ -83,6 +106,8 @@ impl Connection {
             input: Vec::new(),
             output: OutQueue::default(),
             message: None,
+            ending: None,
+            wants_metrics: false,
         }
     }
 
@@ -104,6 +129,15 @@ impl Connection {
 
     pub fn is_closed(&self) -> bool {
         self.phase == Phase::Closed
+    }
+
+    pub fn ending(&self) -> Option<Ending> {
+        self.ending
+    }
+
+    /// True once, after the peer asked for `/metrics`: the caller then queues the answer.
+    pub fn take_metrics_request(&mut self) -> bool {
+        std::mem::take(&mut self.wants_metrics)
     }
 
     pub fn output(&self) -> &OutQueue {
@@ -160,18 +194,21 @@ impl Connection {
     /// The peer shut down its side of the connection (EOF), or the socket failed.
     pub fn peer_closed(&mut self, now: Instant) {
         self.peer_done = true;
+        self.end(Ending::PeerLeft);
         if self.phase != Phase::Finishing || self.output.is_empty() {
             self.enter(Phase::Closed, now);
         }
     }
 
     /// The server drops this connection without ceremony (slow consumer, socket error).
-    pub fn abort(&mut self, now: Instant) {
+    pub fn abort(&mut self, why: Ending, now: Instant) {
+        self.end(why);
         self.enter(Phase::Closed, now);
     }
 
     /// The server is shutting down: WebSocket peers get close 1001, half-read requests nothing.
     pub fn go_away(&mut self, now: Instant) {
+        self.end(Ending::ShuttingDown);
         match self.phase {
             Phase::Open(_) => {
                 frame::push_close(
@@ -211,6 +248,7 @@ impl Connection {
                 };
                 let silent = now.saturating_duration_since(self.last_heard);
                 if silent >= interval * 2 {
+                    self.end(Ending::PingTimeout);
                     frame::push_close(self.output.buffer(), close::GOING_AWAY, "ping timeout");
                     self.enter(Phase::Finishing, now);
                 } else if silent >= interval && !self.ping_outstanding {
@@ -223,6 +261,10 @@ impl Connection {
             }
             _ => {}
         }
+    }
+
+    fn end(&mut self, why: Ending) {
+        self.ending.get_or_insert(why);
     }
 
     fn accepts_input(&self) -> bool {
@@ -262,6 +304,12 @@ impl Connection {
                 self.respond(response, cx.now);
                 buf.len()
             }
+            Decision::Metrics => {
+                self.end(Ending::Answered(200));
+                self.wants_metrics = true;
+                self.enter(Phase::Finishing, cx.now);
+                buf.len()
+            }
             Decision::Upgrade {
                 route,
                 accept_key,
@@ -278,6 +326,7 @@ impl Connection {
     }
 
     fn respond(&mut self, response: Response, now: Instant) {
+        self.end(Ending::Answered(response.status));
         response.write_to(self.output.buffer());
         self.enter(Phase::Finishing, now);
     }
@@ -312,6 +361,7 @@ impl Connection {
             OpCode::Pong => {}
             OpCode::Close => match frame::check_close_payload(payload) {
                 Ok(code) => {
+                    self.end(Ending::PeerLeft);
                     frame::push_close(self.output.buffer(), code, "");
                     self.enter(Phase::Finishing, cx.now);
                 }
@@ -367,6 +417,7 @@ impl Connection {
         let Phase::Open(route) = self.phase else {
             return;
         };
+        cx.metrics.messages_received += 1;
         let text = if opcode == OpCode::Text {
             match std::str::from_utf8(data) {
                 Ok(text) => Some(text),
@@ -391,6 +442,7 @@ impl Connection {
     /// its Close: what it sends next cannot be trusted to be a frame.
     fn fail(&mut self, code: u16, reason: &str, now: Instant) {
         if let Phase::Open(_) = self.phase {
+            self.end(Ending::Failed(code));
             frame::push_close(self.output.buffer(), code, reason);
         }
         if self.accepts_input() {
@@ -421,6 +473,7 @@ mod tests {
         conn: Connection,
         config: Config,
         broadcast: Broadcast,
+        metrics: Metrics,
         now: Instant,
     }
 
@@ -431,6 +484,7 @@ mod tests {
                 conn: Connection::new(now),
                 config,
                 broadcast: Broadcast::default(),
+                metrics: Metrics::default(),
                 now,
             }
         }
@@ -440,6 +494,7 @@ mod tests {
                 now: self.now,
                 config: &self.config,
                 broadcast: &mut self.broadcast,
+                metrics: &mut self.metrics,
             };
             self.conn.receive(&mut bytes.to_vec(), &mut cx);
         }

@@ -71,18 +71,29 @@ impl Response {
 
     /// Appends the whole response, head and body, to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\
-             Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        write_response(
+            out,
             self.status,
-            reason(self.status),
             self.content_type,
-            self.body.len(),
             self.extra_header,
+            self.body,
         );
-        out.extend_from_slice(head.as_bytes());
-        out.extend_from_slice(self.body.as_bytes());
     }
+}
+
+/// The content type of `/metrics`: the Prometheus text exposition format.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Appends a complete `Connection: close` response to `out`.
+pub fn write_response(out: &mut Vec<u8>, status: u16, content_type: &str, extra: &str, body: &str) {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        reason(status),
+        body.len(),
+    );
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(body.as_bytes());
 }
 
 fn reason(status: u16) -> &'static str {
@@ -145,6 +156,8 @@ pub enum Decision {
     Incomplete,
     /// Send this and close.
     Respond(Response),
+    /// Send the current metrics and close (only the event loop knows them).
+    Metrics,
     /// Send `101 Switching Protocols` with this accept key; WebSocket frames start at `head_len`.
     Upgrade {
         route: Route,
@@ -176,6 +189,7 @@ pub fn decide(buf: &[u8], origins: &OriginPolicy, echo: bool) -> Decision {
     let route = match path {
         "/" => return Decision::Respond(Response::page()),
         "/healthz" => return Decision::Respond(Response::status(200)),
+        "/metrics" => return Decision::Metrics,
         "/ws" => Route::Chat,
         "/echo" if echo => Route::Echo,
         _ => return Decision::Respond(Response::status(404)),
@@ -270,6 +284,7 @@ mod tests {
             Decision::Respond(r) => r.status,
             Decision::Upgrade { .. } => 101,
             Decision::Incomplete => 0,
+            Decision::Metrics => 200,
         }
     }
 
@@ -307,6 +322,12 @@ mod tests {
         assert_eq!(status_of("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
         assert_eq!(status_of("GET /healthz?probe=1 HTTP/1.0\r\n\r\n"), 200);
         assert_eq!(status_of("GET /nope HTTP/1.1\r\n\r\n"), 404);
+        let metrics = decide(
+            b"GET /metrics HTTP/1.1\r\n\r\n",
+            &OriginPolicy::default(),
+            false,
+        );
+        assert_eq!(metrics, Decision::Metrics);
         assert_eq!(
             status_of("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
             405

@@ -8,6 +8,7 @@
 //! 3. [`http`] and [`frame`]: parsing the request head and WebSocket frames, without I/O.
 //! 4. [`room`] and [`message`]: who gets what, and the JSON every client receives.
 //! 5. [`queue`], [`timers`], [`config`]: outbound bytes, deadlines, settings.
+//! 6. [`metrics`] and [`logging`]: what an operator sees.
 //!
 //! Everything but `reactor` is plain logic over bytes and can be tested without a socket.
 
@@ -15,7 +16,9 @@ pub mod config;
 pub mod connection;
 pub mod frame;
 pub mod http;
+pub mod logging;
 pub mod message;
+pub mod metrics;
 pub mod queue;
 pub mod reactor;
 pub mod room;

@@ -8,6 +8,7 @@ use clap::Parser;
 use log::{error, warn};
 use mio_chat::config::{self, Config};
 use mio_chat::http::OriginPolicy;
+use mio_chat::logging::{self, LogFormat};
 use mio_chat::Server;
 
 /// A WebSocket chat server: every message to everyone, on one thread.
@@ -43,6 +44,9 @@ struct Args {
     /// Serve /echo, which sends every message back unchanged (for conformance testing).
     #[arg(long)]
     echo: bool,
+    /// Log line format: plain text for people, or one JSON object per line for log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
+    log_format: LogFormat,
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
@@ -69,21 +73,9 @@ fn parse_positive_secs(s: &str) -> Result<Duration, String> {
     })
 }
 
-/// Info lines are printed bare (so the first line reads exactly `listening on HOST:PORT`);
-/// other levels are prefixed with theirs. Timestamps are left to journald or the shell.
-fn init_logging() {
-    use std::io::Write;
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format(|out, record| match record.level() {
-            log::Level::Info => writeln!(out, "{}", record.args()),
-            level => writeln!(out, "{}: {}", level.as_str().to_lowercase(), record.args()),
-        })
-        .init();
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging();
+    logging::init(args.log_format);
     let fd_limit = config::raise_open_file_limit().unwrap_or_else(|e| {
         warn!("could not raise the open-file limit: {e}");
         1024

@@ -25,7 +25,9 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::config::Config;
-use crate::connection::{Connection, Context};
+use crate::connection::{Connection, Context, Ending, Phase};
+use crate::http;
+use crate::metrics::{Gauges, Metrics};
 use crate::room::{Broadcast, Delivery, Room};
 use crate::timers::{Timer, Timers};
 
@@ -62,6 +64,8 @@ struct Client {
     half_closed: bool,
     /// Only here to be told 503.
     refused: bool,
+    /// Its ending has been counted and logged.
+    ending_reported: bool,
 }
 
 /// Stops a running server from another thread, as SIGTERM would (for tests and embedders).
@@ -100,6 +104,7 @@ pub struct Server {
     refusing: usize,
     accept_paused_until: Option<Instant>,
     stopping_at: Option<Instant>,
+    metrics: Metrics,
 }
 
 impl Server {
@@ -130,6 +135,7 @@ impl Server {
             refusing: 0,
             accept_paused_until: None,
             stopping_at: None,
+            metrics: Metrics::default(),
         })
     }
 
@@ -165,37 +171,41 @@ impl Server {
                 return Err(e);
             }
             let now = Instant::now();
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept(now),
-                    SIGNALS => self.on_signal(now),
-                    WAKER => self.shut_down(now),
-                    Token(key) => {
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read(key, now);
-                        }
-                        if event.is_writable() {
-                            self.flush(key, now);
-                        }
-                    }
-                }
-            }
-            self.read_unread(now);
-            self.fire_timers(now);
-            self.resume_accepting(now);
-            self.flush_dirty(now);
-            self.reap();
+            self.turn(&events, now);
+            self.metrics.turn(now.elapsed());
             if let Some(deadline) = self.stopping_at {
                 if self.clients.is_empty() || now >= deadline {
                     break;
                 }
             }
         }
-        info!(
-            "stopped ({} connections cut off at the deadline)",
-            self.clients.len()
-        );
+        let cut_off = self.clients.len();
+        info!("stopped ({cut_off} connections cut off at the deadline)");
         Ok(())
+    }
+
+    /// One turn of the loop: all that the ready events and the due deadlines ask for.
+    fn turn(&mut self, events: &Events, now: Instant) {
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept(now),
+                SIGNALS => self.on_signal(now),
+                WAKER => self.shut_down(now),
+                Token(key) => {
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        self.read(key, now);
+                    }
+                    if event.is_writable() {
+                        self.flush(key, now);
+                    }
+                }
+            }
+        }
+        self.read_unread(now);
+        self.fire_timers(now);
+        self.resume_accepting(now);
+        self.flush_dirty(now);
+        self.reap();
     }
 
     /// Sleep until the nearest deadline; not at all if a client still has bytes to read.
@@ -244,14 +254,16 @@ impl Server {
     }
 
     fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr, now: Instant) {
+        self.metrics.accepted += 1;
         let refused = self.clients.len() - self.refusing >= self.config.max_connections;
         if refused && self.refusing >= MAX_REFUSING {
-            debug!("{peer}: closed unanswered, too many connections");
+            debug!(peer:% = peer; "closed unanswered: too many connections");
+            self.metrics.ended(Ending::Answered(503));
             return;
         }
         // We batch small frames ourselves; Nagle's algorithm would only add latency.
         if let Err(e) = socket.set_nodelay(true) {
-            debug!("{peer}: set_nodelay: {e}");
+            debug!(peer:% = peer; "set_nodelay: {e}");
         }
         let entry = self.clients.vacant_entry();
         let key = entry.key();
@@ -260,7 +272,7 @@ impl Server {
             .registry()
             .register(&mut socket, Token(key), Interest::READABLE)
         {
-            warn!("{peer}: could not register the connection: {e}");
+            warn!(peer:% = peer; "could not register the connection: {e}");
             return;
         }
         let conn = if refused {
@@ -279,12 +291,10 @@ impl Server {
             dirty: false,
             half_closed: false,
             refused,
+            ending_reported: false,
         });
         self.refusing += usize::from(refused);
-        debug!(
-            "{peer}: accepted as #{key}{}",
-            if refused { ", refused (503)" } else { "" }
-        );
+        debug!(token = key, peer:% = peer; "accepted");
         self.settle(key, now);
     }
 
@@ -308,6 +318,7 @@ impl Server {
                         now,
                         config: &self.config,
                         broadcast: &mut self.broadcast,
+                        metrics: &mut self.metrics,
                     };
                     client.conn.receive(&mut self.read_buf[..n], &mut cx);
                     budget = budget.saturating_sub(n);
@@ -316,7 +327,7 @@ impl Server {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    debug!("{}: read: {e}", client.peer);
+                    debug!(token = key, peer:% = client.peer; "read: {e}");
                     client.conn.peer_closed(now);
                     false
                 }
@@ -346,13 +357,16 @@ impl Server {
         };
         while !client.conn.is_closed() && !client.conn.output().is_empty() {
             match client.socket.write(client.conn.output().pending()) {
-                Ok(n) if n > 0 => client.conn.sent(n),
-                Ok(_) => client.conn.abort(now),
+                Ok(n) if n > 0 => {
+                    client.conn.sent(n);
+                    self.metrics.bytes_written += n as u64;
+                }
+                Ok(_) => client.conn.abort(Ending::PeerLeft, now),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
-                    debug!("{}: write: {e}", client.peer);
-                    client.conn.abort(now);
+                    debug!(token = key, peer:% = client.peer; "write: {e}");
+                    client.conn.abort(Ending::PeerLeft, now);
                 }
             }
         }
@@ -371,8 +385,8 @@ impl Server {
                 {
                     Ok(()) => client.writable = want_writable,
                     Err(e) => {
-                        warn!("{}: reregister: {e}", client.peer);
-                        client.conn.abort(now);
+                        warn!(token = key, peer:% = client.peer; "reregister: {e}");
+                        client.conn.abort(Ending::PeerLeft, now);
                     }
                 }
             }
@@ -381,8 +395,8 @@ impl Server {
                 // that could destroy the answer still in flight.
                 client.half_closed = true;
                 if let Err(e) = client.socket.shutdown(Shutdown::Write) {
-                    debug!("{}: shutdown: {e}", client.peer);
-                    client.conn.abort(now);
+                    debug!(token = key, peer:% = client.peer; "shutdown: {e}");
+                    client.conn.abort(Ending::PeerLeft, now);
                 }
             }
         }
@@ -415,19 +429,32 @@ impl Server {
         }
     }
 
-    /// Brings everything else in line with what just happened to one client: room membership
-    /// and notices, the outbound limit, the flush list, its timer, and its end.
+    /// Brings everything else in line with what just happened to one client: the metrics
+    /// page it asked for, the outbound limit, its ending, room membership and notices, the
+    /// flush list, its timer, and the fan-out of whatever the room has to say.
     fn settle(&mut self, key: usize, now: Instant) {
+        let wants_metrics = match self.clients.get_mut(key) {
+            Some(client) => client.conn.take_metrics_request(),
+            None => return,
+        };
+        let metrics_page = wants_metrics.then(|| self.render_metrics());
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
+        if let Some(page) = metrics_page {
+            let mut response = Vec::with_capacity(page.len() + 200);
+            http::write_response(&mut response, 200, http::METRICS_CONTENT_TYPE, "", &page);
+            client.conn.queue(&response);
+        }
         if client.conn.output().len() > self.config.max_outbound {
-            debug!(
-                "{}: dropped, {} bytes unsent",
-                client.peer,
-                client.conn.output().len()
-            );
-            client.conn.abort(now);
+            client.conn.abort(Ending::SlowConsumer, now);
+        }
+        if !client.ending_reported {
+            if let Some(ending) = client.conn.ending() {
+                client.ending_reported = true;
+                self.metrics.ended(ending);
+                debug!(token = key, peer:% = client.peer; "ending: {ending:?}");
+            }
         }
         let member = self.room.contains(key);
         if client.conn.in_room() && !member {
@@ -471,15 +498,21 @@ impl Server {
             dirty,
             closed,
             config,
+            metrics,
             ..
         } = self;
-        room.fan_out(broadcast, |key, frames| {
+        metrics.frames_delivered += room.fan_out(broadcast, |key, frames| {
             let Some(client) = clients.get_mut(key) else {
                 return Delivery::Overflow;
             };
-            if client.conn.output().len() + frames.len() > config.max_outbound {
-                debug!("{}: dropped as a slow consumer", client.peer);
-                client.conn.abort(now);
+            // A client with nothing pending is keeping up, however big this batch is.
+            let backlog = client.conn.output().len();
+            if backlog > 0 && backlog + frames.len() > config.max_outbound {
+                // Counted here: the room is mid-iteration, so `settle` cannot run for it now.
+                client.conn.abort(Ending::SlowConsumer, now);
+                client.ending_reported = true;
+                metrics.ended(Ending::SlowConsumer);
+                debug!(token = key, peer:% = client.peer; "ending: SlowConsumer");
                 closed.push(key);
                 return Delivery::Overflow;
             }
@@ -500,11 +533,25 @@ impl Server {
             }
             let mut client = self.clients.remove(key);
             if let Err(e) = self.poll.registry().deregister(&mut client.socket) {
-                debug!("{}: deregister: {e}", client.peer);
+                debug!(token = key, peer:% = client.peer; "deregister: {e}");
             }
             self.refusing -= usize::from(client.refused);
-            debug!("{}: #{key} closed", client.peer);
+            debug!(token = key, peer:% = client.peer; "closed");
         }
+    }
+
+    /// The `/metrics` page: counters kept by the loop, and connections by phase counted now.
+    fn render_metrics(&self) -> String {
+        let mut gauges = Gauges::default();
+        for (_, client) in &self.clients {
+            match client.conn.phase() {
+                Phase::Request => gauges.handshaking += 1,
+                Phase::Open(_) => gauges.websocket += 1,
+                Phase::Closing | Phase::Finishing => gauges.closing += 1,
+                Phase::Closed => {}
+            }
+        }
+        self.metrics.render(gauges)
     }
 
     fn on_signal(&mut self, now: Instant) {

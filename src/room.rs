@@ -17,19 +17,26 @@ use crate::message::{self, JOINED, LEFT};
 #[derive(Debug, Default)]
 pub struct Broadcast {
     frames: Vec<u8>,
+    /// How many frames `frames` holds (for the delivery count).
+    count: u64,
 }
 
 impl Broadcast {
     pub fn joined(&mut self) {
-        message::push_chat_frame(&mut self.frames, JOINED);
+        self.push(JOINED);
     }
 
     pub fn left(&mut self) {
-        message::push_chat_frame(&mut self.frames, LEFT);
+        self.push(LEFT);
     }
 
     pub fn said(&mut self, text: &str) {
-        message::push_chat_frame(&mut self.frames, text);
+        self.push(text);
+    }
+
+    fn push(&mut self, body: &str) {
+        message::push_chat_frame(&mut self.frames, body);
+        self.count += 1;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -110,18 +117,22 @@ impl Room {
     ///
     /// `deliver` queues bytes for one member. Members it reports as overflowing leave the room,
     /// and their leave notices are delivered to those who remain, until nothing is left to send.
+    /// Returns how many frames were queued in all (frames × members).
     pub fn fan_out(
         &mut self,
         broadcast: &mut Broadcast,
         mut deliver: impl FnMut(usize, &[u8]) -> Delivery,
-    ) {
+    ) -> u64 {
         let mut overflowed = Vec::new();
+        let mut delivered = 0;
         while !broadcast.is_empty() {
             // Taking the batch out lets leave notices collect in `broadcast` as the next one.
             let batch = std::mem::take(&mut broadcast.frames);
+            let frames = std::mem::take(&mut broadcast.count);
             for &key in &self.members {
-                if deliver(key, &batch) == Delivery::Overflow {
-                    overflowed.push(key);
+                match deliver(key, &batch) {
+                    Delivery::Queued => delivered += frames,
+                    Delivery::Overflow => overflowed.push(key),
                 }
             }
             for key in overflowed.drain(..) {
@@ -134,6 +145,7 @@ impl Room {
                 broadcast.frames.clear();
             }
         }
+        delivered
     }
 }
 
@@ -214,8 +226,13 @@ mod tests {
         q.limit.insert(1, 10);
         q.limit.insert(3, 10);
         b.said("this is longer than ten bytes");
-        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        let delivered = room.fan_out(&mut b, |k, f| q.deliver(k, f));
         assert_eq!(room.len(), 3);
+        assert_eq!(
+            delivered,
+            3 + 3 * 2,
+            "one message and two leave notices, to three members"
+        );
         for key in [0, 2, 4] {
             assert_eq!(q.bodies(key), ["this is longer than ten bytes", LEFT, LEFT]);
         }

@@ -57,12 +57,18 @@ pub struct TestServer {
 impl TestServer {
     /// Starts `mio-chat --addr 127.0.0.1:0 <args>` and waits for its `listening on` line.
     pub fn start(args: &[&str]) -> TestServer {
+        TestServer::start_with_env(args, &[])
+    }
+
+    /// Like [`TestServer::start`], with extra environment variables (e.g. `RUST_LOG`).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> TestServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mio-chat"))
             .args(["--addr", "127.0.0.1:0"])
             .args(args)
             // The first stderr line is part of the contract; keep the default log level so a
             // RUST_LOG from the developer's shell cannot put other lines in front of it.
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -108,7 +114,12 @@ impl TestServer {
         let first_line = first_rx
             .recv_timeout(GUARD)
             .expect("the server printed no first stderr line (did it start?)");
-        let addr = first_line
+        // With `--log-format json` the line is an object whose `msg` holds the same words.
+        let message = match serde_json::from_str::<serde_json::Value>(&first_line) {
+            Ok(json) => json["msg"].as_str().unwrap_or_default().to_string(),
+            Err(_) => first_line.clone(),
+        };
+        let addr = message
             .strip_prefix("listening on ")
             .and_then(|rest| rest.parse::<SocketAddr>().ok())
             .unwrap_or_else(|| {

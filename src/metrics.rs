@@ -1,0 +1,194 @@
+//! Counters for `GET /metrics`, in the Prometheus text exposition format.
+//!
+//! The event loop owns a [`Metrics`] and bumps plain integers as things happen: no atomics, no
+//! locks, nothing but an add in the hot path. Formatting happens only when someone scrapes.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::connection::Ending;
+
+/// Upper bounds of the loop-turn histogram, in seconds.
+const TURN_BUCKETS: [f64; 12] = [
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+];
+
+/// Connections by phase at the moment of a scrape (counted then, not tracked).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Gauges {
+    pub handshaking: u64,
+    pub websocket: u64,
+    pub closing: u64,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    start_time: SystemTime,
+    pub accepted: u64,
+    /// Plain HTTP answers and refused upgrades, by status.
+    answered: BTreeMap<u16, u64>,
+    /// WebSocket clients the server dropped, by reason (and close code for protocol errors).
+    dropped: BTreeMap<(&'static str, u16), u64>,
+    pub messages_received: u64,
+    pub frames_delivered: u64,
+    pub bytes_written: u64,
+    turns: u64,
+    turn_buckets: [u64; TURN_BUCKETS.len()],
+    turn_seconds: f64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            start_time: SystemTime::now(),
+            accepted: 0,
+            answered: BTreeMap::new(),
+            dropped: BTreeMap::new(),
+            messages_received: 0,
+            frames_delivered: 0,
+            bytes_written: 0,
+            turns: 0,
+            turn_buckets: [0; TURN_BUCKETS.len()],
+            turn_seconds: 0.0,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts how a connection ended.
+    pub fn ended(&mut self, ending: Ending) {
+        match ending {
+            Ending::Answered(status) => *self.answered.entry(status).or_default() += 1,
+            Ending::Failed(code) => *self.dropped.entry(("protocol_error", code)).or_default() += 1,
+            Ending::PingTimeout => *self.dropped.entry(("ping_timeout", 0)).or_default() += 1,
+            Ending::SlowConsumer => *self.dropped.entry(("slow_consumer", 0)).or_default() += 1,
+            Ending::PeerLeft | Ending::ShuttingDown => {}
+        }
+    }
+
+    /// Records the busy time of one loop turn (from wake-up to the end of its work).
+    pub fn turn(&mut self, busy: Duration) {
+        let secs = busy.as_secs_f64();
+        self.turns += 1;
+        self.turn_seconds += secs;
+        if let Some(i) = TURN_BUCKETS.iter().position(|&le| secs <= le) {
+            self.turn_buckets[i] += 1;
+        }
+    }
+
+    /// The whole exposition, for one scrape.
+    pub fn render(&self, gauges: Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        header(
+            &mut out,
+            "mio_chat_connections",
+            "gauge",
+            "Open connections by phase.",
+        );
+        for (state, n) in [
+            ("handshaking", gauges.handshaking),
+            ("websocket", gauges.websocket),
+            ("closing", gauges.closing),
+        ] {
+            let _ = writeln!(out, "mio_chat_connections{{state=\"{state}\"}} {n}");
+        }
+        counter(
+            &mut out,
+            "mio_chat_connections_accepted_total",
+            "TCP connections accepted.",
+            self.accepted,
+        );
+        header(
+            &mut out,
+            "mio_chat_http_responses_total",
+            "counter",
+            "Plain HTTP answers (pages, health checks, and refused upgrades) by status code.",
+        );
+        for (status, n) in &self.answered {
+            let _ = writeln!(
+                out,
+                "mio_chat_http_responses_total{{status=\"{status}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
+            "mio_chat_clients_dropped_total",
+            "counter",
+            "WebSocket clients dropped by the server, by reason; protocol errors by close code.",
+        );
+        for ((reason, code), n) in &self.dropped {
+            if *code == 0 {
+                let _ = writeln!(
+                    out,
+                    "mio_chat_clients_dropped_total{{reason=\"{reason}\"}} {n}"
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "mio_chat_clients_dropped_total{{reason=\"{reason}\",code=\"{code}\"}} {n}"
+                );
+            }
+        }
+        counter(
+            &mut out,
+            "mio_chat_messages_received_total",
+            "Chat messages received from clients.",
+            self.messages_received,
+        );
+        counter(
+            &mut out,
+            "mio_chat_frames_delivered_total",
+            "Room frames queued for clients (messages and notices).",
+            self.frames_delivered,
+        );
+        counter(
+            &mut out,
+            "mio_chat_bytes_written_total",
+            "Bytes written to client sockets.",
+            self.bytes_written,
+        );
+        header(
+            &mut out,
+            "mio_chat_loop_turn_seconds",
+            "histogram",
+            "Busy time of one event-loop turn, from wake-up to the end of its work.",
+        );
+        let mut cumulative = 0;
+        for (le, n) in TURN_BUCKETS.iter().zip(self.turn_buckets) {
+            cumulative += n;
+            let _ = writeln!(
+                out,
+                "mio_chat_loop_turn_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "mio_chat_loop_turn_seconds_bucket{{le=\"+Inf\"}} {}",
+            self.turns
+        );
+        let _ = writeln!(out, "mio_chat_loop_turn_seconds_sum {}", self.turn_seconds);
+        let _ = writeln!(out, "mio_chat_loop_turn_seconds_count {}", self.turns);
+        let start = self
+            .start_time
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        header(
+            &mut out,
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch, in seconds.",
+        );
+        let _ = writeln!(out, "process_start_time_seconds {}", start.as_secs_f64());
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    header(out, name, "counter", help);
+    let _ = writeln!(out, "{name} {value}");
+}
