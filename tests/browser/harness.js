@@ -1,0 +1,246 @@
+// Helpers for the browser tests in chat.test.js: start and stop the real server binary, launch
+// Debian's Chromium through playwright-core, open chat pages, read what they show, and keep
+// evidence (screenshots, the server's log) when a test fails. Nothing here builds anything:
+// the binary comes from `cargo build`, the browser from the system.
+'use strict';
+
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const net = require('node:net');
+const path = require('node:path');
+const readline = require('node:readline');
+const { chromium } = require('playwright-core');
+
+// A relative MIO_CHAT_BIN is taken from this folder, where `npm test` runs.
+const BIN = path.resolve(__dirname, process.env.MIO_CHAT_BIN || '../../target/debug/mio-chat');
+const ARTIFACTS = path.join(__dirname, 'artifacts');
+
+// Failure guards only: every wait below ends as soon as its condition holds. They are generous
+// because CI machines are slow and shared; a passing run never waits them out.
+const TIMEOUT = 20_000;
+// A restart outlasts several of the page's reconnect attempts, and its back-off grows to 5 s.
+const RECONNECT_TIMEOUT = 30_000;
+
+// playwright-core ships no browser; it drives the system's. The flags keep a headless Chromium in
+// a container quiet and self-contained: no sandbox (we run as root), no GPU, and no background
+// traffic to Google services that could stall on a machine without Internet access.
+const CHROMIUM = {
+  executablePath: '/usr/bin/chromium',
+  args: [
+    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  ],
+};
+
+function launchBrowser() {
+  return chromium.launch(CHROMIUM);
+}
+
+// Every server still running, so that a crashed test run does not leave one behind.
+const live = new Set();
+process.on('exit', () => {
+  for (const child of live) child.kill('SIGKILL');
+});
+
+// Starts the server on `port` (0: any free port) and resolves once it has said where it listens.
+async function startServer(port = 0) {
+  const child = spawn(BIN, ['--addr', `127.0.0.1:${port}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  live.add(child);
+  const exited = new Promise((resolve) => {
+    child.on('exit', (code, signal) => {
+      live.delete(child);
+      resolve({ code, signal });
+    });
+  });
+  // The log is kept for failure reports and read to the end all along: a full, unread stderr pipe
+  // would block the server's next log line and with it the whole single-threaded event loop.
+  const log = [];
+  const lines = readline.createInterface({ input: child.stderr });
+  const first = new Promise((resolve, reject) => {
+    lines.on('line', (line) => {
+      if (log.push(line) === 1) resolve(line);
+    });
+    child.on('error', (err) => reject(new Error(
+      `cannot start ${BIN} (${err.message}): run \`cargo build\` first, or point MIO_CHAT_BIN at the binary`)));
+    exited.then(({ code, signal }) => reject(new Error(
+      `${BIN} exited (code ${code}, signal ${signal}) before it listened:\n${log.join('\n')}`)));
+  });
+  const line = await withTimeout(first, TIMEOUT, `${BIN} said nothing for ${TIMEOUT} ms`)
+    .catch((err) => { child.kill('SIGKILL'); throw err; });
+  const match = /^listening on 127\.0\.0\.1:(\d+)$/.exec(line);
+  if (!match) {
+    child.kill('SIGKILL');
+    throw new Error(`unexpected first log line from ${BIN}: ${JSON.stringify(line)}`);
+  }
+  const bound = Number(match[1]);
+  return {
+    port: bound,
+    url: `http://127.0.0.1:${bound}/`,
+    pid: child.pid,
+    log,
+    exited,
+    // Graceful stop, as an operator would: resolves with how the process ended.
+    stop() {
+      child.kill('SIGTERM');
+      return withTimeout(exited, TIMEOUT, 'server did not exit after SIGTERM');
+    },
+    kill() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      return exited;
+    },
+  };
+}
+
+function withTimeout(promise, ms, message) {
+  let timer;
+  const guard = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(message)), ms); });
+  return Promise.race([promise, guard]).finally(() => clearTimeout(timer));
+}
+
+// Runs one scenario against a fresh server (so join and leave counts start from nobody) and
+// tears everything down afterwards, pass or fail. `body` gets a fixture:
+//   chat.server            the running server (replaced by chat.startAgain())
+//   chat.open(options)     a new page, in its own browser context (like a separate user), online
+//   chat.startAgain()      after chat.server.stop(): a new server on the same port
+//   chat.startGate()       a gate (see startGate) in front of the server, closed at teardown
+// On failure every open page is saved to artifacts/ and the server's log is printed.
+async function withChat(browser, t, body) {
+  const contexts = [];
+  const gates = [];
+  const chat = {
+    server: await startServer(),
+    async open(options = {}) {
+      const page = await chat.openOffline(options);
+      await page.goto(chat.server.url);
+      await waitForState(page, 'online');
+      return page;
+    },
+    // A page not yet pointed at the server, for tests that need to act before it loads.
+    async openOffline({ viewport = { width: 800, height: 600 }, ...contextOptions } = {}) {
+      const context = await browser.newContext({ viewport, ...contextOptions });
+      context.setDefaultTimeout(TIMEOUT);
+      contexts.push(context);
+      return context.newPage();
+    },
+    async startAgain() {
+      chat.server = await startServer(chat.server.port);
+    },
+    async startGate() {
+      const gate = await startGate(chat.server.port);
+      gates.push(gate);
+      return gate;
+    },
+  };
+  try {
+    await body(chat);
+  } catch (err) {
+    await saveScreenshots(t.name, contexts);
+    console.error(`-- server log for "${t.name}":\n${chat.server.log.join('\n')}`);
+    throw err;
+  } finally {
+    for (const context of contexts) await context.close().catch(() => {});
+    for (const gate of gates) await gate.close();
+    await chat.server.kill();
+  }
+}
+
+async function saveScreenshots(testName, contexts) {
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  const stem = testName.replace(/[^a-z0-9]+/gi, '-').replace(/^-|-$/g, '').toLowerCase();
+  const pages = contexts.flatMap((context) => context.pages());
+  for (const [i, page] of pages.entries()) {
+    const file = path.join(ARTIFACTS, `${stem}-page${i + 1}.png`);
+    await page.screenshot({ path: file, timeout: 5_000 })
+      .then(() => console.error(`-- screenshot: ${file}`))
+      .catch((err) => console.error(`-- no screenshot of page ${i + 1}: ${err.message}`));
+  }
+}
+
+// A TCP relay in front of the server that passes page loads through at once but holds every
+// WebSocket handshake until release(): so a test can see the page's "connecting" state, which
+// otherwise lasts a blink. (Intercepting the page with Playwright's page.route would not do: Chromium
+// then no longer knows the page came from 127.0.0.1, and its Local Network Access checks block
+// the page's WebSocket to 127.0.0.1.)
+async function startGate(serverPort) {
+  let release;
+  const released = new Promise((resolve) => { release = resolve; });
+  const sockets = new Set();
+  const relay = net.createServer((client) => {
+    sockets.add(client);
+    client.on('close', () => sockets.delete(client));
+    client.on('error', () => {});
+    client.once('data', async (head) => {
+      client.pause(); // keep what follows the first chunk until the upstream is there to take it
+      if (head.toString('latin1').startsWith('GET /ws')) await released;
+      const upstream = net.connect(serverPort, '127.0.0.1', () => {
+        upstream.write(head);
+        client.pipe(upstream);
+        upstream.pipe(client);
+      });
+      sockets.add(upstream);
+      upstream.on('close', () => { sockets.delete(upstream); client.destroy(); });
+      upstream.on('error', () => client.destroy());
+      client.on('close', () => upstream.destroy());
+    });
+  });
+  await new Promise((resolve) => relay.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${relay.address().port}/`,
+    release,
+    close() {
+      for (const socket of sockets) socket.destroy();
+      return new Promise((resolve) => relay.close(resolve));
+    },
+  };
+}
+
+// --- Reading and driving the page (its ids and classes are the contract, see src/chat.html) ---
+
+function waitForState(page, state, timeout = TIMEOUT) {
+  return page.waitForSelector(`#status[data-state="${state}"]`, { timeout });
+}
+
+// What #messages shows, oldest first, as { kind: 'message' | 'notice', text }.
+function entries(page) {
+  return page.$$eval('#messages > li', (items) => items.map((li) => ({ kind: li.className, text: li.textContent })));
+}
+
+function texts(page, kind) {
+  return entries(page).then((all) => all.filter((e) => e.kind === kind).map((e) => e.text));
+}
+
+// Waits until #messages holds exactly `count` entries of `kind` (or of any kind, if null).
+function waitForCount(page, count, kind = null, timeout = TIMEOUT) {
+  return page.waitForFunction(([n, k]) => {
+    const selector = k ? `#messages > li.${k}` : '#messages > li';
+    return document.querySelectorAll(selector).length === n;
+  }, [count, kind], { timeout });
+}
+
+// Waits until an entry with exactly this text is shown.
+function waitForText(page, text, timeout = TIMEOUT) {
+  return page.waitForFunction(
+    (t) => [...document.querySelectorAll('#messages > li')].some((li) => li.textContent === t),
+    text, { timeout });
+}
+
+// Types into the box and submits, the way a person would: Enter, or a click on Send.
+async function say(page, text, { click = false } = {}) {
+  await page.fill('#input', text);
+  if (click) await page.click('#send');
+  else await page.press('#input', 'Enter');
+}
+
+module.exports = {
+  TIMEOUT,
+  RECONNECT_TIMEOUT,
+  launchBrowser,
+  startServer,
+  withChat,
+  waitForState,
+  entries,
+  texts,
+  waitForCount,
+  waitForText,
+  say,
+};
