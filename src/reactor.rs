@@ -46,6 +46,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Connections being told 503 at the same time; past this, extra ones are closed unanswered.
 const MAX_REFUSING: usize = 64;
+/// Pending connections the kernel may queue for `accept` (it caps this at `net.core.somaxconn`).
+/// mio's default of 128 overflows when a load test opens thousands of connections at once.
+const LISTEN_BACKLOG: i32 = 4096;
+/// Bytes fanned out since the last flush after which the loop writes at once instead of at the
+/// end of the turn. Writing once per turn coalesces frames, but a turn of a thousand joins or
+/// leaves in a room of ten thousand would otherwise queue hundreds of megabytes first.
+const MAX_UNFLUSHED: usize = 16 << 20;
 
 /// A socket and the state machine that speaks over it.
 struct Client {
@@ -102,6 +109,8 @@ pub struct Server {
     closed: Vec<usize>,
     next_id: u64,
     refusing: usize,
+    /// Bytes fanned out since the dirty clients were last flushed.
+    unflushed: usize,
     accept_paused_until: Option<Instant>,
     stopping_at: Option<Instant>,
     metrics: Metrics,
@@ -111,7 +120,7 @@ impl Server {
     /// Binds the listener; port 0 picks a free port (see [`Server::local_addr`]).
     pub fn bind(config: Config) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.addr)?;
+        let mut listener = listen(config.addr)?;
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -133,6 +142,7 @@ impl Server {
             closed: Vec::new(),
             next_id: 0,
             refusing: 0,
+            unflushed: 0,
             accept_paused_until: None,
             stopping_at: None,
             metrics: Metrics::default(),
@@ -404,6 +414,7 @@ impl Server {
     }
 
     fn flush_dirty(&mut self, now: Instant) {
+        self.unflushed = 0;
         // Flushing can close a client, whose leave notice makes more clients dirty.
         while !self.dirty.is_empty() {
             for key in std::mem::take(&mut self.dirty) {
@@ -499,6 +510,7 @@ impl Server {
             closed,
             config,
             metrics,
+            unflushed,
             ..
         } = self;
         metrics.frames_delivered += room.fan_out(broadcast, |key, frames| {
@@ -517,12 +529,16 @@ impl Server {
                 return Delivery::Overflow;
             }
             client.conn.queue(frames);
+            *unflushed += frames.len();
             if !client.writable && !client.dirty {
                 client.dirty = true;
                 dirty.push(key);
             }
             Delivery::Queued
         });
+        if self.unflushed > MAX_UNFLUSHED {
+            self.flush_dirty(now);
+        }
     }
 
     /// Closes the sockets of connections that are over.
@@ -583,4 +599,16 @@ impl Server {
             self.settle(key, now);
         }
     }
+}
+
+/// A non-blocking listener with `SO_REUSEADDR` (a restarted server can bind again at once) and a
+/// backlog long enough for connection storms.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into()))
 }
