@@ -49,9 +49,10 @@ const MAX_REFUSING: usize = 64;
 /// Pending connections the kernel may queue for `accept` (it caps this at `net.core.somaxconn`).
 /// mio's default of 128 overflows when a load test opens thousands of connections at once.
 const LISTEN_BACKLOG: i32 = 4096;
-/// Bytes fanned out since the last flush after which the loop writes at once instead of at the
-/// end of the turn. Writing once per turn coalesces frames, but a turn of a thousand joins or
-/// leaves in a room of ten thousand would otherwise queue hundreds of megabytes first.
+/// The room's batch is fanned out and written at the end of each turn: one copy and one `write`
+/// per client per turn, however many messages the turn brought. But a turn of a thousand joins
+/// or leaves in a room of ten thousand would queue hundreds of megabytes that way, so once the
+/// batch times the members passes this many bytes, it goes out at once.
 const MAX_UNFLUSHED: usize = 16 << 20;
 
 /// A socket and the state machine that speaks over it.
@@ -109,8 +110,6 @@ pub struct Server {
     closed: Vec<usize>,
     next_id: u64,
     refusing: usize,
-    /// Bytes fanned out since the dirty clients were last flushed.
-    unflushed: usize,
     accept_paused_until: Option<Instant>,
     stopping_at: Option<Instant>,
     metrics: Metrics,
@@ -142,7 +141,6 @@ impl Server {
             closed: Vec::new(),
             next_id: 0,
             refusing: 0,
-            unflushed: 0,
             accept_paused_until: None,
             stopping_at: None,
             metrics: Metrics::default(),
@@ -214,7 +212,7 @@ impl Server {
         self.read_unread(now);
         self.fire_timers(now);
         self.resume_accepting(now);
-        self.flush_dirty(now);
+        self.flush_dirty(now); // fans out the turn's batch first
         self.reap();
     }
 
@@ -324,6 +322,7 @@ impl Server {
                     false // EOF: nothing more will come, however long we keep the socket
                 }
                 Ok(n) => {
+                    let batch_so_far = self.broadcast.len();
                     let mut cx = Context {
                         now,
                         config: &self.config,
@@ -332,6 +331,11 @@ impl Server {
                     };
                     client.conn.receive(&mut self.read_buf[..n], &mut cx);
                     budget = budget.saturating_sub(n);
+                    if client.conn.in_room() && !self.room.contains(key) {
+                        // It just completed its handshake; its join notice starts where the
+                        // batch stood before its bytes were handled.
+                        self.room.join(key, batch_so_far);
+                    }
                     true
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -413,10 +417,14 @@ impl Server {
         self.settle(key, now);
     }
 
+    /// Fans out the room's batch, then writes every client with new bytes.
     fn flush_dirty(&mut self, now: Instant) {
-        self.unflushed = 0;
-        // Flushing can close a client, whose leave notice makes more clients dirty.
-        while !self.dirty.is_empty() {
+        // Flushing can close a client, whose leave notice is a new batch.
+        loop {
+            self.fan_out(now);
+            if self.dirty.is_empty() {
+                return;
+            }
             for key in std::mem::take(&mut self.dirty) {
                 if let Some(client) = self.clients.get_mut(key) {
                     client.dirty = false;
@@ -441,8 +449,8 @@ impl Server {
     }
 
     /// Brings everything else in line with what just happened to one client: the metrics
-    /// page it asked for, the outbound limit, its ending, room membership and notices, the
-    /// flush list, its timer, and the fan-out of whatever the room has to say.
+    /// page it asked for, the outbound limit, its ending, leaving the room, the flush list, and
+    /// its timer.
     fn settle(&mut self, key: usize, now: Instant) {
         let wants_metrics = match self.clients.get_mut(key) {
             Some(client) => client.conn.take_metrics_request(),
@@ -467,11 +475,8 @@ impl Server {
                 debug!(token = key, peer:% = client.peer; "ending: {ending:?}");
             }
         }
-        let member = self.room.contains(key);
-        if client.conn.in_room() && !member {
-            self.room.join(key);
-        } else if !client.conn.in_room() && member {
-            self.room.leave(key);
+        // Joining happens in `read`, where the handshake completes; leaving can happen anywhere.
+        if !client.conn.in_room() && self.room.leave(key) {
             self.broadcast.left();
         }
         if client.conn.is_closed() {
@@ -494,7 +499,9 @@ impl Server {
                 }
             }
         }
-        self.fan_out(now);
+        if self.broadcast.len().saturating_mul(self.room.len()) > MAX_UNFLUSHED {
+            self.flush_dirty(now);
+        }
     }
 
     /// Copies the pending broadcast into every member's queue; overflowing members are dropped.
@@ -510,7 +517,6 @@ impl Server {
             closed,
             config,
             metrics,
-            unflushed,
             ..
         } = self;
         metrics.frames_delivered += room.fan_out(broadcast, |key, frames| {
@@ -529,16 +535,12 @@ impl Server {
                 return Delivery::Overflow;
             }
             client.conn.queue(frames);
-            *unflushed += frames.len();
             if !client.writable && !client.dirty {
                 client.dirty = true;
                 dirty.push(key);
             }
             Delivery::Queued
         });
-        if self.unflushed > MAX_UNFLUSHED {
-            self.flush_dirty(now);
-        }
     }
 
     /// Closes the sockets of connections that are over.

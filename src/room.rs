@@ -5,11 +5,13 @@
 //! - a leaver stops being a member before its leave notice goes out, so only the others get it;
 //! - a message goes to every member, the sender included.
 //!
-//! Frames meant for everyone collect in a [`Broadcast`] while one connection's input is processed;
-//! [`Room::fan_out`] then hands the same bytes to every member, in one piece. Every member receives
-//! every batch in the same order, so all clients see one order. A member whose queue overflows
-//! during the fan-out is removed on the spot and its leave notice becomes the next batch: removals
-//! never disturb the iteration, and no leave notice is lost.
+//! Frames meant for everyone collect in a [`Broadcast`] during a turn of the event loop;
+//! [`Room::fan_out`] then hands the same bytes to every member, in one piece: one copy per member
+//! per turn, however many messages the turn brought. Every member receives the batch in the same
+//! order, so all clients see one order. A member that joined while the batch was collecting gets
+//! it from its own join notice on, exactly as if the batch had gone out at that moment. A member
+//! whose queue overflows during the fan-out is removed on the spot and its leave notice becomes
+//! the next batch: removals never disturb the iteration, and no leave notice is lost.
 
 use crate::message::{self, JOINED, LEFT};
 
@@ -43,6 +45,11 @@ impl Broadcast {
         self.frames.is_empty()
     }
 
+    /// Bytes collected so far; a newcomer's place in the batch.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
     /// The encoded frames, for tests and tools.
     pub fn as_bytes(&self) -> &[u8] {
         &self.frames
@@ -63,6 +70,11 @@ pub struct Room {
     members: Vec<usize>,
     /// `position[key]` is 1 + the key's index in `members`, or 0 when not a member.
     position: Vec<u32>,
+    /// `joined_at[key]`: where in the current batch a member that joined while it was collecting
+    /// finds its own join notice (it gets the batch from there on); 0 for everyone else.
+    joined_at: Vec<usize>,
+    /// The keys with a nonzero `joined_at`, to reset after the fan-out.
+    newcomers: Vec<usize>,
 }
 
 impl Room {
@@ -82,9 +94,17 @@ impl Room {
         &self.members
     }
 
-    pub fn join(&mut self, key: usize) {
+    /// Adds `key`, which gets the current batch from byte `from` on (its own join notice).
+    pub fn join(&mut self, key: usize, from: usize) {
         if self.contains(key) {
             return;
+        }
+        if key >= self.joined_at.len() {
+            self.joined_at.resize(key + 1, 0);
+        }
+        if from > 0 {
+            self.joined_at[key] = from;
+            self.newcomers.push(key);
         }
         if key >= self.position.len() {
             self.position.resize(key + 1, 0);
@@ -104,6 +124,7 @@ impl Room {
             self.position[moved] = index as u32 + 1;
         }
         self.position[key] = 0;
+        self.joined_at[key] = 0;
         true
     }
 
@@ -111,6 +132,8 @@ impl Room {
     pub fn clear(&mut self) {
         self.members.clear();
         self.position.clear();
+        self.joined_at.clear();
+        self.newcomers.clear();
     }
 
     /// Delivers everything in `broadcast` to every member, then empties it.
@@ -130,9 +153,16 @@ impl Room {
             let batch = std::mem::take(&mut broadcast.frames);
             let frames = std::mem::take(&mut broadcast.count);
             for &key in &self.members {
-                match deliver(key, &batch) {
-                    Delivery::Queued => delivered += frames,
+                let from = self.joined_at[key];
+                match deliver(key, &batch[from..]) {
+                    Delivery::Queued if from == 0 => delivered += frames,
+                    Delivery::Queued => delivered += frames_in(&batch[from..]),
                     Delivery::Overflow => overflowed.push(key),
+                }
+            }
+            for key in self.newcomers.drain(..) {
+                if let Some(at) = self.joined_at.get_mut(key) {
+                    *at = 0; // the next batch is theirs in full
                 }
             }
             for key in overflowed.drain(..) {
@@ -147,6 +177,30 @@ impl Room {
         }
         delivered
     }
+}
+
+/// Counts the frames in a run of whole server frames (for a newcomer's part of a batch).
+fn frames_in(mut bytes: &[u8]) -> u64 {
+    let mut count = 0;
+    while let [_, len, rest @ ..] = bytes {
+        let (payload, header) = match len & 0x7F {
+            126 => (
+                rest.get(..2)
+                    .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize),
+                4,
+            ),
+            127 => (
+                rest.get(..8).map_or(0, |b| {
+                    u64::from_be_bytes(b.try_into().unwrap_or([0; 8])) as usize
+                }),
+                10,
+            ),
+            n => (n as usize, 2),
+        };
+        bytes = bytes.get(header + payload..).unwrap_or(&[]);
+        count += 1;
+    }
+    count
 }
 
 #[cfg(test)]
@@ -201,10 +255,10 @@ mod tests {
     #[test]
     fn newcomer_gets_its_own_join_notice_and_leaver_gets_none() {
         let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
-        room.join(0);
+        room.join(0, 0);
         b.joined();
         room.fan_out(&mut b, |k, f| q.deliver(k, f));
-        room.join(1);
+        room.join(1, 0);
         b.joined();
         room.fan_out(&mut b, |k, f| q.deliver(k, f));
         b.said("hi");
@@ -218,10 +272,27 @@ mod tests {
     }
 
     #[test]
+    fn a_newcomer_gets_the_batch_from_its_own_join_notice_on() {
+        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
+        room.join(0, 0);
+        b.said("before");
+        room.join(1, b.len());
+        b.joined();
+        b.said("after");
+        let delivered = room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        assert_eq!(q.bodies(0), ["before", JOINED, "after"]);
+        assert_eq!(q.bodies(1), [JOINED, "after"]);
+        assert_eq!(delivered, 3 + 2);
+        b.said("next");
+        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        assert_eq!(q.bodies(1), [JOINED, "after", "next"]);
+    }
+
+    #[test]
     fn overflowing_members_leave_and_the_others_are_told() {
         let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
         for key in 0..5 {
-            room.join(key);
+            room.join(key, 0);
         }
         q.limit.insert(1, 10);
         q.limit.insert(3, 10);
@@ -243,9 +314,9 @@ mod tests {
     fn join_and_leave_keep_membership_exact() {
         let mut room = Room::default();
         for key in [5, 0, 9, 3] {
-            room.join(key);
+            room.join(key, 0);
         }
-        room.join(9); // twice is once
+        room.join(9, 0); // twice is once
         assert_eq!(room.len(), 4);
         assert!(room.leave(5));
         assert!(!room.leave(5));
