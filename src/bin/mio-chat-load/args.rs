@@ -1,0 +1,177 @@
+//! The command line: two scenarios, and the flags they share (which may come before or after
+//! the scenario's name).
+
+use std::time::Duration;
+
+use clap::{ArgGroup, Args as ClapArgs, Parser, Subcommand};
+
+/// Load generator for mio-chat: many WebSocket clients on one thread, one mio event loop.
+///
+/// Prints a report on stdout (one JSON object with --json) and exits non-zero if anything went
+/// wrong: failed connections, lost, duplicated or reordered messages, or the --timeout.
+/// Set RUST_LOG=debug to see why individual clients failed.
+#[derive(Parser, Debug)]
+#[command(version)]
+pub struct Args {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct Common {
+    /// The chat's WebSocket endpoint.
+    #[arg(long, global = true, default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+    /// PID of the server, to report its memory and CPU use (read from /proc).
+    #[arg(long, global = true)]
+    pub server_pid: Option<u32>,
+    /// Spread clients over source addresses 127.0.0.1..127.0.0.K [default: as few as N needs,
+    /// given the ephemeral port range]
+    #[arg(long, global = true, value_name = "K",
+          value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub sources: Option<u8>,
+    /// Connections connecting or handshaking at once, at most. More SYNs at once than the
+    /// server's listen backlog (mio-chat asks for 4096; other servers often have 128) overflow
+    /// it, and each dropped SYN costs its client a 1 s retransmit.
+    #[arg(long, global = true, default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_inflight: u32,
+    /// Seconds the whole run may take (not counting --hold); past it the report says what was
+    /// reached and the exit status is non-zero.
+    #[arg(long, global = true, default_value = "120", value_parser = parse_positive_secs)]
+    pub timeout: Duration,
+    /// Allow a target outside 127.0.0.0/8 and ::1.
+    #[arg(long, global = true)]
+    pub allow_remote: bool,
+    /// Print the report as one JSON object.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No live progress line on stderr.
+    #[arg(long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Scenario {
+    /// Connect N clients and drain the join notices (N(N+1)/2 of them); time one broadcast to
+    /// all; hold the connections; close them all.
+    Connect(ConnectArgs),
+    /// S of N clients send for T seconds; every client checks it got every message of every
+    /// sender once and in order, and measures its latency.
+    Broadcast(BroadcastArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct ConnectArgs {
+    /// Clients to connect.
+    #[arg(short = 'n', long = "clients", value_parser = clap::value_parser!(u32).range(1..))]
+    pub clients: u32,
+    /// Seconds to hold the connections open before closing them.
+    #[arg(long, default_value = "0", value_parser = parse_secs)]
+    pub hold: Duration,
+}
+
+#[derive(ClapArgs, Debug)]
+#[command(group(ArgGroup::new("pace").required(true).args(["rate", "window"])))]
+pub struct BroadcastArgs {
+    /// Clients to connect; all of them receive.
+    #[arg(short = 'n', long = "clients", value_parser = clap::value_parser!(u32).range(1..))]
+    pub clients: u32,
+    /// How many of the clients also send.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub senders: u32,
+    /// Messages per second from each sender (open loop).
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// Messages each sender keeps in flight: it sends the next when one of its own comes back
+    /// (closed loop: as fast as the server goes).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub window: Option<u32>,
+    /// Seconds of sending.
+    #[arg(long, default_value = "10", value_parser = parse_positive_secs)]
+    pub duration: Duration,
+    /// Bytes of text per message (at least the stamp, about 30 bytes).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s}: not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s}: not a valid number of seconds"))
+}
+
+fn parse_positive_secs(s: &str) -> Result<Duration, String> {
+    parse_secs(s).and_then(|d| {
+        if d.is_zero() {
+            Err("must be more than 0".into())
+        } else {
+            Ok(d)
+        }
+    })
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!("{s}: not a positive number of messages per second")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flags_parse() {
+        Args::command_for_tests().debug_assert();
+        let args = Args::try_parse_from([
+            "load",
+            "broadcast",
+            "-n",
+            "100",
+            "--senders",
+            "10",
+            "--window",
+            "64",
+            "--url",
+            "ws://127.0.0.1:1/ws",
+            "--json",
+        ])
+        .unwrap();
+        assert!(args.common.json);
+        let Scenario::Broadcast(b) = args.scenario else {
+            panic!("not broadcast")
+        };
+        assert_eq!(
+            (b.clients, b.senders, b.window, b.rate),
+            (100, 10, Some(64), None)
+        );
+    }
+
+    #[test]
+    fn rate_and_window_exclude_each_other() {
+        let both = [
+            "load",
+            "broadcast",
+            "-n",
+            "5",
+            "--rate",
+            "1",
+            "--window",
+            "1",
+        ];
+        assert!(Args::try_parse_from(both).is_err());
+        assert!(Args::try_parse_from(["load", "broadcast", "-n", "5"]).is_err());
+        assert!(Args::try_parse_from(["load", "connect", "-n", "0"]).is_err());
+    }
+
+    impl Args {
+        fn command_for_tests() -> clap::Command {
+            <Args as clap::CommandFactory>::command()
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The generator's event loop: one thread, one `mio::Poll`, every client in a `Slab` whose key
+//! is its `Token`, the way the server holds its own.
+//!
+//! A scenario drives the fleet a [`turn`](Fleet::turn) at a time and hears what happened through
+//! an [`Observer`]. Each turn:
+//! 1. dial new connections, at most `--max-inflight` of them connecting or handshaking at once
+//!    (an unbounded burst of SYNs would overflow the server's accept backlog);
+//! 2. write what the scenario queued since the last turn;
+//! 3. wait for readiness; read every ready client until `WouldBlock`, feeding its state machine;
+//! 4. write the replies that reading produced (pongs, close answers).
+//!
+//! Sockets are edge-triggered and registered once for both READABLE and WRITABLE: WRITABLE
+//! events then come for free whenever room appears, and a client with nothing to send ignores
+//! them at the cost of a branch, cheaper than re-registering each time a message is queued.
+
+use std::collections::BTreeMap;
+use std::io::{self, ErrorKind, Read};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use log::debug;
+use mio::event::Event as MioEvent;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::client::{Client, Event, Failure, Phase};
+use crate::target::Target;
+use crate::wire::Masks;
+
+/// One read buffer for all clients, as in the server.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What a scenario hears from the fleet. Keys are slab keys; a key is reused only after
+/// [`Observer::gone`] (or a failed dial) freed it.
+pub trait Observer {
+    fn opened(&mut self, _key: usize, _now: Instant) {}
+    /// A chat message's body arrived at client `key`, read at `now`.
+    fn chat(&mut self, _key: usize, _body: &str, _now: Instant) {}
+    /// An open client is gone: it failed, or its close completed.
+    fn gone(&mut self, _key: usize) {}
+}
+
+/// Counts kept by the fleet itself, whatever the scenario.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    /// Handshakes completed.
+    pub opened: usize,
+    /// Clients that failed, by cause.
+    pub failures: BTreeMap<String, u64>,
+    /// Open clients that failed (a subset of `failures`).
+    pub lost_after_open: usize,
+    /// Closing handshakes completed.
+    pub closed_clean: usize,
+    /// Messages that were not chat JSON.
+    pub unexpected: u64,
+}
+
+impl Tally {
+    pub fn failed(&self) -> u64 {
+        self.failures.values().sum()
+    }
+}
+
+pub struct Fleet {
+    poll: Poll,
+    events: Events,
+    clients: Slab<Client>,
+    read_buf: Box<[u8]>,
+    target: Target,
+    /// Source addresses, used in turn; empty: let the kernel choose.
+    sources: Vec<Ipv4Addr>,
+    max_inflight: usize,
+    /// Connections asked for but not dialled yet.
+    to_dial: usize,
+    dialled: u32,
+    /// Clients connecting or handshaking.
+    inflight: usize,
+    /// Clients with bytes queued since their last flush.
+    dirty: Vec<usize>,
+    masks: Masks,
+    pub tally: Tally,
+}
+
+impl Fleet {
+    pub fn new(target: Target, sources: Vec<Ipv4Addr>, max_inflight: usize) -> io::Result<Fleet> {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id());
+        Ok(Fleet {
+            poll: Poll::new()?,
+            events: Events::with_capacity(1024),
+            clients: Slab::new(),
+            read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            target,
+            sources,
+            max_inflight: max_inflight.max(1),
+            to_dial: 0,
+            dialled: 0,
+            inflight: 0,
+            dirty: Vec::new(),
+            masks: Masks::new(seed),
+            tally: Tally::default(),
+        })
+    }
+
+    /// Asks for `n` more connections; they are dialled over the next turns.
+    pub fn dial(&mut self, n: usize) {
+        self.to_dial += n;
+    }
+
+    /// Every connection asked for has opened or failed.
+    pub fn settled(&self) -> bool {
+        self.to_dial == 0 && self.inflight == 0
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight
+    }
+
+    /// Clients past their handshake and not gone (closing ones included).
+    pub fn open_count(&self) -> usize {
+        let t = &self.tally;
+        t.opened - t.lost_after_open - t.closed_clean
+    }
+
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// Open clients as (key, dial index), in dial order.
+    pub fn open_clients(&self) -> Vec<(usize, u32)> {
+        let mut open: Vec<(usize, u32)> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.phase() == Phase::Open)
+            .map(|(key, c)| (key, c.index))
+            .collect();
+        open.sort_by_key(|&(_, index)| index);
+        open
+    }
+
+    /// One past the largest key in use: the size of a table indexed by key.
+    pub fn key_bound(&self) -> usize {
+        self.clients
+            .iter()
+            .map(|(key, _)| key + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Queues a text message from client `key`; it is written at the start of the next turn.
+    pub fn send(&mut self, key: usize, text: &str) {
+        if let Some(client) = self.clients.get_mut(key) {
+            if client.phase() == Phase::Open {
+                client.send_text(text, &mut self.masks);
+                mark_dirty(&mut self.dirty, key, client);
+            }
+        }
+    }
+
+    /// Starts the closing handshake on every open client and drops those not open yet.
+    pub fn close_all(&mut self) {
+        self.to_dial = 0;
+        let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            match self.clients[key].phase() {
+                Phase::Open => {
+                    let client = &mut self.clients[key];
+                    client.close(&mut self.masks);
+                    mark_dirty(&mut self.dirty, key, client);
+                }
+                Phase::Closing => {}
+                Phase::Connecting | Phase::Handshake => {
+                    self.inflight -= 1;
+                    self.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Drops every client left, counting them as failed with `label`; returns how many.
+    pub fn abandon_all(&mut self, label: &str) -> usize {
+        let n = self.clients.len();
+        if n > 0 {
+            *self.tally.failures.entry(label.to_string()).or_default() += n as u64;
+        }
+        let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.remove(key);
+        }
+        self.inflight = 0;
+        self.to_dial = 0;
+        n
+    }
+
+    /// One turn of the loop (see the module comment); `timeout` bounds the wait for events.
+    pub fn turn(
+        &mut self,
+        timeout: Option<Duration>,
+        observer: &mut impl Observer,
+    ) -> io::Result<()> {
+        self.dial_more();
+        self.flush_dirty(observer);
+        // Taken out so that handling an event may borrow the rest of the fleet.
+        let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        let polled = self.poll.poll(&mut events, timeout);
+        if let Err(e) = polled {
+            self.events = events;
+            return if e.kind() == ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        for event in events.iter() {
+            self.handle(event, observer);
+        }
+        self.events = events;
+        self.flush_dirty(observer);
+        Ok(())
+    }
+
+    fn dial_more(&mut self) {
+        while self.to_dial > 0 && self.inflight < self.max_inflight {
+            self.to_dial -= 1;
+            let index = self.dialled;
+            self.dialled += 1;
+            match self.open_socket(index) {
+                Ok(socket) => {
+                    let entry = self.clients.vacant_entry();
+                    let key = entry.key();
+                    let mut client = Client::new(socket, index);
+                    if let Err(e) = self.poll.registry().register(
+                        &mut client.socket,
+                        Token(key),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        self.count_failure(&Failure::Connect(e));
+                        continue;
+                    }
+                    entry.insert(client);
+                    self.inflight += 1;
+                }
+                Err(e) => self.count_failure(&Failure::Connect(e)),
+            }
+        }
+    }
+
+    /// A non-blocking socket, bound to its source address, with `connect` under way.
+    fn open_socket(&self, index: u32) -> io::Result<TcpStream> {
+        let addr = self.target.addr;
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_nonblocking(true)?;
+        // Latency is what we measure; Nagle's algorithm would add to it.
+        socket.set_tcp_nodelay(true)?;
+        if !self.sources.is_empty() {
+            let source = self.sources[index as usize % self.sources.len()];
+            defer_port_choice(&socket)?;
+            socket.bind(&SockAddr::from(SocketAddr::from((source, 0))))?;
+        }
+        match socket.connect(&SockAddr::from(addr)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(TcpStream::from_std(std::net::TcpStream::from(socket)))
+    }
+
+    fn handle(&mut self, event: &MioEvent, observer: &mut impl Observer) {
+        let key = event.token().0;
+        let Some(client) = self.clients.get_mut(key) else {
+            return; // an event for a client removed earlier in this turn
+        };
+        if client.phase() == Phase::Connecting {
+            if !(event.is_writable() || event.is_error() || event.is_write_closed()) {
+                return;
+            }
+            match client.finish_connect(&self.target.host, &self.target.path) {
+                Ok(true) => mark_dirty(&mut self.dirty, key, client),
+                Ok(false) => return,
+                Err(failure) => return self.fail(key, failure, observer),
+            }
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.read(key, observer);
+        }
+        if event.is_writable() {
+            self.flush(key, observer);
+        }
+    }
+
+    /// Reads one client until `WouldBlock`: an edge-triggered event comes only once.
+    fn read(&mut self, key: usize, observer: &mut impl Observer) {
+        loop {
+            let Some(client) = self.clients.get_mut(key) else {
+                return;
+            };
+            let n = match client.socket.read(&mut self.read_buf) {
+                Ok(0) => {
+                    let failure = client.eof();
+                    return self.fail(key, failure, observer);
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let failure = Failure::Io(client.phase(), e);
+                    return self.fail(key, failure, observer);
+                }
+            };
+            // Stamped per read, not per turn: a turn over thousands of clients takes a while,
+            // and a latency measured against the turn's start would come out too short.
+            let now = Instant::now();
+            let (mut opened, mut closed) = (false, false);
+            let tally = &mut self.tally;
+            let result = client.receive(&self.read_buf[..n], &mut self.masks, &mut |event| {
+                match event {
+                    Event::Opened => {
+                        // Reported before the first message, which may come in the same read.
+                        opened = true;
+                        tally.opened += 1;
+                        observer.opened(key, now);
+                    }
+                    Event::Chat(body) => observer.chat(key, body, now),
+                    Event::Unexpected => tally.unexpected += 1,
+                    Event::Closed => closed = true,
+                }
+            });
+            if opened {
+                self.inflight -= 1; // its handshake slot is free for the next dial
+            }
+            if client.has_output() {
+                mark_dirty(&mut self.dirty, key, client);
+            }
+            match result {
+                Err(failure) => return self.fail(key, failure, observer),
+                Ok(()) if closed => {
+                    self.tally.closed_clean += 1;
+                    self.remove(key);
+                    observer.gone(key);
+                    return;
+                }
+                Ok(()) => {}
+            }
+        }
+    }
+
+    fn flush(&mut self, key: usize, observer: &mut impl Observer) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        client.dirty = false;
+        if let Err(failure) = client.flush() {
+            self.fail(key, failure, observer);
+        }
+    }
+
+    fn flush_dirty(&mut self, observer: &mut impl Observer) {
+        for key in std::mem::take(&mut self.dirty) {
+            self.flush(key, observer);
+        }
+    }
+
+    /// Ends a client that failed and counts why.
+    fn fail(&mut self, key: usize, failure: Failure, observer: &mut impl Observer) {
+        debug!("client #{key}: {failure}");
+        self.count_failure(&failure);
+        let Some(client) = self.remove(key) else {
+            return;
+        };
+        match client.phase() {
+            Phase::Connecting | Phase::Handshake => self.inflight -= 1,
+            Phase::Open | Phase::Closing => {
+                self.tally.lost_after_open += 1;
+                observer.gone(key);
+            }
+        }
+    }
+
+    fn count_failure(&mut self, failure: &Failure) {
+        *self.tally.failures.entry(failure.label()).or_default() += 1;
+    }
+
+    fn remove(&mut self, key: usize) -> Option<Client> {
+        let mut client = self.clients.try_remove(key)?;
+        if let Err(e) = self.poll.registry().deregister(&mut client.socket) {
+            debug!("client #{key}: deregister: {e}");
+        }
+        Some(client)
+    }
+}
+
+/// Moves the choice of source port from `bind` to `connect` (`IP_BIND_ADDRESS_NO_PORT`), where
+/// the kernel knows the destination as well. A port picked at `bind` may be one whose last
+/// connection to this server still sits in TIME_WAIT on the server's side (the server hangs up
+/// first); the SYN then meets that old connection and the handshake waits out a 1 s retransmit.
+fn defer_port_choice(socket: &Socket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int from a pointer to a live one, of the size we pass.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn mark_dirty(dirty: &mut Vec<usize>, key: usize, client: &mut Client) {
+    if !client.dirty {
+        client.dirty = true;
+        dirty.push(key);
+    }
+}

@@ -1,0 +1,121 @@
+//! `mio-chat-load`: a load generator for mio-chat, built like the server itself: one thread,
+//! one `mio::Poll`, every client a small state machine in a `Slab`.
+//!
+//! A reading order:
+//! 1. [`args`]: the scenarios and their flags; [`target`]: where to connect, from which source
+//!    addresses, and whether N connections fit at all.
+//! 2. [`fleet`]: the event loop that dials, reads and writes; [`client`]: one connection's
+//!    state machine (connect, handshake, open, closing).
+//! 3. [`handshake`], [`wire`] and [`chat`]: the bytes: the upgrade, frames both ways, the
+//!    JSON envelope and our stamped messages; [`order`]: the exactly-once-in-order check.
+//! 4. [`scenario`]: `connect` and `broadcast`, phase by phase; [`report`], [`progress`] and
+//!    [`procfs`]: what is shown, and what the kernel says about the server.
+
+mod args;
+mod chat;
+mod client;
+mod fleet;
+mod handshake;
+mod order;
+mod procfs;
+mod progress;
+mod report;
+mod scenario;
+mod target;
+mod wire;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use log::warn;
+
+use crate::args::{Args, Scenario};
+use crate::fleet::Fleet;
+use crate::procfs::Proc;
+use crate::progress::Progress;
+use crate::report::Setup;
+use crate::scenario::broadcast::{Pace, Plan};
+use crate::scenario::Run;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match start(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(message) => {
+            eprintln!("mio-chat-load: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Checks that the run can work at all, then runs it; `Ok(false)` if it found problems.
+fn start(args: &Args) -> Result<bool, String> {
+    let common = &args.common;
+    let clients = match &args.scenario {
+        Scenario::Connect(c) => c.clients,
+        Scenario::Broadcast(b) => b.clients,
+    } as usize;
+    let target = target::parse_url(&common.url)?;
+    target::check_local(&target.addr, common.allow_remote)?;
+    let fd_limit = mio_chat::config::raise_open_file_limit().unwrap_or_else(|e| {
+        warn!("could not raise the open-file limit: {e}");
+        1024
+    });
+    target::check_fd_budget(clients, fd_limit)?;
+    let sources = target::plan_sources(&target.addr, clients, common.sources)?;
+    if let Some(pid) = common.server_pid {
+        Proc(Some(pid))
+            .rss_kib()
+            .map_err(|e| format!("--server-pid {pid}: {e}"))?;
+    }
+    let setup = Setup {
+        url: common.url.clone(),
+        source_addresses: sources.len(),
+        max_inflight: common.max_inflight,
+        open_file_limit: fd_limit,
+    };
+    let fleet = Fleet::new(target, sources, common.max_inflight as usize)
+        .map_err(|e| format!("cannot create the event loop: {e}"))?;
+    let now = Instant::now();
+    let mut run = Run {
+        fleet,
+        setup,
+        epoch: now,
+        deadline: now + common.timeout,
+        timeout: common.timeout,
+        timed_out: false,
+        progress: Progress::new(!common.quiet),
+        server: common.server_pid.map(|pid| Proc(Some(pid))),
+    };
+    let failed = |e: std::io::Error| format!("the event loop failed: {e}");
+    match &args.scenario {
+        Scenario::Connect(c) => {
+            let report = scenario::connect::run(&mut run, clients, c.hold).map_err(failed)?;
+            report::emit(&report, common.json, report::connect_text);
+            Ok(report.problems.is_empty())
+        }
+        Scenario::Broadcast(b) => {
+            let pace = match (b.rate, b.window) {
+                (Some(rate), _) => Pace::Rate(rate),
+                (None, Some(window)) => Pace::Window(window),
+                (None, None) => return Err("give --rate or --window".into()),
+            };
+            if b.senders > b.clients {
+                return Err(format!("--senders {} exceeds -n {}", b.senders, b.clients));
+            }
+            let plan = Plan {
+                clients,
+                senders: b.senders as usize,
+                pace,
+                duration: b.duration,
+                size: b.size,
+            };
+            let report = scenario::broadcast::run(&mut run, &plan).map_err(failed)?;
+            report::emit(&report, common.json, report::broadcast_text);
+            Ok(report.problems.is_empty())
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! What a run found, as plain data: printed as readable lines, or as one JSON object with
+//! `--json`. Times are in seconds, latencies in milliseconds, memory in KiB.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// A latency histogram in microseconds, from 1 µs to an hour, at 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    pub fn of(hist: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            count: hist.len(),
+            p50_ms: ms(hist.value_at_quantile(0.5)),
+            p99_ms: ms(hist.value_at_quantile(0.99)),
+            p999_ms: ms(hist.value_at_quantile(0.999)),
+            max_ms: ms(hist.max()),
+        }
+    }
+}
+
+/// How the run was set up.
+#[derive(Debug, Clone, Serialize)]
+pub struct Setup {
+    pub url: String,
+    pub source_addresses: usize,
+    pub max_inflight: u32,
+    pub open_file_limit: u64,
+}
+
+/// Connecting N clients and draining the join notices.
+#[derive(Debug, Default, Serialize)]
+pub struct Join {
+    pub clients: usize,
+    pub opened: usize,
+    pub failed: u64,
+    pub failures: BTreeMap<String, u64>,
+    /// From the first dial until every connection opened or failed.
+    pub connect_s: Option<f64>,
+    /// From the first dial until the last join notice arrived.
+    pub drain_s: Option<f64>,
+    pub join_notices: u64,
+    pub join_notices_expected: u64,
+    /// The clients' notice counts are exactly 1, 2, …, N in some order: each one heard itself
+    /// and everyone who joined after it.
+    pub join_counts_consistent: bool,
+    /// Clients lost after their handshake (dropped, reset, closed by the server).
+    pub lost_after_open: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Memory {
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    pub kib_per_connection: f64,
+    /// The server's peak RSS so far (VmHWM), read after the drain.
+    pub peak_rss_kib: u64,
+}
+
+/// One message from one client to all.
+#[derive(Debug, Serialize)]
+pub struct Probe {
+    pub receivers: usize,
+    pub received: usize,
+    /// Until the last client had it.
+    pub all_received_ms: Option<f64>,
+    pub latency: Latency,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Close {
+    pub closing: usize,
+    pub clean: usize,
+    pub close_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Traffic {
+    pub senders: usize,
+    pub pace: String,
+    pub duration_s: f64,
+    pub message_bytes: usize,
+    pub sent: u64,
+    pub receivers: usize,
+    pub expected_deliveries: u64,
+    pub deliveries: u64,
+    /// Deliveries over the time from the first send to the last delivery.
+    pub deliveries_per_s: f64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub order_violations: u64,
+    /// Chat messages that were not ours (leave notices, strangers' chatter).
+    pub other_messages: u64,
+    /// How long after the last send the last delivery came.
+    pub drain_after_send_s: f64,
+    pub latency: Latency,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServerLoad {
+    pub cpu_s: f64,
+    pub cpu_s_per_million_deliveries: Option<f64>,
+    pub peak_rss_kib: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConnectReport {
+    pub scenario: &'static str,
+    pub setup: Setup,
+    pub join: Join,
+    pub server_memory: Option<Memory>,
+    pub probe: Option<Probe>,
+    pub hold_s: f64,
+    pub close: Close,
+    pub generator_cpu_s: f64,
+    pub timed_out: bool,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BroadcastReport {
+    pub scenario: &'static str,
+    pub setup: Setup,
+    pub join: Join,
+    pub traffic: Option<Traffic>,
+    pub server: Option<ServerLoad>,
+    pub close: Close,
+    pub generator_cpu_s: f64,
+    pub timed_out: bool,
+    pub problems: Vec<String>,
+}
+
+/// Prints a report on stdout: as JSON, or as the readable lines `text` gives.
+pub fn emit<R: Serialize>(report: &R, json: bool, text: impl FnOnce(&R) -> String) {
+    if json {
+        match serde_json::to_string(report) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("error: cannot encode the report: {e}"),
+        }
+    } else {
+        print!("{}", text(report));
+    }
+}
+
+fn setup_line(out: &mut String, scenario: &str, setup: &Setup, clients: usize) {
+    let _ = writeln!(
+        out,
+        "mio-chat-load {scenario}: {clients} clients -> {} ({} source address{}, {} handshakes in flight at most, {} open files)",
+        setup.url,
+        setup.source_addresses.max(1),
+        if setup.source_addresses > 1 { "es" } else { "" },
+        setup.max_inflight,
+        setup.open_file_limit,
+    );
+}
+
+fn secs(s: Option<f64>) -> String {
+    s.map_or("-".into(), |s| format!("{s:.2} s"))
+}
+
+fn join_lines(out: &mut String, join: &Join) {
+    let _ = writeln!(
+        out,
+        "  connected    {}/{} in {}, {} failed",
+        join.opened,
+        join.clients,
+        secs(join.connect_s),
+        join.failed
+    );
+    for (cause, n) in &join.failures {
+        let _ = writeln!(out, "    {n:>8} x {cause}");
+    }
+    let _ = writeln!(
+        out,
+        "  join flood   {}/{} notices, drained at {}{}",
+        join.join_notices,
+        join.join_notices_expected,
+        secs(join.drain_s),
+        if join.join_counts_consistent {
+            "; every client got its own and all later ones"
+        } else {
+            "; per-client counts NOT consistent"
+        }
+    );
+    if join.lost_after_open > 0 {
+        let _ = writeln!(
+            out,
+            "  lost         {} clients after their handshake",
+            join.lost_after_open
+        );
+    }
+}
+
+fn latency_text(l: &Latency) -> String {
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
+    )
+}
+
+fn tail_lines(out: &mut String, close: &Close, cpu: f64, timed_out: bool, problems: &[String]) {
+    let _ = writeln!(
+        out,
+        "  closed       {}/{} cleanly in {:.2} s",
+        close.clean, close.closing, close.close_s
+    );
+    let _ = writeln!(out, "  generator    {cpu:.2} CPU s");
+    if timed_out {
+        let _ = writeln!(out, "  TIMED OUT");
+    }
+    if problems.is_empty() {
+        let _ = writeln!(out, "  result       OK");
+    } else {
+        let _ = writeln!(out, "  result       FAILED: {}", problems.join("; "));
+    }
+}
+
+pub fn connect_text(r: &ConnectReport) -> String {
+    let mut out = String::new();
+    setup_line(&mut out, r.scenario, &r.setup, r.join.clients);
+    join_lines(&mut out, &r.join);
+    if let Some(m) = &r.server_memory {
+        let _ = writeln!(
+            out,
+            "  server RSS   {} KiB before, {} KiB after: {:.2} KiB per connection; peak so far {} KiB",
+            m.rss_before_kib, m.rss_after_kib, m.kib_per_connection, m.peak_rss_kib
+        );
+    }
+    if let Some(p) = &r.probe {
+        let _ = writeln!(
+            out,
+            "  broadcast    1 message to {}: {} received, all within {}; per client {}",
+            p.receivers,
+            p.received,
+            p.all_received_ms
+                .map_or("-".into(), |ms| format!("{ms:.2} ms")),
+            latency_text(&p.latency)
+        );
+    }
+    let _ = writeln!(out, "  held         {:.1} s", r.hold_s);
+    tail_lines(
+        &mut out,
+        &r.close,
+        r.generator_cpu_s,
+        r.timed_out,
+        &r.problems,
+    );
+    out
+}
+
+pub fn broadcast_text(r: &BroadcastReport) -> String {
+    let mut out = String::new();
+    setup_line(&mut out, r.scenario, &r.setup, r.join.clients);
+    join_lines(&mut out, &r.join);
+    if let Some(t) = &r.traffic {
+        let _ = writeln!(
+            out,
+            "  traffic      {} senders, {}, {:.1} s, {}-byte texts: {} sent to {} receivers",
+            t.senders, t.pace, t.duration_s, t.message_bytes, t.sent, t.receivers
+        );
+        let _ = writeln!(
+            out,
+            "  deliveries   {}/{} ({:.0}/s); lost {}, duplicates {}, out of order {}, other {}; last one {:.2} s after the last send",
+            t.deliveries,
+            t.expected_deliveries,
+            t.deliveries_per_s,
+            t.lost,
+            t.duplicates,
+            t.order_violations,
+            t.other_messages,
+            t.drain_after_send_s
+        );
+        let _ = writeln!(out, "  latency      {}", latency_text(&t.latency));
+    }
+    if let Some(s) = &r.server {
+        let _ = writeln!(
+            out,
+            "  server       {:.2} CPU s{}; peak RSS {} KiB",
+            s.cpu_s,
+            s.cpu_s_per_million_deliveries
+                .map_or(String::new(), |c| format!(
+                    " ({c:.3} per million deliveries)"
+                )),
+            s.peak_rss_kib
+        );
+    }
+    tail_lines(
+        &mut out,
+        &r.close,
+        r.generator_cpu_s,
+        r.timed_out,
+        &r.problems,
+    );
+    out
+}

@@ -1,0 +1,122 @@
+//! The scenarios, and the phases they share: connect N clients and drain the join flood
+//! ([`join`]), wait on the loop until something holds ([`Run::run_until`]), close everyone.
+//!
+//! Every wait is bounded twice: by its own limit and by the run's `--timeout` deadline.
+
+pub mod broadcast;
+pub mod connect;
+pub mod join;
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::fleet::{Fleet, Observer};
+use crate::procfs::Proc;
+use crate::progress::Progress;
+use crate::report::{Close, Setup};
+
+/// Closing handshakes may use what is left of `--timeout`, and at least this long: every close
+/// sends a leave notice to everyone still there, so closing N clients costs the server a flood
+/// as big as the join flood.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// The same after a timeout: the run is over, only be polite briefly.
+const CLOSE_GRACE_AFTER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Everything a scenario works with.
+pub struct Run {
+    pub fleet: Fleet,
+    pub setup: Setup,
+    /// Zero of the generator's clock: message stamps count nanoseconds from here.
+    pub epoch: Instant,
+    pub deadline: Instant,
+    /// The `--timeout`, for the report.
+    pub timeout: Duration,
+    pub timed_out: bool,
+    pub progress: Progress,
+    pub server: Option<Proc>,
+}
+
+/// Why [`Run::run_until`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Done,
+    /// Its own limit passed first.
+    Expired,
+    /// The run's deadline passed first (`timed_out` is now set).
+    TimedOut,
+}
+
+impl Run {
+    /// Nanoseconds since the epoch, the unit of message stamps.
+    pub fn clock_ns(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// Turns the loop until `done` holds, `until` passes, or the run's deadline passes.
+    /// `status` builds the progress line.
+    pub fn run_until<O: Observer>(
+        &mut self,
+        observer: &mut O,
+        until: Option<Instant>,
+        mut done: impl FnMut(&Fleet, &O, Instant) -> bool,
+        status: impl Fn(&Fleet, &O) -> String,
+    ) -> io::Result<Ending> {
+        loop {
+            let now = Instant::now();
+            if done(&self.fleet, observer, now) {
+                return Ok(Ending::Done);
+            }
+            if until.is_some_and(|at| now >= at) {
+                return Ok(Ending::Expired);
+            }
+            if now >= self.deadline {
+                self.timed_out = true;
+                return Ok(Ending::TimedOut);
+            }
+            self.progress.tick(now, || status(&self.fleet, observer));
+            let wake = [Some(self.deadline), until]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(self.deadline);
+            let wait = wake
+                .saturating_duration_since(now)
+                .min(self.progress.wait(now));
+            self.fleet.turn(Some(wait), observer)?;
+        }
+    }
+
+    /// Closes every client with a closing handshake, then drops whatever did not finish.
+    pub fn close_all(&mut self) -> io::Result<Close> {
+        self.progress.finish();
+        let start = Instant::now();
+        let clean_before = self.fleet.tally.closed_clean;
+        self.fleet.close_all();
+        let closing = self.fleet.len();
+        let end = if self.timed_out {
+            start + CLOSE_GRACE_AFTER_TIMEOUT
+        } else {
+            self.deadline.max(start + CLOSE_GRACE)
+        };
+        // A timeout while closing is reported as unfinished closes, not as a timed-out run.
+        self.deadline = self.deadline.max(end);
+        self.run_until(
+            &mut Quiet,
+            Some(end),
+            |fleet, _, _| fleet.is_empty(),
+            |fleet, _| format!("closing: {} left", fleet.len()),
+        )?;
+        self.fleet.abandon_all("close not answered in time");
+        self.progress.finish();
+        Ok(Close {
+            closing,
+            clean: self.fleet.tally.closed_clean - clean_before,
+            close_s: start.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// An observer for phases where messages no longer matter.
+pub struct Quiet;
+
+impl Observer for Quiet {}

@@ -1,0 +1,210 @@
+//! Where to connect, and from where: the `ws://` URL, the loopback-only rule, and the budget of
+//! source addresses and file descriptors that N connections need.
+//!
+//! A TCP connection is named by (source address, source port, destination address, destination
+//! port). Towards one server port, one source address has only the ephemeral port range to give
+//! (about 28,000 ports), so more clients than that must come from several source addresses.
+//! On Linux all of 127.0.0.0/8 is loopback, so 127.0.0.1, 127.0.0.2, … are all ours to use.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+
+/// File descriptors the generator needs besides its clients (poll, stdio, /proc reads, …).
+pub const SPARE_FDS: u64 = 32;
+
+/// Ports of each source address left alone for other programs and sockets still in TIME_WAIT.
+const PORT_HEADROOM: usize = 1000;
+
+/// The server to load.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// The `Host` header: the URL's host and port as written.
+    pub host: String,
+    pub path: String,
+}
+
+/// Parses `ws://HOST[:PORT][/PATH]` and resolves the host.
+pub fn parse_url(url: &str) -> Result<Target, String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| format!("{url}: only ws:// URLs are supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err(format!("{url}: no host"));
+    }
+    // A bare host means port 80; `[::1]:8080` and `host:8080` name their own.
+    let with_port = if authority.ends_with(']') || !authority.contains(':') {
+        format!("{authority}:80")
+    } else {
+        authority.to_string()
+    };
+    let addrs: Vec<SocketAddr> = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("{url}: {e}"))?
+        .collect();
+    // IPv4 first: the source-address spreading works on 127.0.0.0/8.
+    let addr = addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{url}: the host has no address"))?;
+    Ok(Target {
+        addr,
+        host: authority.to_string(),
+        path: path.to_string(),
+    })
+}
+
+/// Load is only ever aimed at this machine unless the user says otherwise.
+pub fn check_local(addr: &SocketAddr, allow_remote: bool) -> Result<(), String> {
+    if addr.ip().is_loopback() || allow_remote {
+        Ok(())
+    } else {
+        Err(format!(
+            "{addr} is not a loopback address (127.0.0.0/8); pass --allow-remote to load it anyway"
+        ))
+    }
+}
+
+/// How many ports one source address offers, from `/proc/sys/net/ipv4/ip_local_port_range`.
+pub fn ports_per_source() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| parse_port_range(&text))
+        .unwrap_or(28_232) // Linux's default range, 32768–60999
+}
+
+fn parse_port_range(text: &str) -> Option<usize> {
+    let mut bounds = text.split_whitespace().map(|n| n.parse::<usize>());
+    let (Some(Ok(low)), Some(Ok(high))) = (bounds.next(), bounds.next()) else {
+        return None;
+    };
+    (high >= low).then(|| high - low + 1)
+}
+
+/// Source addresses for `clients` connections when each address offers `ports` ports.
+pub fn sources_needed(clients: usize, ports: usize) -> usize {
+    let usable = ports.saturating_sub(PORT_HEADROOM).max(1);
+    clients.div_ceil(usable).max(1)
+}
+
+/// The addresses to bind client sockets to, or an explanation of why N clients cannot fit.
+///
+/// An empty list means "let the kernel choose": for a non-loopback or IPv6 target, binding to
+/// 127.0.0.x would make the connection impossible.
+pub fn plan_sources(
+    target: &SocketAddr,
+    clients: usize,
+    requested: Option<u8>,
+) -> Result<Vec<Ipv4Addr>, String> {
+    let ports = ports_per_source();
+    let needed = sources_needed(clients, ports);
+    let IpAddr::V4(ip) = target.ip() else {
+        return single_source(clients, ports, requested);
+    };
+    if !ip.is_loopback() {
+        return single_source(clients, ports, requested);
+    }
+    let count = usize::from(requested.unwrap_or(0)).max(needed);
+    if count > 254 {
+        return Err(format!(
+            "{clients} clients need {needed} source addresses of {ports} ports; 127.0.0.1..254 is the most"
+        ));
+    }
+    if let Some(k) = requested {
+        if usize::from(k) < needed {
+            return Err(format!(
+                "{clients} clients need at least {needed} source addresses ({ports} ephemeral ports each), not --sources {k}"
+            ));
+        }
+    }
+    Ok((1..=count as u8)
+        .map(|x| Ipv4Addr::new(127, 0, 0, x))
+        .collect())
+}
+
+fn single_source(
+    clients: usize,
+    ports: usize,
+    requested: Option<u8>,
+) -> Result<Vec<Ipv4Addr>, String> {
+    if requested.is_some_and(|k| k > 1) {
+        return Err("--sources needs an IPv4 loopback target".into());
+    }
+    if sources_needed(clients, ports) > 1 {
+        return Err(format!(
+            "{clients} clients need more ephemeral ports than one source address has ({ports})"
+        ));
+    }
+    Ok(Vec::new())
+}
+
+/// Checks that `clients` sockets fit under the open-file limit.
+pub fn check_fd_budget(clients: usize, fd_limit: u64) -> Result<(), String> {
+    let needed = clients as u64 + SPARE_FDS;
+    if needed > fd_limit {
+        return Err(format!(
+            "{clients} clients need {needed} open files, but the limit is {fd_limit} \
+             (raise the hard limit with `ulimit -Hn`, or lower -n to {})",
+            fd_limit.saturating_sub(SPARE_FDS)
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let t = parse_url("ws://127.0.0.1:9001/ws").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(
+            (t.host.as_str(), t.path.as_str()),
+            ("127.0.0.1:9001", "/ws")
+        );
+        let t = parse_url("ws://127.0.0.1").unwrap();
+        assert_eq!((t.addr.port(), t.path.as_str()), (80, "/"));
+        let t = parse_url("ws://[::1]:8080/ws").unwrap();
+        assert!(t.addr.is_ipv6());
+        assert!(parse_url("wss://127.0.0.1/ws").is_err());
+        assert!(parse_url("http://127.0.0.1/ws").is_err());
+        assert!(parse_url("ws:///ws").is_err());
+    }
+
+    #[test]
+    fn only_loopback_without_permission() {
+        let local: SocketAddr = "127.0.0.5:80".parse().unwrap();
+        let remote: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        assert!(check_local(&local, false).is_ok());
+        assert!(check_local(&remote, false).is_err());
+        assert!(check_local(&remote, true).is_ok());
+    }
+
+    #[test]
+    fn source_addresses_grow_with_n() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some(28_232));
+        assert_eq!(parse_port_range("nonsense"), None);
+        assert_eq!(sources_needed(1, 28_232), 1);
+        assert_eq!(sources_needed(27_232, 28_232), 1);
+        assert_eq!(sources_needed(27_233, 28_232), 2);
+        assert_eq!(sources_needed(100_000, 28_232), 4);
+        assert_eq!(
+            sources_needed(10, 0),
+            10,
+            "a broken range still gives an answer"
+        );
+    }
+
+    #[test]
+    fn the_fd_budget_counts_spares() {
+        assert!(check_fd_budget(19_968, 20_000).is_ok());
+        let err = check_fd_budget(19_969, 20_000).unwrap_err();
+        assert!(err.contains("20001 open files"), "{err}");
+    }
+}
