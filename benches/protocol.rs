@@ -1,0 +1,156 @@
+//! Micro-benchmarks of the hot paths, in memory, without sockets (`cargo bench --bench protocol`):
+//! encoding one broadcast frame, fanning one message out to 10,000 client queues, parsing an
+//! upgrade request, and decoding a run of masked client frames.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use mio_chat::config::Config;
+use mio_chat::connection::{Connection, Context};
+use mio_chat::frame;
+use mio_chat::http::{self, OriginPolicy};
+use mio_chat::message;
+use mio_chat::metrics::Metrics;
+use mio_chat::queue::OutQueue;
+use mio_chat::room::{Broadcast, Delivery, Room};
+
+const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost:8080\r\nUpgrade: websocket\r\n\
+    Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Version: 13\r\nOrigin: http://localhost:3000\r\n\
+    User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/156.0 Safari/537.36\r\n\
+    Accept-Encoding: gzip, deflate, br\r\nAccept-Language: en-US,en;q=0.9\r\n\
+    Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+
+/// A masked client text frame, as a browser sends it.
+fn client_frame(payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xFA, 0x21, 0x3D];
+    let mut out = vec![0x81];
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+fn encode_broadcast_frame(c: &mut Criterion) {
+    let body = "s=3 q=17 t=123456789 the quick brown fox jumps over the lazy dog";
+    let mut out = Vec::with_capacity(256);
+    c.bench_function("encode one broadcast frame (64-byte text)", |b| {
+        b.iter(|| {
+            out.clear();
+            message::push_chat_frame(&mut out, black_box(body));
+            black_box(out.len())
+        })
+    });
+}
+
+fn fan_out_to_10k(c: &mut Criterion) {
+    const CLIENTS: usize = 10_000;
+    let mut room = Room::default();
+    for key in 0..CLIENTS {
+        room.join(key, 0);
+    }
+    let mut queues: Vec<OutQueue> = (0..CLIENTS).map(|_| OutQueue::default()).collect();
+    let mut group = c.benchmark_group("fan out one message");
+    group.throughput(Throughput::Elements(CLIENTS as u64));
+    group.bench_function("to 10,000 client queues", |b| {
+        b.iter_custom(|iterations| {
+            let mut busy = std::time::Duration::ZERO;
+            for _ in 0..iterations {
+                let mut broadcast = Broadcast::default();
+                broadcast.said("s=3 q=17 t=123456789 hello everyone");
+                let start = Instant::now();
+                room.fan_out(&mut broadcast, |key, frames| {
+                    queues[key].push(frames);
+                    Delivery::Queued
+                });
+                busy += start.elapsed();
+                // The sockets take it all; not timed, as the kernel's part is not ours.
+                for queue in &mut queues {
+                    let n = queue.len();
+                    queue.consume(n);
+                }
+            }
+            busy
+        })
+    });
+    group.finish();
+}
+
+fn parse_upgrade_request(c: &mut Criterion) {
+    let origins = OriginPolicy::default();
+    c.bench_function("parse an upgrade request (browser-sized)", |b| {
+        b.iter(|| http::decide(black_box(UPGRADE), &origins, false))
+    });
+}
+
+fn decode_client_frames(c: &mut Criterion) {
+    const FRAMES: usize = 1000;
+    let stream: Vec<u8> = (0..FRAMES)
+        .flat_map(|i| client_frame(format!("message {i:>5} {}", "x".repeat(40)).as_bytes()))
+        .collect();
+    let mut group = c.benchmark_group("decode masked client frames");
+    group.throughput(Throughput::Elements(FRAMES as u64));
+    group.bench_function("headers and unmasking, 1000 frames of 54 bytes", |b| {
+        b.iter_batched_ref(
+            || stream.clone(),
+            |buf| {
+                let mut at = 0;
+                while let Ok(Some(h)) = frame::parse_header(&buf[at..], 65536) {
+                    let payload = &mut buf[at + h.header_len..at + h.frame_len()];
+                    frame::unmask(payload, h.mask);
+                    at += h.frame_len();
+                }
+                black_box(at)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    // The whole path a chat message takes before the fan-out: a connection's state machine
+    // reading the frames, checking UTF-8 and encoding each as a broadcast frame.
+    let config = Config::default();
+    group.bench_function("through a connection into the broadcast, 1000 frames", |b| {
+        let now = Instant::now();
+        let mut conn = Connection::new(now);
+        let (mut broadcast, mut metrics) = (Broadcast::default(), Metrics::default());
+        let mut request = UPGRADE.to_vec();
+        let mut cx = Context {
+            now,
+            config: &config,
+            broadcast: &mut broadcast,
+            metrics: &mut metrics,
+        };
+        conn.receive(&mut request, &mut cx);
+        b.iter_batched_ref(
+            || stream.clone(),
+            |buf| {
+                let mut broadcast = Broadcast::default();
+                let mut cx = Context {
+                    now,
+                    config: &config,
+                    broadcast: &mut broadcast,
+                    metrics: &mut metrics,
+                };
+                conn.receive(buf, &mut cx);
+                black_box(broadcast.len())
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    encode_broadcast_frame,
+    fan_out_to_10k,
+    parse_upgrade_request,
+    decode_client_frames
+);
+criterion_main!(benches);
