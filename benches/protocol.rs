@@ -115,34 +115,37 @@ fn decode_client_frames(c: &mut Criterion) {
     // The whole path a chat message takes before the fan-out: a connection's state machine
     // reading the frames, checking UTF-8 and encoding each as a broadcast frame.
     let config = Config::default();
-    group.bench_function("through a connection into the broadcast, 1000 frames", |b| {
-        let now = Instant::now();
-        let mut conn = Connection::new(now);
-        let (mut broadcast, mut metrics) = (Broadcast::default(), Metrics::default());
-        let mut request = UPGRADE.to_vec();
-        let mut cx = Context {
-            now,
-            config: &config,
-            broadcast: &mut broadcast,
-            metrics: &mut metrics,
-        };
-        conn.receive(&mut request, &mut cx);
-        b.iter_batched_ref(
-            || stream.clone(),
-            |buf| {
-                let mut broadcast = Broadcast::default();
-                let mut cx = Context {
-                    now,
-                    config: &config,
-                    broadcast: &mut broadcast,
-                    metrics: &mut metrics,
-                };
-                conn.receive(buf, &mut cx);
-                black_box(broadcast.len())
-            },
-            BatchSize::SmallInput,
-        )
-    });
+    group.bench_function(
+        "through a connection into the broadcast, 1000 frames",
+        |b| {
+            let now = Instant::now();
+            let mut conn = Connection::new(now);
+            let (mut broadcast, mut metrics) = (Broadcast::default(), Metrics::default());
+            let mut request = UPGRADE.to_vec();
+            let mut cx = Context {
+                now,
+                config: &config,
+                broadcast: &mut broadcast,
+                metrics: &mut metrics,
+            };
+            conn.receive(&mut request, &mut cx);
+            b.iter_batched_ref(
+                || stream.clone(),
+                |buf| {
+                    let mut broadcast = Broadcast::default();
+                    let mut cx = Context {
+                        now,
+                        config: &config,
+                        broadcast: &mut broadcast,
+                        metrics: &mut metrics,
+                    };
+                    conn.receive(buf, &mut cx);
+                    black_box(broadcast.len())
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
     group.finish();
 }
 
