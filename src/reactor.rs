@@ -3,9 +3,11 @@
 //! Each turn of [`Server::run`]:
 //! 1. wait until a socket is ready or the nearest deadline comes;
 //! 2. accept new connections, and read every ready client until `WouldBlock`, handling what it
-//!    sent on the spot: its replies are queued for it, its chat messages fanned out to the room;
+//!    sent on the spot: its own replies are queued for it, its chat messages (already encoded as
+//!    frames) join the turn's batch for the room;
 //! 3. fire due timers (handshake timeouts, pings, closing timeouts);
-//! 4. write out what was queued this turn: one `write` per client, however many frames piled up;
+//! 4. fan the batch out (one copy per member) and write out what was queued this turn: one
+//!    `write` per client, however many frames piled up;
 //! 5. close the connections that are done.
 //!
 //! Sockets are edge-triggered: an event means "something changed", so a handler reads (or writes)
