@@ -506,7 +506,8 @@ impl Server {
         }
     }
 
-    /// Copies the pending broadcast into every member's queue; overflowing members are dropped.
+    /// Hands the room's batch to every member (see [`deliver`]); members that are gone or too
+    /// far behind are dropped, and the room announces their leaving in the next batch.
     fn fan_out(&mut self, now: Instant) {
         if self.broadcast.is_empty() {
             return;
@@ -523,25 +524,32 @@ impl Server {
         } = self;
         metrics.frames_delivered += room.fan_out(broadcast, |key, frames| {
             let Some(client) = clients.get_mut(key) else {
-                return Delivery::Overflow;
+                return Delivery::Dropped;
             };
-            // A client with nothing pending is keeping up, however big this batch is.
-            let backlog = client.conn.output().len();
-            if backlog > 0 && backlog + frames.len() > config.max_outbound {
-                // Counted here: the room is mid-iteration, so `settle` cannot run for it now.
-                client.conn.abort(Ending::SlowConsumer, now);
-                client.ending_reported = true;
-                metrics.ended(Ending::SlowConsumer);
-                debug!(token = key, peer:% = client.peer; "ending: SlowConsumer");
-                closed.push(key);
-                return Delivery::Overflow;
+            match deliver(
+                client,
+                frames,
+                config.max_outbound,
+                &mut metrics.bytes_written,
+            ) {
+                Ok(()) => {
+                    let has_bytes = !client.conn.output().is_empty();
+                    if has_bytes && !client.writable && !client.dirty {
+                        client.dirty = true;
+                        dirty.push(key);
+                    }
+                    Delivery::Delivered
+                }
+                Err(ending) => {
+                    // Counted here: the room is mid-iteration, so `settle` cannot run for it.
+                    client.conn.abort(ending, now);
+                    client.ending_reported = true;
+                    metrics.ended(ending);
+                    debug!(token = key, peer:% = client.peer; "ending: {ending:?}");
+                    closed.push(key);
+                    Delivery::Dropped
+                }
             }
-            client.conn.queue(frames);
-            if !client.writable && !client.dirty {
-                client.dirty = true;
-                dirty.push(key);
-            }
-            Delivery::Queued
         });
     }
 
@@ -615,4 +623,40 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Hands one batch to one member. When nothing is queued ahead of it, the batch is written
+/// straight from the room's buffer, so a client that keeps up never gets a copy; only what its
+/// socket cannot take now is queued. A client with a backlog gets the batch queued behind it,
+/// unless that would pass `max_outbound`: then it is a slow consumer, and is dropped.
+fn deliver(
+    client: &mut Client,
+    frames: &[u8],
+    max_outbound: usize,
+    bytes_written: &mut u64,
+) -> Result<(), Ending> {
+    let backlog = client.conn.output().len();
+    if backlog > 0 {
+        if backlog + frames.len() > max_outbound {
+            return Err(Ending::SlowConsumer);
+        }
+        client.conn.queue(frames);
+        return Ok(());
+    }
+    match client.socket.write(frames) {
+        Ok(n) => {
+            *bytes_written += n as u64;
+            if n < frames.len() {
+                client.conn.queue(&frames[n..]);
+            }
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+            client.conn.queue(frames);
+        }
+        Err(e) => {
+            debug!(peer:% = client.peer; "write: {e}");
+            return Err(Ending::PeerLeft);
+        }
+    }
+    Ok(())
 }

@@ -59,9 +59,10 @@ impl Broadcast {
 /// What became of one delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
-    Queued,
-    /// The member's queue would pass its limit: it is dropped instead.
-    Overflow,
+    /// Written or queued.
+    Delivered,
+    /// The member is gone: its backlog would pass its limit, or its socket failed.
+    Dropped,
 }
 
 /// The members, by connection key, with O(1) join, leave and membership test.
@@ -138,7 +139,7 @@ impl Room {
 
     /// Delivers everything in `broadcast` to every member, then empties it.
     ///
-    /// `deliver` queues bytes for one member. Members it reports as overflowing leave the room,
+    /// `deliver` hands the bytes to one member. Members it reports as dropped leave the room,
     /// and their leave notices are delivered to those who remain, until nothing is left to send.
     /// Returns how many frames were queued in all (frames × members).
     pub fn fan_out(
@@ -155,9 +156,9 @@ impl Room {
             for &key in &self.members {
                 let from = self.joined_at[key];
                 match deliver(key, &batch[from..]) {
-                    Delivery::Queued if from == 0 => delivered += frames,
-                    Delivery::Queued => delivered += frames_in(&batch[from..]),
-                    Delivery::Overflow => overflowed.push(key),
+                    Delivery::Delivered if from == 0 => delivered += frames,
+                    Delivery::Delivered => delivered += frames_in(&batch[from..]),
+                    Delivery::Dropped => overflowed.push(key),
                 }
             }
             for key in self.newcomers.drain(..) {
@@ -241,10 +242,10 @@ mod tests {
         fn deliver(&mut self, key: usize, frames: &[u8]) -> Delivery {
             let queue = self.got.entry(key).or_default();
             if queue.len() + frames.len() > *self.limit.get(&key).unwrap_or(&usize::MAX) {
-                return Delivery::Overflow;
+                return Delivery::Dropped;
             }
             queue.extend_from_slice(frames);
-            Delivery::Queued
+            Delivery::Delivered
         }
 
         fn bodies(&self, key: usize) -> Vec<String> {

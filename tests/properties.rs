@@ -368,11 +368,11 @@ impl Real {
             let client = client_on[&key];
             let limit = limit.get(&key).copied().unwrap_or(usize::MAX);
             if pending[client] > 0 && pending[client] + frames.len() > limit {
-                return Delivery::Overflow;
+                return Delivery::Dropped;
             }
             pending[client] += frames.len();
             received[client].extend_from_slice(frames);
-            Delivery::Queued
+            Delivery::Delivered
         });
     }
 
