@@ -1,4 +1,4 @@
-//! The command line: two scenarios, and the flags they share (which may come before or after
+//! The command line: three scenarios, and the flags they share (which may come before or after
 //! the scenario's name).
 
 use std::time::Duration;
@@ -8,7 +8,8 @@ use clap::{ArgGroup, Args as ClapArgs, Parser, Subcommand};
 /// Load generator for mio-chat: many WebSocket clients on one thread, one mio event loop.
 ///
 /// Prints a report on stdout (one JSON object with --json) and exits non-zero if anything went
-/// wrong: failed connections, lost, duplicated or reordered messages, or the --timeout.
+/// wrong: failed connections, lost, duplicated or reordered messages or notices, server file
+/// descriptors not given back (churn), or the --timeout.
 /// Set RUST_LOG=debug to see why individual clients failed.
 #[derive(Parser, Debug)]
 #[command(version)]
@@ -24,7 +25,8 @@ pub struct Common {
     /// The chat's WebSocket endpoint.
     #[arg(long, global = true, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
-    /// PID of the server, to report its memory and CPU use (read from /proc).
+    /// PID of the server, to report its memory and CPU use, and in `churn` its open file
+    /// descriptors (read from /proc).
     #[arg(long, global = true)]
     pub server_pid: Option<u32>,
     /// Spread clients over source addresses 127.0.0.1..127.0.0.K [default: as few as N needs,
@@ -34,12 +36,14 @@ pub struct Common {
     pub sources: Option<u8>,
     /// Connections connecting or handshaking at once, at most. More SYNs at once than the
     /// server's listen backlog (mio-chat asks for 4096; other servers often have 128) overflow
-    /// it, and each dropped SYN costs its client a 1 s retransmit.
+    /// it, and each dropped SYN costs its client a 1 s retransmit. In `churn`, also the most
+    /// short-lived clients alive at once (connecting, open or closing); past it, cycles wait.
     #[arg(long, global = true, default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_inflight: u32,
-    /// Seconds the whole run may take (not counting --hold); past it the report says what was
-    /// reached and the exit status is non-zero.
+    /// Seconds the whole run may take (not counting --hold; `broadcast` and `churn` include
+    /// their sending or cycling time); past it the report says what was reached and the exit
+    /// status is non-zero.
     #[arg(long, global = true, default_value = "120", value_parser = parse_positive_secs)]
     pub timeout: Duration,
     /// Allow a target outside 127.0.0.0/8 and ::1.
@@ -61,6 +65,15 @@ pub enum Scenario {
     /// S of N clients send for T seconds; every client checks it got every message of every
     /// sender once and in order, and measures its latency.
     Broadcast(BroadcastArgs),
+    /// C short-lived clients join and leave at R per second while a watcher counts the notices
+    /// exactly, and the server must give back every file descriptor.
+    ///
+    /// A watcher joins, then N clients that stay; then the C short-lived clients, each leaving
+    /// once it has heard its own join notice: a share P of them abruptly (TCP reset, no Close
+    /// frame), the rest with a closing handshake. The watcher must hear exactly one join and
+    /// one leave notice per client; with --server-pid, the server's open files must come back
+    /// to their count before the churn (its RSS before and after is reported).
+    Churn(ChurnArgs),
 }
 
 #[derive(ClapArgs, Debug)]
@@ -97,6 +110,27 @@ pub struct BroadcastArgs {
     pub size: usize,
 }
 
+#[derive(ClapArgs, Debug)]
+pub struct ChurnArgs {
+    /// Background clients that stay connected throughout (they hear every notice too).
+    #[arg(short = 'n', long = "clients", default_value_t = 0)]
+    pub clients: u32,
+    /// Short-lived clients, one per cycle: connect, wait for its own join notice, leave.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub cycles: u64,
+    /// Cycles started per second (open loop, bounded by --max-inflight clients alive at once).
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: f64,
+    /// Share of the short-lived clients that leave with a TCP reset (SO_LINGER 0, then close)
+    /// instead of a closing handshake; spread evenly over the cycles.
+    #[arg(long, default_value_t = 0.5, value_parser = parse_ratio)]
+    pub abrupt_ratio: f64,
+    /// Seconds to wait, after the last short-lived client is gone, for the last notices and
+    /// (with --server-pid) for the server's open files to come back to their count before.
+    #[arg(long, default_value = "10", value_parser = parse_positive_secs)]
+    pub settle: Duration,
+}
+
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -118,6 +152,13 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
         _ => Err(format!("{s}: not a positive number of messages per second")),
+    }
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s}: not a number from 0 to 1")),
     }
 }
 
@@ -167,6 +208,60 @@ mod tests {
         assert!(Args::try_parse_from(both).is_err());
         assert!(Args::try_parse_from(["load", "broadcast", "-n", "5"]).is_err());
         assert!(Args::try_parse_from(["load", "connect", "-n", "0"]).is_err());
+    }
+
+    #[test]
+    fn churn_flags() {
+        let args = Args::try_parse_from([
+            "load", "churn", "-n", "0", "--cycles", "20", "--rate", "2.5",
+        ])
+        .unwrap();
+        let Scenario::Churn(c) = args.scenario else {
+            panic!("not churn")
+        };
+        assert_eq!((c.clients, c.cycles, c.rate), (0, 20, 2.5));
+        assert_eq!(c.abrupt_ratio, 0.5);
+        assert_eq!(c.settle, Duration::from_secs(10));
+        for bad in [
+            &["load", "churn", "--cycles", "1"][..],
+            &["load", "churn", "--rate", "1"],
+            &["load", "churn", "--cycles", "0", "--rate", "1"],
+            &[
+                "load",
+                "churn",
+                "--cycles",
+                "1",
+                "--rate",
+                "1",
+                "--abrupt-ratio",
+                "1.5",
+            ],
+            &[
+                "load",
+                "churn",
+                "--cycles",
+                "1",
+                "--rate",
+                "1",
+                "--abrupt-ratio",
+                "-0.1",
+            ],
+        ] {
+            assert!(Args::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        for edge in ["0", "1"] {
+            let ok = [
+                "load",
+                "churn",
+                "--cycles",
+                "1",
+                "--rate",
+                "1",
+                "--abrupt-ratio",
+                edge,
+            ];
+            assert!(Args::try_parse_from(ok).is_ok(), "{edge}");
+        }
     }
 
     impl Args {

@@ -24,7 +24,7 @@ use mio::event::Event as MioEvent;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
 use crate::client::{Client, Event, Failure, Phase};
 use crate::target::Target;
@@ -54,6 +54,8 @@ pub struct Tally {
     pub lost_after_open: usize,
     /// Closing handshakes completed.
     pub closed_clean: usize,
+    /// Open clients dropped on purpose with a reset ([`Fleet::reset`]).
+    pub reset: usize,
     /// Messages that were not chat JSON.
     pub unexpected: u64,
 }
@@ -124,7 +126,12 @@ impl Fleet {
     /// Clients past their handshake and not gone (closing ones included).
     pub fn open_count(&self) -> usize {
         let t = &self.tally;
-        t.opened - t.lost_after_open - t.closed_clean
+        t.opened - t.lost_after_open - t.closed_clean - t.reset
+    }
+
+    /// Connections asked for and not dialled yet.
+    pub fn pending(&self) -> usize {
+        self.to_dial
     }
 
     pub fn len(&self) -> usize {
@@ -166,6 +173,38 @@ impl Fleet {
         }
     }
 
+    /// Starts the closing handshake on client `key` if it is open; its end comes as
+    /// [`Observer::gone`] (counted in `closed_clean` if the server answered).
+    pub fn close(&mut self, key: usize) -> bool {
+        let Some(client) = self.clients.get_mut(key) else {
+            return false;
+        };
+        if client.phase() != Phase::Open {
+            return false;
+        }
+        client.close(&mut self.masks);
+        mark_dirty(&mut self.dirty, key, client);
+        true
+    }
+
+    /// Drops client `key` the rude way: `SO_LINGER` 0, then close, so the kernel sends a reset
+    /// (RST) instead of a FIN, and no Close frame goes out. Whatever was queued is discarded.
+    /// The caller hears no [`Observer::gone`]: it knows. Returns whether the client was there.
+    pub fn reset(&mut self, key: usize) -> bool {
+        let Some(client) = self.remove(key) else {
+            return false;
+        };
+        match client.phase() {
+            Phase::Connecting | Phase::Handshake => self.inflight -= 1,
+            Phase::Open | Phase::Closing => self.tally.reset += 1,
+        }
+        if let Err(e) = SockRef::from(&client.socket).set_linger(Some(Duration::ZERO)) {
+            debug!("client #{key}: SO_LINGER 0: {e}");
+        }
+        drop(client); // the close that sends the RST
+        true
+    }
+
     /// Starts the closing handshake on every open client and drops those not open yet.
     pub fn close_all(&mut self) {
         self.to_dial = 0;
@@ -173,9 +212,7 @@ impl Fleet {
         for key in keys {
             match self.clients[key].phase() {
                 Phase::Open => {
-                    let client = &mut self.clients[key];
-                    client.close(&mut self.masks);
-                    mark_dirty(&mut self.dirty, key, client);
+                    self.close(key);
                 }
                 Phase::Closing => {}
                 Phase::Connecting | Phase::Handshake => {

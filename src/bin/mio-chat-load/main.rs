@@ -8,8 +8,8 @@
 //!    state machine (connect, handshake, open, closing).
 //! 3. [`handshake`], [`wire`] and [`chat`]: the bytes: the upgrade, frames both ways, the
 //!    JSON envelope and our stamped messages; [`order`]: the exactly-once-in-order check.
-//! 4. [`scenario`]: `connect` and `broadcast`, phase by phase; [`report`], [`progress`] and
-//!    [`procfs`]: what is shown, and what the kernel says about the server.
+//! 4. [`scenario`]: `connect`, `broadcast` and `churn`, phase by phase; [`report`],
+//!    [`progress`] and [`procfs`]: what is shown, and what the kernel says about the server.
 
 mod args;
 mod chat;
@@ -54,10 +54,14 @@ fn main() -> ExitCode {
 /// Checks that the run can work at all, then runs it; `Ok(false)` if it found problems.
 fn start(args: &Args) -> Result<bool, String> {
     let common = &args.common;
-    let clients = match &args.scenario {
-        Scenario::Connect(c) => c.clients,
-        Scenario::Broadcast(b) => b.clients,
-    } as usize;
+    // Sockets open at once, and ports taken over the run (churn reuses them).
+    let (clients, ports) = match &args.scenario {
+        Scenario::Connect(c) => (c.clients as usize, c.clients as usize),
+        Scenario::Broadcast(b) => (b.clients as usize, b.clients as usize),
+        Scenario::Churn(c) => {
+            scenario::churn::socket_needs(c.clients, c.cycles, c.rate, common.max_inflight)
+        }
+    };
     let target = target::parse_url(&common.url)?;
     target::check_local(&target.addr, common.allow_remote)?;
     let fd_limit = mio_chat::config::raise_open_file_limit().unwrap_or_else(|e| {
@@ -65,7 +69,7 @@ fn start(args: &Args) -> Result<bool, String> {
         1024
     });
     target::check_fd_budget(clients, fd_limit)?;
-    let sources = target::plan_sources(&target.addr, clients, common.sources)?;
+    let sources = target::plan_sources(&target.addr, ports, common.sources)?;
     if let Some(pid) = common.server_pid {
         Proc(Some(pid))
             .rss_kib()
@@ -115,6 +119,19 @@ fn start(args: &Args) -> Result<bool, String> {
             };
             let report = scenario::broadcast::run(&mut run, &plan).map_err(failed)?;
             report::emit(&report, common.json, report::broadcast_text);
+            Ok(report.problems.is_empty())
+        }
+        Scenario::Churn(c) => {
+            let plan = scenario::churn::Plan {
+                background: c.clients as usize,
+                cycles: c.cycles,
+                rate: c.rate,
+                abrupt_ratio: c.abrupt_ratio,
+                settle: c.settle,
+                max_alive: common.max_inflight as usize,
+            };
+            let report = scenario::churn::run(&mut run, &plan).map_err(failed)?;
+            report::emit(&report, common.json, report::churn_text);
             Ok(report.problems.is_empty())
         }
     }

@@ -1,6 +1,7 @@
 //! What the kernel says about a process, read from `/proc`: resident memory (now and at its
-//! peak) and CPU time. Used on the server (`--server-pid`) and on the generator itself, whose
-//! own CPU use shows whether it, rather than the server, was the bottleneck.
+//! peak), CPU time and open file descriptors. Used on the server (`--server-pid`) and on the
+//! generator itself, whose own CPU use shows whether it, rather than the server, was the
+//! bottleneck.
 
 use std::io;
 
@@ -29,6 +30,16 @@ impl Proc {
     fn status_field(&self, field: &str) -> io::Result<u64> {
         let text = std::fs::read_to_string(self.path("status"))?;
         status_field(&text, field).ok_or_else(|| invalid(format!("no {field} in status")))
+    }
+
+    /// Open file descriptors: the entries of `/proc/PID/fd`.
+    pub fn fd_count(&self) -> io::Result<usize> {
+        let mut n = 0;
+        for entry in std::fs::read_dir(self.path("fd"))? {
+            entry?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// User plus system CPU time, in seconds.
@@ -99,5 +110,7 @@ mod tests {
         assert!(rss > 0);
         assert!(me.peak_rss_kib().unwrap() >= rss);
         assert!(me.cpu_seconds().unwrap() >= 0.0);
+        // The directory being read is itself open while it is counted.
+        assert!(me.fd_count().unwrap() >= 1);
     }
 }

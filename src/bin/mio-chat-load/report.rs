@@ -145,6 +145,87 @@ pub struct BroadcastReport {
     pub problems: Vec<String>,
 }
 
+/// The watcher and the clients that stay through a churn run.
+#[derive(Debug, Default, Serialize)]
+pub struct Stayers {
+    pub background: usize,
+    /// Background clients that opened (the watcher not counted).
+    pub background_opened: usize,
+    pub watcher_opened: bool,
+    /// From the watcher's first dial until it had heard every stayer's join notice.
+    pub connect_s: Option<f64>,
+    /// Stayers (watcher included) lost before the end.
+    pub lost: usize,
+}
+
+/// The short-lived clients of a churn run.
+#[derive(Debug, Default, Serialize)]
+pub struct Cycles {
+    pub cycles: u64,
+    pub rate: f64,
+    pub abrupt_ratio: f64,
+    /// Dialled (a cycle starts when its client is dialled).
+    pub started: u64,
+    /// Handshakes completed.
+    pub opened: u64,
+    /// Left with a TCP reset.
+    pub abrupt: u64,
+    /// Left with a closing handshake, and of those, how many the server answered.
+    pub clean: u64,
+    pub clean_answered: u64,
+    pub failed: u64,
+    /// Failures of short-lived clients, by cause.
+    pub failures: BTreeMap<String, u64>,
+    /// Open short-lived clients lost (failed after their handshake).
+    pub lost_after_open: u64,
+    /// From the first dial until the last short-lived client was gone.
+    pub duration_s: f64,
+    pub cycles_per_s: f64,
+    /// Most short-lived clients alive at once.
+    pub max_alive: usize,
+}
+
+/// What the watcher heard over the whole run, and what it should have.
+#[derive(Debug, Default, Serialize)]
+pub struct NoticeCount {
+    pub joins_expected: u64,
+    pub joins_seen: u64,
+    pub leaves_expected: u64,
+    pub leaves_seen: u64,
+    /// Chat messages that were not notices (someone else's traffic).
+    pub other: u64,
+}
+
+/// The server's open files and memory around the churn (taken with the stayers connected).
+#[derive(Debug, Default, Serialize)]
+pub struct ServerFootprint {
+    pub fds_before: usize,
+    pub fds_after: usize,
+    pub fd_delta: i64,
+    /// How long after the last short-lived client was gone the count came back (`None`: it did
+    /// not within --settle).
+    pub fds_back_s: Option<f64>,
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    pub rss_delta_kib: i64,
+    pub peak_rss_kib: u64,
+    pub cpu_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChurnReport {
+    pub scenario: &'static str,
+    pub setup: Setup,
+    pub stayers: Stayers,
+    pub cycles: Cycles,
+    pub notices: NoticeCount,
+    pub server: Option<ServerFootprint>,
+    pub close: Close,
+    pub generator_cpu_s: f64,
+    pub timed_out: bool,
+    pub problems: Vec<String>,
+}
+
 /// Prints a report on stdout: as JSON, or as the readable lines `text` gives.
 pub fn emit<R: Serialize>(report: &R, json: bool, text: impl FnOnce(&R) -> String) {
     if json {
@@ -157,10 +238,11 @@ pub fn emit<R: Serialize>(report: &R, json: bool, text: impl FnOnce(&R) -> Strin
     }
 }
 
-fn setup_line(out: &mut String, scenario: &str, setup: &Setup, clients: usize) {
+/// The first line; `who` says what connects (`200 clients`).
+fn setup_line(out: &mut String, scenario: &str, setup: &Setup, who: &str) {
     let _ = writeln!(
         out,
-        "mio-chat-load {scenario}: {clients} clients -> {} ({} source address{}, {} handshakes in flight at most, {} open files)",
+        "mio-chat-load {scenario}: {who} -> {} ({} source address{}, {} handshakes in flight at most, {} open files)",
         setup.url,
         setup.source_addresses.max(1),
         if setup.source_addresses > 1 { "es" } else { "" },
@@ -232,7 +314,12 @@ fn tail_lines(out: &mut String, close: &Close, cpu: f64, timed_out: bool, proble
 
 pub fn connect_text(r: &ConnectReport) -> String {
     let mut out = String::new();
-    setup_line(&mut out, r.scenario, &r.setup, r.join.clients);
+    setup_line(
+        &mut out,
+        r.scenario,
+        &r.setup,
+        &format!("{} clients", r.join.clients),
+    );
     join_lines(&mut out, &r.join);
     if let Some(m) = &r.server_memory {
         let _ = writeln!(
@@ -265,7 +352,12 @@ pub fn connect_text(r: &ConnectReport) -> String {
 
 pub fn broadcast_text(r: &BroadcastReport) -> String {
     let mut out = String::new();
-    setup_line(&mut out, r.scenario, &r.setup, r.join.clients);
+    setup_line(
+        &mut out,
+        r.scenario,
+        &r.setup,
+        &format!("{} clients", r.join.clients),
+    );
     join_lines(&mut out, &r.join);
     if let Some(t) = &r.traffic {
         let _ = writeln!(
@@ -297,6 +389,77 @@ pub fn broadcast_text(r: &BroadcastReport) -> String {
                     " ({c:.3} per million deliveries)"
                 )),
             s.peak_rss_kib
+        );
+    }
+    tail_lines(
+        &mut out,
+        &r.close,
+        r.generator_cpu_s,
+        r.timed_out,
+        &r.problems,
+    );
+    out
+}
+
+pub fn churn_text(r: &ChurnReport) -> String {
+    let mut out = String::new();
+    let (st, c, n) = (&r.stayers, &r.cycles, &r.notices);
+    let who = format!(
+        "a watcher, {} background clients, {} short-lived at {}/s",
+        st.background, c.cycles, c.rate
+    );
+    setup_line(&mut out, r.scenario, &r.setup, &who);
+    let _ = writeln!(
+        out,
+        "  stayers      watcher {}, background {}/{} in {}{}",
+        if st.watcher_opened {
+            "open"
+        } else {
+            "NOT open"
+        },
+        st.background_opened,
+        st.background,
+        secs(st.connect_s),
+        if st.lost > 0 {
+            format!("; {} lost", st.lost)
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  cycles       {}/{} started, {} opened in {:.2} s: {:.0}/s (asked {}/s), at most {} alive",
+        c.started, c.cycles, c.opened, c.duration_s, c.cycles_per_s, c.rate, c.max_alive
+    );
+    let _ = writeln!(
+        out,
+        "  leaving      {} reset, {} closing handshakes ({} answered); {} failed, {} lost after open",
+        c.abrupt, c.clean, c.clean_answered, c.failed, c.lost_after_open
+    );
+    for (cause, k) in &c.failures {
+        let _ = writeln!(out, "    {k:>8} x {cause}");
+    }
+    let _ = writeln!(
+        out,
+        "  notices      joins {}/{}, leaves {}/{} (seen/expected); other {}",
+        n.joins_seen, n.joins_expected, n.leaves_seen, n.leaves_expected, n.other
+    );
+    if let Some(s) = &r.server {
+        let _ = writeln!(
+            out,
+            "  server fds   {} before, {} after ({:+}){}",
+            s.fds_before,
+            s.fds_after,
+            s.fd_delta,
+            s.fds_back_s
+                .map_or(" - NOT back to the count before".into(), |t| format!(
+                    ", back {t:.2} s after the last cycle"
+                ))
+        );
+        let _ = writeln!(
+            out,
+            "  server RSS   {} KiB before, {} KiB after ({:+} KiB); peak so far {} KiB; {:.2} CPU s",
+            s.rss_before_kib, s.rss_after_kib, s.rss_delta_kib, s.peak_rss_kib, s.cpu_s
         );
     }
     tail_lines(

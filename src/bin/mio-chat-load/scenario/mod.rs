@@ -4,6 +4,7 @@
 //! Every wait is bounded twice: by its own limit and by the run's `--timeout` deadline.
 
 pub mod broadcast;
+pub mod churn;
 pub mod connect;
 pub mod join;
 

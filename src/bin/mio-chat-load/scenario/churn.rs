@@ -1,0 +1,773 @@
+//! `churn`: does the server account for every arrival and departure, however it happens, and
+//! give back what each connection cost it?
+//!
+//! 1. A watcher joins, then N background clients that stay; the watcher hears 1 + N join
+//!    notices.
+//! 2. C short-lived clients are dialled at R per second (open loop: a late cycle starts at once;
+//!    at most `--max-inflight` of them alive at once). Each waits for its own join notice, then
+//!    leaves: a share P of them with a TCP reset (`SO_LINGER` 0, then close: no Close frame, no
+//!    FIN), spread evenly over the cycles; the others with a closing handshake.
+//! 3. Once they are all gone: wait, at most `--settle`, until the watcher has heard every notice
+//!    and (with `--server-pid`) the server's open files are back to their count before step 2;
+//!    then read the server's RSS.
+//! 4. The background clients close, the watcher must hear their leave notices; then it closes.
+//!
+//! The watcher counts totals (a notice does not say whose it is): one join notice for every
+//! client that opened, itself included, and one leave notice for every client that left, itself
+//! not. Anything more is a duplicate, anything less a loss; a loss and a duplicate in the same
+//! run would cancel out, which the per-client join check of `connect` would catch instead.
+
+use std::cell::Cell;
+use std::io;
+use std::time::{Duration, Instant};
+
+use mio_chat::message::{JOINED, LEFT};
+
+use crate::fleet::Observer;
+use crate::procfs::Proc;
+use crate::report::{ChurnReport, Cycles, NoticeCount, ServerFootprint, Stayers};
+use crate::scenario::{Ending, Run};
+
+/// After the counts come out right, listen this much longer for a late duplicate.
+const LINGER: Duration = Duration::from_millis(250);
+/// How often the server's fd directory is read while waiting for it to shrink back.
+const FD_POLL: Duration = Duration::from_millis(50);
+/// How long the server keeps a closed connection's port from reuse (TIME_WAIT), for sizing
+/// the source addresses.
+const TIME_WAIT: f64 = 60.0;
+
+pub struct Plan {
+    pub background: usize,
+    pub cycles: u64,
+    pub rate: f64,
+    pub abrupt_ratio: f64,
+    pub settle: Duration,
+    /// Short-lived clients alive at once, at most.
+    pub max_alive: usize,
+}
+
+/// What a run needs of this machine: sockets open at once (for the fd budget) and ports from
+/// the ephemeral ranges (for the source addresses): a port stays taken for the TIME_WAIT after
+/// its connection closed.
+pub fn socket_needs(background: u32, cycles: u64, rate: f64, max_alive: u32) -> (usize, usize) {
+    let stayers = background as usize + 1;
+    let open = stayers + max_alive as usize;
+    let recent = (rate * TIME_WAIT).ceil().min(cycles as f64) as usize;
+    (open, open + recent)
+}
+
+/// Whether the `i`-th client to leave (0-based) does it with a reset: of the first `n`
+/// leavers, exactly ⌊n·ratio⌋ do, evenly spread.
+pub fn leaves_abruptly(i: u64, ratio: f64) -> bool {
+    (((i + 1) as f64) * ratio).floor() > ((i as f64) * ratio).floor()
+}
+
+/// The watcher's tally of the room's notices.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Notices {
+    pub joined: u64,
+    pub left: u64,
+    pub other: u64,
+}
+
+impl Notices {
+    pub fn observe(&mut self, body: &str) {
+        match body {
+            JOINED => self.joined += 1,
+            LEFT => self.left += 1,
+            _ => self.other += 1,
+        }
+    }
+
+    /// Has at least what was expected arrived?
+    pub fn reached(&self, joins: u64, leaves: u64) -> bool {
+        self.joined >= joins && self.left >= leaves
+    }
+
+    /// What is wrong with the totals, if anything.
+    pub fn problems(&self, joins: u64, leaves: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        for (seen, expected, what) in [(self.joined, joins, "join"), (self.left, leaves, "leave")] {
+            if seen < expected {
+                out.push(format!(
+                    "{} {what} notices lost ({seen} of {expected})",
+                    expected - seen
+                ));
+            } else if seen > expected {
+                out.push(format!(
+                    "{} {what} notices too many ({seen} for {expected})",
+                    seen - expected
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Open, waiting for its own join notice.
+    Joining,
+    /// Heard it; to leave after this turn.
+    Joined,
+    /// Sent its Close.
+    Leaving,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Watcher,
+    Background,
+    Churn(Stage),
+}
+
+/// Who is who, by client key, and what the watcher heard.
+struct Churners {
+    /// The role of clients that open from now on: each phase opens one kind.
+    next_role: Role,
+    roles: Vec<Option<Role>>,
+    notices: Notices,
+    watcher_opened: bool,
+    /// The watcher was lost (its final close is not watched).
+    watcher_gone: bool,
+    background_opened: usize,
+    background_gone: usize,
+    /// The stayers are being closed on purpose.
+    closing_stayers: bool,
+    /// Watcher and background clients open and not gone.
+    stayers_open: usize,
+    stayers_lost: usize,
+    churn_opened: u64,
+    churn_gone: u64,
+    /// Gone before we asked them to leave.
+    churn_lost: u64,
+    /// Short-lived clients that heard their own join notice this turn.
+    to_leave: Vec<usize>,
+}
+
+impl Churners {
+    fn new() -> Self {
+        Churners {
+            next_role: Role::Watcher,
+            roles: Vec::new(),
+            notices: Notices::default(),
+            watcher_opened: false,
+            watcher_gone: false,
+            background_opened: 0,
+            background_gone: 0,
+            closing_stayers: false,
+            stayers_open: 0,
+            stayers_lost: 0,
+            churn_opened: 0,
+            churn_gone: 0,
+            churn_lost: 0,
+            to_leave: Vec::new(),
+        }
+    }
+
+    fn role(&self, key: usize) -> Option<Role> {
+        self.roles.get(key).copied().flatten()
+    }
+
+    fn joins_expected(&self) -> u64 {
+        u64::from(self.watcher_opened) + self.background_opened as u64 + self.churn_opened
+    }
+
+    /// Every short-lived client that opened is a member who left, once it is gone; and so is
+    /// every background client gone so far.
+    fn leaves_expected(&self) -> u64 {
+        self.churn_gone + self.background_gone as u64
+    }
+
+    /// The watcher has heard every notice due so far.
+    fn heard_all(&self) -> bool {
+        self.notices
+            .reached(self.joins_expected(), self.leaves_expected())
+    }
+
+    /// Short-lived client `key` was reset by us.
+    fn reset(&mut self, key: usize) {
+        self.roles[key] = None;
+        self.churn_gone += 1;
+    }
+
+    fn status(&self) -> String {
+        format!(
+            "notices: joins {}/{}, leaves {}/{}",
+            self.notices.joined,
+            self.joins_expected(),
+            self.notices.left,
+            self.leaves_expected()
+        )
+    }
+}
+
+impl Observer for Churners {
+    fn opened(&mut self, key: usize, _now: Instant) {
+        if self.roles.len() <= key {
+            self.roles.resize(key + 1, None);
+        }
+        let role = self.next_role;
+        self.roles[key] = Some(role);
+        match role {
+            Role::Watcher => {
+                self.watcher_opened = true;
+                self.stayers_open += 1;
+            }
+            Role::Background => {
+                self.background_opened += 1;
+                self.stayers_open += 1;
+            }
+            Role::Churn(_) => self.churn_opened += 1,
+        }
+    }
+
+    fn chat(&mut self, key: usize, body: &str, _now: Instant) {
+        match self.role(key) {
+            Some(Role::Watcher) => self.notices.observe(body),
+            // The room sends a newcomer nothing before its own join notice.
+            Some(Role::Churn(Stage::Joining)) if body == JOINED => {
+                self.roles[key] = Some(Role::Churn(Stage::Joined));
+                self.to_leave.push(key);
+            }
+            _ => {}
+        }
+    }
+
+    fn gone(&mut self, key: usize) {
+        let Some(role) = self.role(key) else {
+            return;
+        };
+        self.roles[key] = None;
+        match role {
+            Role::Watcher | Role::Background => {
+                self.stayers_open -= 1;
+                if !self.closing_stayers {
+                    self.stayers_lost += 1;
+                }
+                if role == Role::Watcher {
+                    self.watcher_gone = true;
+                } else {
+                    self.background_gone += 1;
+                }
+            }
+            Role::Churn(stage) => {
+                self.churn_gone += 1;
+                if stage != Stage::Leaving {
+                    self.churn_lost += 1;
+                }
+            }
+        }
+    }
+}
+
+pub fn run(run: &mut Run, plan: &Plan) -> io::Result<ChurnReport> {
+    let mut obs = Churners::new();
+    let mut problems = Vec::new();
+    let stayers = connect_stayers(run, &mut obs, plan)?;
+    let mut cycles = Cycles {
+        cycles: plan.cycles,
+        rate: plan.rate,
+        abrupt_ratio: plan.abrupt_ratio,
+        ..Cycles::default()
+    };
+    let mut server = None;
+    if !obs.watcher_opened {
+        problems.push("the watcher did not connect".into());
+    } else if !run.timed_out {
+        if !obs.heard_all() {
+            problems.push("the watcher did not hear every background client join".into());
+        }
+        let before = run.server.and_then(|p| sample(p).ok());
+        let failed_before = run.fleet.tally.clone();
+        let (ended, t) = cycle(run, &mut obs, plan, &mut cycles)?;
+        let failures = &run.fleet.tally.failures;
+        for (cause, &n) in failures {
+            let was = failed_before.failures.get(cause).copied().unwrap_or(0);
+            if n > was {
+                cycles.failures.insert(cause.clone(), n - was);
+            }
+        }
+        cycles.failed = cycles.failures.values().sum();
+        cycles.clean_answered = (run.fleet.tally.closed_clean - failed_before.closed_clean) as u64;
+        cycles.lost_after_open = obs.churn_lost;
+        if !run.timed_out {
+            let (back, after) = settle(run, &mut obs, plan, before.as_ref(), ended)?;
+            if let (Some(before), Some(after), Some(p)) = (before, after, run.server) {
+                server = Some(ServerFootprint {
+                    fds_before: before.fds,
+                    fds_after: after.fds,
+                    fd_delta: after.fds as i64 - before.fds as i64,
+                    fds_back_s: back,
+                    rss_before_kib: before.rss_kib,
+                    rss_after_kib: after.rss_kib,
+                    rss_delta_kib: after.rss_kib as i64 - before.rss_kib as i64,
+                    peak_rss_kib: p.peak_rss_kib().unwrap_or(0),
+                    cpu_s: after.cpu_s - before.cpu_s,
+                });
+            }
+        }
+        cycles.duration_s = t;
+        cycles.cycles_per_s = if t > 0.0 {
+            cycles.started as f64 / t
+        } else {
+            0.0
+        };
+        if !run.timed_out {
+            close_background(run, &mut obs, plan)?;
+        }
+    }
+
+    let notices = NoticeCount {
+        joins_expected: obs.joins_expected(),
+        joins_seen: obs.notices.joined,
+        leaves_expected: obs.leaves_expected(),
+        leaves_seen: obs.notices.left,
+        other: obs.notices.other,
+    };
+    let stayers = Stayers {
+        background: plan.background,
+        background_opened: obs.background_opened,
+        watcher_opened: obs.watcher_opened,
+        connect_s: stayers,
+        lost: obs.stayers_lost,
+    };
+    let close = run.close_all()?;
+
+    let stayers_failed = run.fleet.tally.failed().saturating_sub(cycles.failed);
+    if stayers_failed > 0 {
+        problems.push(format!(
+            "{stayers_failed} watcher or background clients failed"
+        ));
+    }
+    if obs.stayers_lost > 0 {
+        problems.push(format!(
+            "{} watcher or background clients lost",
+            obs.stayers_lost
+        ));
+    }
+    if obs.watcher_opened && !obs.watcher_gone {
+        problems.extend(
+            obs.notices
+                .problems(notices.joins_expected, notices.leaves_expected),
+        );
+    } else if obs.watcher_opened {
+        problems.push("the watcher was lost: notice counts are incomplete".into());
+    }
+    if cycles.failed > 0 {
+        problems.push(format!(
+            "{} of {} short-lived clients failed",
+            cycles.failed, cycles.started
+        ));
+    }
+    if cycles.started < plan.cycles && !run.timed_out && obs.watcher_opened {
+        problems.push(format!(
+            "{} of {} cycles started",
+            cycles.started, plan.cycles
+        ));
+    }
+    if cycles.clean_answered < cycles.clean {
+        problems.push(format!(
+            "{} of {} closing handshakes not answered",
+            cycles.clean - cycles.clean_answered,
+            cycles.clean
+        ));
+    }
+    if let Some(s) = &server {
+        if s.fds_after > s.fds_before {
+            problems.push(format!(
+                "the server holds {} more open files than before the churn (after {:?})",
+                s.fds_after - s.fds_before,
+                plan.settle
+            ));
+        }
+    }
+    if close.clean < close.closing {
+        problems.push(format!(
+            "{} of {} closing handshakes did not complete at the end",
+            close.closing - close.clean,
+            close.closing
+        ));
+    }
+    if run.timed_out {
+        problems.push(format!("timed out after {:?}", run.timeout));
+    }
+    Ok(ChurnReport {
+        scenario: "churn",
+        setup: run.setup.clone(),
+        stayers,
+        cycles,
+        notices,
+        server,
+        close,
+        generator_cpu_s: Proc(None).cpu_seconds().unwrap_or(0.0),
+        timed_out: run.timed_out,
+        problems,
+    })
+}
+
+/// Dials the watcher, then the background clients, and waits until the watcher has heard all
+/// their join notices. Returns how long that took, if it finished.
+fn connect_stayers(run: &mut Run, obs: &mut Churners, plan: &Plan) -> io::Result<Option<f64>> {
+    let start = Instant::now();
+    obs.next_role = Role::Watcher;
+    run.fleet.dial(1);
+    run.run_until(
+        obs,
+        None,
+        |fleet, obs, _| fleet.settled() && (!obs.watcher_opened || obs.notices.joined >= 1),
+        |_, obs| format!("watcher connecting; {}", obs.status()),
+    )?;
+    if !obs.watcher_opened || run.timed_out {
+        run.progress.finish();
+        return Ok(None);
+    }
+    obs.next_role = Role::Background;
+    run.fleet.dial(plan.background);
+    let mut settled_at = None;
+    let ending = run.run_until(
+        obs,
+        None,
+        |fleet, obs, now| {
+            if !fleet.settled() {
+                return false;
+            }
+            // Counts that cannot come right (a client lost mid-join) stop the wait at --settle.
+            let at = *settled_at.get_or_insert(now);
+            obs.heard_all() || now.duration_since(at) >= plan.settle
+        },
+        |fleet, obs| {
+            format!(
+                "background: {} open, {} in flight, {} failed; {}",
+                obs.background_opened,
+                fleet.inflight(),
+                fleet.tally.failed(),
+                obs.status()
+            )
+        },
+    )?;
+    run.progress.finish();
+    Ok((ending == Ending::Done).then(|| start.elapsed().as_secs_f64()))
+}
+
+/// The churn itself; returns when the last short-lived client is gone (or at the deadline),
+/// and how long the cycles took.
+fn cycle(
+    run: &mut Run,
+    obs: &mut Churners,
+    plan: &Plan,
+    cycles: &mut Cycles,
+) -> io::Result<(Instant, f64)> {
+    obs.next_role = Role::Churn(Stage::Joining);
+    let interval = Duration::from_secs_f64(1.0 / plan.rate);
+    let start = Instant::now();
+    let mut next_at = start;
+    let mut leavers = 0u64;
+    loop {
+        // Those who heard their join notice in the last turn leave now. No dial happened since,
+        // so a key still has its client, unless it is gone (then its role was cleared).
+        for key in std::mem::take(&mut obs.to_leave) {
+            if obs.role(key) != Some(Role::Churn(Stage::Joined)) {
+                continue;
+            }
+            if leaves_abruptly(leavers, plan.abrupt_ratio) {
+                run.fleet.reset(key);
+                obs.reset(key);
+                cycles.abrupt += 1;
+            } else {
+                run.fleet.close(key);
+                obs.roles[key] = Some(Role::Churn(Stage::Leaving));
+                cycles.clean += 1;
+            }
+            leavers += 1;
+        }
+        let now = Instant::now();
+        let mut alive = run.fleet.len() + run.fleet.pending() - obs.stayers_open;
+        while cycles.started < plan.cycles && next_at <= now && alive < plan.max_alive {
+            run.fleet.dial(1);
+            cycles.started += 1;
+            alive += 1;
+            next_at += interval;
+        }
+        cycles.max_alive = cycles.max_alive.max(alive);
+        cycles.opened = obs.churn_opened;
+        if cycles.started == plan.cycles && alive == 0 {
+            break;
+        }
+        if now >= run.deadline {
+            run.timed_out = true;
+            break;
+        }
+        let wake = if cycles.started < plan.cycles && alive < plan.max_alive {
+            next_at.min(run.deadline)
+        } else {
+            run.deadline
+        };
+        run.progress.tick(now, || {
+            let elapsed = now.duration_since(start).as_secs_f64().max(1e-9);
+            format!(
+                "churn: {}/{} started ({:.0}/s), {alive} alive, {} failed; {}",
+                cycles.started,
+                plan.cycles,
+                cycles.started as f64 / elapsed,
+                run.fleet.tally.failed(),
+                obs.status()
+            )
+        });
+        let wait = wake
+            .saturating_duration_since(now)
+            .min(run.progress.wait(now));
+        run.fleet.turn(Some(wait), obs)?;
+    }
+    run.progress.finish();
+    let end = Instant::now();
+    Ok((end, end.duration_since(start).as_secs_f64()))
+}
+
+/// The server's open files, memory and CPU time at one moment.
+struct Sample {
+    fds: usize,
+    rss_kib: u64,
+    cpu_s: f64,
+}
+
+fn sample(p: Proc) -> io::Result<Sample> {
+    Ok(Sample {
+        fds: p.fd_count()?,
+        rss_kib: p.rss_kib()?,
+        cpu_s: p.cpu_seconds()?,
+    })
+}
+
+/// Waits (at most `--settle`) for the last notices and for the server's open files to come
+/// back to `before`. Returns how long after `ended` the files were back, and the sample after
+/// (its fd count the last one read while waiting).
+fn settle(
+    run: &mut Run,
+    obs: &mut Churners,
+    plan: &Plan,
+    before: Option<&Sample>,
+    ended: Instant,
+) -> io::Result<(Option<f64>, Option<Sample>)> {
+    let server = run.server;
+    let baseline = before.map(|s| s.fds);
+    let mut back_at: Option<Instant> = None;
+    let mut last_read: Option<Instant> = None;
+    // Written by the wait's test, read by its status line.
+    let fds = Cell::new(None);
+    let mut heard_at: Option<Instant> = None;
+    poll_until(
+        run,
+        obs,
+        Instant::now() + plan.settle,
+        |obs, now| {
+            if let (Some(p), Some(base), None) = (server, baseline, back_at) {
+                if last_read.is_none_or(|at| now.duration_since(at) >= FD_POLL) {
+                    last_read = Some(now);
+                    fds.set(p.fd_count().ok());
+                    if fds.get().is_some_and(|n| n <= base) {
+                        back_at = Some(now);
+                    }
+                }
+            }
+            let files_back = baseline.is_none() || back_at.is_some();
+            if obs.heard_all() {
+                let at = *heard_at.get_or_insert(now);
+                files_back && now.duration_since(at) >= LINGER
+            } else {
+                false
+            }
+        },
+        |obs| {
+            format!(
+                "settling: server fds {} (before {}); {}",
+                fds.get().map_or("-".into(), |n: usize| n.to_string()),
+                baseline.map_or("-".into(), |n| n.to_string()),
+                obs.status()
+            )
+        },
+    )?;
+    run.progress.finish();
+    // The fd count is the one that ended the wait (or the last one read): files that come and
+    // go afterwards are someone else's, not the churn's.
+    let after = server.and_then(|p| sample(p).ok()).map(|mut s| {
+        if let Some(n) = fds.get() {
+            s.fds = n;
+        }
+        s
+    });
+    Ok((
+        back_at.map(|at| at.saturating_duration_since(ended).as_secs_f64()),
+        after,
+    ))
+}
+
+/// Like [`Run::run_until`] for the waits after the churn, which watch for things that send no
+/// event (the server's fd count, a quiet spell): tests `done` every [`FD_POLL`] at least.
+/// Not bounded by the run's deadline, only by `until`. Returns whether `done` came true.
+fn poll_until(
+    run: &mut Run,
+    obs: &mut Churners,
+    until: Instant,
+    mut done: impl FnMut(&Churners, Instant) -> bool,
+    status: impl Fn(&Churners) -> String,
+) -> io::Result<bool> {
+    loop {
+        let now = Instant::now();
+        if done(obs, now) {
+            return Ok(true);
+        }
+        if now >= until {
+            return Ok(false);
+        }
+        run.progress.tick(now, || status(obs));
+        let wait = until
+            .saturating_duration_since(now)
+            .min(FD_POLL)
+            .min(run.progress.wait(now));
+        run.fleet.turn(Some(wait), obs)?;
+    }
+}
+
+/// Closes the background clients; waits (at most `--settle`) until they are gone and the
+/// watcher has heard them leave.
+fn close_background(run: &mut Run, obs: &mut Churners, plan: &Plan) -> io::Result<()> {
+    obs.closing_stayers = true;
+    let keys: Vec<usize> = (0..obs.roles.len())
+        .filter(|&key| obs.role(key) == Some(Role::Background))
+        .collect();
+    for key in keys {
+        run.fleet.close(key);
+    }
+    let mut heard_at: Option<Instant> = None;
+    poll_until(
+        run,
+        obs,
+        Instant::now() + plan.settle,
+        |obs, now| {
+            let watcher_left = usize::from(obs.watcher_opened && !obs.watcher_gone);
+            if obs.stayers_open == watcher_left && obs.heard_all() {
+                let at = *heard_at.get_or_insert(now);
+                now.duration_since(at) >= LINGER
+            } else {
+                false
+            }
+        },
+        |obs| {
+            format!(
+                "closing the background: {} left; {}",
+                obs.stayers_open.saturating_sub(1),
+                obs.status()
+            )
+        },
+    )?;
+    obs.closing_stayers = false;
+    run.progress.finish();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resets_are_spread_evenly() {
+        let count = |n: u64, ratio: f64| (0..n).filter(|&i| leaves_abruptly(i, ratio)).count();
+        assert_eq!(count(1000, 0.0), 0);
+        assert_eq!(count(1000, 1.0), 1000);
+        assert_eq!(count(1000, 0.5), 500);
+        assert_eq!(count(1000, 0.25), 250);
+        assert_eq!(count(7, 0.5), 3);
+        for n in 0..200 {
+            for ratio in [0.1, 0.3, 0.5, 0.7, 0.9] {
+                assert_eq!(
+                    count(n, ratio),
+                    (n as f64 * ratio).floor() as usize,
+                    "{n} {ratio}"
+                );
+            }
+        }
+        // Half means every other one, not the first half.
+        let half: Vec<bool> = (0..6).map(|i| leaves_abruptly(i, 0.5)).collect();
+        assert_eq!(half, [false, true, false, true, false, true]);
+    }
+
+    #[test]
+    fn notices_are_counted_by_kind() {
+        let mut n = Notices::default();
+        for body in [JOINED, JOINED, LEFT, "s=1 q=2 t=3 x", JOINED] {
+            n.observe(body);
+        }
+        assert_eq!(
+            n,
+            Notices {
+                joined: 3,
+                left: 1,
+                other: 1
+            }
+        );
+        assert!(n.reached(3, 1));
+        assert!(n.reached(2, 0));
+        assert!(!n.reached(4, 1));
+        assert!(!n.reached(3, 2));
+    }
+
+    #[test]
+    fn losses_and_duplicates_are_told_apart() {
+        let n = Notices {
+            joined: 10,
+            left: 8,
+            other: 0,
+        };
+        assert!(n.problems(10, 8).is_empty());
+        let lost = n.problems(11, 8);
+        assert_eq!(lost.len(), 1);
+        assert!(lost[0].contains("1 join notices lost"), "{lost:?}");
+        let both = n.problems(9, 9);
+        assert_eq!(both.len(), 2);
+        assert!(both[0].contains("1 join notices too many"), "{both:?}");
+        assert!(both[1].contains("1 leave notices lost"), "{both:?}");
+    }
+
+    #[test]
+    fn the_watcher_expects_everyone_but_its_own_leave() {
+        let mut obs = Churners::new();
+        let t = Instant::now();
+        obs.opened(0, t);
+        obs.chat(0, JOINED, t);
+        obs.next_role = Role::Background;
+        obs.opened(1, t);
+        obs.chat(0, JOINED, t);
+        assert!(obs.heard_all());
+        obs.next_role = Role::Churn(Stage::Joining);
+        obs.opened(2, t);
+        obs.opened(3, t);
+        // Another newcomer's notice is no reason to leave; its own is.
+        obs.chat(2, "hello", t);
+        obs.chat(2, JOINED, t);
+        obs.chat(2, JOINED, t);
+        assert_eq!(obs.to_leave, [2]);
+        assert_eq!(obs.joins_expected(), 4);
+        obs.reset(2);
+        obs.roles[3] = Some(Role::Churn(Stage::Leaving));
+        obs.gone(3);
+        assert_eq!((obs.leaves_expected(), obs.churn_lost), (2, 0));
+        for body in [JOINED, JOINED, LEFT] {
+            obs.chat(0, body, t);
+        }
+        assert!(!obs.heard_all());
+        obs.chat(0, LEFT, t);
+        assert!(obs.heard_all());
+        // A background client lost midway: its leave is due too, and it counts as lost.
+        obs.gone(1);
+        assert_eq!((obs.leaves_expected(), obs.stayers_lost), (3, 1));
+        assert_eq!(obs.stayers_open, 1);
+    }
+
+    #[test]
+    fn ports_cover_the_time_wait() {
+        assert_eq!(socket_needs(100, 20_000, 2000.0, 512), (613, 20_613));
+        assert_eq!(socket_needs(0, 10, 2000.0, 512), (513, 523));
+        assert_eq!(socket_needs(0, 1_000_000, 100.0, 8), (9, 6009));
+    }
+}
