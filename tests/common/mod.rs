@@ -842,3 +842,14 @@ impl RawClient {
         self.expect_eof();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The server process as /proc sees it
+// ---------------------------------------------------------------------------------------------
+
+impl TestServer {
+    /// The server's process id, for reading `/proc/PID/status` (memory) and `/proc/PID/fd`.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
