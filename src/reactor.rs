@@ -467,7 +467,9 @@ impl Server {
             http::write_response(&mut response, 200, http::METRICS_CONTENT_TYPE, "", &page);
             client.conn.queue(&response);
         }
-        if client.conn.output().len() > self.config.max_outbound {
+        // Its own replies (pongs, echoes) count too, once the socket has stopped taking bytes:
+        // a client whose socket keeps up is written at the end of the turn, whatever it queued.
+        if client.writable && client.conn.output().len() > self.config.max_outbound {
             client.conn.abort(Ending::SlowConsumer, now);
         }
         if !client.ending_reported {

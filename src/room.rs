@@ -56,6 +56,10 @@ impl Broadcast {
     }
 }
 
+/// A batch buffer up to this size is reused from turn to turn; a larger one (a burst, a huge
+/// message) goes back to the allocator.
+const KEEP_BATCH_CAPACITY: usize = 64 * 1024;
+
 /// What became of one delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -171,8 +175,9 @@ impl Room {
                     broadcast.left();
                 }
             }
-            if broadcast.frames.is_empty() {
-                broadcast.frames = batch; // keep the capacity for the next batch
+            // Keep the buffer for the next batch, unless an unusual one made it large.
+            if broadcast.frames.is_empty() && batch.capacity() <= KEEP_BATCH_CAPACITY {
+                broadcast.frames = batch;
                 broadcast.frames.clear();
             }
         }

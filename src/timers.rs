@@ -36,7 +36,14 @@ impl Timers {
     /// Removes and returns one timer due at `now`, if any.
     pub fn pop_due(&mut self, now: Instant) -> Option<Timer> {
         match self.heap.peek() {
-            Some(Reverse(t)) if t.at <= now => self.heap.pop().map(|Reverse(t)| t),
+            Some(Reverse(t)) if t.at <= now => {
+                let due = self.heap.pop().map(|Reverse(t)| t);
+                // After a burst of connections the heap empties again: give the memory back.
+                if self.heap.capacity() > 4096 && self.heap.len() < self.heap.capacity() / 4 {
+                    self.heap.shrink_to(self.heap.len() * 2);
+                }
+                due
+            }
             _ => None,
         }
     }
