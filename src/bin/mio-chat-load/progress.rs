@@ -25,6 +25,11 @@ impl Progress {
 
     /// How long until the next line is due: an upper bound for the event loop's wait.
     pub fn wait(&self, now: Instant) -> Duration {
+        if !self.enabled {
+            // With no line to show there is nothing to wake up for: a zero wait here would turn
+            // the event loop into a busy poll that steals the server's CPU.
+            return Duration::MAX;
+        }
         self.next_at.saturating_duration_since(now)
     }
 
