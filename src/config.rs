@@ -75,3 +75,19 @@ pub fn raise_open_file_limit() -> std::io::Result<u64> {
 pub fn default_max_connections(open_file_limit: u64) -> usize {
     open_file_limit.saturating_sub(RESERVED_FDS).max(1) as usize
 }
+
+/// Parses a number of seconds, fractions allowed (`0.5`), for command-line flags.
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s}: not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s}: not a valid number of seconds"))
+}
+
+/// Like [`parse_secs`], but zero is refused.
+pub fn parse_positive_secs(s: &str) -> Result<Duration, String> {
+    match parse_secs(s)? {
+        d if d.is_zero() => Err("must be more than 0".into()),
+        d => Ok(d),
+    }
+}

@@ -29,7 +29,8 @@ pub enum OpCode {
 }
 
 impl OpCode {
-    fn from_bits(bits: u8) -> Option<OpCode> {
+    /// The opcode in the low four bits of a frame's first byte, if it is one RFC 6455 defines.
+    pub fn from_bits(bits: u8) -> Option<OpCode> {
         Some(match bits {
             0x0 => OpCode::Continuation,
             0x1 => OpCode::Text,

@@ -32,10 +32,10 @@ struct Args {
     #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     max_outbound: u64,
     /// Seconds a connection has to send its HTTP request (fractions allowed).
-    #[arg(long, default_value = "10", value_parser = parse_positive_secs)]
+    #[arg(long, default_value = "10", value_parser = mio_chat::config::parse_positive_secs)]
     handshake_timeout: Duration,
     /// Ping idle clients every this many seconds; drop them after two silent intervals; 0 = off.
-    #[arg(long, default_value = "30", value_parser = parse_secs)]
+    #[arg(long, default_value = "30", value_parser = mio_chat::config::parse_secs)]
     ping_interval: Duration,
     /// Also allow WebSockets from this browser Origin (repeatable); '*' allows any. By default only
     /// requests without Origin, or whose Origin host equals the Host header's host, are allowed.
@@ -54,23 +54,6 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("{s}: {e}"))?
         .next()
         .ok_or_else(|| format!("{s}: no address"))
-}
-
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("{s}: not a number of seconds"))?;
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s}: not a valid number of seconds"))
-}
-
-fn parse_positive_secs(s: &str) -> Result<Duration, String> {
-    parse_secs(s).and_then(|d| {
-        if d.is_zero() {
-            Err("must be more than 0".into())
-        } else {
-            Ok(d)
-        }
-    })
 }
 
 fn main() -> ExitCode {

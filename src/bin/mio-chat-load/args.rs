@@ -44,7 +44,7 @@ pub struct Common {
     /// Seconds the whole run may take (not counting --hold; `broadcast` and `churn` include
     /// their sending or cycling time); past it the report says what was reached and the exit
     /// status is non-zero.
-    #[arg(long, global = true, default_value = "120", value_parser = parse_positive_secs)]
+    #[arg(long, global = true, default_value = "120", value_parser = mio_chat::config::parse_positive_secs)]
     pub timeout: Duration,
     /// Allow a target outside 127.0.0.0/8 and ::1.
     #[arg(long, global = true)]
@@ -82,7 +82,7 @@ pub struct ConnectArgs {
     #[arg(short = 'n', long = "clients", value_parser = clap::value_parser!(u32).range(1..))]
     pub clients: u32,
     /// Seconds to hold the connections open before closing them.
-    #[arg(long, default_value = "0", value_parser = parse_secs)]
+    #[arg(long, default_value = "0", value_parser = mio_chat::config::parse_secs)]
     pub hold: Duration,
 }
 
@@ -103,7 +103,7 @@ pub struct BroadcastArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub window: Option<u32>,
     /// Seconds of sending.
-    #[arg(long, default_value = "10", value_parser = parse_positive_secs)]
+    #[arg(long, default_value = "10", value_parser = mio_chat::config::parse_positive_secs)]
     pub duration: Duration,
     /// Bytes of text per message (at least the stamp, about 30 bytes).
     #[arg(long, default_value_t = 64)]
@@ -127,25 +127,8 @@ pub struct ChurnArgs {
     pub abrupt_ratio: f64,
     /// Seconds to wait, after the last short-lived client is gone, for the last notices and
     /// (with --server-pid) for the server's open files to come back to their count before.
-    #[arg(long, default_value = "10", value_parser = parse_positive_secs)]
+    #[arg(long, default_value = "10", value_parser = mio_chat::config::parse_positive_secs)]
     pub settle: Duration,
-}
-
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("{s}: not a number of seconds"))?;
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s}: not a valid number of seconds"))
-}
-
-fn parse_positive_secs(s: &str) -> Result<Duration, String> {
-    parse_secs(s).and_then(|d| {
-        if d.is_zero() {
-            Err("must be more than 0".into())
-        } else {
-            Ok(d)
-        }
-    })
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {

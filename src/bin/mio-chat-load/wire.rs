@@ -47,18 +47,6 @@ impl fmt::Display for WireError {
     }
 }
 
-fn opcode(bits: u8) -> Option<OpCode> {
-    Some(match bits {
-        0x0 => OpCode::Continuation,
-        0x1 => OpCode::Text,
-        0x2 => OpCode::Binary,
-        0x8 => OpCode::Close,
-        0x9 => OpCode::Ping,
-        0xA => OpCode::Pong,
-        _ => return None,
-    })
-}
-
 /// Decodes the header of a server frame at the start of `buf`; `Ok(None)` means "need more bytes".
 ///
 /// Limits are checked on the header alone, so a frame announcing 2^63 bytes is refused before
@@ -68,7 +56,7 @@ pub fn parse_head(buf: &[u8], max_payload: usize) -> Result<Option<Head>, WireEr
     if b0 & 0x70 != 0 {
         return Err(WireError::ReservedBits); // no extension was negotiated
     }
-    let opcode = opcode(b0 & 0x0F).ok_or(WireError::UnknownOpcode(b0 & 0x0F))?;
+    let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(WireError::UnknownOpcode(b0 & 0x0F))?;
     if b1 & 0x80 != 0 {
         return Err(WireError::Masked); // §5.1: a server must not mask
     }
