@@ -56,6 +56,13 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// or leaves in a room of ten thousand would queue hundreds of megabytes that way, so once the
 /// batch times the members passes this many bytes, it goes out at once.
 const MAX_UNFLUSHED: usize = 16 << 20;
+/// In a large room, joins and leaves come in floods (a load test connecting thousands, a frontend
+/// restarting), and each fan-out costs one `send` per member. So a batch of notices alone waits
+/// until this long after the previous fan-out, and every member gets the flood's notices in
+/// fewer, larger writes. Chat messages never wait: a batch with one goes out at the turn's end.
+const NOTICE_WINDOW: Duration = Duration::from_millis(100);
+/// Rooms smaller than this send notices at once: there, a fan-out is cheap.
+const NOTICE_BATCHING_FROM: usize = 1000;
 
 /// A socket and the state machine that speaks over it.
 struct Client {
@@ -115,6 +122,8 @@ pub struct Server {
     accept_paused_until: Option<Instant>,
     stopping_at: Option<Instant>,
     metrics: Metrics,
+    /// When the room's batch last went out (for [`NOTICE_WINDOW`]).
+    last_fan_out: Instant,
 }
 
 impl Server {
@@ -146,6 +155,7 @@ impl Server {
             accept_paused_until: None,
             stopping_at: None,
             metrics: Metrics::default(),
+            last_fan_out: Instant::now(),
         })
     }
 
@@ -223,10 +233,12 @@ impl Server {
         if !self.unread.is_empty() {
             return Some(Duration::ZERO);
         }
+        let notices_due = (!self.broadcast.is_empty()).then(|| self.last_fan_out + NOTICE_WINDOW);
         [
             self.timers.next(),
             self.stopping_at,
             self.accept_paused_until,
+            notices_due,
         ]
         .into_iter()
         .flatten()
@@ -511,9 +523,10 @@ impl Server {
     /// Hands the room's batch to every member (see [`deliver`]); members that are gone or too
     /// far behind are dropped, and the room announces their leaving in the next batch.
     fn fan_out(&mut self, now: Instant) {
-        if self.broadcast.is_empty() {
+        if self.broadcast.is_empty() || self.notices_may_wait(now) {
             return;
         }
+        self.last_fan_out = now;
         let Server {
             room,
             broadcast,
@@ -553,6 +566,14 @@ impl Server {
                 }
             }
         });
+    }
+
+    /// Whether the batch is notices only, in a room large enough to gather them (see
+    /// [`NOTICE_WINDOW`]), and the window since the last fan-out is still open.
+    fn notices_may_wait(&self, now: Instant) -> bool {
+        self.broadcast.only_notices()
+            && self.room.len() >= NOTICE_BATCHING_FROM
+            && now < self.last_fan_out + NOTICE_WINDOW
     }
 
     /// Closes the sockets of connections that are over.

@@ -21,6 +21,8 @@ pub struct Broadcast {
     frames: Vec<u8>,
     /// How many frames `frames` holds (for the delivery count).
     count: u64,
+    /// The batch holds a chat message, not only join and leave notices.
+    chat: bool,
 }
 
 impl Broadcast {
@@ -34,6 +36,12 @@ impl Broadcast {
 
     pub fn said(&mut self, text: &str) {
         self.push(text);
+        self.chat = true;
+    }
+
+    /// The batch holds join and leave notices only (which may wait a little; chat may not).
+    pub fn only_notices(&self) -> bool {
+        !self.chat
     }
 
     fn push(&mut self, body: &str) {
@@ -157,6 +165,7 @@ impl Room {
             // Taking the batch out lets leave notices collect in `broadcast` as the next one.
             let batch = std::mem::take(&mut broadcast.frames);
             let frames = std::mem::take(&mut broadcast.count);
+            broadcast.chat = false;
             for &key in &self.members {
                 let from = self.joined_at[key];
                 match deliver(key, &batch[from..]) {
