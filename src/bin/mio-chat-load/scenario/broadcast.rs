@@ -144,16 +144,7 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<BroadcastReport> {
         problems.push(format!("{lost} clients lost during the traffic"));
     }
     let close = run.close_all()?;
-    if close.clean < close.closing {
-        problems.push(format!(
-            "{} of {} closing handshakes did not complete",
-            close.closing - close.clean,
-            close.closing
-        ));
-    }
-    if run.timed_out {
-        problems.push(format!("timed out after {:?}", run.timeout));
-    }
+    run.check_end(&close, &mut problems);
     Ok(BroadcastReport {
         scenario: "broadcast",
         setup: run.setup.clone(),

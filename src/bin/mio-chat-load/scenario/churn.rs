@@ -382,16 +382,7 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<ChurnReport> {
             ));
         }
     }
-    if close.clean < close.closing {
-        problems.push(format!(
-            "{} of {} closing handshakes did not complete at the end",
-            close.closing - close.clean,
-            close.closing
-        ));
-    }
-    if run.timed_out {
-        problems.push(format!("timed out after {:?}", run.timeout));
-    }
+    run.check_end(&close, &mut problems);
     Ok(ChurnReport {
         scenario: "churn",
         setup: run.setup.clone(),

@@ -99,16 +99,7 @@ pub fn run(run: &mut Run, clients: usize, hold: std::time::Duration) -> io::Resu
     let hold_s = hold_start.elapsed().as_secs_f64();
 
     let close = run.close_all()?;
-    if close.clean < close.closing {
-        problems.push(format!(
-            "{} of {} closing handshakes did not complete",
-            close.closing - close.clean,
-            close.closing
-        ));
-    }
-    if run.timed_out {
-        problems.push(format!("timed out after {:?}", run.timeout));
-    }
+    run.check_end(&close, &mut problems);
     Ok(ConnectReport {
         scenario: "connect",
         setup: run.setup.clone(),

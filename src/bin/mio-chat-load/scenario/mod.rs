@@ -115,6 +115,21 @@ impl Run {
             close_s: start.elapsed().as_secs_f64(),
         })
     }
+
+    /// Adds to `problems` what every scenario checks at its end: unfinished closing handshakes
+    /// and a timed-out run.
+    pub fn check_end(&self, close: &Close, problems: &mut Vec<String>) {
+        if close.clean < close.closing {
+            problems.push(format!(
+                "{} of {} closing handshakes did not complete",
+                close.closing - close.clean,
+                close.closing
+            ));
+        }
+        if self.timed_out {
+            problems.push(format!("timed out after {:?}", self.timeout));
+        }
+    }
 }
 
 /// An observer for phases where messages no longer matter.
