@@ -13,7 +13,7 @@ use mio_chat::http::{self, OriginPolicy};
 use mio_chat::message;
 use mio_chat::metrics::Metrics;
 use mio_chat::queue::OutQueue;
-use mio_chat::room::{Broadcast, Delivery, Room};
+use mio_chat::room::{Announce, Broadcast, Delivery, Room};
 
 const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost:8080\r\nUpgrade: websocket\r\n\
     Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -66,10 +66,14 @@ fn fan_out_to_10k(c: &mut Criterion) {
                 let mut broadcast = Broadcast::default();
                 broadcast.said("s=3 q=17 t=123456789 hello everyone");
                 let start = Instant::now();
-                room.fan_out(&mut broadcast, |key, frames| {
-                    queues[key].push(frames);
-                    Delivery::Delivered
-                });
+                room.fan_out(
+                    &mut broadcast,
+                    |key, frames| {
+                        queues[key].push(frames);
+                        Delivery::Delivered
+                    },
+                    Broadcast::left,
+                );
                 busy += start.elapsed();
                 // The sockets take it all; not timed, as the kernel's part is not ours.
                 for queue in &mut queues {
@@ -127,6 +131,7 @@ fn decode_client_frames(c: &mut Criterion) {
                 config: &config,
                 broadcast: &mut broadcast,
                 metrics: &mut metrics,
+                degraded: false,
             };
             conn.receive(&mut request, &mut cx);
             b.iter_batched_ref(
@@ -138,6 +143,7 @@ fn decode_client_frames(c: &mut Criterion) {
                         config: &config,
                         broadcast: &mut broadcast,
                         metrics: &mut metrics,
+                        degraded: false,
                     };
                     conn.receive(buf, &mut cx);
                     black_box(broadcast.len())

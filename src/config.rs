@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::http::OriginPolicy;
+use crate::redis::RedisUrl;
 
 /// Everything the server can be told.
 #[derive(Debug, Clone)]
@@ -26,6 +27,12 @@ pub struct Config {
     pub origins: OriginPolicy,
     /// Serve the `/echo` diagnostic route.
     pub echo: bool,
+    /// Share the room with other processes through this Redis (see `backplane.rs`).
+    pub redis: Option<RedisUrl>,
+    /// The Redis pub/sub channel that carries the room.
+    pub redis_channel: String,
+    /// Set `SO_REUSEPORT` on the listener, so several processes can share one port.
+    pub reuse_port: bool,
 }
 
 impl Default for Config {
@@ -39,9 +46,15 @@ impl Default for Config {
             ping_interval: Some(Duration::from_secs(30)),
             origins: OriginPolicy::default(),
             echo: false,
+            redis: None,
+            redis_channel: DEFAULT_REDIS_CHANNEL.to_string(),
+            reuse_port: false,
         }
     }
 }
+
+/// The channel of `--redis-channel` when none is named.
+pub const DEFAULT_REDIS_CHANNEL: &str = "mio-chat";
 
 /// File descriptors kept back from `--max-connections` for the listener, the poll instance,
 /// signals, logging and the connections that are being refused with 503.

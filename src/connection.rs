@@ -9,7 +9,8 @@
 //!     └─ plain HTTP answer, error status, 408 ──────────────────────────────────────────┘
 //! ```
 //!
-//! Messages for the room go into the [`Broadcast`] it is handed; replies meant for this peer alone
+//! Joins and messages for the room go to the [`Announce`] it is handed (the turn's batch, or the
+//! Redis backplane); replies meant for this peer alone
 //! (the handshake, pongs, close frames, echoes) go into its own [`OutQueue`].
 
 use std::time::{Duration, Instant};
@@ -19,6 +20,8 @@ use crate::frame::{self, close, Header, OpCode};
 use crate::http::{self, Decision, Response, Route};
 use crate::metrics::Metrics;
 use crate::queue::OutQueue;
+use crate::room::Announce;
+#[cfg(test)]
 use crate::room::Broadcast;
 
 /// How long a closing connection may take to finish its closing handshake and hang up.
@@ -61,9 +64,11 @@ pub enum Ending {
 pub struct Context<'a> {
     pub now: Instant,
     pub config: &'a Config,
-    /// Frames for every member of the room.
-    pub broadcast: &'a mut Broadcast,
+    /// Where joins and chat messages go: this turn's batch, or the backplane.
+    pub broadcast: &'a mut dyn Announce,
     pub metrics: &'a mut Metrics,
+    /// The Redis backplane is configured but down (`/healthz` says so).
+    pub degraded: bool,
 }
 
 /// A message arriving in several frames.
@@ -304,6 +309,10 @@ impl Connection {
                 self.respond(response, cx.now);
                 buf.len()
             }
+            Decision::Health => {
+                self.respond(Response::health(cx.degraded), cx.now);
+                buf.len()
+            }
             Decision::Metrics => {
                 self.end(Ending::Answered(200));
                 self.wants_metrics = true;
@@ -495,6 +504,7 @@ mod tests {
                 config: &self.config,
                 broadcast: &mut self.broadcast,
                 metrics: &mut self.metrics,
+                degraded: false,
             };
             self.conn.receive(&mut bytes.to_vec(), &mut cx);
         }

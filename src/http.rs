@@ -60,6 +60,15 @@ impl Response {
         }
     }
 
+    /// The answer to `GET /healthz`: "ok", or "degraded" while a Redis backplane is down. Still
+    /// 200 then: the process serves its own clients, so a load balancer should keep it.
+    pub fn health(degraded: bool) -> Self {
+        Response {
+            body: if degraded { "degraded" } else { "ok" },
+            ..Response::status(200)
+        }
+    }
+
     fn page() -> Self {
         Response {
             status: 200,
@@ -158,6 +167,8 @@ pub enum Decision {
     Respond(Response),
     /// Send the current metrics and close (only the event loop knows them).
     Metrics,
+    /// Say whether the process is healthy and close (see [`Response::health`]).
+    Health,
     /// Send `101 Switching Protocols` with this accept key; WebSocket frames start at `head_len`.
     Upgrade {
         route: Route,
@@ -188,7 +199,7 @@ pub fn decide(buf: &[u8], origins: &OriginPolicy, echo: bool) -> Decision {
     let path = req.path.unwrap_or("").split('?').next().unwrap_or("");
     let route = match path {
         "/" => return Decision::Respond(Response::page()),
-        "/healthz" => return Decision::Respond(Response::status(200)),
+        "/healthz" => return Decision::Health,
         "/metrics" => return Decision::Metrics,
         "/ws" => Route::Chat,
         "/echo" if echo => Route::Echo,
@@ -284,7 +295,7 @@ mod tests {
             Decision::Respond(r) => r.status,
             Decision::Upgrade { .. } => 101,
             Decision::Incomplete => 0,
-            Decision::Metrics => 200,
+            Decision::Metrics | Decision::Health => 200,
         }
     }
 

@@ -9,11 +9,15 @@
 //! 4. [`room`] and [`message`]: who gets what, and the JSON every client receives.
 //! 5. [`queue`], [`timers`], [`config`]: outbound bytes, deadlines, settings.
 //! 6. [`metrics`] and [`logging`]: what an operator sees.
+//! 7. [`backplane`], with [`redis`] and [`envelope`]: several processes as one room, through
+//!    Redis pub/sub (`--redis`).
 //!
 //! Everything but `reactor` is plain logic over bytes and can be tested without a socket.
 
+pub mod backplane;
 pub mod config;
 pub mod connection;
+pub mod envelope;
 pub mod frame;
 pub mod http;
 pub mod logging;
@@ -21,6 +25,7 @@ pub mod message;
 pub mod metrics;
 pub mod queue;
 pub mod reactor;
+pub mod redis;
 pub mod room;
 pub mod timers;
 

@@ -9,6 +9,7 @@ use log::{error, warn};
 use mio_chat::config::{self, Config};
 use mio_chat::http::OriginPolicy;
 use mio_chat::logging::{self, LogFormat};
+use mio_chat::redis::RedisUrl;
 use mio_chat::Server;
 
 /// A WebSocket chat server: every message to everyone, on one thread.
@@ -44,6 +45,20 @@ struct Args {
     /// Serve /echo, which sends every message back unchanged (for conformance testing).
     #[arg(long)]
     echo: bool,
+    /// Share the room with every process on this Redis: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB].
+    /// Each client's events go through Redis pub/sub, so all clients of all processes see one
+    /// order. While Redis is unreachable, the process serves its own clients alone, retries, and
+    /// /healthz says "degraded".
+    #[arg(long, value_name = "URL", value_parser = RedisUrl::parse)]
+    redis: Option<RedisUrl>,
+    /// The Redis pub/sub channel that carries the room (processes on different channels are
+    /// different rooms).
+    #[arg(long, value_name = "NAME", default_value = config::DEFAULT_REDIS_CHANNEL)]
+    redis_channel: String,
+    /// Set SO_REUSEPORT, so several processes can listen on the same port (the kernel spreads
+    /// connections over them); with --redis they form one room.
+    #[arg(long)]
+    reuse_port: bool,
     /// Log line format: plain text for people, or one JSON object per line for log shippers.
     #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
     log_format: LogFormat,
@@ -79,6 +94,9 @@ fn main() -> ExitCode {
             allowed: args.allow_origin,
         },
         echo: args.echo,
+        redis: args.redis,
+        redis_channel: args.redis_channel,
+        reuse_port: args.reuse_port,
     };
     match Server::bind(config).and_then(Server::stop_on_signals) {
         Ok(server) => match server.run() {

@@ -20,6 +20,25 @@ pub struct Gauges {
     pub handshaking: u64,
     pub websocket: u64,
     pub closing: u64,
+    /// With `--redis`: the backplane's state and counters.
+    pub backplane: Option<BackplaneStats>,
+}
+
+/// What the Redis backplane reports (it keeps these itself; see `backplane.rs`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BackplaneStats {
+    /// Both Redis links are ready (0 means degraded: local delivery only).
+    pub up: bool,
+    /// Envelopes published for this process's clients.
+    pub published: u64,
+    /// Envelopes delivered from the subscription (ours back, and the other processes').
+    pub received: u64,
+    /// Times the backplane went down after being up.
+    pub outages: u64,
+    /// Messages on the channel that were not envelopes this build can read.
+    pub unusable: u64,
+    /// Our envelopes published and not yet back.
+    pub pending: u64,
 }
 
 #[derive(Debug)]
@@ -169,6 +188,9 @@ impl Metrics {
         );
         let _ = writeln!(out, "mio_chat_loop_turn_seconds_sum {}", self.turn_seconds);
         let _ = writeln!(out, "mio_chat_loop_turn_seconds_count {}", self.turns);
+        if let Some(backplane) = gauges.backplane {
+            render_backplane(&mut out, backplane);
+        }
         let start = self
             .start_time
             .duration_since(UNIX_EPOCH)
@@ -181,6 +203,47 @@ impl Metrics {
         );
         let _ = writeln!(out, "process_start_time_seconds {}", start.as_secs_f64());
         out
+    }
+}
+
+fn render_backplane(out: &mut String, stats: BackplaneStats) {
+    header(
+        out,
+        "mio_chat_redis_up",
+        "gauge",
+        "1 while the Redis backplane carries the room; 0 while degraded to local delivery.",
+    );
+    let _ = writeln!(out, "mio_chat_redis_up {}", u8::from(stats.up));
+    header(
+        out,
+        "mio_chat_redis_pending",
+        "gauge",
+        "Envelopes published and not yet handed back by the subscription.",
+    );
+    let _ = writeln!(out, "mio_chat_redis_pending {}", stats.pending);
+    for (name, help, value) in [
+        (
+            "mio_chat_redis_published_total",
+            "Envelopes published for this process's clients.",
+            stats.published,
+        ),
+        (
+            "mio_chat_redis_received_total",
+            "Envelopes delivered from the subscription (this process's and the others').",
+            stats.received,
+        ),
+        (
+            "mio_chat_redis_outages_total",
+            "Times the backplane went down after being up.",
+            stats.outages,
+        ),
+        (
+            "mio_chat_redis_unusable_total",
+            "Messages on the channel that were not envelopes this build reads.",
+            stats.unusable,
+        ),
+    ] {
+        counter(out, name, help, value);
     }
 }
 

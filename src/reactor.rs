@@ -10,6 +10,10 @@
 //!    `write` per client, however many frames piled up;
 //! 5. close the connections that are done.
 //!
+//! With `--redis`, two more sockets sit in the same poll: the backplane's links to Redis
+//! (`backplane.rs`). Clients' events then go out to Redis first, and what the subscription hands
+//! back lands in the batch of step 4, in Redis's order.
+//!
 //! Sockets are edge-triggered: an event means "something changed", so a handler reads (or writes)
 //! until the kernel says `WouldBlock`; WRITABLE is asked for only while bytes wait. Nothing here
 //! ever blocks, so one slow peer never delays another.
@@ -26,17 +30,21 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use crate::backplane::{self, Backplane, Landing, Relay};
 use crate::config::Config;
 use crate::connection::{Connection, Context, Ending, Phase};
+use crate::envelope::Kind;
 use crate::http;
 use crate::metrics::{Gauges, Metrics};
-use crate::room::{Broadcast, Delivery, Room};
+use crate::room::{Announce, Broadcast, Delivery, Room};
 use crate::timers::{Timer, Timers};
 
 /// Clients use their slab keys as tokens, counting up from 0; the fixed tokens sit at the top.
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
+const REDIS_SUBSCRIBER: Token = Token(usize::MAX - 3);
+const REDIS_PUBLISHER: Token = Token(usize::MAX - 4);
 
 /// One read buffer for all clients: idle clients hold no read buffer of their own.
 const READ_CHUNK: usize = 64 * 1024;
@@ -83,6 +91,8 @@ struct Client {
     refused: bool,
     /// Its ending has been counted and logged.
     ending_reported: bool,
+    /// Its join notice has gone out (into the room, or to Redis), so a leave notice must follow.
+    announced: bool,
 }
 
 /// Stops a running server from another thread, as SIGTERM would (for tests and embedders).
@@ -124,17 +134,28 @@ pub struct Server {
     metrics: Metrics,
     /// When the room's batch last went out (for [`NOTICE_WINDOW`]).
     last_fan_out: Instant,
+    /// With `--redis`: the links that make this process's room part of a larger one.
+    backplane: Option<Backplane>,
 }
 
 impl Server {
     /// Binds the listener; port 0 picks a free port (see [`Server::local_addr`]).
     pub fn bind(config: Config) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let mut listener = listen(config.addr)?;
+        let mut listener = listen(config.addr, config.reuse_port)?;
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let backplane = config.redis.clone().map(|url| {
+            Backplane::new(
+                url,
+                config.redis_channel.clone(),
+                (REDIS_SUBSCRIBER, REDIS_PUBLISHER),
+                config.max_outbound,
+                config.max_message_size,
+            )
+        });
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -156,6 +177,7 @@ impl Server {
             stopping_at: None,
             metrics: Metrics::default(),
             last_fan_out: Instant::now(),
+            backplane,
         })
     }
 
@@ -181,6 +203,9 @@ impl Server {
     /// Runs the event loop until a graceful shutdown completes.
     pub fn run(mut self) -> io::Result<()> {
         info!("listening on {}", self.local_addr);
+        if let Some(backplane) = &mut self.backplane {
+            backplane.start(self.poll.registry(), Instant::now());
+        }
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout(Instant::now());
@@ -211,6 +236,7 @@ impl Server {
                 LISTENER => self.accept(now),
                 SIGNALS => self.on_signal(now),
                 WAKER => self.shut_down(now),
+                REDIS_SUBSCRIBER | REDIS_PUBLISHER => self.on_backplane_event(event, now),
                 Token(key) => {
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
                         self.read(key, now);
@@ -221,6 +247,7 @@ impl Server {
                 }
             }
         }
+        self.read_backplane(now);
         self.read_unread(now);
         self.fire_timers(now);
         self.resume_accepting(now);
@@ -230,7 +257,8 @@ impl Server {
 
     /// Sleep until the nearest deadline; not at all if a client still has bytes to read.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.unread.is_empty() {
+        let backplane = self.backplane.as_ref();
+        if !self.unread.is_empty() || backplane.is_some_and(Backplane::has_unread) {
             return Some(Duration::ZERO);
         }
         let notices_due = (!self.broadcast.is_empty()).then(|| self.last_fan_out + NOTICE_WINDOW);
@@ -239,6 +267,7 @@ impl Server {
             self.stopping_at,
             self.accept_paused_until,
             notices_due,
+            backplane.and_then(Backplane::next_deadline),
         ]
         .into_iter()
         .flatten()
@@ -314,6 +343,7 @@ impl Server {
             half_closed: false,
             refused,
             ending_reported: false,
+            announced: false,
         });
         self.refusing += usize::from(refused);
         debug!(token = key, peer:% = peer; "accepted");
@@ -337,18 +367,33 @@ impl Server {
                 }
                 Ok(n) => {
                     let batch_so_far = self.broadcast.len();
+                    let degraded = self.backplane.as_ref().is_some_and(|b| !b.is_up());
+                    let mut relay;
+                    let announce: &mut dyn Announce =
+                        match self.backplane.as_mut().filter(|b| b.is_up()) {
+                            Some(backplane) => {
+                                relay = Relay::new(backplane, (key, client.id));
+                                &mut relay
+                            }
+                            None => &mut self.broadcast,
+                        };
                     let mut cx = Context {
                         now,
                         config: &self.config,
-                        broadcast: &mut self.broadcast,
+                        broadcast: announce,
                         metrics: &mut self.metrics,
+                        degraded,
                     };
                     client.conn.receive(&mut self.read_buf[..n], &mut cx);
                     budget = budget.saturating_sub(n);
-                    if client.conn.in_room() && !self.room.contains(key) {
-                        // It just completed its handshake; its join notice starts where the
-                        // batch stood before its bytes were handled.
-                        self.room.join(key, batch_so_far);
+                    if client.conn.in_room() && !client.announced {
+                        // It just completed its handshake. Without a backplane it joins now, and
+                        // its join notice starts where the batch stood before its bytes were
+                        // handled; with one, it joins when Redis hands its notice back.
+                        client.announced = true;
+                        if !self.backplane.as_ref().is_some_and(Backplane::is_up) {
+                            self.room.join(key, batch_so_far);
+                        }
                     }
                     true
                 }
@@ -431,13 +476,18 @@ impl Server {
         self.settle(key, now);
     }
 
-    /// Fans out the room's batch, then writes every client with new bytes.
+    /// Publishes what this turn's clients said, fans out the room's batch, then writes every
+    /// client with new bytes.
     fn flush_dirty(&mut self, now: Instant) {
-        // Flushing can close a client, whose leave notice is a new batch.
+        // Flushing can close a client, whose leave notice is a new batch (or a new publish).
         loop {
+            self.flush_backplane(now);
             self.fan_out(now);
             if self.dirty.is_empty() {
-                return;
+                if self.broadcast.is_empty() || self.notices_may_wait(now) {
+                    return;
+                }
+                continue; // the backplane failed and landed its pending events just now
             }
             for key in std::mem::take(&mut self.dirty) {
                 if let Some(client) = self.clients.get_mut(key) {
@@ -492,8 +542,13 @@ impl Server {
             }
         }
         // Joining happens in `read`, where the handshake completes; leaving can happen anywhere.
-        if !client.conn.in_room() && self.room.leave(key) {
-            self.broadcast.left();
+        if !client.conn.in_room() && client.announced {
+            client.announced = false;
+            self.room.leave(key);
+            match self.backplane.as_mut().filter(|b| b.is_up()) {
+                Some(backplane) => backplane.publish(Kind::Leave, "", None),
+                None => self.broadcast.left(),
+            }
         }
         if client.conn.is_closed() {
             self.closed.push(key);
@@ -535,9 +590,15 @@ impl Server {
             closed,
             config,
             metrics,
+            backplane,
             ..
         } = self;
-        metrics.frames_delivered += room.fan_out(broadcast, |key, frames| {
+        let mut relay = backplane.as_mut().filter(|b| b.is_up());
+        let announce_leave = |broadcast: &mut Broadcast| match relay.as_mut() {
+            Some(backplane) => backplane.publish(Kind::Leave, "", None),
+            None => broadcast.left(),
+        };
+        let deliver = |key, frames: &[u8]| {
             let Some(client) = clients.get_mut(key) else {
                 return Delivery::Dropped;
             };
@@ -557,15 +618,89 @@ impl Server {
                 }
                 Err(ending) => {
                     // Counted here: the room is mid-iteration, so `settle` cannot run for it.
+                    // The room announces its leaving.
                     client.conn.abort(ending, now);
                     client.ending_reported = true;
+                    client.announced = false;
                     metrics.ended(ending);
                     debug!(token = key, peer:% = client.peer; "ending: {ending:?}");
                     closed.push(key);
                     Delivery::Dropped
                 }
             }
-        });
+        };
+        metrics.frames_delivered += room.fan_out(broadcast, deliver, announce_leave);
+    }
+
+    /// Handles readiness on one of the backplane's Redis links.
+    fn on_backplane_event(&mut self, event: &mio::event::Event, now: Instant) {
+        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+        let Server {
+            backplane: Some(backplane),
+            room,
+            broadcast,
+            clients,
+            poll,
+            ..
+        } = self
+        else {
+            return;
+        };
+        backplane.on_event(
+            event.token(),
+            readable,
+            event.is_writable(),
+            poll.registry(),
+            now,
+            &mut |landing| land(room, broadcast, clients, landing),
+        );
+    }
+
+    /// Reads what the subscription brought, a chunk at a time up to the turn's budget, flushing
+    /// the batch in between if it grows too large (as after a client's read).
+    fn read_backplane(&mut self, now: Instant) {
+        for _ in 0..backplane::READ_BUDGET / backplane::READ_CHUNK {
+            let Server {
+                backplane: Some(backplane),
+                room,
+                broadcast,
+                clients,
+                poll,
+                ..
+            } = self
+            else {
+                return;
+            };
+            if !backplane.has_unread() {
+                return;
+            }
+            backplane.read_more(poll.registry(), now, &mut |landing| {
+                land(room, broadcast, clients, landing)
+            });
+            if self.broadcast.len().saturating_mul(self.room.len()) > MAX_UNFLUSHED {
+                self.flush_dirty(now);
+            }
+        }
+    }
+
+    /// Writes this turn's publishes, and reconnects when the time comes.
+    fn flush_backplane(&mut self, now: Instant) {
+        let Server {
+            backplane: Some(backplane),
+            room,
+            broadcast,
+            clients,
+            poll,
+            ..
+        } = self
+        else {
+            return;
+        };
+        let mut landing = |landing: Landing<'_>| land(room, broadcast, clients, landing);
+        if backplane.next_deadline().is_some_and(|at| at <= now) {
+            backplane.on_deadline(poll.registry(), now, &mut landing);
+        }
+        backplane.flush(poll.registry(), now, &mut landing);
     }
 
     /// Whether the batch is notices only, in a room large enough to gather them (see
@@ -593,7 +728,10 @@ impl Server {
 
     /// The `/metrics` page: counters kept by the loop, and connections by phase counted now.
     fn render_metrics(&self) -> String {
-        let mut gauges = Gauges::default();
+        let mut gauges = Gauges {
+            backplane: self.backplane.as_ref().map(Backplane::stats),
+            ..Gauges::default()
+        };
         for (_, client) in &self.clients {
             match client.conn.phase() {
                 Phase::Request => gauges.handshaking += 1,
@@ -630,6 +768,7 @@ impl Server {
         self.room.clear(); // everyone leaves at once; nobody is told that the others left
         let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
         for key in keys {
+            self.clients[key].announced = false;
             self.clients[key].conn.go_away(now);
             self.settle(key, now);
         }
@@ -637,15 +776,40 @@ impl Server {
 }
 
 /// A non-blocking listener with `SO_REUSEADDR` (a restarted server can bind again at once) and a
-/// backlog long enough for connection storms.
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+/// backlog long enough for connection storms; with `reuse_port`, `SO_REUSEPORT` too, so several
+/// processes can listen on one port and the kernel spreads new connections over them.
+fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Puts one event from the backplane into the room. A join of one of our own clients makes it a
+/// member at this point of the batch (if it is still here), so it gets its own notice and all
+/// that Redis ordered after it.
+fn land(room: &mut Room, broadcast: &mut Broadcast, clients: &Slab<Client>, landing: Landing) {
+    match landing {
+        Landing::Join { local } => {
+            if let Some((key, id)) = local {
+                let here = clients
+                    .get(key)
+                    .is_some_and(|c| c.id == id && c.announced && c.conn.in_room());
+                if here {
+                    room.join(key, broadcast.len());
+                }
+            }
+            broadcast.joined();
+        }
+        Landing::Leave => broadcast.left(),
+        Landing::Message(text) => broadcast.said(text),
+    }
 }
 
 /// Hands one batch to one member. When nothing is queued ahead of it, the batch is written

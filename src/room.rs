@@ -15,6 +15,17 @@
 
 use crate::message::{self, JOINED, LEFT};
 
+/// Where a connection reports what happens in the room. The event loop decides where that goes:
+/// into this turn's [`Broadcast`], or first out to the other processes (see `backplane.rs`).
+pub trait Announce {
+    /// The connection became a chat client.
+    fn joined(&mut self);
+    /// It left the room.
+    fn left(&mut self);
+    /// It said `text`.
+    fn said(&mut self, text: &str);
+}
+
 /// Frames waiting to go to every member, already encoded: encode once, copy many times.
 #[derive(Debug, Default)]
 pub struct Broadcast {
@@ -25,20 +36,22 @@ pub struct Broadcast {
     chat: bool,
 }
 
-impl Broadcast {
-    pub fn joined(&mut self) {
+impl Announce for Broadcast {
+    fn joined(&mut self) {
         self.push(JOINED);
     }
 
-    pub fn left(&mut self) {
+    fn left(&mut self) {
         self.push(LEFT);
     }
 
-    pub fn said(&mut self, text: &str) {
+    fn said(&mut self, text: &str) {
         self.push(text);
         self.chat = true;
     }
+}
 
+impl Broadcast {
     /// The batch holds join and leave notices only (which may wait a little; chat may not).
     pub fn only_notices(&self) -> bool {
         !self.chat
@@ -152,12 +165,14 @@ impl Room {
     /// Delivers everything in `broadcast` to every member, then empties it.
     ///
     /// `deliver` hands the bytes to one member. Members it reports as dropped leave the room,
-    /// and their leave notices are delivered to those who remain, until nothing is left to send.
+    /// and `announce_leave` announces each of them: by default into `broadcast`
+    /// ([`Broadcast::left`]), so those who remain get the notices, until nothing is left to send.
     /// Returns how many frames were queued in all (frames × members).
     pub fn fan_out(
         &mut self,
         broadcast: &mut Broadcast,
         mut deliver: impl FnMut(usize, &[u8]) -> Delivery,
+        mut announce_leave: impl FnMut(&mut Broadcast),
     ) -> u64 {
         let mut overflowed = Vec::new();
         let mut delivered = 0;
@@ -181,7 +196,7 @@ impl Room {
             }
             for key in overflowed.drain(..) {
                 if self.leave(key) {
-                    broadcast.left();
+                    announce_leave(broadcast);
                 }
             }
             // Keep the buffer for the next batch, unless an unusual one made it large.
@@ -222,6 +237,7 @@ fn frames_in(mut bytes: &[u8]) -> u64 {
 mod tests {
     use super::*;
     use crate::message::Message;
+    use crate::room::Announce;
     use std::collections::HashMap;
 
     /// Splits a run of encoded frames back into bodies (frames here are all short).
@@ -272,15 +288,15 @@ mod tests {
         let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
         room.join(0, 0);
         b.joined();
-        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        room.fan_out(&mut b, |k, f| q.deliver(k, f), Broadcast::left);
         room.join(1, 0);
         b.joined();
-        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        room.fan_out(&mut b, |k, f| q.deliver(k, f), Broadcast::left);
         b.said("hi");
-        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        room.fan_out(&mut b, |k, f| q.deliver(k, f), Broadcast::left);
         assert!(room.leave(0));
         b.left();
-        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        room.fan_out(&mut b, |k, f| q.deliver(k, f), Broadcast::left);
         assert_eq!(q.bodies(0), [JOINED, JOINED, "hi"]);
         assert_eq!(q.bodies(1), [JOINED, "hi", LEFT]);
         assert!(b.is_empty());
@@ -294,12 +310,12 @@ mod tests {
         room.join(1, b.len());
         b.joined();
         b.said("after");
-        let delivered = room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        let delivered = room.fan_out(&mut b, |k, f| q.deliver(k, f), Broadcast::left);
         assert_eq!(q.bodies(0), ["before", JOINED, "after"]);
         assert_eq!(q.bodies(1), [JOINED, "after"]);
         assert_eq!(delivered, 3 + 2);
         b.said("next");
-        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        room.fan_out(&mut b, |k, f| q.deliver(k, f), Broadcast::left);
         assert_eq!(q.bodies(1), [JOINED, "after", "next"]);
     }
 
@@ -312,7 +328,7 @@ mod tests {
         q.limit.insert(1, 10);
         q.limit.insert(3, 10);
         b.said("this is longer than ten bytes");
-        let delivered = room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        let delivered = room.fan_out(&mut b, |k, f| q.deliver(k, f), Broadcast::left);
         assert_eq!(room.len(), 3);
         assert_eq!(
             delivered,

@@ -19,7 +19,7 @@ use mio_chat::connection::{Connection, Context, Phase};
 use mio_chat::http::{decide, Decision, OriginPolicy};
 use mio_chat::message::{Message, JOINED, LEFT};
 use mio_chat::metrics::Metrics;
-use mio_chat::room::{Broadcast, Delivery, Room};
+use mio_chat::room::{Announce, Broadcast, Delivery, Room};
 use mio_chat::Config;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -187,6 +187,7 @@ impl Harness {
             config: &self.config,
             broadcast: &mut self.broadcast,
             metrics: &mut self.metrics,
+            degraded: false,
         };
         // `receive` unmasks in place, so it gets a copy, like the reactor's read buffer.
         self.conn.receive(&mut bytes.to_vec(), &mut cx);
@@ -364,16 +365,20 @@ impl Real {
             client_on,
             limit,
         } = self;
-        room.fan_out(broadcast, |key, frames| {
-            let client = client_on[&key];
-            let limit = limit.get(&key).copied().unwrap_or(usize::MAX);
-            if pending[client] > 0 && pending[client] + frames.len() > limit {
-                return Delivery::Dropped;
-            }
-            pending[client] += frames.len();
-            received[client].extend_from_slice(frames);
-            Delivery::Delivered
-        });
+        room.fan_out(
+            broadcast,
+            |key, frames| {
+                let client = client_on[&key];
+                let limit = limit.get(&key).copied().unwrap_or(usize::MAX);
+                if pending[client] > 0 && pending[client] + frames.len() > limit {
+                    return Delivery::Dropped;
+                }
+                pending[client] += frames.len();
+                received[client].extend_from_slice(frames);
+                Delivery::Delivered
+            },
+            Broadcast::left,
+        );
     }
 
     fn apply(&mut self, op: &Op) {

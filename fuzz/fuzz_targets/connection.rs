@@ -186,6 +186,7 @@ fn feed(
         config,
         broadcast,
         metrics,
+        degraded: false,
     };
     // `receive` may unmask in place, as it does in the reactor's read buffer.
     conn.receive(&mut piece.to_vec(), &mut cx);

@@ -60,10 +60,16 @@ impl TestServer {
         TestServer::start_with_env(args, &[])
     }
 
-    /// Like [`TestServer::start`], with extra environment variables (e.g. `RUST_LOG`).
+    /// Like [`TestServer::start`], with extra environment variables (e.g. `RUST_LOG`). `args`
+    /// may name an `--addr` of their own.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> TestServer {
+        let any_port: &[&str] = if args.contains(&"--addr") {
+            &[]
+        } else {
+            &["--addr", "127.0.0.1:0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_mio-chat"))
-            .args(["--addr", "127.0.0.1:0"])
+            .args(any_port)
             .args(args)
             // The first stderr line is part of the contract; keep the default log level so a
             // RUST_LOG from the developer's shell cannot put other lines in front of it.

@@ -1,0 +1,687 @@
+//! The Redis backplane: several mio-chat processes, one room.
+//!
+//! With `--redis`, a process does not put its clients' events straight into its room. It
+//! publishes each one (in an [`Envelope`]) on a Redis channel, and puts into its room whatever
+//! its subscription to that channel hands back: its own events and everyone else's, in the one
+//! order Redis gives them. So every client of every process sees the same messages in the same
+//! order, each once.
+//!
+//! Two Redis connections do it, both non-blocking sockets in the server's own `mio::Poll` (still
+//! one thread): a subscriber, and a publisher that pipelines PUBLISH commands without waiting for
+//! their replies. Until both are ready, and whenever either fails, the process is *degraded*: it
+//! delivers its clients' events locally, as without `--redis`, and tries again after a capped
+//! exponential backoff. Its own envelopes that Redis had not handed back when the link broke
+//! (kept in order in `pending`) are then delivered locally, so a local message is never lost, and
+//! never delivered twice: a new subscription does not replay old messages.
+//!
+//! The protocol (what the bytes mean) is in [`crate::redis`] and [`crate::envelope`]; this module
+//! owns the sockets, the link states and the pending queue.
+
+use std::collections::VecDeque;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+
+use crate::envelope::{self, Envelope, Kind, Unusable};
+use crate::metrics::BackplaneStats;
+use crate::queue::OutQueue;
+use crate::redis::{self, RedisUrl, Reply};
+use crate::room::Announce;
+
+/// A connection attempt that has not brought both links up by then has failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The first pause after a failure; it doubles with every failed attempt, up to the cap.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Bytes read from the subscription at a time (the event loop checks its batch in between).
+pub const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read from the subscription in one turn before clients get their turn.
+pub const READ_BUDGET: usize = 256 * 1024;
+/// Idle time after which the kernel probes a Redis connection, so a Redis host that vanished
+/// without a reset is noticed in about 25 s rather than never.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// A local client that joined: its slab key and its id (keys are reused; ids are not).
+pub type Member = (usize, u64);
+
+/// An event for the local room, from the subscription (or from `pending` in an outage).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Landing<'a> {
+    /// Someone joined; `local` is set when it is one of this process's clients.
+    Join {
+        local: Option<Member>,
+    },
+    Leave,
+    Message(&'a str),
+}
+
+/// One of our envelopes on its way through Redis.
+#[derive(Debug)]
+struct Pending {
+    seq: u64,
+    kind: Kind,
+    joiner: Option<Member>,
+    body: String,
+}
+
+impl Pending {
+    fn landing(&self) -> Landing<'_> {
+        landing(self.kind, self.joiner, &self.body)
+    }
+}
+
+fn landing(kind: Kind, local: Option<Member>, body: &str) -> Landing<'_> {
+    match kind {
+        Kind::Join => Landing::Join { local },
+        Kind::Leave => Landing::Leave,
+        Kind::Message => Landing::Message(body),
+    }
+}
+
+/// One TCP connection to Redis.
+struct Link {
+    token: Token,
+    socket: Option<TcpStream>,
+    /// TCP connected (the first WRITABLE event came without an error).
+    connected: bool,
+    input: Vec<u8>,
+    output: OutQueue,
+    /// WRITABLE interest is registered.
+    writable: bool,
+    /// Replies still owed to the AUTH and SELECT sent first.
+    preamble_replies: usize,
+}
+
+impl Link {
+    fn new(token: Token) -> Link {
+        Link {
+            token,
+            socket: None,
+            connected: false,
+            input: Vec::new(),
+            output: OutQueue::default(),
+            writable: false,
+            preamble_replies: 0,
+        }
+    }
+
+    fn open(&mut self, addr: SocketAddr, registry: &Registry) -> io::Result<()> {
+        let mut socket = TcpStream::connect(addr)?;
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE)
+            .with_interval(KEEPALIVE / 2)
+            .with_retries(3);
+        socket2::SockRef::from(&socket).set_tcp_keepalive(&keepalive)?;
+        socket.set_nodelay(true)?;
+        registry.register(
+            &mut socket,
+            self.token,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.socket = Some(socket);
+        self.writable = true;
+        Ok(())
+    }
+
+    fn close(&mut self, registry: &Registry) {
+        if let Some(mut socket) = self.socket.take() {
+            if let Err(e) = registry.deregister(&mut socket) {
+                debug!("redis: deregister: {e}");
+            }
+        }
+        *self = Link::new(self.token);
+    }
+
+    /// The first WRITABLE event of a non-blocking connect: did it work?
+    fn check_connected(&mut self) -> io::Result<()> {
+        let Some(socket) = &self.socket else {
+            return Ok(());
+        };
+        if let Some(e) = socket.take_error()? {
+            return Err(e);
+        }
+        socket.peer_addr()?; // NotConnected while the handshake is still going on
+        self.connected = true;
+        Ok(())
+    }
+
+    /// Writes queued commands until done or the socket is full; WRITABLE is asked for only while
+    /// bytes wait.
+    fn flush(&mut self, registry: &Registry) -> io::Result<()> {
+        let Some(socket) = self.socket.as_mut() else {
+            return Ok(());
+        };
+        if !self.connected {
+            return Ok(()); // the connect's WRITABLE event will flush
+        }
+        while !self.output.is_empty() {
+            match socket.write(self.output.pending()) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => self.output.consume(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let want = !self.output.is_empty();
+        if want != self.writable {
+            let interest = if want {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            registry.reregister(socket, self.token, interest)?;
+            self.writable = want;
+        }
+        Ok(())
+    }
+
+    /// Reads one chunk into `input`; false when the socket has nothing more for now.
+    fn read_chunk(&mut self) -> io::Result<bool> {
+        let Some(socket) = self.socket.as_mut() else {
+            return Ok(false);
+        };
+        let start = self.input.len();
+        self.input.resize(start + READ_CHUNK, 0);
+        let result = loop {
+            match socket.read(&mut self.input[start..]) {
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        match result {
+            Ok(0) => {
+                self.input.truncate(start);
+                Err(io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "Redis closed the connection",
+                ))
+            }
+            Ok(n) => {
+                self.input.truncate(start + n);
+                Ok(true)
+            }
+            Err(e) => {
+                self.input.truncate(start);
+                if e.kind() == ErrorKind::WouldBlock {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+/// What is wrong, for the log.
+type Failure = String;
+
+/// Both Redis links and what travels over them.
+pub struct Backplane {
+    url: RedisUrl,
+    channel: String,
+    node: String,
+    subscriber: Link,
+    publisher: Link,
+    /// Both links are ready: events go through Redis.
+    up: bool,
+    subscribed: bool,
+    /// While down: when to try again.
+    retry_at: Option<Instant>,
+    /// While connecting: when to give up.
+    connect_deadline: Option<Instant>,
+    backoff: Duration,
+    /// Our envelopes not yet handed back by the subscription, oldest first.
+    pending: VecDeque<Pending>,
+    pending_bytes: usize,
+    /// Past this many bytes pending, Redis is not keeping up, and the link is dropped (as a slow
+    /// client would be).
+    max_pending: usize,
+    /// Past this many bytes unparsed from the subscription, a reply is too large to be ours.
+    max_input: usize,
+    next_seq: u64,
+    /// Set when a publish fails outside an I/O handler; acted on at the next [`Backplane::repair`].
+    broken: Option<Failure>,
+    /// The current outage has been logged (once per outage, not once per attempt).
+    outage_logged: bool,
+    /// The subscription has more bytes than this turn's budget allowed to read.
+    unread: bool,
+    scratch: Vec<u8>,
+    stats: BackplaneStats,
+}
+
+impl Backplane {
+    /// A backplane for `url` (not yet connected: see [`Backplane::start`]).
+    pub fn new(
+        url: RedisUrl,
+        channel: String,
+        tokens: (Token, Token),
+        max_pending: usize,
+        max_message_size: usize,
+    ) -> Backplane {
+        Backplane {
+            url,
+            channel,
+            node: envelope::new_node_id(),
+            subscriber: Link::new(tokens.0),
+            publisher: Link::new(tokens.1),
+            up: false,
+            subscribed: false,
+            retry_at: None,
+            connect_deadline: None,
+            backoff: FIRST_BACKOFF,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            max_pending,
+            // A JSON string may escape each byte into six (\u0000).
+            max_input: max_message_size.saturating_mul(6) + READ_CHUNK,
+            next_seq: 0,
+            broken: None,
+            outage_logged: false,
+            unread: false,
+            scratch: Vec::new(),
+            stats: BackplaneStats::default(),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn owns(&self, token: Token) -> bool {
+        token == self.subscriber.token || token == self.publisher.token
+    }
+
+    pub fn stats(&self) -> BackplaneStats {
+        BackplaneStats {
+            up: self.up,
+            pending: self.pending.len() as u64,
+            ..self.stats
+        }
+    }
+
+    /// The earliest moment [`Backplane::on_deadline`] has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.retry_at.or(self.connect_deadline)
+    }
+
+    /// The subscription still has bytes to read (the loop should not sleep).
+    pub fn has_unread(&self) -> bool {
+        self.unread
+    }
+
+    /// First connection attempt, at start.
+    pub fn start(&mut self, registry: &Registry, now: Instant) {
+        info!(
+            "redis: joining channel {:?} at {} as node {}",
+            self.channel,
+            self.url.address(),
+            self.node
+        );
+        self.connect(registry, now);
+    }
+
+    fn connect(&mut self, registry: &Registry, now: Instant) {
+        self.retry_at = None;
+        // Resolved at each attempt, so a moved Redis is found again. A host name waits for the
+        // resolver here; use an address or an /etc/hosts name where that matters.
+        let addr = match (self.url.host.as_str(), self.url.port).to_socket_addrs() {
+            Ok(mut addrs) => addrs.next(),
+            Err(e) => return self.down(format!("cannot resolve {}: {e}", self.url.address()), now),
+        };
+        let Some(addr) = addr else {
+            return self.down(format!("{} has no address", self.url.address()), now);
+        };
+        debug!("redis: connecting to {addr}");
+        let opened = self
+            .subscriber
+            .open(addr, registry)
+            .and_then(|()| self.publisher.open(addr, registry));
+        if let Err(e) = opened {
+            self.subscriber.close(registry);
+            self.publisher.close(registry);
+            return self.down(format!("cannot connect to {addr}: {e}"), now);
+        }
+        let mut buf = Vec::new();
+        self.subscriber.preamble_replies = self.url.write_preamble(&mut buf);
+        redis::command(&mut buf, &[b"SUBSCRIBE", self.channel.as_bytes()]);
+        self.subscriber.output.push(&buf);
+        buf.clear();
+        self.publisher.preamble_replies = self.url.write_preamble(&mut buf);
+        self.publisher.output.push(&buf);
+        self.connect_deadline = Some(now + CONNECT_TIMEOUT);
+    }
+
+    /// Both links closed (or never opened): schedule the next attempt, log the outage once.
+    fn down(&mut self, why: Failure, now: Instant) {
+        if self.outage_logged {
+            debug!("redis: {why}; next attempt in {:?}", self.backoff);
+        } else {
+            warn!(
+                "redis: {why}; serving this process's clients only, retrying every {:?} up to {:?}",
+                self.backoff, MAX_BACKOFF
+            );
+            self.outage_logged = true;
+        }
+        self.up = false;
+        self.subscribed = false;
+        self.connect_deadline = None;
+        self.retry_at = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// Drops both links after a failure. What Redis had not handed back yet lands locally, in
+    /// order: it would never come back on a new subscription.
+    fn fail(
+        &mut self,
+        why: Failure,
+        registry: &Registry,
+        now: Instant,
+        land: &mut dyn FnMut(Landing),
+    ) {
+        if self.up {
+            self.stats.outages += 1;
+        }
+        self.subscriber.close(registry);
+        self.publisher.close(registry);
+        self.unread = false;
+        self.broken = None;
+        for pending in self.pending.drain(..) {
+            land(pending.landing());
+        }
+        self.pending_bytes = 0;
+        self.down(why, now);
+    }
+
+    /// Acts on a failure noticed outside an I/O handler (an overflowing publish queue).
+    pub fn repair(&mut self, registry: &Registry, now: Instant, land: &mut dyn FnMut(Landing)) {
+        if let Some(why) = self.broken.take() {
+            self.fail(why, registry, now, land);
+        }
+    }
+
+    /// Retries after the backoff; gives up on a connection attempt that takes too long.
+    pub fn on_deadline(
+        &mut self,
+        registry: &Registry,
+        now: Instant,
+        land: &mut dyn FnMut(Landing),
+    ) {
+        if self.retry_at.is_some_and(|at| at <= now) {
+            self.connect(registry, now);
+        } else if self.connect_deadline.is_some_and(|at| at <= now) {
+            let why = format!(
+                "no answer from {} within {CONNECT_TIMEOUT:?}",
+                self.url.address()
+            );
+            self.fail(why, registry, now, land);
+        }
+    }
+
+    /// Handles a readiness event on one of the two links.
+    pub fn on_event(
+        &mut self,
+        token: Token,
+        readable: bool,
+        writable: bool,
+        registry: &Registry,
+        now: Instant,
+        land: &mut dyn FnMut(Landing),
+    ) {
+        if let Err(why) = self.handle(token, readable, writable, registry) {
+            self.fail(why, registry, now, land);
+        }
+    }
+
+    fn handle(
+        &mut self,
+        token: Token,
+        readable: bool,
+        writable: bool,
+        registry: &Registry,
+    ) -> Result<(), Failure> {
+        let link = if token == self.subscriber.token {
+            &mut self.subscriber
+        } else {
+            &mut self.publisher
+        };
+        if link.socket.is_none() {
+            return Ok(()); // an event for a link closed earlier in this turn
+        }
+        if writable && !link.connected {
+            link.check_connected()
+                .map_err(|e| format!("cannot connect to {}: {e}", self.url.address()))?;
+        }
+        if writable || readable {
+            link.flush(registry).map_err(|e| format!("write: {e}"))?;
+        }
+        if readable {
+            if token == self.subscriber.token {
+                // Read by the event loop through `read_more`, a chunk at a time.
+                self.unread = true;
+            } else {
+                self.read_publisher_replies()?;
+            }
+        }
+        self.check_up();
+        Ok(())
+    }
+
+    /// Reads replies to PUBLISH (counts of subscribers reached) and to the preamble.
+    fn read_publisher_replies(&mut self) -> Result<(), Failure> {
+        while self
+            .publisher
+            .read_chunk()
+            .map_err(|e| format!("publisher: {e}"))?
+        {
+            let mut used = 0;
+            while let Some((reply, n)) = redis::next_reply(&self.publisher.input[used..])
+                .map_err(|e| format!("publisher: {e}"))?
+            {
+                used += n;
+                match reply {
+                    Reply::Integer(_) | Reply::Status => {
+                        self.publisher.preamble_replies =
+                            self.publisher.preamble_replies.saturating_sub(1);
+                    }
+                    Reply::Error(e) => return Err(format!("Redis refused a command: {e}")),
+                    other => return Err(format!("publisher: unexpected reply {other:?}")),
+                }
+            }
+            self.publisher.input.drain(..used);
+        }
+        Ok(())
+    }
+
+    /// Reads one chunk of the subscription and lands the envelopes in it (the event loop calls
+    /// this while [`Backplane::has_unread`], checking its batch in between).
+    pub fn read_more(&mut self, registry: &Registry, now: Instant, land: &mut dyn FnMut(Landing)) {
+        if let Err(why) = self.read_chunk(land) {
+            self.fail(why, registry, now, land);
+        }
+        self.check_up();
+    }
+
+    fn read_chunk(&mut self, land: &mut dyn FnMut(Landing)) -> Result<(), Failure> {
+        if !self.unread {
+            return Ok(());
+        }
+        let more = self
+            .subscriber
+            .read_chunk()
+            .map_err(|e| format!("subscriber: {e}"))?;
+        self.unread = more;
+        let mut used = 0;
+        while let Some((reply, n)) = redis::next_reply(&self.subscriber.input[used..])
+            .map_err(|e| format!("subscriber: {e}"))?
+        {
+            let at = used;
+            used += n;
+            match reply {
+                Reply::Message { payload, .. } => {
+                    let payload = at + payload.start..at + payload.end;
+                    let Backplane { subscriber, .. } = self;
+                    let bytes = std::mem::take(&mut subscriber.input);
+                    self.receive(&bytes[payload], land);
+                    self.subscriber.input = bytes;
+                }
+                Reply::Subscribed { .. } => self.subscribed = true,
+                Reply::Status if self.subscriber.preamble_replies > 0 => {
+                    self.subscriber.preamble_replies -= 1;
+                }
+                Reply::Error(e) => return Err(format!("Redis refused to subscribe: {e}")),
+                other => return Err(format!("subscriber: unexpected reply {other:?}")),
+            }
+        }
+        self.subscriber.input.drain(..used);
+        if self.subscriber.input.len() > self.max_input {
+            return Err(format!(
+                "subscriber: a reply passed {} bytes without ending",
+                self.max_input
+            ));
+        }
+        Ok(())
+    }
+
+    /// One envelope from the channel.
+    fn receive(&mut self, payload: &[u8], land: &mut dyn FnMut(Landing)) {
+        let envelope = match Envelope::parse(payload) {
+            Ok(envelope) => envelope,
+            Err(Unusable::Version(v)) => {
+                self.stats.unusable += 1;
+                return warn!(
+                    "redis: skipped an envelope of version {v} (this build reads {})",
+                    envelope::VERSION
+                );
+            }
+            Err(Unusable::Malformed(e)) => {
+                self.stats.unusable += 1;
+                return warn!("redis: skipped a message that is not an envelope: {e}");
+            }
+        };
+        if envelope.node != self.node {
+            self.stats.received += 1;
+            return land(landing(envelope.kind, None, &envelope.body));
+        }
+        // Ours, back from Redis: everything before it in `pending` went out before it, so
+        // anything older still there was lost on the way (it lands now, so nobody here misses it).
+        while let Some(front) = self.pending.front() {
+            if front.seq > envelope.seq {
+                return; // already landed: a duplicate
+            }
+            let Some(pending) = self.pending.pop_front() else {
+                break;
+            };
+            self.pending_bytes -= pending.body.len() + PENDING_OVERHEAD;
+            self.stats.received += 1;
+            if pending.seq == envelope.seq {
+                return land(landing(envelope.kind, pending.joiner, &envelope.body));
+            }
+            debug!(
+                "redis: envelope {} never came back; delivered locally",
+                pending.seq
+            );
+            land(pending.landing());
+        }
+    }
+
+    /// Publishes one event of this process's clients (only while [up](Backplane::is_up)).
+    pub fn publish(&mut self, kind: Kind, body: &str, joiner: Option<Member>) {
+        self.next_seq += 1;
+        self.scratch.clear();
+        Envelope {
+            v: envelope::VERSION,
+            node: self.node.as_str().into(),
+            seq: self.next_seq,
+            kind,
+            body: body.into(),
+        }
+        .write_to(&mut self.scratch);
+        redis::publish(
+            self.publisher.output.buffer(),
+            self.channel.as_bytes(),
+            &self.scratch,
+        );
+        self.pending.push_back(Pending {
+            seq: self.next_seq,
+            kind,
+            joiner,
+            body: body.to_string(),
+        });
+        self.pending_bytes += body.len() + PENDING_OVERHEAD;
+        self.stats.published += 1;
+        if self.pending_bytes > self.max_pending && self.broken.is_none() {
+            self.broken = Some(format!(
+                "more than {} bytes published and not yet back: Redis is not keeping up",
+                self.max_pending
+            ));
+        }
+    }
+
+    /// Writes what was published this turn (called once per turn, like a client's flush).
+    pub fn flush(&mut self, registry: &Registry, now: Instant, land: &mut dyn FnMut(Landing)) {
+        if self.publisher.output.is_empty() || self.broken.is_some() {
+            return self.repair(registry, now, land);
+        }
+        if let Err(e) = self.publisher.flush(registry) {
+            self.fail(format!("publisher: write: {e}"), registry, now, land);
+        }
+    }
+
+    fn check_up(&mut self) {
+        if self.up || !self.subscribed || !self.publisher.connected {
+            return;
+        }
+        self.up = true;
+        self.connect_deadline = None;
+        self.backoff = FIRST_BACKOFF;
+        if self.outage_logged {
+            info!("redis: back; the room spans every process again");
+        } else {
+            info!(
+                "redis: subscribed to {:?}; the room spans every process",
+                self.channel
+            );
+        }
+        self.outage_logged = false;
+    }
+}
+
+/// Bookkeeping counted per pending envelope besides its text.
+const PENDING_OVERHEAD: usize = 64;
+
+/// Where a client's events go while the backplane is up: out to Redis, and into the room only
+/// when they come back (see [`Backplane::publish`]).
+pub struct Relay<'a> {
+    backplane: &'a mut Backplane,
+    /// The client whose bytes are being handled.
+    client: Member,
+}
+
+impl<'a> Relay<'a> {
+    pub fn new(backplane: &'a mut Backplane, client: Member) -> Relay<'a> {
+        Relay { backplane, client }
+    }
+}
+
+impl Announce for Relay<'_> {
+    fn joined(&mut self) {
+        self.backplane.publish(Kind::Join, "", Some(self.client));
+    }
+
+    fn left(&mut self) {
+        self.backplane.publish(Kind::Leave, "", None);
+    }
+
+    fn said(&mut self, text: &str) {
+        self.backplane.publish(Kind::Message, text, None);
+    }
+}

@@ -1,0 +1,267 @@
+//! Speaking to Redis, without I/O: the `redis://` address, the commands the backplane sends, and
+//! the replies and pub/sub messages it reads back.
+//!
+//! RESP2 framing comes from the `redis-protocol` crate (encode into our buffer, decode from our
+//! buffer; it never touches a socket), so this module only says *which* frames mean what.
+//! Decoding borrows: a pub/sub message's payload is a range of the read buffer, not a copy.
+
+use std::ops::Range;
+
+use redis_protocol::resp2::decode::decode_range;
+use redis_protocol::resp2::encode::encode_borrowed;
+use redis_protocol::resp2::types::{BorrowedFrame, RangeFrame};
+
+pub const DEFAULT_PORT: u16 = 6379;
+
+/// Where Redis is: `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    pub host: String,
+    pub port: u16,
+    /// Sent with SELECT. Redis's pub/sub channels are shared by all databases, so this matters
+    /// only to a server whose ACLs or proxies care.
+    pub db: u32,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl RedisUrl {
+    pub fn parse(url: &str) -> Result<RedisUrl, String> {
+        let rest = url
+            .strip_prefix("redis://")
+            .ok_or_else(|| format!("{url}: expected redis://HOST[:PORT][/DB]"))?;
+        let (authority, db) = match rest.split_once('/') {
+            Some((authority, "")) => (authority, 0),
+            Some((authority, db)) => (
+                authority,
+                db.parse()
+                    .map_err(|_| format!("{url}: the database must be a number, not {db:?}"))?,
+            ),
+            None => (rest, 0),
+        };
+        let (credentials, host_port) = match authority.rsplit_once('@') {
+            Some((credentials, host_port)) => (Some(credentials), host_port),
+            None => (None, authority),
+        };
+        let (username, password) = match credentials.map(|c| c.split_once(':')) {
+            None => (None, None),
+            Some(Some((user, password))) => (Some(user).filter(|u| !u.is_empty()), Some(password)),
+            Some(None) => return Err(format!("{url}: expected USER:PASSWORD@ or :PASSWORD@")),
+        };
+        let (host, port) = split_host_port(host_port)
+            .ok_or_else(|| format!("{url}: expected HOST or HOST:PORT"))?;
+        Ok(RedisUrl {
+            host: host.to_string(),
+            port,
+            db,
+            username: username.map(str::to_string),
+            password: password.map(str::to_string),
+        })
+    }
+
+    /// `host:port`, for logs and for resolving (credentials left out).
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The commands that open a connection: AUTH if there are credentials, SELECT if a
+    /// database other than 0 is named. Each gets one reply.
+    pub fn write_preamble(&self, out: &mut Vec<u8>) -> usize {
+        let mut replies = 0;
+        if let Some(password) = &self.password {
+            match &self.username {
+                Some(user) => command(out, &[b"AUTH", user.as_bytes(), password.as_bytes()]),
+                None => command(out, &[b"AUTH", password.as_bytes()]),
+            }
+            replies += 1;
+        }
+        if self.db != 0 {
+            command(out, &[b"SELECT", self.db.to_string().as_bytes()]);
+            replies += 1;
+        }
+        replies
+    }
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`.
+fn split_host_port(text: &str) -> Option<(&str, u16)> {
+    let (host, port) = if let Some(v6) = text.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match text.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
+    };
+    let port = match port {
+        Some(port) => port.parse().ok()?,
+        None => DEFAULT_PORT,
+    };
+    (!host.is_empty()).then_some((host, port))
+}
+
+/// Appends one command (an array of bulk strings) to `out`.
+pub fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    let parts: Vec<BorrowedFrame> = args.iter().map(|a| BorrowedFrame::BulkString(a)).collect();
+    let frame = BorrowedFrame::Array(&parts);
+    let start = out.len();
+    out.resize(start + frame.encode_len(false), 0);
+    encode_borrowed(&mut out[start..], &frame, false).expect("the buffer was sized for the frame");
+}
+
+/// Appends `PUBLISH channel payload` without building a frame first (the hot path).
+pub fn publish(out: &mut Vec<u8>, channel: &[u8], payload: &[u8]) {
+    command(out, &[b"PUBLISH", channel, payload]);
+}
+
+/// One thing Redis said.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// `+OK` and other simple strings.
+    Status,
+    /// An integer (PUBLISH answers with the number of subscribers reached).
+    Integer(i64),
+    /// `-ERR ...`.
+    Error(String),
+    /// The subscription to `channel` is in place.
+    Subscribed { channel: Vec<u8> },
+    /// A message published on `channel`; the payload is a range of the decoded buffer.
+    Message {
+        channel: Range<usize>,
+        payload: Range<usize>,
+    },
+    /// Anything else (a reply to a command we did not send, a RESP3 shape): a protocol error.
+    Unexpected(String),
+}
+
+/// Decodes the first reply in `buf`: `Ok(None)` if it is not complete yet; otherwise the reply
+/// and the bytes it took. Bytes that are not RESP at all are an error.
+pub fn next_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
+    let Some((frame, used)) = decode_range(buf).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let text = |(start, end): (usize, usize)| String::from_utf8_lossy(&buf[start..end]);
+    let reply = match frame {
+        RangeFrame::SimpleString(_) => Reply::Status,
+        RangeFrame::Integer(n) => Reply::Integer(n),
+        RangeFrame::Error(range) => Reply::Error(text(range).into_owned()),
+        RangeFrame::Array(parts) => match parts.as_slice() {
+            [RangeFrame::BulkString(kind), RangeFrame::BulkString(channel), RangeFrame::BulkString(payload)]
+                if &buf[kind.0..kind.1] == b"message" =>
+            {
+                Reply::Message {
+                    channel: channel.0..channel.1,
+                    payload: payload.0..payload.1,
+                }
+            }
+            [RangeFrame::BulkString(kind), RangeFrame::BulkString(channel), RangeFrame::Integer(_)]
+                if &buf[kind.0..kind.1] == b"subscribe" =>
+            {
+                Reply::Subscribed {
+                    channel: buf[channel.0..channel.1].to_vec(),
+                }
+            }
+            _ => Reply::Unexpected(format!("{:?}", text((0, used)))),
+        },
+        RangeFrame::BulkString(_) | RangeFrame::Null => {
+            Reply::Unexpected(format!("{:?}", text((0, used))))
+        }
+    };
+    Ok(Some((reply, used)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(text: &str) -> RedisUrl {
+        RedisUrl::parse(text).expect(text)
+    }
+
+    #[test]
+    fn urls() {
+        let plain = url("redis://127.0.0.1");
+        assert_eq!(
+            (plain.host.as_str(), plain.port, plain.db),
+            ("127.0.0.1", 6379, 0)
+        );
+        assert_eq!(plain.password, None);
+        let full = url("redis://me:s3cret@cache.internal:7000/2");
+        assert_eq!(full.address(), "cache.internal:7000");
+        assert_eq!(full.db, 2);
+        assert_eq!(full.username.as_deref(), Some("me"));
+        assert_eq!(full.password.as_deref(), Some("s3cret"));
+        let password_only = url("redis://:pw@localhost:6380/");
+        assert_eq!(password_only.username, None);
+        assert_eq!(password_only.password.as_deref(), Some("pw"));
+        assert_eq!(url("redis://[::1]:6390").address(), "[::1]:6390");
+        assert_eq!(url("redis://[::1]").port, 6379);
+        for bad in [
+            "http://localhost",
+            "redis://",
+            "redis://host:port",
+            "redis://host:99999",
+            "redis://host/zero",
+            "redis://user@host",
+        ] {
+            assert!(RedisUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_preamble_authenticates_and_selects_only_when_asked() {
+        let mut out = Vec::new();
+        assert_eq!(url("redis://localhost").write_preamble(&mut out), 0);
+        assert!(out.is_empty());
+        assert_eq!(url("redis://:pw@localhost/3").write_preamble(&mut out), 2);
+        assert_eq!(
+            out,
+            b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n"
+        );
+    }
+
+    #[test]
+    fn commands_are_arrays_of_bulk_strings() {
+        let mut out = Vec::new();
+        publish(&mut out, b"chat", b"{\"v\":1}");
+        assert_eq!(
+            out,
+            b"*3\r\n$7\r\nPUBLISH\r\n$4\r\nchat\r\n$7\r\n{\"v\":1}\r\n"
+        );
+    }
+
+    #[test]
+    fn replies_and_pushes() {
+        let stream: &[u8] = b"+OK\r\n:3\r\n-ERR wrong\r\n\
+            *3\r\n$9\r\nsubscribe\r\n$4\r\nchat\r\n:1\r\n\
+            *3\r\n$7\r\nmessage\r\n$4\r\nchat\r\n$5\r\nhello\r\n\
+            $3\r\nodd\r\n*3\r\n$7\r\nmessage\r\n$4\r\nch";
+        let mut at = 0;
+        let mut replies = Vec::new();
+        while let Some((reply, used)) = next_reply(&stream[at..]).expect("valid RESP") {
+            if let Reply::Message { payload, .. } = &reply {
+                assert_eq!(&stream[at + payload.start..at + payload.end], b"hello");
+            }
+            replies.push(reply);
+            at += used;
+        }
+        assert_eq!(replies[0], Reply::Status);
+        assert_eq!(replies[1], Reply::Integer(3));
+        assert_eq!(replies[2], Reply::Error("ERR wrong".into()));
+        assert_eq!(
+            replies[3],
+            Reply::Subscribed {
+                channel: b"chat".to_vec()
+            }
+        );
+        assert!(matches!(replies[4], Reply::Message { .. }));
+        assert!(matches!(replies[5], Reply::Unexpected(_)));
+        assert_eq!(replies.len(), 6, "the last message is incomplete");
+        assert!(next_reply(b"hello\r\n").is_err());
+    }
+}

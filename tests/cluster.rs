@@ -1,0 +1,296 @@
+//! Several processes, one room: the Redis backplane (`--redis`) and `--reuse-port`, against a
+//! real `redis-server` that each test starts on a free port of its own.
+//!
+//! Every wait is for an event: a chat message, a log line ("redis: subscribed", "redis: back",
+//! the outage warning), or Redis's "Ready to accept connections". Where redis-server is not
+//! installed the tests say so and pass; in CI (`CI` set) they fail instead, and `.ci/run`
+//! installs it.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+
+use common::*;
+
+/// A `redis-server` of our own, without persistence, on 127.0.0.1.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    /// Starts on a free port; `None` where redis-server is missing outside CI (the test then
+    /// has nothing to run against).
+    fn start() -> Option<Redis> {
+        let port = free_port();
+        match Redis::start_on(port) {
+            Ok(redis) => Some(redis),
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!(
+                    "redis-server not run ({e}); CI installs it (apt-get install redis-server)"
+                );
+                None
+            }
+            Err(e) => panic!("redis-server is required in CI: {e}"),
+        }
+    }
+
+    /// Starts on `port` and waits for "Ready to accept connections".
+    fn start_on(port: u16) -> std::io::Result<Redis> {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--logfile", ""])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut log = Vec::new();
+            // Read to the end so that Redis never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("Ready to accept connections") {
+                    let _ = ready_tx.send(Ok(()));
+                }
+                log.push(line);
+            }
+            let _ = ready_tx.send(Err(log.join("\n")));
+        });
+        match ready_rx.recv_timeout(GUARD) {
+            Ok(Ok(())) => Ok(Redis { child, port }),
+            Ok(Err(log)) => panic!("redis-server on port {port} exited:\n{log}"),
+            Err(_) => panic!("redis-server on port {port} not ready within {GUARD:?}"),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: Redis vanishes without a goodbye, as in a crash.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A new Redis on the same port (empty, as after a crash).
+    fn restart(&mut self) {
+        self.kill();
+        *self = Redis::start_on(self.port).expect("restart redis-server");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A mio-chat process in the room on `redis`, once its subscription is in place.
+fn node(redis: &Redis, extra: &[&str]) -> TestServer {
+    let url = redis.url();
+    let mut args = vec!["--redis", url.as_str()];
+    args.extend_from_slice(extra);
+    let server = TestServer::start(&args);
+    server.wait_for_log("redis: subscribed");
+    server
+}
+
+/// Connects to `server` and waits for the newcomer's join notice to reach it and every client
+/// in `others` (on any process): then it is in the room everywhere.
+fn join(server: &TestServer, others: &mut [&mut Ws]) -> Ws {
+    join_chat(server, others)
+}
+
+fn health(server: &TestServer) -> String {
+    let response = http_get(server, "/healthz");
+    assert_eq!(response.status, 200);
+    response.body_text()
+}
+
+#[test]
+fn two_processes_are_one_room() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, &[]), node(&redis, &[]));
+    assert_eq!(health(&a), "ok");
+    let mut on_a = join(&a, &mut []);
+    let mut on_b = join(&b, &mut [&mut on_a]);
+
+    send_text(&mut on_a, "from a");
+    expect_body(&mut on_a, "from a");
+    expect_body(&mut on_b, "from a");
+    send_text(&mut on_b, "from b");
+    expect_body(&mut on_a, "from b");
+    expect_body(&mut on_b, "from b");
+
+    let mut late = join(&a, &mut [&mut on_a, &mut on_b]);
+    close_ws(&mut on_b);
+    expect_body(&mut on_a, LEFT);
+    expect_body(&mut late, LEFT);
+    send_text(&mut late, "still here");
+    expect_body(&mut on_a, "still here");
+    expect_body(&mut late, "still here");
+}
+
+#[test]
+fn three_processes_see_one_order() {
+    let Some(redis) = Redis::start() else { return };
+    let nodes = [node(&redis, &[]), node(&redis, &[]), node(&redis, &[])];
+    let mut clients: Vec<Ws> = Vec::new();
+    for server in nodes.iter().chain(nodes.iter()) {
+        let mut others: Vec<&mut Ws> = clients.iter_mut().collect();
+        let client = join(server, &mut others);
+        clients.push(client);
+    }
+    // Everyone sends at once, without waiting: the processes publish concurrently.
+    const EACH: usize = 40;
+    for round in 0..EACH {
+        for (i, client) in clients.iter_mut().enumerate() {
+            send_text(client, &format!("c{i} m{round}"));
+        }
+    }
+    let heard: Vec<Vec<String>> = clients
+        .iter_mut()
+        .map(|client| (0..EACH * 6).map(|_| next_body(client)).collect())
+        .collect();
+    for (i, sequence) in heard.iter().enumerate() {
+        assert_eq!(sequence, &heard[0], "client {i} saw another order");
+    }
+    // Each message once, and each sender's messages in the order sent.
+    let mut next: HashMap<String, usize> = HashMap::new();
+    for body in &heard[0] {
+        let (sender, round) = body.split_once(" m").expect("our own message");
+        let expected = next.entry(sender.to_string()).or_default();
+        assert_eq!(round.parse::<usize>().unwrap(), *expected, "{body}");
+        *expected += 1;
+    }
+    assert!(next.values().all(|&n| n == EACH));
+}
+
+#[test]
+fn a_redis_outage_keeps_local_chat_and_heals_without_duplicates() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let (a, b) = (node(&redis, &[]), node(&redis, &[]));
+    let mut on_a = join(&a, &mut []);
+    let mut on_b = join(&b, &mut [&mut on_a]);
+
+    redis.kill();
+    a.wait_for_log("serving this process's clients only");
+    b.wait_for_log("serving this process's clients only");
+    assert_eq!(health(&a), "degraded");
+    // Local chat goes on: messages and notices, on each process alone.
+    send_text(&mut on_a, "a alone");
+    expect_body(&mut on_a, "a alone");
+    let mut second_on_a = join(&a, &mut [&mut on_a]);
+    send_text(&mut on_b, "b alone");
+    expect_body(&mut on_b, "b alone");
+
+    redis.restart();
+    a.wait_for_log("redis: back");
+    b.wait_for_log("redis: back");
+    assert_eq!(health(&a), "ok");
+    assert_eq!(health(&b), "ok");
+    // Each client's next messages are exactly these: nothing from the outage comes twice, and
+    // nothing said on the other process during it arrives late.
+    send_text(&mut on_a, "healed");
+    for client in [&mut on_a, &mut second_on_a, &mut on_b] {
+        expect_body(client, "healed");
+    }
+    send_text(&mut on_b, "both ways");
+    for client in [&mut on_a, &mut second_on_a, &mut on_b] {
+        expect_body(client, "both ways");
+    }
+    close_ws(&mut second_on_a);
+    expect_body(&mut on_a, LEFT);
+    expect_body(&mut on_b, LEFT);
+}
+
+#[test]
+fn redis_unreachable_at_start_is_degraded_then_joins() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let server = TestServer::start(&["--redis", &url]);
+    server.wait_for_log("serving this process's clients only");
+    assert_eq!(health(&server), "degraded");
+    let mut alone = join(&server, &mut []);
+    send_text(&mut alone, "hello?");
+    expect_body(&mut alone, "hello?");
+
+    let Ok(_redis) = Redis::start_on(port) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-server is required in CI"
+        );
+        return;
+    };
+    server.wait_for_log("redis: back");
+    assert_eq!(health(&server), "ok");
+    send_text(&mut alone, "through redis");
+    expect_body(&mut alone, "through redis");
+    let metrics = http_get(&server, "/metrics").body_text();
+    assert!(metrics.contains("mio_chat_redis_up 1"), "{metrics}");
+}
+
+#[test]
+fn reuse_port_lets_processes_share_a_port_and_a_room() {
+    let Some(redis) = Redis::start() else { return };
+    let addr = format!("127.0.0.1:{}", free_port());
+    let shared = ["--addr", addr.as_str(), "--reuse-port"];
+    let debug = [("RUST_LOG", "mio_chat=debug")];
+    let url = redis.url();
+    let args: Vec<&str> = shared.iter().copied().chain(["--redis", &url]).collect();
+    let a = TestServer::start_with_env(&args, &debug);
+    let b = TestServer::start_with_env(&args, &debug);
+    a.wait_for_log("redis: subscribed");
+    b.wait_for_log("redis: subscribed");
+
+    // The kernel spreads connections over both listeners by a hash of the client's port, so
+    // among twenty clients both processes get some (all but certainly); all share one room.
+    let mut clients: Vec<Ws> = Vec::new();
+    for _ in 0..20 {
+        let mut others: Vec<&mut Ws> = clients.iter_mut().collect();
+        let client = join(&a, &mut others); // `a`'s address is the shared one
+        clients.push(client);
+    }
+    a.wait_for_log("accepted");
+    b.wait_for_log("accepted");
+    send_text(&mut clients[0], "everyone");
+    for client in &mut clients {
+        expect_body(client, "everyone");
+    }
+}
+
+#[test]
+fn without_reuse_port_a_second_process_cannot_bind() {
+    let first = TestServer::start(&[]);
+    let taken = first.addr().to_string();
+    let mut second = Command::new(env!("CARGO_BIN_EXE_mio-chat"))
+        .args(["--addr", &taken])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run mio-chat");
+    // It fails at once; should it run instead, the guard ends the wait and the test fails.
+    let (tx, rx) = mpsc::channel();
+    let pid = second.id();
+    thread::spawn(move || {
+        let _ = tx.send(second.wait());
+    });
+    let Ok(status) = rx.recv_timeout(GUARD) else {
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        panic!("a second process listened on {taken} without --reuse-port");
+    };
+    assert!(!status.expect("wait").success());
+}
