@@ -555,16 +555,24 @@ impl Backplane {
     fn receive(&mut self, payload: &[u8], land: &mut dyn FnMut(Landing)) {
         let envelope = match Envelope::parse(payload) {
             Ok(envelope) => envelope,
-            Err(Unusable::Version(v)) => {
+            Err(unusable) => {
+                // Warned about once; counted always (a flood of them must not flood the log).
                 self.stats.unusable += 1;
-                return warn!(
-                    "redis: skipped an envelope of version {v} (this build reads {})",
-                    envelope::VERSION
-                );
-            }
-            Err(Unusable::Malformed(e)) => {
-                self.stats.unusable += 1;
-                return warn!("redis: skipped a message that is not an envelope: {e}");
+                let why = match unusable {
+                    Unusable::Version(v) => {
+                        format!(
+                            "an envelope of version {v} (this build reads {})",
+                            envelope::VERSION
+                        )
+                    }
+                    Unusable::Malformed(e) => format!("a message that is not an envelope ({e})"),
+                };
+                if self.stats.unusable == 1 {
+                    warn!("redis: skipped {why}; further ones are counted in /metrics");
+                } else {
+                    debug!("redis: skipped {why}");
+                }
+                return;
             }
         };
         if envelope.node != self.node {
@@ -683,5 +691,142 @@ impl Announce for Relay<'_> {
 
     fn said(&mut self, text: &str) {
         self.backplane.publish(Kind::Message, text, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backplane() -> Backplane {
+        let url = RedisUrl::parse("redis://127.0.0.1:1").expect("url");
+        Backplane::new(url, "room".into(), (Token(1), Token(2)), 1 << 20, 1 << 16)
+    }
+
+    /// What landed, in a form tests can compare.
+    fn landed(landing: Landing) -> String {
+        match landing {
+            Landing::Join {
+                local: Some((key, id)),
+            } => format!("join {key}/{id}"),
+            Landing::Join { local: None } => "join".into(),
+            Landing::Leave => "leave".into(),
+            Landing::Message(text) => format!("say {text}"),
+        }
+    }
+
+    fn envelope(node: &str, seq: u64, kind: Kind, body: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        Envelope {
+            v: envelope::VERSION,
+            node: node.into(),
+            seq,
+            kind,
+            body: body.into(),
+        }
+        .write_to(&mut out);
+        out
+    }
+
+    fn receive(b: &mut Backplane, payload: &[u8]) -> Vec<String> {
+        let mut got = Vec::new();
+        b.receive(payload, &mut |l| got.push(landed(l)));
+        got
+    }
+
+    #[test]
+    fn publishing_queues_pipelined_commands() {
+        let mut b = backplane();
+        b.publish(Kind::Join, "", Some((3, 9)));
+        b.publish(Kind::Message, "hi", None);
+        let sent = String::from_utf8_lossy(b.publisher.output.pending()).into_owned();
+        assert_eq!(sent.matches("PUBLISH").count(), 2);
+        assert!(sent.contains(r#""seq":1,"kind":"join""#), "{sent}");
+        assert!(
+            sent.contains(r#""seq":2,"kind":"message","body":"hi""#),
+            "{sent}"
+        );
+        assert_eq!(b.stats().pending, 2);
+    }
+
+    #[test]
+    fn our_envelopes_land_when_they_come_back_with_their_joiner() {
+        let mut b = backplane();
+        let node = b.node().to_string();
+        b.publish(Kind::Join, "", Some((3, 9)));
+        b.publish(Kind::Message, "hi", None);
+        assert_eq!(
+            receive(&mut b, &envelope("other", 5, Kind::Join, "")),
+            ["join"]
+        );
+        assert_eq!(
+            receive(&mut b, &envelope(&node, 1, Kind::Join, "")),
+            ["join 3/9"]
+        );
+        assert_eq!(
+            receive(&mut b, &envelope(&node, 2, Kind::Message, "hi")),
+            ["say hi"]
+        );
+        assert_eq!(b.stats().pending, 0);
+        assert!(receive(&mut b, &envelope(&node, 2, Kind::Message, "hi")).is_empty());
+    }
+
+    #[test]
+    fn an_envelope_that_never_came_back_lands_before_the_next_one() {
+        let mut b = backplane();
+        let node = b.node().to_string();
+        b.publish(Kind::Message, "one", None);
+        b.publish(Kind::Message, "two", None);
+        assert_eq!(
+            receive(&mut b, &envelope(&node, 2, Kind::Message, "two")),
+            ["say one", "say two"]
+        );
+        assert!(receive(&mut b, &envelope(&node, 1, Kind::Message, "one")).is_empty());
+    }
+
+    #[test]
+    fn an_outage_lands_everything_pending_in_order_once() {
+        let mut b = backplane();
+        let poll = mio::Poll::new().expect("poll");
+        b.publish(Kind::Join, "", Some((1, 1)));
+        b.publish(Kind::Message, "in flight", None);
+        b.publish(Kind::Leave, "", None);
+        let mut got = Vec::new();
+        let now = Instant::now();
+        b.fail("test".into(), poll.registry(), now, &mut |l| {
+            got.push(landed(l))
+        });
+        assert_eq!(got, ["join 1/1", "say in flight", "leave"]);
+        assert!(!b.is_up());
+        assert_eq!(b.stats().pending, 0);
+        assert_eq!(b.next_deadline(), Some(now + FIRST_BACKOFF));
+        b.fail("again".into(), poll.registry(), now, &mut |_| {
+            panic!("nothing pending")
+        });
+        assert_eq!(b.next_deadline(), Some(now + FIRST_BACKOFF * 2));
+    }
+
+    #[test]
+    fn a_publish_queue_past_its_bound_breaks_the_link() {
+        let url = RedisUrl::parse("redis://127.0.0.1:1").expect("url");
+        let mut b = Backplane::new(url, "room".into(), (Token(1), Token(2)), 1000, 1 << 16);
+        b.publish(Kind::Message, &"x".repeat(600), None);
+        assert!(b.broken.is_none());
+        b.publish(Kind::Message, &"y".repeat(600), None);
+        assert!(b.broken.is_some());
+        let poll = mio::Poll::new().expect("poll");
+        let mut got = Vec::new();
+        b.repair(poll.registry(), Instant::now(), &mut |l| {
+            got.push(landed(l))
+        });
+        assert_eq!(got.len(), 2);
+    }
+
+    #[test]
+    fn foreign_payloads_are_skipped_and_counted() {
+        let mut b = backplane();
+        assert!(receive(&mut b, b"not json").is_empty());
+        assert!(receive(&mut b, br#"{"v":9,"node":"x","seq":1,"kind":"join"}"#).is_empty());
+        assert_eq!(b.stats().unusable, 2);
     }
 }
