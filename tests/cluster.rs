@@ -9,93 +9,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 
+use common::redis::{free_port, Redis};
 use common::*;
-
-/// A `redis-server` of our own, without persistence, on 127.0.0.1.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    /// Starts on a free port; `None` where redis-server is missing outside CI (the test then
-    /// has nothing to run against).
-    fn start() -> Option<Redis> {
-        let port = free_port();
-        match Redis::start_on(port) {
-            Ok(redis) => Some(redis),
-            Err(e) if std::env::var_os("CI").is_none() => {
-                eprintln!(
-                    "redis-server not run ({e}); CI installs it (apt-get install redis-server)"
-                );
-                None
-            }
-            Err(e) => panic!("redis-server is required in CI: {e}"),
-        }
-    }
-
-    /// Starts on `port` and waits for "Ready to accept connections".
-    fn start_on(port: u16) -> std::io::Result<Redis> {
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--logfile", ""])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (ready_tx, ready_rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut log = Vec::new();
-            // Read to the end so that Redis never blocks on a full pipe.
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("Ready to accept connections") {
-                    let _ = ready_tx.send(Ok(()));
-                }
-                log.push(line);
-            }
-            let _ = ready_tx.send(Err(log.join("\n")));
-        });
-        match ready_rx.recv_timeout(GUARD) {
-            Ok(Ok(())) => Ok(Redis { child, port }),
-            Ok(Err(log)) => panic!("redis-server on port {port} exited:\n{log}"),
-            Err(_) => panic!("redis-server on port {port} not ready within {GUARD:?}"),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL: Redis vanishes without a goodbye, as in a crash.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// A new Redis on the same port (empty, as after a crash).
-    fn restart(&mut self) {
-        self.kill();
-        *self = Redis::start_on(self.port).expect("restart redis-server");
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
-}
 
 /// A mio-chat process in the room on `redis`, once its subscription is in place.
 fn node(redis: &Redis, extra: &[&str]) -> TestServer {
