@@ -65,12 +65,14 @@ impl<'a> Envelope<'a> {
         struct Version {
             v: u32,
         }
-        match serde_json::from_slice::<Version>(payload) {
-            Ok(Version { v: VERSION }) => {
-                serde_json::from_slice(payload).map_err(|e| Unusable::Malformed(e.to_string()))
-            }
-            Ok(Version { v }) => Err(Unusable::Version(v)),
-            Err(e) => Err(Unusable::Malformed(e.to_string())),
+        match serde_json::from_slice::<Envelope>(payload) {
+            Ok(envelope) if envelope.v == VERSION => Ok(envelope),
+            Ok(envelope) => Err(Unusable::Version(envelope.v)),
+            // Only now look closer: a newer version may have another shape.
+            Err(e) => match serde_json::from_slice::<Version>(payload) {
+                Ok(Version { v }) if v != VERSION => Err(Unusable::Version(v)),
+                _ => Err(Unusable::Malformed(e.to_string())),
+            },
         }
     }
 }
