@@ -1,7 +1,8 @@
 // End-to-end tests of the chat page that mio-chat serves at `/`, in a real headless Chromium
 // against the real server binary: what a person with two tabs open would see. The protocol itself
 // is tested over raw sockets in tests/*.rs; these tests check the page's side of the contract
-// (shared/protocol.md): notices, order, escaping, reconnecting, layout and scrolling.
+// (shared/protocol.md): notices, order, escaping, reconnecting, layout and scrolling, and one room
+// across two server processes joined through Redis.
 // Run: cargo build && cd tests/browser && npm ci && npm test
 'use strict';
 
@@ -10,7 +11,7 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
 const {
-  RECONNECT_TIMEOUT, launchBrowser, withChat, waitForState, entries, texts, waitForCount, waitForText, say,
+  RECONNECT_TIMEOUT, launchBrowser, withChat, withCluster, waitForState, entries, texts, waitForCount, waitForText, say,
 } = require('./harness');
 
 const JOINED = 'New User Joined...';
@@ -211,6 +212,61 @@ test('the list follows new messages, unless the reader has scrolled up', (t) => 
   await waitForText(reader, 'back at the bottom');
   assert.ok(await distanceFromBottom() <= 1, 'scrolled to the newest message again');
 }));
+
+// Issue 5's "Done when": a new user follows the README to run two processes with Redis and chats
+// across them in two browser tabs. Here each process listens on a port of its own, so tab A is
+// certainly on one process and tab B on the other: every notice and message between them has gone
+// through Redis.
+test('tabs on two processes joined through Redis chat as one room', (t) => withCluster(browser, t, async (cluster) => {
+  const one = await cluster.start();
+  const two = await cluster.start();
+  assert.notEqual(one.port, two.port);
+  assert.notEqual(one.pid, two.pid);
+  for (const server of [one, two]) assert.equal(await health(server), 'ok', 'Redis is up for both processes');
+  await chatAcross(await cluster.open(one), () => cluster.open(two));
+}));
+
+// The README's own setup: both processes on one port with --reuse-port. The kernel picks a process
+// for each connection (by a hash of its addresses and ports), so these two tabs may or may not
+// share one, and the test cannot tell; the test above is the one that proves the path between
+// processes. This one proves that the shared port serves the page and its WebSocket and that the
+// tabs are one room, however the connections fell.
+test('two processes share one port with --reuse-port, and two tabs on it chat', (t) => withCluster(browser, t, async (cluster) => {
+  const one = await cluster.start({ args: ['--reuse-port'] });
+  const two = await cluster.start({ port: one.port, args: ['--reuse-port'] });
+  assert.equal(two.port, one.port, 'both processes listen on the one port');
+  await chatAcross(await cluster.open(one), () => cluster.open(two));
+}));
+
+// Tab A is open and alone in the room; openB opens tab B. Then: B's join reaches A, a message each
+// way (typed, then clicked) reaches both tabs once and in one order, and B's leaving reaches A.
+async function chatAcross(a, openB) {
+  await waitForCount(a, 1, 'notice'); // A's own join, before B exists, so A ends with exactly two
+  const b = await openB();
+  await waitForCount(b, 1, 'notice');
+  await waitForCount(a, 2, 'notice');
+
+  const fromA = 'Hello from tab A!';
+  const fromB = 'Hello back from tab B.';
+  await say(a, fromA);
+  await waitForText(b, fromA);
+  await say(b, fromB, { click: true });
+  for (const page of [a, b]) await waitForText(page, fromB);
+  const messages = [{ kind: 'message', text: fromA }, { kind: 'message', text: fromB }];
+  assert.deepEqual(await entries(a), [{ kind: 'notice', text: JOINED }, { kind: 'notice', text: JOINED }, ...messages]);
+  assert.deepEqual(await entries(b), [{ kind: 'notice', text: JOINED }, ...messages]);
+
+  await b.close();
+  await waitForText(a, LEFT);
+  assert.deepEqual((await entries(a)).slice(2), [...messages, { kind: 'notice', text: LEFT }]);
+}
+
+// What GET /healthz says: "ok", or "degraded" while Redis is unreachable (both with status 200).
+async function health(server) {
+  const response = await fetch(new URL('healthz', server.url));
+  assert.equal(response.status, 200);
+  return response.text();
+}
 
 // The README's picture: both pages side by side, composed by a third page from their screenshots.
 async function writeSideBySide(a, b, file) {

@@ -1,7 +1,8 @@
-// Helpers for the browser tests in chat.test.js: start and stop the real server binary, launch
-// Debian's Chromium through playwright-core, open chat pages, read what they show, and keep
-// evidence (screenshots, the server's log) when a test fails. Nothing here builds anything:
-// the binary comes from `cargo build`, the browser from the system.
+// Helpers for the browser tests in chat.test.js: start and stop the real server binary (and, for
+// a room that spans processes, a redis-server of the test's own), launch Debian's Chromium through
+// playwright-core, open chat pages, read what they show, and keep evidence (screenshots, the
+// servers' logs) when a test fails. Nothing here builds anything: the binary comes from
+// `cargo build`, the browser and redis-server from the system.
 'use strict';
 
 const { spawn } = require('node:child_process');
@@ -43,8 +44,10 @@ process.on('exit', () => {
 });
 
 // Starts the server on `port` (0: any free port) and resolves once it has said where it listens.
-async function startServer(port = 0) {
-  const child = spawn(BIN, ['--addr', `127.0.0.1:${port}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+// `args` go on its command line after `--addr`; `waitFor` (a RegExp), if given, is a log line to
+// wait for as well before it counts as started, such as the Redis backplane's "subscribed".
+async function startServer(port = 0, { args = [], waitFor = null } = {}) {
+  const child = spawn(BIN, ['--addr', `127.0.0.1:${port}`, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
   live.add(child);
   const exited = new Promise((resolve) => {
     child.on('exit', (code, signal) => {
@@ -55,10 +58,17 @@ async function startServer(port = 0) {
   // The log is kept for failure reports and read to the end all along: a full, unread stderr pipe
   // would block the server's next log line and with it the whole single-threaded event loop.
   const log = [];
+  const waiters = new Set(); // of waitForLog: { pattern, resolve }
   const lines = readline.createInterface({ input: child.stderr });
   const first = new Promise((resolve, reject) => {
     lines.on('line', (line) => {
       if (log.push(line) === 1) resolve(line);
+      for (const waiter of waiters) {
+        if (waiter.pattern.test(line)) {
+          waiters.delete(waiter);
+          waiter.resolve(line);
+        }
+      }
     });
     child.on('error', (err) => reject(new Error(
       `cannot start ${BIN} (${err.message}): run \`cargo build\` first, or point MIO_CHAT_BIN at the binary`)));
@@ -73,12 +83,25 @@ async function startServer(port = 0) {
     throw new Error(`unexpected first log line from ${BIN}: ${JSON.stringify(line)}`);
   }
   const bound = Number(match[1]);
-  return {
+  const server = {
     port: bound,
     url: `http://127.0.0.1:${bound}/`,
     pid: child.pid,
     log,
     exited,
+    // Resolves with the first log line, already written or still to come, that matches `pattern`.
+    waitForLog(pattern, timeout = TIMEOUT) {
+      const seen = log.find((l) => pattern.test(l));
+      if (seen !== undefined) return Promise.resolve(seen);
+      const waiter = { pattern };
+      const found = new Promise((resolve) => { waiter.resolve = resolve; });
+      waiters.add(waiter);
+      const gone = exited.then(({ code, signal }) => {
+        throw new Error(`${BIN} exited (code ${code}, signal ${signal}) before it logged ${pattern}`);
+      });
+      return withTimeout(Promise.race([found, gone]), timeout, `${BIN} logged nothing like ${pattern} in ${timeout} ms`)
+        .finally(() => waiters.delete(waiter));
+    },
     // Graceful stop, as an operator would: resolves with how the process ended.
     stop() {
       child.kill('SIGTERM');
@@ -89,6 +112,79 @@ async function startServer(port = 0) {
       return exited;
     },
   };
+  if (waitFor) {
+    await server.waitForLog(waitFor).catch((err) => {
+      child.kill('SIGKILL');
+      throw new Error(`${err.message}; its log:\n${log.join('\n')}`);
+    });
+  }
+  return server;
+}
+
+// The log line of a server started with `--redis` once its subscription is in place: from then on
+// every join, message and leave on it reaches every process in the room, and theirs reach it.
+const SUBSCRIBED = /^redis: subscribed to /;
+
+// A redis-server of the caller's own, without persistence, on a free port of 127.0.0.1 (the same
+// command line as tests/cluster.rs uses); resolves once it says on its stdout that it is ready.
+// Rejects with err.code 'ENOENT' where redis-server is not installed.
+async function startRedis() {
+  // The free port is only free until someone takes it; should another process win that race,
+  // Redis says so and exits, and a new port is tried.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startRedisOn(await freePort());
+    } catch (err) {
+      if (!/Address already in use/.test(err.message) || attempt === 3) throw err;
+    }
+  }
+}
+
+async function startRedisOn(port) {
+  const child = spawn('redis-server', [
+    '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--logfile', '',
+  ], { stdio: ['ignore', 'pipe', 'ignore'] });
+  live.add(child);
+  const exited = new Promise((resolve) => {
+    child.on('exit', (code, signal) => {
+      live.delete(child);
+      resolve({ code, signal });
+    });
+  });
+  // Read to the end, like the servers' logs, so that Redis never blocks on a full pipe.
+  const log = [];
+  const lines = readline.createInterface({ input: child.stdout });
+  const ready = new Promise((resolve, reject) => {
+    lines.on('line', (line) => {
+      log.push(line);
+      if (line.includes('Ready to accept connections')) resolve();
+    });
+    child.on('error', (err) => reject(Object.assign(new Error(`cannot start redis-server: ${err.message}`), { code: err.code })));
+    exited.then(({ code, signal }) => reject(new Error(
+      `redis-server on port ${port} exited (code ${code}, signal ${signal}) before it was ready:\n${log.join('\n')}`)));
+  });
+  await withTimeout(ready, TIMEOUT, `redis-server on port ${port} not ready within ${TIMEOUT} ms`)
+    .catch((err) => { child.kill('SIGKILL'); throw err; });
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    log,
+    kill() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      return exited;
+    },
+  };
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer();
+    probe.on('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
 }
 
 function withTimeout(promise, ms, message) {
@@ -97,30 +193,48 @@ function withTimeout(promise, ms, message) {
   return Promise.race([promise, guard]).finally(() => clearTimeout(timer));
 }
 
-// Runs one scenario against a fresh server (so join and leave counts start from nobody) and
-// tears everything down afterwards, pass or fail. `body` gets a fixture:
-//   chat.server            the running server (replaced by chat.startAgain())
-//   chat.open(options)     a new page, in its own browser context (like a separate user), online
-//   chat.startAgain()      after chat.server.stop(): a new server on the same port
-//   chat.startGate()       a gate (see startGate) in front of the server, closed at teardown
-// On failure every open page is saved to artifacts/ and the server's log is printed.
-async function withChat(browser, t, body) {
+// Pages for one test, each in its own browser context (like a separate user, sharing no cookies,
+// storage or sockets with the others); `contexts` is what teardown closes and failures save.
+function pagesFor(browser) {
   const contexts = [];
-  const gates = [];
-  const chat = {
-    server: await startServer(),
-    async open(options = {}) {
-      const page = await chat.openOffline(options);
-      await page.goto(chat.server.url);
+  const pages = {
+    contexts,
+    // A new page on `url`, online.
+    async open(url, options = {}) {
+      const page = await pages.openOffline(options);
+      await page.goto(url);
       await waitForState(page, 'online');
       return page;
     },
-    // A page not yet pointed at the server, for tests that need to act before it loads.
+    // A page not yet pointed at a server, for tests that need to act before it loads.
     async openOffline({ viewport = { width: 800, height: 600 }, ...contextOptions } = {}) {
       const context = await browser.newContext({ viewport, ...contextOptions });
       context.setDefaultTimeout(TIMEOUT);
       contexts.push(context);
       return context.newPage();
+    },
+  };
+  return pages;
+}
+
+// Runs one scenario against a fresh server (so join and leave counts start from nobody) and
+// tears everything down afterwards, pass or fail. `body` gets a fixture:
+//   chat.server            the running server (replaced by chat.startAgain())
+//   chat.open(options)     a new page, in its own browser context (like a separate user), online
+//   chat.openOffline(options)  a new page, in its own browser context, not yet loaded
+//   chat.startAgain()      after chat.server.stop(): a new server on the same port
+//   chat.startGate()       a gate (see startGate) in front of the server, closed at teardown
+// On failure every open page is saved to artifacts/ and the server's log is printed.
+async function withChat(browser, t, body) {
+  const pages = pagesFor(browser);
+  const gates = [];
+  const chat = {
+    server: await startServer(),
+    open(options) {
+      return pages.open(chat.server.url, options);
+    },
+    openOffline(options) {
+      return pages.openOffline(options);
     },
     async startAgain() {
       chat.server = await startServer(chat.server.port);
@@ -134,13 +248,61 @@ async function withChat(browser, t, body) {
   try {
     await body(chat);
   } catch (err) {
-    await saveScreenshots(t.name, contexts);
+    await saveScreenshots(t.name, pages.contexts);
     console.error(`-- server log for "${t.name}":\n${chat.server.log.join('\n')}`);
     throw err;
   } finally {
-    for (const context of contexts) await context.close().catch(() => {});
+    for (const context of pages.contexts) await context.close().catch(() => {});
     for (const gate of gates) await gate.close();
     await chat.server.kill();
+  }
+}
+
+// Runs one scenario in a room that spans several server processes, joined through a fresh
+// redis-server of the scenario's own, and tears everything down afterwards, pass or fail. Where
+// redis-server is not installed the test is skipped, except in CI (`CI` set), where it fails:
+// the same rule as tests/cluster.rs. `body` gets a fixture:
+//   cluster.redis                 the running redis-server
+//   cluster.start(options)        a new server with `--redis`, once subscribed (see SUBSCRIBED);
+//                                 options: `port` (default 0: a free one) and more `args`
+//   cluster.open(server, options) a new page on that server, in its own browser context, online
+// On failure every open page is saved to artifacts/ and every server's log and Redis's are printed.
+async function withCluster(browser, t, body) {
+  let redis;
+  try {
+    redis = await startRedis();
+  } catch (err) {
+    if (err.code !== 'ENOENT') throw err;
+    if (process.env.CI) throw new Error(`redis-server is required in CI: ${err.message}`);
+    t.skip('redis-server is not installed; CI installs it (apt-get install redis-server)');
+    return;
+  }
+  const pages = pagesFor(browser);
+  const servers = [];
+  const cluster = {
+    redis,
+    async start({ port = 0, args = [] } = {}) {
+      const server = await startServer(port, { args: ['--redis', redis.url, ...args], waitFor: SUBSCRIBED });
+      servers.push(server);
+      return server;
+    },
+    open(server, options) {
+      return pages.open(server.url, options);
+    },
+  };
+  try {
+    await body(cluster);
+  } catch (err) {
+    await saveScreenshots(t.name, pages.contexts);
+    for (const [i, server] of servers.entries()) {
+      console.error(`-- log of server ${i + 1} (port ${server.port}, pid ${server.pid}) for "${t.name}":\n${server.log.join('\n')}`);
+    }
+    console.error(`-- redis-server log for "${t.name}":\n${redis.log.join('\n')}`);
+    throw err;
+  } finally {
+    for (const context of pages.contexts) await context.close().catch(() => {});
+    for (const server of servers) await server.kill();
+    await redis.kill();
   }
 }
 
@@ -236,7 +398,10 @@ module.exports = {
   RECONNECT_TIMEOUT,
   launchBrowser,
   startServer,
+  startRedis,
+  SUBSCRIBED,
   withChat,
+  withCluster,
   waitForState,
   entries,
   texts,
