@@ -66,14 +66,10 @@ fn fan_out_to_10k(c: &mut Criterion) {
                 let mut broadcast = Broadcast::default();
                 broadcast.said("s=3 q=17 t=123456789 hello everyone");
                 let start = Instant::now();
-                room.fan_out(
-                    &mut broadcast,
-                    |key, frames| {
-                        queues[key].push(frames);
-                        Delivery::Delivered
-                    },
-                    Broadcast::left,
-                );
+                room.fan_out(&mut broadcast, |key, frames| {
+                    queues[key].push(frames);
+                    Delivery::Delivered
+                });
                 busy += start.elapsed();
                 // The sockets take it all; not timed, as the kernel's part is not ours.
                 for queue in &mut queues {

@@ -11,8 +11,9 @@
 //! their replies. Until both are ready, and whenever either fails, the process is *degraded*: it
 //! delivers its clients' events locally, as without `--redis`, and tries again after a capped
 //! exponential backoff. Its own envelopes that Redis had not handed back when the link broke
-//! (kept in order in `pending`) are then delivered locally, so a local message is never lost, and
-//! never delivered twice: a new subscription does not replay old messages.
+//! (kept in order in `pending`) are then delivered locally, so a local message is never lost. And
+//! none is delivered twice: each envelope carries its sequence number, and one of ours that Redis
+//! hands back after it was delivered locally is recognised by it and skipped.
 //!
 //! The protocol (what the bytes mean) is in [`crate::redis`] and [`crate::envelope`]; this module
 //! owns the sockets, the link states and the pending queue.
@@ -39,8 +40,18 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Bytes read from the subscription at a time (the event loop checks its batch in between).
 pub const READ_CHUNK: usize = 64 * 1024;
-/// Bytes read from the subscription in one turn before clients get their turn.
-pub const READ_BUDGET: usize = 256 * 1024;
+/// Bytes read from the subscription in one turn before clients get their turn. The subscription
+/// carries the whole room's traffic, so it gets far more than one client's 256 KiB: reading it
+/// slower than the clients publish would only pile the difference up in Redis.
+pub const READ_BUDGET: usize = 4 << 20;
+/// After a failure, bytes of the subscription still read (what Redis sent before it broke).
+const DRAIN_BUDGET: usize = 4 << 20;
+/// A link that stayed up this long has recovered: the next failure is a new outage (logged, and
+/// retried from the first backoff). A link that keeps failing sooner is one outage.
+const STABLE: Duration = Duration::from_secs(10);
+/// The largest reply the subscription may carry, at least: an envelope from a process with a
+/// larger `--max-message-size` than ours is not a protocol error.
+const MIN_MAX_INPUT: usize = 16 << 20;
 /// Idle time after which the kernel probes a Redis connection, so a Redis host that vanished
 /// without a reset is noticed in about 25 s rather than never.
 const KEEPALIVE: Duration = Duration::from_secs(10);
@@ -98,6 +109,7 @@ struct Link {
 
 impl Link {
     fn new(token: Token) -> Link {
+        // Only the token survives a reconnection: everything else starts afresh.
         Link {
             token,
             socket: None,
@@ -144,8 +156,12 @@ impl Link {
         if let Some(e) = socket.take_error()? {
             return Err(e);
         }
-        socket.peer_addr()?; // NotConnected while the handshake is still going on
-        self.connected = true;
+        match socket.peer_addr() {
+            Ok(_) => self.connected = true,
+            // A spurious wake-up: the handshake is still going on; the next event will tell.
+            Err(e) if e.kind() == ErrorKind::NotConnected => {}
+            Err(e) => return Err(e),
+        }
         Ok(())
     }
 
@@ -235,12 +251,16 @@ pub struct Backplane {
     /// While connecting: when to give up.
     connect_deadline: Option<Instant>,
     backoff: Duration,
+    /// Where Redis is: resolved at the first attempt that succeeds, then kept (resolving blocks
+    /// the loop, so it is not done on every reconnection).
+    addr: Option<SocketAddr>,
+    /// When the links last came up (for [`STABLE`]).
+    up_since: Option<Instant>,
     /// Our envelopes not yet handed back by the subscription, oldest first.
     pending: VecDeque<Pending>,
-    pending_bytes: usize,
-    /// Past this many bytes pending, Redis is not keeping up, and the link is dropped (as a slow
-    /// client would be).
-    max_pending: usize,
+    /// Past this many bytes not yet written to Redis, Redis is not keeping up, and the link is
+    /// dropped (as a client that stopped reading would be).
+    max_unsent: usize,
     /// Past this many bytes unparsed from the subscription, a reply is too large to be ours.
     max_input: usize,
     next_seq: u64,
@@ -250,7 +270,9 @@ pub struct Backplane {
     outage_logged: bool,
     /// The subscription has more bytes than this turn's budget allowed to read.
     unread: bool,
+    /// Reused for each envelope's JSON, and for the PUBLISH command around it.
     scratch: Vec<u8>,
+    command: Vec<u8>,
     stats: BackplaneStats,
 }
 
@@ -260,7 +282,7 @@ impl Backplane {
         url: RedisUrl,
         channel: String,
         tokens: (Token, Token),
-        max_pending: usize,
+        max_unsent: usize,
         max_message_size: usize,
     ) -> Backplane {
         Backplane {
@@ -274,22 +296,29 @@ impl Backplane {
             retry_at: None,
             connect_deadline: None,
             backoff: FIRST_BACKOFF,
+            addr: None,
+            up_since: None,
             pending: VecDeque::new(),
-            pending_bytes: 0,
-            max_pending,
+            max_unsent,
             // A JSON string may escape each byte into six (\u0000).
-            max_input: max_message_size.saturating_mul(6) + READ_CHUNK,
+            max_input: (max_message_size.saturating_mul(6) + READ_CHUNK).max(MIN_MAX_INPUT),
             next_seq: 0,
             broken: None,
             outage_logged: false,
             unread: false,
             scratch: Vec::new(),
+            command: Vec::new(),
             stats: BackplaneStats::default(),
         }
     }
 
     pub fn is_up(&self) -> bool {
         self.up
+    }
+
+    /// Nothing published is waiting to be written (or there is nowhere to write it).
+    pub fn is_drained(&self) -> bool {
+        !self.up || self.publisher.output.is_empty()
     }
 
     pub fn node(&self) -> &str {
@@ -331,14 +360,8 @@ impl Backplane {
 
     fn connect(&mut self, registry: &Registry, now: Instant) {
         self.retry_at = None;
-        // Resolved at each attempt, so a moved Redis is found again. A host name waits for the
-        // resolver here; use an address or an /etc/hosts name where that matters.
-        let addr = match (self.url.host.as_str(), self.url.port).to_socket_addrs() {
-            Ok(mut addrs) => addrs.next(),
-            Err(e) => return self.down(format!("cannot resolve {}: {e}", self.url.address()), now),
-        };
-        let Some(addr) = addr else {
-            return self.down(format!("{} has no address", self.url.address()), now);
+        let Some(addr) = self.resolve(now) else {
+            return;
         };
         debug!("redis: connecting to {addr}");
         let opened = self
@@ -360,8 +383,31 @@ impl Backplane {
         self.connect_deadline = Some(now + CONNECT_TIMEOUT);
     }
 
+    /// The address to connect to. A host name waits for the resolver here, in the loop: at start,
+    /// and again only until it has once resolved.
+    fn resolve(&mut self, now: Instant) -> Option<SocketAddr> {
+        if self.addr.is_none() {
+            match (self.url.host.as_str(), self.url.port).to_socket_addrs() {
+                Ok(mut addrs) => self.addr = addrs.next(),
+                Err(e) => {
+                    self.down(format!("cannot resolve {}: {e}", self.url.address()), now);
+                    return None;
+                }
+            }
+            if self.addr.is_none() {
+                self.down(format!("{} has no address", self.url.address()), now);
+            }
+        }
+        self.addr
+    }
+
     /// Both links closed (or never opened): schedule the next attempt, log the outage once.
     fn down(&mut self, why: Failure, now: Instant) {
+        if self.up_since.take().is_some_and(|at| now >= at + STABLE) {
+            // It had recovered for good: this is a new outage.
+            self.backoff = FIRST_BACKOFF;
+            self.outage_logged = false;
+        }
         if self.outage_logged {
             debug!("redis: {why}; next attempt in {:?}", self.backoff);
         } else {
@@ -390,6 +436,7 @@ impl Backplane {
         if self.up {
             self.stats.outages += 1;
         }
+        self.drain_subscription(land);
         self.subscriber.close(registry);
         self.publisher.close(registry);
         self.unread = false;
@@ -397,8 +444,21 @@ impl Backplane {
         for pending in self.pending.drain(..) {
             land(pending.landing());
         }
-        self.pending_bytes = 0;
         self.down(why, now);
+    }
+
+    /// Lands what the subscription had already received (other processes' envelopes, and ours
+    /// back) before the links close, so a failure of the publisher alone loses none of it.
+    fn drain_subscription(&mut self, land: &mut dyn FnMut(Landing)) {
+        if !self.subscribed {
+            return;
+        }
+        self.unread = true;
+        for _ in 0..DRAIN_BUDGET / READ_CHUNK {
+            if !self.unread || self.read_chunk(land).is_err() {
+                return;
+            }
+        }
     }
 
     /// Acts on a failure noticed outside an I/O handler (an overflowing publish queue).
@@ -439,6 +499,7 @@ impl Backplane {
         if let Err(why) = self.handle(token, readable, writable, registry) {
             self.fail(why, registry, now, land);
         }
+        self.check_up(now);
     }
 
     fn handle(
@@ -471,7 +532,6 @@ impl Backplane {
                 self.read_publisher_replies()?;
             }
         }
-        self.check_up();
         Ok(())
     }
 
@@ -507,7 +567,7 @@ impl Backplane {
         if let Err(why) = self.read_chunk(land) {
             self.fail(why, registry, now, land);
         }
-        self.check_up();
+        self.check_up(now);
     }
 
     fn read_chunk(&mut self, land: &mut dyn FnMut(Landing)) -> Result<(), Failure> {
@@ -527,9 +587,9 @@ impl Backplane {
             used += n;
             match reply {
                 Reply::Message { payload, .. } => {
+                    // `receive` needs all of `self`, so the buffer is lent out for the call.
                     let payload = at + payload.start..at + payload.end;
-                    let Backplane { subscriber, .. } = self;
-                    let bytes = std::mem::take(&mut subscriber.input);
+                    let bytes = std::mem::take(&mut self.subscriber.input);
                     self.receive(&bytes[payload], land);
                     self.subscriber.input = bytes;
                 }
@@ -588,7 +648,6 @@ impl Backplane {
             let Some(pending) = self.pending.pop_front() else {
                 break;
             };
-            self.pending_bytes -= pending.body.len() + PENDING_OVERHEAD;
             self.stats.received += 1;
             if pending.seq == envelope.seq {
                 return land(landing(envelope.kind, pending.joiner, &envelope.body));
@@ -613,28 +672,26 @@ impl Backplane {
             body: body.into(),
         }
         .write_to(&mut self.scratch);
-        redis::publish(
-            self.publisher.output.buffer(),
-            self.channel.as_bytes(),
-            &self.scratch,
-        );
+        self.command.clear();
+        redis::publish(&mut self.command, self.channel.as_bytes(), &self.scratch);
+        self.publisher.output.push(&self.command); // `push` reuses the space already written
         self.pending.push_back(Pending {
             seq: self.next_seq,
             kind,
             joiner,
             body: body.to_string(),
         });
-        self.pending_bytes += body.len() + PENDING_OVERHEAD;
         self.stats.published += 1;
-        if self.pending_bytes > self.max_pending && self.broken.is_none() {
+        if self.publisher.output.len() > self.max_unsent && self.broken.is_none() {
             self.broken = Some(format!(
-                "more than {} bytes published and not yet back: Redis is not keeping up",
-                self.max_pending
+                "more than {} bytes published and not yet written: Redis is not keeping up",
+                self.max_unsent
             ));
         }
     }
 
-    /// Writes what was published this turn (called once per turn, like a client's flush).
+    /// Writes what was published (at the end of a turn, like a client's flush) and acts on a
+    /// failure noticed while publishing.
     pub fn flush(&mut self, registry: &Registry, now: Instant, land: &mut dyn FnMut(Landing)) {
         if self.publisher.output.is_empty() || self.broken.is_some() {
             return self.repair(registry, now, land);
@@ -644,13 +701,15 @@ impl Backplane {
         }
     }
 
-    fn check_up(&mut self) {
-        if self.up || !self.subscribed || !self.publisher.connected {
+    /// Both links ready (subscribed; publisher connected and its AUTH/SELECT answered): up.
+    fn check_up(&mut self, now: Instant) {
+        let publisher_ready = self.publisher.connected && self.publisher.preamble_replies == 0;
+        if self.up || !self.subscribed || !publisher_ready {
             return;
         }
         self.up = true;
+        self.up_since = Some(now);
         self.connect_deadline = None;
-        self.backoff = FIRST_BACKOFF;
         if self.outage_logged {
             info!("redis: back; the room spans every process again");
         } else {
@@ -659,12 +718,8 @@ impl Backplane {
                 self.channel
             );
         }
-        self.outage_logged = false;
     }
 }
-
-/// Bookkeeping counted per pending envelope besides its text.
-const PENDING_OVERHEAD: usize = 64;
 
 /// Where a client's events go while the backplane is up: out to Redis, and into the room only
 /// when they come back (see [`Backplane::publish`]).

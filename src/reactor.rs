@@ -91,8 +91,19 @@ struct Client {
     refused: bool,
     /// Its ending has been counted and logged.
     ending_reported: bool,
-    /// Its join notice has gone out (into the room, or to Redis), so a leave notice must follow.
-    announced: bool,
+    /// Whether its join notice has gone out, and which way: its leave notice must follow.
+    announced: Announced,
+}
+
+/// Which way a client's join notice went; its leave notice goes the same way when it can, so
+/// that whoever saw one sees the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Announced {
+    No,
+    /// Into this process's room only (no backplane, or Redis was down).
+    Locally,
+    /// To every process, through Redis.
+    ThroughRedis,
 }
 
 /// Stops a running server from another thread, as SIGTERM would (for tests and embedders).
@@ -219,7 +230,8 @@ impl Server {
             self.turn(&events, now);
             self.metrics.turn(now.elapsed());
             if let Some(deadline) = self.stopping_at {
-                if self.clients.is_empty() || now >= deadline {
+                let published = self.backplane.as_ref().is_none_or(Backplane::is_drained);
+                if (self.clients.is_empty() && published) || now >= deadline {
                     break;
                 }
             }
@@ -343,7 +355,7 @@ impl Server {
             half_closed: false,
             refused,
             ending_reported: false,
-            announced: false,
+            announced: Announced::No,
         });
         self.refusing += usize::from(refused);
         debug!(token = key, peer:% = peer; "accepted");
@@ -386,12 +398,14 @@ impl Server {
                     };
                     client.conn.receive(&mut self.read_buf[..n], &mut cx);
                     budget = budget.saturating_sub(n);
-                    if client.conn.in_room() && !client.announced {
+                    if client.conn.in_room() && client.announced == Announced::No {
                         // It just completed its handshake. Without a backplane it joins now, and
                         // its join notice starts where the batch stood before its bytes were
                         // handled; with one, it joins when Redis hands its notice back.
-                        client.announced = true;
-                        if !self.backplane.as_ref().is_some_and(Backplane::is_up) {
+                        if self.backplane.as_ref().is_some_and(Backplane::is_up) {
+                            client.announced = Announced::ThroughRedis;
+                        } else {
+                            client.announced = Announced::Locally;
                             self.room.join(key, batch_so_far);
                         }
                     }
@@ -476,24 +490,23 @@ impl Server {
         self.settle(key, now);
     }
 
-    /// Publishes what this turn's clients said, fans out the room's batch, then writes every
-    /// client with new bytes.
+    /// Fans out the room's batch, writes every client with new bytes, and publishes what this
+    /// turn's clients did (with `--redis`).
     fn flush_dirty(&mut self, now: Instant) {
-        // Flushing can close a client, whose leave notice is a new batch (or a new publish).
+        // Flushing can close a client, whose leave notice is a new batch or a new publish; a
+        // failing backplane lands what it had pending into a new batch.
         loop {
-            self.flush_backplane(now);
             self.fan_out(now);
-            if self.dirty.is_empty() {
-                if self.broadcast.is_empty() || self.notices_may_wait(now) {
-                    return;
-                }
-                continue; // the backplane failed and landed its pending events just now
-            }
             for key in std::mem::take(&mut self.dirty) {
                 if let Some(client) = self.clients.get_mut(key) {
                     client.dirty = false;
                     self.flush(key, now);
                 }
+            }
+            self.flush_backplane(now);
+            let batch_waits = self.broadcast.is_empty() || self.notices_may_wait(now);
+            if self.dirty.is_empty() && batch_waits {
+                return;
             }
         }
     }
@@ -542,12 +555,13 @@ impl Server {
             }
         }
         // Joining happens in `read`, where the handshake completes; leaving can happen anywhere.
-        if !client.conn.in_room() && client.announced {
-            client.announced = false;
+        if !client.conn.in_room() && client.announced != Announced::No {
+            let through_redis = client.announced == Announced::ThroughRedis;
+            client.announced = Announced::No;
             self.room.leave(key);
             match self.backplane.as_mut().filter(|b| b.is_up()) {
-                Some(backplane) => backplane.publish(Kind::Leave, "", None),
-                None => self.broadcast.left(),
+                Some(backplane) if through_redis => backplane.publish(Kind::Leave, "", None),
+                _ => self.broadcast.left(),
             }
         }
         if client.conn.is_closed() {
@@ -594,11 +608,7 @@ impl Server {
             ..
         } = self;
         let mut relay = backplane.as_mut().filter(|b| b.is_up());
-        let announce_leave = |broadcast: &mut Broadcast| match relay.as_mut() {
-            Some(backplane) => backplane.publish(Kind::Leave, "", None),
-            None => broadcast.left(),
-        };
-        let deliver = |key, frames: &[u8]| {
+        metrics.frames_delivered += room.fan_out(broadcast, |key, frames| {
             let Some(client) = clients.get_mut(key) else {
                 return Delivery::Dropped;
             };
@@ -618,18 +628,23 @@ impl Server {
                 }
                 Err(ending) => {
                     // Counted here: the room is mid-iteration, so `settle` cannot run for it.
-                    // The room announces its leaving.
                     client.conn.abort(ending, now);
                     client.ending_reported = true;
-                    client.announced = false;
                     metrics.ended(ending);
                     debug!(token = key, peer:% = client.peer; "ending: {ending:?}");
                     closed.push(key);
-                    Delivery::Dropped
+                    let through_redis = client.announced == Announced::ThroughRedis;
+                    client.announced = Announced::No;
+                    match relay.as_mut() {
+                        Some(backplane) if through_redis => {
+                            backplane.publish(Kind::Leave, "", None);
+                            Delivery::DroppedQuietly
+                        }
+                        _ => Delivery::Dropped, // the room announces it
+                    }
                 }
             }
-        };
-        metrics.frames_delivered += room.fan_out(broadcast, deliver, announce_leave);
+        });
     }
 
     /// Handles readiness on one of the backplane's Redis links.
@@ -765,11 +780,19 @@ impl Server {
             }
         }
         self.stopping_at = Some(now + SHUTDOWN_GRACE);
-        self.room.clear(); // everyone leaves at once; nobody is told that the others left
+        // Everyone here leaves at once, and nobody here is told that the others left; but the
+        // clients of the other processes are (the loop waits for the publisher to drain).
+        self.room.clear();
         let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
         for key in keys {
-            self.clients[key].announced = false;
-            self.clients[key].conn.go_away(now);
+            let client = &mut self.clients[key];
+            if client.announced == Announced::ThroughRedis {
+                if let Some(backplane) = self.backplane.as_mut().filter(|b| b.is_up()) {
+                    backplane.publish(Kind::Leave, "", None);
+                }
+            }
+            client.announced = Announced::No;
+            client.conn.go_away(now);
             self.settle(key, now);
         }
     }
@@ -798,9 +821,9 @@ fn land(room: &mut Room, broadcast: &mut Broadcast, clients: &Slab<Client>, land
     match landing {
         Landing::Join { local } => {
             if let Some((key, id)) = local {
-                let here = clients
-                    .get(key)
-                    .is_some_and(|c| c.id == id && c.announced && c.conn.in_room());
+                let here = clients.get(key).is_some_and(|c| {
+                    c.id == id && c.announced != Announced::No && c.conn.in_room()
+                });
                 if here {
                     room.join(key, broadcast.len());
                 }

@@ -114,7 +114,7 @@ pub fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
     encode_borrowed(&mut out[start..], &frame, false).expect("the buffer was sized for the frame");
 }
 
-/// Appends `PUBLISH channel payload` without building a frame first (the hot path).
+/// Appends `PUBLISH channel payload`.
 pub fn publish(out: &mut Vec<u8>, channel: &[u8], payload: &[u8]) {
     command(out, &[b"PUBLISH", channel, payload]);
 }

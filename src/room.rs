@@ -86,8 +86,11 @@ const KEEP_BATCH_CAPACITY: usize = 64 * 1024;
 pub enum Delivery {
     /// Written or queued.
     Delivered,
-    /// The member is gone: its backlog would pass its limit, or its socket failed.
+    /// The member is gone: its backlog would pass its limit, or its socket failed. The room
+    /// announces its leaving in the next batch.
     Dropped,
+    /// The member is gone, and its leaving is announced elsewhere (through the backplane).
+    DroppedQuietly,
 }
 
 /// The members, by connection key, with O(1) join, leave and membership test.
@@ -165,16 +168,16 @@ impl Room {
     /// Delivers everything in `broadcast` to every member, then empties it.
     ///
     /// `deliver` hands the bytes to one member. Members it reports as dropped leave the room,
-    /// and `announce_leave` announces each of them: by default into `broadcast`
-    /// ([`Broadcast::left`]), so those who remain get the notices, until nothing is left to send.
-    /// Returns how many frames were queued in all (frames × members).
+    /// and their leave notices (unless announced elsewhere) are delivered to those who remain,
+    /// until nothing is left to send. Returns how many frames were queued in all
+    /// (frames × members).
     pub fn fan_out(
         &mut self,
         broadcast: &mut Broadcast,
         mut deliver: impl FnMut(usize, &[u8]) -> Delivery,
-        mut announce_leave: impl FnMut(&mut Broadcast),
     ) -> u64 {
         let mut overflowed = Vec::new();
+        let mut gone_quietly = Vec::new();
         let mut delivered = 0;
         while !broadcast.is_empty() {
             // Taking the batch out lets leave notices collect in `broadcast` as the next one.
@@ -187,6 +190,7 @@ impl Room {
                     Delivery::Delivered if from == 0 => delivered += frames,
                     Delivery::Delivered => delivered += frames_in(&batch[from..]),
                     Delivery::Dropped => overflowed.push(key),
+                    Delivery::DroppedQuietly => gone_quietly.push(key),
                 }
             }
             for key in self.newcomers.drain(..) {
@@ -196,8 +200,11 @@ impl Room {
             }
             for key in overflowed.drain(..) {
                 if self.leave(key) {
-                    announce_leave(broadcast);
+                    broadcast.left();
                 }
+            }
+            for key in gone_quietly.drain(..) {
+                self.leave(key);
             }
             // Keep the buffer for the next batch, unless an unusual one made it large.
             if broadcast.frames.is_empty() && batch.capacity() <= KEEP_BATCH_CAPACITY {
@@ -288,15 +295,15 @@ mod tests {
         let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
         room.join(0, 0);
         b.joined();
-        room.fan_out(&mut b, |k, f| q.deliver(k, f), Broadcast::left);
+        room.fan_out(&mut b, |k, f| q.deliver(k, f));
         room.join(1, 0);
         b.joined();
-        room.fan_out(&mut b, |k, f| q.deliver(k, f), Broadcast::left);
+        room.fan_out(&mut b, |k, f| q.deliver(k, f));
         b.said("hi");
-        room.fan_out(&mut b, |k, f| q.deliver(k, f), Broadcast::left);
+        room.fan_out(&mut b, |k, f| q.deliver(k, f));
         assert!(room.leave(0));
         b.left();
-        room.fan_out(&mut b, |k, f| q.deliver(k, f), Broadcast::left);
+        room.fan_out(&mut b, |k, f| q.deliver(k, f));
         assert_eq!(q.bodies(0), [JOINED, JOINED, "hi"]);
         assert_eq!(q.bodies(1), [JOINED, "hi", LEFT]);
         assert!(b.is_empty());
@@ -310,12 +317,12 @@ mod tests {
         room.join(1, b.len());
         b.joined();
         b.said("after");
-        let delivered = room.fan_out(&mut b, |k, f| q.deliver(k, f), Broadcast::left);
+        let delivered = room.fan_out(&mut b, |k, f| q.deliver(k, f));
         assert_eq!(q.bodies(0), ["before", JOINED, "after"]);
         assert_eq!(q.bodies(1), [JOINED, "after"]);
         assert_eq!(delivered, 3 + 2);
         b.said("next");
-        room.fan_out(&mut b, |k, f| q.deliver(k, f), Broadcast::left);
+        room.fan_out(&mut b, |k, f| q.deliver(k, f));
         assert_eq!(q.bodies(1), [JOINED, "after", "next"]);
     }
 
@@ -328,7 +335,7 @@ mod tests {
         q.limit.insert(1, 10);
         q.limit.insert(3, 10);
         b.said("this is longer than ten bytes");
-        let delivered = room.fan_out(&mut b, |k, f| q.deliver(k, f), Broadcast::left);
+        let delivered = room.fan_out(&mut b, |k, f| q.deliver(k, f));
         assert_eq!(room.len(), 3);
         assert_eq!(
             delivered,

@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use common::redis::{free_port, Redis};
+use common::slow::{join_without_reading, pump_messages};
 use common::*;
 
 /// A mio-chat process in the room on `redis`, once its subscription is in place.
@@ -132,9 +133,13 @@ fn a_redis_outage_keeps_local_chat_and_heals_without_duplicates() {
     for client in [&mut on_a, &mut second_on_a, &mut on_b] {
         expect_body(client, "both ways");
     }
+    // It joined while Redis was down, so only its own process heard it come, and only its own
+    // process hears it go: nobody hears of a leave without the join.
     close_ws(&mut second_on_a);
     expect_body(&mut on_a, LEFT);
-    expect_body(&mut on_b, LEFT);
+    send_text(&mut on_b, "after the leave");
+    expect_body(&mut on_a, "after the leave");
+    expect_body(&mut on_b, "after the leave");
 }
 
 #[test]
@@ -212,4 +217,37 @@ fn without_reuse_port_a_second_process_cannot_bind() {
         panic!("a second process listened on {taken} without --reuse-port");
     };
     assert!(!status.expect("wait").success());
+}
+
+#[test]
+fn a_process_shutting_down_tells_the_others_its_clients_left() {
+    let Some(redis) = Redis::start() else { return };
+    let (mut a, b) = (node(&redis, &[]), node(&redis, &[]));
+    let mut on_a = join(&a, &mut []);
+    let mut on_b = join(&b, &mut [&mut on_a]);
+    a.signal(libc::SIGTERM);
+    assert_eq!(expect_close(&mut on_a), 1001);
+    assert!(a.wait_for_exit(GUARD).success());
+    expect_body(&mut on_b, LEFT);
+    send_text(&mut on_b, "alone now");
+    expect_body(&mut on_b, "alone now");
+}
+
+#[test]
+fn a_slow_consumer_dropped_on_one_process_is_announced_on_all() {
+    let Some(redis) = Redis::start() else { return };
+    let outbound = ["--max-outbound", "65536"];
+    let (a, b) = (node(&redis, &outbound), node(&redis, &outbound));
+    let mut watcher = RawClient::join(&b);
+    let _slow = join_without_reading(&a);
+    watcher.expect_body(JOINED);
+    let mut sender = RawClient::join(&a);
+    watcher.expect_body(JOINED);
+
+    // Its leave notice goes through Redis like any other: once to each, on both processes.
+    let (sender_leaves, watcher_leaves) = pump_messages(&mut sender, &mut watcher);
+    assert_eq!((sender_leaves, watcher_leaves), (1, 1));
+    sender.send_text("done");
+    sender.expect_body("done");
+    watcher.expect_body("done");
 }

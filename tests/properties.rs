@@ -365,20 +365,16 @@ impl Real {
             client_on,
             limit,
         } = self;
-        room.fan_out(
-            broadcast,
-            |key, frames| {
-                let client = client_on[&key];
-                let limit = limit.get(&key).copied().unwrap_or(usize::MAX);
-                if pending[client] > 0 && pending[client] + frames.len() > limit {
-                    return Delivery::Dropped;
-                }
-                pending[client] += frames.len();
-                received[client].extend_from_slice(frames);
-                Delivery::Delivered
-            },
-            Broadcast::left,
-        );
+        room.fan_out(broadcast, |key, frames| {
+            let client = client_on[&key];
+            let limit = limit.get(&key).copied().unwrap_or(usize::MAX);
+            if pending[client] > 0 && pending[client] + frames.len() > limit {
+                return Delivery::Dropped;
+            }
+            pending[client] += frames.len();
+            received[client].extend_from_slice(frames);
+            Delivery::Delivered
+        });
     }
 
     fn apply(&mut self, op: &Op) {

@@ -15,6 +15,7 @@
 #![allow(dead_code)]
 
 pub mod redis;
+pub mod slow;
 
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
