@@ -26,9 +26,10 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
+use crate::chat::{self, Notice};
 use crate::client::{Client, Event, Failure, Phase};
 use crate::target::Target;
-use crate::wire::Masks;
+use crate::wire::{Fixed, Masks};
 
 /// One read buffer for all clients, as in the server.
 const READ_CHUNK: usize = 64 * 1024;
@@ -37,8 +38,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// [`Observer::gone`] (or a failed dial) freed it.
 pub trait Observer {
     fn opened(&mut self, _key: usize, _now: Instant) {}
-    /// A chat message's body arrived at client `key`, read at `now`.
+    /// A chat message's body arrived at client `key`, read at `now`. Notices never come here.
     fn chat(&mut self, _key: usize, _body: &str, _now: Instant) {}
+    /// `count` of the same notice arrived in a row at client `key`, read at `now`.
+    fn notice(&mut self, _key: usize, _notice: Notice, _count: u64, _now: Instant) {}
     /// An open client is gone: it failed, or its close completed.
     fn gone(&mut self, _key: usize) {}
 }
@@ -83,6 +86,8 @@ pub struct Fleet {
     /// Clients with bytes queued since their last flush.
     dirty: Vec<usize>,
     masks: Masks,
+    /// The notices' frames, to recognise them by their bytes.
+    notices: Fixed,
     pub tally: Tally,
 }
 
@@ -105,6 +110,7 @@ impl Fleet {
             inflight: 0,
             dirty: Vec::new(),
             masks: Masks::new(seed),
+            notices: chat::notice_frames(),
             tally: Tally::default(),
         })
     }
@@ -358,7 +364,8 @@ impl Fleet {
             let now = Instant::now();
             let (mut opened, mut closed) = (false, false);
             let tally = &mut self.tally;
-            let result = client.receive(&self.read_buf[..n], &mut self.masks, &mut |event| {
+            let data = &self.read_buf[..n];
+            let result = client.receive(data, &self.notices, &mut self.masks, &mut |event| {
                 match event {
                     Event::Opened => {
                         // Reported before the first message, which may come in the same read.
@@ -367,6 +374,7 @@ impl Fleet {
                         observer.opened(key, now);
                     }
                     Event::Chat(body) => observer.chat(key, body, now),
+                    Event::Notice(notice, count) => observer.notice(key, notice, count, now),
                     Event::Unexpected => tally.unexpected += 1,
                     Event::Closed => closed = true,
                 }
