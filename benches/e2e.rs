@@ -5,6 +5,7 @@
 //! cargo bench --bench e2e                 # 3 runs of each scenario (about 5 minutes)
 //! E2E_RUNS=5 cargo bench --bench e2e      # more runs
 //! E2E_ONLY=connect cargo bench --bench e2e
+//! E2E_LOAD=/tmp/old/mio-chat-load cargo bench --bench e2e   # another build of the generator
 //! ```
 //!
 //! Every run gets a fresh server (so memory figures start from the same place) and its figures
@@ -19,6 +20,13 @@ use serde_json::Value;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_mio-chat");
 const LOAD: &str = env!("CARGO_BIN_EXE_mio-chat-load");
+
+/// The generator to run: this build's, or the one `E2E_LOAD` names, so that an old and a new
+/// generator can take turns against the same server (the machine is too noisy for runs of one
+/// an hour apart from runs of the other to compare).
+fn load_binary() -> String {
+    std::env::var("E2E_LOAD").unwrap_or_else(|_| LOAD.to_string())
+}
 
 /// One row of the matrix: a name and the load generator's arguments.
 struct Scenario {
@@ -118,7 +126,7 @@ impl Drop for Server {
 /// Runs one scenario once against a fresh server and returns the generator's JSON report.
 fn run_once(scenario: &Scenario) -> Value {
     let server = Server::start();
-    let out = Command::new(LOAD)
+    let out = Command::new(load_binary())
         .args(scenario.args)
         .args(["--url", &format!("ws://{}/ws", server.addr)])
         .args(["--server-pid", &server.child.id().to_string()])

@@ -22,15 +22,24 @@ pub struct Args {
 
 #[derive(ClapArgs, Debug)]
 pub struct Common {
-    /// The chat's WebSocket endpoint.
-    #[arg(long, global = true, default_value = "ws://127.0.0.1:8080/ws")]
-    pub url: String,
+    /// The chat's WebSocket endpoint. Several, separated by commas (or the flag repeated, all
+    /// on the same side of the scenario's name), are the processes of one chat cluster: client
+    /// i connects to the (i mod T)-th of T, and every check stays the same (each client must
+    /// still see every message and notice exactly once).
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:8080/ws"
+    )]
+    pub url: Vec<String>,
     /// PID of the server, to report its memory and CPU use, and in `churn` its open file
-    /// descriptors (read from /proc).
+    /// descriptors (read from /proc). With several --url, the one server it names.
     #[arg(long, global = true)]
     pub server_pid: Option<u32>,
-    /// Spread clients over source addresses 127.0.0.1..127.0.0.K [default: as few as N needs,
-    /// given the ephemeral port range]
+    /// Spread clients over source addresses 127.0.0.1..127.0.0.K (with several --url, each
+    /// target's clients over them) [default: as few as N needs, given the ephemeral port range]
     #[arg(long, global = true, value_name = "K",
           value_parser = clap::value_parser!(u8).range(1..=254))]
     pub sources: Option<u8>,
@@ -174,6 +183,45 @@ mod tests {
             (b.clients, b.senders, b.window, b.rate),
             (100, 10, Some(64), None)
         );
+    }
+
+    #[test]
+    fn urls_repeat_or_come_comma_separated() {
+        let urls = |argv: &[&str]| Args::try_parse_from(argv).unwrap().common.url;
+        assert_eq!(
+            urls(&["load", "connect", "-n", "1"]),
+            ["ws://127.0.0.1:8080/ws"]
+        );
+        assert_eq!(
+            urls(&["load", "connect", "-n", "1", "--url", "ws://127.0.0.1:1/ws"]),
+            ["ws://127.0.0.1:1/ws"]
+        );
+        let two = ["ws://127.0.0.1:1/ws", "ws://127.0.0.1:2/ws"];
+        assert_eq!(
+            urls(&["load", "connect", "-n", "1", "--url", &two.join(",")]),
+            two
+        );
+        assert_eq!(
+            urls(&["load", "--url", two[0], "--url", two[1], "connect", "-n", "1"]),
+            two
+        );
+        // clap lets a global flag after the scenario's name replace the ones before it, as a
+        // single --url always did; the help says to keep them on one side.
+        assert_eq!(
+            urls(&["load", "--url", two[0], "connect", "-n", "1", "--url", two[1]]),
+            [two[1]]
+        );
+        let three = [
+            "load",
+            "connect",
+            "-n",
+            "1",
+            "--url",
+            "ws://a/ws,ws://b/ws",
+            "--url",
+            "ws://c/ws",
+        ];
+        assert_eq!(urls(&three), ["ws://a/ws", "ws://b/ws", "ws://c/ws"]);
     }
 
     #[test]

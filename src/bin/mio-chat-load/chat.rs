@@ -1,5 +1,10 @@
-//! What the texts say: the server's `{"type":1,"body":...}` envelope, and the stamp our senders
-//! put in every message they send: sender, sequence number and send time.
+//! What the texts say: the server's `{"type":1,"body":...}` envelope, the room's two notices,
+//! and the stamp our senders put in every message they send: sender, sequence number and send
+//! time.
+//!
+//! The notices are fixed texts, so the frames carrying them are fixed bytes: [`notice_frames`]
+//! lets the wire layer recognise them without decoding (see [`crate::wire::Fixed`]); a notice
+//! that arrives in any other shape (fragmented, say) is still recognised from its body.
 //!
 //! A stamped message reads `s=3 q=17 t=123456789 xxxx…`: sender 3's message number 17, sent
 //! 123456789 ns after the generator started (its own monotonic clock, so latency needs no
@@ -9,7 +14,53 @@
 use std::borrow::Cow;
 use std::fmt::Write;
 
-use mio_chat::message::Message;
+use mio_chat::message::{push_chat_frame, Message, JOINED, LEFT};
+
+use crate::wire::Fixed;
+
+/// What the room says about its members coming and going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    Joined,
+    Left,
+}
+
+impl Notice {
+    /// In the order of [`notice_frames`].
+    const ALL: [Notice; 2] = [Notice::Joined, Notice::Left];
+
+    pub fn body(self) -> &'static str {
+        match self {
+            Notice::Joined => JOINED,
+            Notice::Left => LEFT,
+        }
+    }
+
+    /// The notice a chat body is, if it is one.
+    pub fn of_body(body: &str) -> Option<Notice> {
+        Notice::ALL.into_iter().find(|n| n.body() == body)
+    }
+
+    /// The notice of [`notice_frames`]'s frame number `index`.
+    pub fn of_fixed(index: usize) -> Option<Notice> {
+        Notice::ALL.get(index).copied()
+    }
+}
+
+/// The frames the server sends the notices in, encoded by the server's own code, so that they
+/// are the very bytes it sends.
+pub fn notice_frames() -> Fixed {
+    Fixed::new(
+        Notice::ALL
+            .iter()
+            .map(|n| {
+                let mut frame = Vec::new();
+                push_chat_frame(&mut frame, n.body());
+                frame
+            })
+            .collect(),
+    )
+}
 
 /// The body of a chat message, or `None` if `json` is not one.
 ///
@@ -70,7 +121,27 @@ impl Stamp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mio_chat::message::{JOINED, LEFT};
+    use crate::wire::{Inbox, Incoming};
+
+    #[test]
+    fn notices_are_known_by_body_and_by_frame() {
+        assert_eq!(Notice::of_body(JOINED), Some(Notice::Joined));
+        assert_eq!(Notice::of_body(LEFT), Some(Notice::Left));
+        assert_eq!(Notice::of_body("New User Joined"), None);
+        let fixed = notice_frames();
+        // The bytes on the wire, as the protocol spells them.
+        let mut stream = b"\x81\x26{\"type\":1,\"body\":\"New User Joined...\"}".to_vec();
+        stream.extend(b"\x81\x28{\"type\":1,\"body\":\"User Disconnected...\"}");
+        let mut seen = Vec::new();
+        Inbox::new(1024)
+            .feed(&stream, &fixed, &mut |m| match m {
+                Incoming::Repeated { index, count } => seen.push((Notice::of_fixed(index), count)),
+                other => panic!("not recognised: {other:?}"),
+            })
+            .unwrap();
+        assert_eq!(seen, [(Some(Notice::Joined), 1), (Some(Notice::Left), 1)]);
+        assert_eq!(Notice::of_fixed(2), None);
+    }
 
     #[test]
     fn bodies_come_out_of_the_envelope() {

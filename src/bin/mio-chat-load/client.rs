@@ -15,9 +15,9 @@ use log::debug;
 use mio::net::TcpStream;
 use mio_chat::frame::OpCode;
 
-use crate::chat::body_of;
+use crate::chat::{body_of, Notice};
 use crate::handshake::{self, HandshakeError, Request};
-use crate::wire::{push_masked, Inbox, Incoming, Masks, WireError};
+use crate::wire::{push_masked, Fixed, Inbox, Incoming, Masks, WireError};
 
 /// The largest message accepted from the server; the chat's own limit is 64 KiB of text,
 /// which JSON escaping can at most sextuple.
@@ -39,8 +39,11 @@ pub enum Phase {
 pub enum Event<'a> {
     /// The handshake is complete.
     Opened,
-    /// A chat message: the `body` of `{"type":1,"body":...}`.
+    /// A chat message: the `body` of `{"type":1,"body":...}`, never a notice's.
     Chat(&'a str),
+    /// That many of one notice in a row (recognised by their bytes when they come in the
+    /// server's usual frames, so the join flood is counted a run at a time, not decoded).
+    Notice(Notice, u64),
     /// Anything else: a binary message, or text that is not the chat's JSON.
     Unexpected,
     /// The server answered our Close: the client is done, cleanly.
@@ -140,10 +143,12 @@ impl Client {
         Ok(true)
     }
 
-    /// Handles bytes read from the socket; `on` hears what they brought, in order.
+    /// Handles bytes read from the socket; `on` hears what they brought, in order. `notices`
+    /// are [`crate::chat::notice_frames`].
     pub fn receive(
         &mut self,
         data: &[u8],
+        notices: &Fixed,
         masks: &mut Masks,
         on: &mut dyn FnMut(Event),
     ) -> Result<(), Failure> {
@@ -158,14 +163,15 @@ impl Client {
             self.phase = Phase::Open;
             on(Event::Opened);
             // Frames that came in the same read as the head.
-            return self.receive_frames(&head[head_len..], masks, on);
+            return self.receive_frames(&head[head_len..], notices, masks, on);
         }
-        self.receive_frames(data, masks, on)
+        self.receive_frames(data, notices, masks, on)
     }
 
     fn receive_frames(
         &mut self,
         data: &[u8],
+        notices: &Fixed,
         masks: &mut Masks,
         on: &mut dyn FnMut(Event),
     ) -> Result<(), Failure> {
@@ -173,13 +179,20 @@ impl Client {
             phase, inbox, out, ..
         } = self;
         let mut outcome = Ok(());
-        let parsed = inbox.feed(data, &mut |incoming| {
+        let parsed = inbox.feed(data, notices, &mut |incoming| {
             if outcome.is_err() {
                 return;
             }
             match incoming {
+                Incoming::Repeated { index, count } => match Notice::of_fixed(index) {
+                    Some(notice) => on(Event::Notice(notice, count as u64)),
+                    None => on(Event::Unexpected), // not one of ours: cannot happen
+                },
                 Incoming::Text(json) => match body_of(json) {
-                    Some(body) => on(Event::Chat(&body)),
+                    Some(body) => match Notice::of_body(&body) {
+                        Some(notice) => on(Event::Notice(notice, 1)),
+                        None => on(Event::Chat(&body)),
+                    },
                     None => on(Event::Unexpected),
                 },
                 Incoming::Binary(_) => on(Event::Unexpected),

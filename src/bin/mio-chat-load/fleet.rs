@@ -26,9 +26,10 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
+use crate::chat::{self, Notice};
 use crate::client::{Client, Event, Failure, Phase};
-use crate::target::Target;
-use crate::wire::Masks;
+use crate::target::{self, Route};
+use crate::wire::{Fixed, Masks};
 
 /// One read buffer for all clients, as in the server.
 const READ_CHUNK: usize = 64 * 1024;
@@ -37,8 +38,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// [`Observer::gone`] (or a failed dial) freed it.
 pub trait Observer {
     fn opened(&mut self, _key: usize, _now: Instant) {}
-    /// A chat message's body arrived at client `key`, read at `now`.
+    /// A chat message's body arrived at client `key`, read at `now`. Notices never come here.
     fn chat(&mut self, _key: usize, _body: &str, _now: Instant) {}
+    /// `count` of the same notice arrived in a row at client `key`, read at `now`.
+    fn notice(&mut self, _key: usize, _notice: Notice, _count: u64, _now: Instant) {}
     /// An open client is gone: it failed, or its close completed.
     fn gone(&mut self, _key: usize) {}
 }
@@ -71,9 +74,9 @@ pub struct Fleet {
     events: Events,
     clients: Slab<Client>,
     read_buf: Box<[u8]>,
-    target: Target,
-    /// Source addresses, used in turn; empty: let the kernel choose.
-    sources: Vec<Ipv4Addr>,
+    /// The servers, and the source addresses their clients bind to; client i goes to
+    /// `routes[i mod T]` ([`target::route_of`]). Never empty.
+    routes: Vec<Route>,
     max_inflight: usize,
     /// Connections asked for but not dialled yet.
     to_dial: usize,
@@ -83,11 +86,16 @@ pub struct Fleet {
     /// Clients with bytes queued since their last flush.
     dirty: Vec<usize>,
     masks: Masks,
+    /// The notices' frames, to recognise them by their bytes.
+    notices: Fixed,
     pub tally: Tally,
 }
 
 impl Fleet {
-    pub fn new(target: Target, sources: Vec<Ipv4Addr>, max_inflight: usize) -> io::Result<Fleet> {
+    pub fn new(routes: Vec<Route>, max_inflight: usize) -> io::Result<Fleet> {
+        if routes.is_empty() {
+            return Err(io::Error::new(ErrorKind::InvalidInput, "no target to load"));
+        }
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
@@ -97,14 +105,14 @@ impl Fleet {
             events: Events::with_capacity(1024),
             clients: Slab::new(),
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
-            target,
-            sources,
+            routes,
             max_inflight: max_inflight.max(1),
             to_dial: 0,
             dialled: 0,
             inflight: 0,
             dirty: Vec::new(),
             masks: Masks::new(seed),
+            notices: chat::notice_frames(),
             tally: Tally::default(),
         })
     }
@@ -226,11 +234,9 @@ impl Fleet {
     /// Drops every client left, counting them as failed with `label`; returns how many.
     pub fn abandon_all(&mut self, label: &str) -> usize {
         let n = self.clients.len();
-        if n > 0 {
-            *self.tally.failures.entry(label.to_string()).or_default() += n as u64;
-        }
-        let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
-        for key in keys {
+        let clients: Vec<(usize, u32)> = self.clients.iter().map(|(k, c)| (k, c.index)).collect();
+        for (key, index) in clients {
+            self.count_failure(index, label.to_string());
             self.remove(key);
         }
         self.inflight = 0;
@@ -280,26 +286,26 @@ impl Fleet {
                         Token(key),
                         Interest::READABLE | Interest::WRITABLE,
                     ) {
-                        self.count_failure(&Failure::Connect(e));
+                        self.count_failure(index, Failure::Connect(e).label());
                         continue;
                     }
                     entry.insert(client);
                     self.inflight += 1;
                 }
-                Err(e) => self.count_failure(&Failure::Connect(e)),
+                Err(e) => self.count_failure(index, Failure::Connect(e).label()),
             }
         }
     }
 
     /// A non-blocking socket, bound to its source address, with `connect` under way.
     fn open_socket(&self, index: u32) -> io::Result<TcpStream> {
-        let addr = self.target.addr;
+        let (route, source) = self.route(index);
+        let addr = route.target.addr;
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_nonblocking(true)?;
         // Latency is what we measure; Nagle's algorithm would add to it.
         socket.set_tcp_nodelay(true)?;
-        if !self.sources.is_empty() {
-            let source = self.sources[index as usize % self.sources.len()];
+        if let Some(source) = source {
             defer_port_choice(&socket)?;
             socket.bind(&SockAddr::from(SocketAddr::from((source, 0))))?;
         }
@@ -320,7 +326,8 @@ impl Fleet {
             if !(event.is_writable() || event.is_error() || event.is_write_closed()) {
                 return;
             }
-            match client.finish_connect(&self.target.host, &self.target.path) {
+            let (route, _) = route_for(&self.routes, client.index);
+            match client.finish_connect(&route.target.host, &route.target.path) {
                 Ok(true) => mark_dirty(&mut self.dirty, key, client),
                 Ok(false) => return,
                 Err(failure) => return self.fail(key, failure, observer),
@@ -358,7 +365,8 @@ impl Fleet {
             let now = Instant::now();
             let (mut opened, mut closed) = (false, false);
             let tally = &mut self.tally;
-            let result = client.receive(&self.read_buf[..n], &mut self.masks, &mut |event| {
+            let data = &self.read_buf[..n];
+            let result = client.receive(data, &self.notices, &mut self.masks, &mut |event| {
                 match event {
                     Event::Opened => {
                         // Reported before the first message, which may come in the same read.
@@ -367,6 +375,7 @@ impl Fleet {
                         observer.opened(key, now);
                     }
                     Event::Chat(body) => observer.chat(key, body, now),
+                    Event::Notice(notice, count) => observer.notice(key, notice, count, now),
                     Event::Unexpected => tally.unexpected += 1,
                     Event::Closed => closed = true,
                 }
@@ -409,10 +418,10 @@ impl Fleet {
     /// Ends a client that failed and counts why.
     fn fail(&mut self, key: usize, failure: Failure, observer: &mut impl Observer) {
         debug!("client #{key}: {failure}");
-        self.count_failure(&failure);
         let Some(client) = self.remove(key) else {
             return;
         };
+        self.count_failure(client.index, failure.label());
         match client.phase() {
             Phase::Connecting | Phase::Handshake => self.inflight -= 1,
             Phase::Open | Phase::Closing => {
@@ -422,8 +431,19 @@ impl Fleet {
         }
     }
 
-    fn count_failure(&mut self, failure: &Failure) {
-        *self.tally.failures.entry(failure.label()).or_default() += 1;
+    /// Counts a failure of client `index` under `label`, which names the client's target when
+    /// there are several (a cluster with one process down shows which).
+    fn count_failure(&mut self, index: u32, label: String) {
+        let label = if self.routes.len() > 1 {
+            format!("{}: {label}", self.route(index).0.target.url)
+        } else {
+            label
+        };
+        *self.tally.failures.entry(label).or_default() += 1;
+    }
+
+    fn route(&self, index: u32) -> (&Route, Option<Ipv4Addr>) {
+        route_for(&self.routes, index)
     }
 
     fn remove(&mut self, key: usize) -> Option<Client> {
@@ -456,6 +476,11 @@ fn defer_port_choice(socket: &Socket) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Client `index`'s target and source address.
+fn route_for(routes: &[Route], index: u32) -> (&Route, Option<Ipv4Addr>) {
+    target::route_of(routes, index).expect("Fleet::new refuses an empty list of routes")
 }
 
 fn mark_dirty(dirty: &mut Vec<usize>, key: usize, client: &mut Client) {

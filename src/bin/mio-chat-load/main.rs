@@ -2,8 +2,9 @@
 //! one `mio::Poll`, every client a small state machine in a `Slab`.
 //!
 //! A reading order:
-//! 1. [`args`]: the scenarios and their flags; [`target`]: where to connect, from which source
-//!    addresses, and whether N connections fit at all.
+//! 1. [`args`]: the scenarios and their flags; [`target`]: where to connect (one server or the
+//!    processes of a cluster, round robin), from which source addresses, and whether N
+//!    connections fit at all.
 //! 2. [`fleet`]: the event loop that dials, reads and writes; [`client`]: one connection's
 //!    state machine (connect, handshake, open, closing).
 //! 3. [`handshake`], [`wire`] and [`chat`]: the bytes: the upgrade, frames both ways, the
@@ -62,26 +63,23 @@ fn start(args: &Args) -> Result<bool, String> {
             scenario::churn::socket_needs(c.clients, c.cycles, c.rate, common.max_inflight)
         }
     };
-    let target = target::parse_url(&common.url)?;
-    target::check_local(&target.addr, common.allow_remote)?;
+    let targets = target::parse_urls(&common.url)?;
+    for target in &targets {
+        target::check_local(&target.addr, common.allow_remote)?;
+    }
     let fd_limit = mio_chat::config::raise_open_file_limit().unwrap_or_else(|e| {
         warn!("could not raise the open-file limit: {e}");
         1024
     });
     target::check_fd_budget(clients, fd_limit)?;
-    let sources = target::plan_sources(&target.addr, ports, common.sources)?;
+    let routes = target::plan_routes(targets, ports, common.sources)?;
     if let Some(pid) = common.server_pid {
         Proc(Some(pid))
             .rss_kib()
             .map_err(|e| format!("--server-pid {pid}: {e}"))?;
     }
-    let setup = Setup {
-        url: common.url.clone(),
-        source_addresses: sources.len(),
-        max_inflight: common.max_inflight,
-        open_file_limit: fd_limit,
-    };
-    let fleet = Fleet::new(target, sources, common.max_inflight as usize)
+    let setup = Setup::new(&routes, common.max_inflight, fd_limit);
+    let fleet = Fleet::new(routes, common.max_inflight as usize)
         .map_err(|e| format!("cannot create the event loop: {e}"))?;
     let now = Instant::now();
     let mut run = Run {

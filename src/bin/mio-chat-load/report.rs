@@ -4,8 +4,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use std::net::Ipv4Addr;
+
 use hdrhistogram::Histogram;
 use serde::Serialize;
+
+use crate::target::Route;
 
 /// A latency histogram in microseconds, from 1 µs to an hour, at 3 significant digits.
 pub fn new_histogram() -> Histogram<u64> {
@@ -37,10 +41,48 @@ impl Latency {
 /// How the run was set up.
 #[derive(Debug, Clone, Serialize)]
 pub struct Setup {
+    /// The targets' URLs, comma-separated as `--url` takes them.
     pub url: String,
+    /// Source addresses used, all targets together (0: the kernel's choice).
     pub source_addresses: usize,
+    /// Each target, in the order clients are dealt to them (client i to target i mod T).
+    pub targets: Vec<TargetSetup>,
     pub max_inflight: u32,
     pub open_file_limit: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetSetup {
+    pub url: String,
+    /// The address the URL's host resolved to.
+    pub addr: String,
+    pub source_addresses: usize,
+}
+
+impl Setup {
+    pub fn new(routes: &[Route], max_inflight: u32, open_file_limit: u64) -> Setup {
+        let mut sources: Vec<Ipv4Addr> = routes.iter().flat_map(|r| r.sources.clone()).collect();
+        sources.sort_unstable();
+        sources.dedup();
+        Setup {
+            url: routes
+                .iter()
+                .map(|r| r.target.url.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            source_addresses: sources.len(),
+            targets: routes
+                .iter()
+                .map(|r| TargetSetup {
+                    url: r.target.url.clone(),
+                    addr: r.target.addr.to_string(),
+                    source_addresses: r.sources.len(),
+                })
+                .collect(),
+            max_inflight,
+            open_file_limit,
+        }
+    }
 }
 
 /// Connecting N clients and draining the join notices.
@@ -238,17 +280,45 @@ pub fn emit<R: Serialize>(report: &R, json: bool, text: impl FnOnce(&R) -> Strin
     }
 }
 
-/// The first line; `who` says what connects (`200 clients`).
+/// `3 source addresses`; none means the kernel chose one.
+fn sources_text(n: usize) -> String {
+    format!(
+        "{} source address{}",
+        n.max(1),
+        if n > 1 { "es" } else { "" }
+    )
+}
+
+/// The first line; `who` says what connects (`200 clients`). Several targets get a line each.
 fn setup_line(out: &mut String, scenario: &str, setup: &Setup, who: &str) {
+    let limits = format!(
+        "{} handshakes in flight at most, {} open files",
+        setup.max_inflight, setup.open_file_limit
+    );
+    if let [only] = &setup.targets[..] {
+        let _ = writeln!(
+            out,
+            "mio-chat-load {scenario}: {who} -> {} ({}, {limits})",
+            only.url,
+            sources_text(only.source_addresses)
+        );
+        return;
+    }
     let _ = writeln!(
         out,
-        "mio-chat-load {scenario}: {who} -> {} ({} source address{}, {} handshakes in flight at most, {} open files)",
-        setup.url,
-        setup.source_addresses.max(1),
-        if setup.source_addresses > 1 { "es" } else { "" },
-        setup.max_inflight,
-        setup.open_file_limit,
+        "mio-chat-load {scenario}: {who} -> {} targets, client i to target i mod {} ({limits})",
+        setup.targets.len(),
+        setup.targets.len()
     );
+    for (t, target) in setup.targets.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  target {t:<5} {} ({}, {})",
+            target.url,
+            target.addr,
+            sources_text(target.source_addresses)
+        );
+    }
 }
 
 fn secs(s: Option<f64>) -> String {
@@ -470,4 +540,76 @@ pub fn churn_text(r: &ChurnReport) -> String {
         &r.problems,
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::{parse_url, Route};
+
+    fn route(url: &str, sources: &[u8]) -> Route {
+        Route {
+            target: parse_url(url).unwrap(),
+            sources: sources
+                .iter()
+                .map(|&x| Ipv4Addr::new(127, 0, 0, x))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn one_target_reads_as_before() {
+        let setup = Setup::new(&[route("ws://127.0.0.1:9001/ws", &[1])], 512, 20_000);
+        let mut out = String::new();
+        setup_line(&mut out, "connect", &setup, "10 clients");
+        assert_eq!(
+            out,
+            "mio-chat-load connect: 10 clients -> ws://127.0.0.1:9001/ws (1 source address, \
+             512 handshakes in flight at most, 20000 open files)\n"
+        );
+        let json = serde_json::to_value(&setup).unwrap();
+        assert_eq!(json["url"], "ws://127.0.0.1:9001/ws");
+        assert_eq!(json["source_addresses"], 1);
+        assert_eq!(json["targets"][0]["addr"], "127.0.0.1:9001");
+    }
+
+    #[test]
+    fn several_targets_are_named() {
+        let routes = [
+            route("ws://127.0.0.1:9001/ws", &[1, 2]),
+            route("ws://127.0.0.1:9002/ws", &[1, 2, 3]),
+            route("ws://10.0.0.1:80/ws", &[]),
+        ];
+        let setup = Setup::new(&routes, 512, 20_000);
+        let mut out = String::new();
+        setup_line(&mut out, "broadcast", &setup, "10 clients");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "mio-chat-load broadcast: 10 clients -> 3 targets, client i to target i mod 3 \
+                 (512 handshakes in flight at most, 20000 open files)",
+                "  target 0     ws://127.0.0.1:9001/ws (127.0.0.1:9001, 2 source addresses)",
+                "  target 1     ws://127.0.0.1:9002/ws (127.0.0.1:9002, 3 source addresses)",
+                "  target 2     ws://10.0.0.1:80/ws (10.0.0.1:80, 1 source address)",
+            ]
+        );
+        let json = serde_json::to_value(&setup).unwrap();
+        assert_eq!(
+            json["url"],
+            "ws://127.0.0.1:9001/ws,ws://127.0.0.1:9002/ws,ws://10.0.0.1:80/ws"
+        );
+        assert_eq!(
+            json["source_addresses"], 3,
+            "127.0.0.1..3, each counted once"
+        );
+        let urls: Vec<&str> = json["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["url"].as_str().unwrap())
+            .collect();
+        assert_eq!(urls.len(), 3);
+        assert_eq!(json["targets"][2]["source_addresses"], 0);
+    }
 }

@@ -1,5 +1,8 @@
-//! Where to connect, and from where: the `ws://` URL, the loopback-only rule, and the budget of
-//! source addresses and file descriptors that N connections need.
+//! Where to connect, and from where: the `ws://` URLs, the loopback-only rule, the budget of
+//! source addresses and file descriptors that N connections need, and which client goes where.
+//!
+//! With several targets (the processes of one chat cluster) client i goes to target i mod T,
+//! and each target's own clients are spread over that target's source addresses in turn.
 //!
 //! A TCP connection is named by (source address, source port, destination address, destination
 //! port). Towards one server port, one source address has only the ephemeral port range to give
@@ -17,6 +20,8 @@ const PORT_HEADROOM: usize = 1000;
 /// The server to load.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// The URL as given.
+    pub url: String,
     pub addr: SocketAddr,
     /// The `Host` header: the URL's host and port as written.
     pub host: String,
@@ -53,10 +58,37 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
         .copied()
         .ok_or_else(|| format!("{url}: the host has no address"))?;
     Ok(Target {
+        url: url.to_string(),
         addr,
         host: authority.to_string(),
         path: path.to_string(),
     })
+}
+
+/// Parses every `--url`: at least one, none empty, no server named twice (its clients would
+/// be doubled without anyone meaning it).
+pub fn parse_urls(urls: &[String]) -> Result<Vec<Target>, String> {
+    if urls.is_empty() {
+        return Err("no --url given".into());
+    }
+    let mut targets: Vec<Target> = Vec::with_capacity(urls.len());
+    for url in urls {
+        if url.trim().is_empty() {
+            return Err("an empty URL in --url".into());
+        }
+        let target = parse_url(url.trim())?;
+        if let Some(twin) = targets
+            .iter()
+            .find(|t| t.addr == target.addr && t.path == target.path)
+        {
+            return Err(format!(
+                "{} and {} name the same server ({}{})",
+                twin.url, target.url, target.addr, target.path
+            ));
+        }
+        targets.push(target);
+    }
+    Ok(targets)
 }
 
 /// Load is only ever aimed at this machine unless the user says otherwise.
@@ -143,6 +175,61 @@ fn single_source(
     Ok(Vec::new())
 }
 
+/// One target and the source addresses its clients bind to.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub target: Target,
+    /// Empty: let the kernel choose.
+    pub sources: Vec<Ipv4Addr>,
+}
+
+/// Client `index`'s target, and its place among that target's clients: round robin.
+pub fn spread(index: u32, targets: usize) -> (usize, usize) {
+    let targets = targets.max(1);
+    let index = index as usize;
+    (index % targets, index / targets)
+}
+
+/// How many of `clients` (dialled in order, round robin) go to target `t` of `targets`.
+pub fn share(clients: usize, targets: usize, t: usize) -> usize {
+    let targets = targets.max(1);
+    clients / targets + usize::from(t < clients % targets)
+}
+
+/// Source addresses for each target, given that `ports` ports are taken over the run in all.
+/// Ports are per destination, so each target needs only those of its own share of clients.
+pub fn plan_routes(
+    targets: Vec<Target>,
+    ports: usize,
+    requested: Option<u8>,
+) -> Result<Vec<Route>, String> {
+    let count = targets.len();
+    targets
+        .into_iter()
+        .enumerate()
+        .map(|(t, target)| {
+            let sources =
+                plan_sources(&target.addr, share(ports, count, t), requested).map_err(|e| {
+                    if count > 1 {
+                        format!("{}: {e}", target.url)
+                    } else {
+                        e
+                    }
+                })?;
+            Ok(Route { target, sources })
+        })
+        .collect()
+}
+
+/// Where client `index` goes, and the source address it binds to (`None`: the kernel's
+/// choice).
+pub fn route_of(routes: &[Route], index: u32) -> Option<(&Route, Option<Ipv4Addr>)> {
+    let (t, nth) = spread(index, routes.len());
+    let route = routes.get(t)?;
+    let source = (!route.sources.is_empty()).then(|| route.sources[nth % route.sources.len()]);
+    Some((route, source))
+}
+
 /// Checks that `clients` sockets fit under the open-file limit.
 pub fn check_fd_budget(clients: usize, fd_limit: u64) -> Result<(), String> {
     let needed = clients as u64 + SPARE_FDS;
@@ -175,6 +262,119 @@ mod tests {
         assert!(parse_url("wss://127.0.0.1/ws").is_err());
         assert!(parse_url("http://127.0.0.1/ws").is_err());
         assert!(parse_url("ws:///ws").is_err());
+    }
+
+    fn urls_of(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn several_urls() {
+        let one = parse_urls(&urls_of(&["ws://127.0.0.1:9001/ws"])).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].url, "ws://127.0.0.1:9001/ws");
+        let two = parse_urls(&urls_of(&[
+            "ws://127.0.0.1:9001/ws",
+            " ws://127.0.0.2:9002/ws",
+        ]))
+        .unwrap();
+        let addrs: Vec<String> = two.iter().map(|t| t.addr.to_string()).collect();
+        assert_eq!(addrs, ["127.0.0.1:9001", "127.0.0.2:9002"]);
+        assert_eq!(two[1].host, "127.0.0.2:9002");
+        // The same port on another path is another endpoint; the same one twice is a mistake.
+        assert!(parse_urls(&urls_of(&[
+            "ws://127.0.0.1:9001/ws",
+            "ws://127.0.0.1:9001/b"
+        ]))
+        .is_ok());
+        let twice = parse_urls(&urls_of(&[
+            "ws://127.0.0.1:9001/ws",
+            "ws://127.0.0.1:9001/ws",
+        ]));
+        assert!(twice.unwrap_err().contains("the same server"));
+        for bad in [
+            &[][..],
+            &[""],
+            &["ws://127.0.0.1:1/ws", " "],
+            &["ws://127.0.0.1:1/ws", "http://x"],
+        ] {
+            assert!(parse_urls(&urls_of(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn clients_go_round_robin() {
+        let placed: Vec<(usize, usize)> = (0..7).map(|i| spread(i, 3)).collect();
+        assert_eq!(
+            placed,
+            [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1), (0, 2)]
+        );
+        assert_eq!(spread(5, 1), (0, 5));
+        assert_eq!(spread(5, 0), (0, 5), "no targets is treated as one");
+        // Shares add up, and differ by at most one.
+        for (clients, targets) in [(0, 1), (7, 3), (10_000, 3), (2, 5), (9, 9)] {
+            let shares: Vec<usize> = (0..targets).map(|t| share(clients, targets, t)).collect();
+            assert_eq!(
+                shares.iter().sum::<usize>(),
+                clients,
+                "{clients} over {targets}"
+            );
+            let counted: Vec<usize> = (0..targets)
+                .map(|t| {
+                    (0..clients as u32)
+                        .filter(|&i| spread(i, targets).0 == t)
+                        .count()
+                })
+                .collect();
+            assert_eq!(shares, counted, "{clients} over {targets}");
+        }
+    }
+
+    #[test]
+    fn each_target_spreads_its_own_clients_over_its_sources() {
+        let target = |port: u16| parse_url(&format!("ws://127.0.0.1:{port}/ws")).unwrap();
+        let routes = plan_routes(vec![target(1), target(2)], 10, Some(2)).unwrap();
+        let placed: Vec<(u16, Ipv4Addr)> = (0..8)
+            .map(|i| {
+                let (route, source) = route_of(&routes, i).unwrap();
+                (route.target.addr.port(), source.unwrap())
+            })
+            .collect();
+        let (a, b) = (Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2));
+        // With two targets and two sources a global i mod 2 would give each target one source.
+        assert_eq!(
+            placed,
+            [
+                (1, a),
+                (2, a),
+                (1, b),
+                (2, b),
+                (1, a),
+                (2, a),
+                (1, b),
+                (2, b)
+            ]
+        );
+        assert!(route_of(&[], 0).is_none());
+    }
+
+    #[test]
+    fn each_target_needs_ports_for_its_share_only() {
+        let ports = ports_per_source();
+        let usable = ports.saturating_sub(PORT_HEADROOM).max(1);
+        let target = |port: u16| parse_url(&format!("ws://127.0.0.1:{port}/ws")).unwrap();
+        // One source address per target suffices for twice what one address holds...
+        let routes = plan_routes(vec![target(1), target(2)], 2 * usable, None).unwrap();
+        assert!(routes.iter().all(|r| r.sources.len() == 1));
+        // ...but not against a single target.
+        let one = plan_routes(vec![target(1)], 2 * usable, None).unwrap();
+        assert_eq!(one[0].sources.len(), 2);
+        // A remote target lets the kernel choose, and errors name their target.
+        let remote = parse_url("ws://10.0.0.1:80/ws").unwrap();
+        let mixed = plan_routes(vec![target(1), remote.clone()], 10, None).unwrap();
+        assert_eq!((mixed[0].sources.len(), mixed[1].sources.len()), (1, 0));
+        let err = plan_routes(vec![target(1), remote], 10, Some(3)).unwrap_err();
+        assert!(err.starts_with("ws://10.0.0.1:80/ws: "), "{err}");
     }
 
     #[test]

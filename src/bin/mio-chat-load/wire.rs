@@ -4,6 +4,10 @@
 //! server must; here it is the other way round: frames from the server are never masked, and
 //! frames we send always are. [`Inbox`] turns bytes, split anywhere by the network, into whole
 //! messages; [`push_masked`] writes one client frame.
+//!
+//! Frames the server repeats byte for byte (the room's notices: a join flood of N clients is
+//! N(N+1)/2 of them) can be listed in a [`Fixed`] set: [`Inbox`] then recognises them by
+//! comparing bytes, a run of identical ones at a time, instead of decoding each one.
 
 use std::fmt;
 
@@ -96,6 +100,95 @@ pub enum Incoming<'a> {
     Pong,
     /// The close code, if the frame carried one.
     Close(Option<u16>),
+    /// `count` whole frames in a row, each byte for byte the [`Fixed`] frame number `index`:
+    /// what `count` times `Text` of that frame's payload would have said.
+    Repeated {
+        index: usize,
+        count: usize,
+    },
+}
+
+/// How many copies of a fixed frame one comparison covers: long runs are compared a block of
+/// frames at a time (one `memcmp` over a few KiB rather than one per 40-byte frame).
+const BLOCK: usize = 64;
+
+/// Frames recognised by their exact bytes; see [`Incoming::Repeated`].
+#[derive(Debug, Default)]
+pub struct Fixed {
+    patterns: Vec<Pattern>,
+}
+
+#[derive(Debug)]
+struct Pattern {
+    frame: Vec<u8>,
+    /// `frame` [`BLOCK`] times over.
+    block: Vec<u8>,
+}
+
+impl Fixed {
+    /// Recognises `frames`, each one whole, final, unfragmented text frame of valid UTF-8 (the
+    /// slow path would report exactly what the fast one does).
+    ///
+    /// # Panics
+    /// If a frame is not such a frame: the list is the program's own constants.
+    pub fn new(frames: Vec<Vec<u8>>) -> Self {
+        let patterns = frames
+            .into_iter()
+            .map(|frame| {
+                let head = parse_head(&frame, frame.len()).ok().flatten();
+                assert!(
+                    head.is_some_and(|h| h.fin
+                        && h.opcode == OpCode::Text
+                        && h.header_len + h.payload_len == frame.len()
+                        && std::str::from_utf8(&frame[h.header_len..]).is_ok()),
+                    "not one whole text frame: {frame:?}"
+                );
+                Pattern {
+                    block: frame.repeat(BLOCK),
+                    frame,
+                }
+            })
+            .collect();
+        Fixed { patterns }
+    }
+
+    /// The payload of fixed frame `index`.
+    #[cfg(test)]
+    pub fn payload(&self, index: usize) -> &[u8] {
+        let frame = &self.patterns[index].frame;
+        let head = parse_head(frame, frame.len()).ok().flatten();
+        &frame[head.map_or(0, |h| h.header_len)..]
+    }
+
+    /// The fixed frame that opens `buf`, if one does: its index, how many copies of it follow
+    /// in a row (at least 1), and the bytes they take.
+    fn run_at(&self, buf: &[u8]) -> Option<(usize, usize, usize)> {
+        self.patterns
+            .iter()
+            .enumerate()
+            .find(|(_, p)| buf.starts_with(&p.frame))
+            .map(|(index, p)| {
+                let count = p.run(buf);
+                (index, count, count * p.frame.len())
+            })
+    }
+}
+
+impl Pattern {
+    /// How many copies of the frame open `buf`.
+    fn run(&self, buf: &[u8]) -> usize {
+        let mut count = 0;
+        let mut rest = buf;
+        while rest.len() >= self.block.len() && rest[..self.block.len()] == self.block[..] {
+            rest = &rest[self.block.len()..];
+            count += BLOCK;
+        }
+        count
+            + rest
+                .chunks_exact(self.frame.len())
+                .take_while(|frame| *frame == &self.frame[..])
+                .count()
+    }
 }
 
 /// Reassembles the server's byte stream into [`Incoming`] messages, however it is split.
@@ -124,14 +217,26 @@ impl Inbox {
         self.pending.len()
     }
 
-    /// Feeds freshly read bytes; calls `on` for every message they complete, in order.
-    pub fn feed(&mut self, data: &[u8], on: &mut dyn FnMut(Incoming)) -> Result<(), WireError> {
+    /// Feeds freshly read bytes; calls `on` for every message they complete, in order, with
+    /// runs of `fixed` frames as [`Incoming::Repeated`].
+    pub fn feed(
+        &mut self,
+        data: &[u8],
+        fixed: &Fixed,
+        on: &mut dyn FnMut(Incoming),
+    ) -> Result<(), WireError> {
         if self.pending.is_empty() {
-            let used = drain(data, &mut self.partial, self.max_payload, on)?;
+            let used = drain(data, &mut self.partial, self.max_payload, fixed, on)?;
             self.pending.extend_from_slice(&data[used..]);
         } else {
             self.pending.extend_from_slice(data);
-            let used = drain(&self.pending, &mut self.partial, self.max_payload, on)?;
+            let used = drain(
+                &self.pending,
+                &mut self.partial,
+                self.max_payload,
+                fixed,
+                on,
+            )?;
             self.pending.drain(..used);
         }
         Ok(())
@@ -143,10 +248,22 @@ fn drain(
     buf: &[u8],
     partial: &mut Option<(OpCode, Vec<u8>)>,
     max_payload: usize,
+    fixed: &Fixed,
     on: &mut dyn FnMut(Incoming),
 ) -> Result<usize, WireError> {
     let mut at = 0;
-    while let Some(head) = parse_head(&buf[at..], max_payload)? {
+    loop {
+        // Inside a fragmented message a text frame is an error, which the full path reports.
+        if partial.is_none() {
+            if let Some((index, count, len)) = fixed.run_at(&buf[at..]) {
+                at += len;
+                on(Incoming::Repeated { index, count });
+                continue;
+            }
+        }
+        let Some(head) = parse_head(&buf[at..], max_payload)? else {
+            break;
+        };
         let end = at + head.header_len + head.payload_len;
         let Some(payload) = buf.get(at + head.header_len..end) else {
             break; // the payload is still on its way
@@ -236,14 +353,61 @@ mod tests {
 
     /// Everything `Inbox` reports, owned, for comparing runs.
     fn collect(chunks: &[&[u8]]) -> Result<Vec<String>, WireError> {
+        collect_with(&Fixed::default(), chunks)
+    }
+
+    /// The same, with a run of `count` fixed frames written out as the `count` texts it
+    /// stands for, so that runs with and without fixed frames compare.
+    fn collect_with(fixed: &Fixed, chunks: &[&[u8]]) -> Result<Vec<String>, WireError> {
         let mut inbox = Inbox::new(1 << 20);
         let mut seen = Vec::new();
         for chunk in chunks {
-            inbox.feed(chunk, &mut |m| seen.push(format!("{m:?}")))?;
+            inbox.feed(chunk, fixed, &mut |m| match m {
+                Incoming::Repeated { index, count } => {
+                    let text = std::str::from_utf8(fixed.payload(index)).unwrap();
+                    assert!(count >= 1);
+                    for _ in 0..count {
+                        seen.push(format!("{:?}", Incoming::Text(text)));
+                    }
+                }
+                other => seen.push(format!("{other:?}")),
+            })?;
         }
         Ok(seen)
     }
 
+    fn chat_frame(body: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        push_chat_frame(&mut out, body);
+        out
+    }
+
+    /// The two notices, as the server sends them.
+    fn notices() -> Fixed {
+        Fixed::new(vec![
+            chat_frame("New User Joined..."),
+            chat_frame("User Disconnected..."),
+        ])
+    }
+
+    /// Runs of notices longer and shorter than a block, chat between them, frames that differ
+    /// from a notice in one byte, and a notice inside a fragmented message (an error).
+    fn notice_stream() -> Vec<u8> {
+        let joined = chat_frame("New User Joined...");
+        let left = chat_frame("User Disconnected...");
+        let mut out = joined.repeat(BLOCK * 2 + 5);
+        out.extend(chat_frame("s=1 q=2 t=3 xx"));
+        out.extend(left.repeat(3));
+        out.extend(joined.repeat(BLOCK));
+        out.extend(chat_frame("New User Joined..,")); // same length, last byte differs
+        out.extend(&joined);
+        let mut unfinished = joined.clone();
+        unfinished[0] = 0x01; // the same text, but not final: a fragment
+        out.extend(&unfinished);
+        out.extend([0x80, 0]); // its final, empty continuation
+        out.extend(left.repeat(BLOCK - 1));
+        out
+    }
     /// A stream like the server's: chat frames of every length form, a ping, a fragmented
     /// message, a close.
     fn sample_stream() -> Vec<u8> {
@@ -296,13 +460,83 @@ mod tests {
     }
 
     #[test]
+    fn fixed_frames_read_as_their_texts_however_split() {
+        let fixed = notices();
+        for stream in [notice_stream(), sample_stream()] {
+            let plain = collect(&[&stream]).unwrap();
+            assert_eq!(collect_with(&fixed, &[&stream]).unwrap(), plain);
+            // Every cut through the notices; through the sample's long payload, one in 499.
+            let dense = if stream.len() < 20_000 {
+                stream.len()
+            } else {
+                1000
+            };
+            let cuts = (0..=stream.len())
+                .filter(|&c| c <= dense || c > stream.len() - 200 || c % 499 == 0);
+            for cut in cuts {
+                let (a, b) = stream.split_at(cut);
+                assert_eq!(
+                    collect_with(&fixed, &[a, b]).unwrap(),
+                    plain,
+                    "cut at {cut}"
+                );
+            }
+            for size in [1, 2, 39, 40, 41, 1000, 4096] {
+                let chunks: Vec<&[u8]> = stream.chunks(size).collect();
+                assert_eq!(collect_with(&fixed, &chunks).unwrap(), plain, "{size}");
+            }
+        }
+    }
+
+    #[test]
+    fn runs_of_fixed_frames_come_whole() {
+        let fixed = notices();
+        let mut inbox = Inbox::new(1 << 20);
+        let mut seen = Vec::new();
+        inbox
+            .feed(&notice_stream(), &fixed, &mut |m| {
+                seen.push(match m {
+                    Incoming::Repeated { index, count } => format!("{index}x{count}"),
+                    Incoming::Text(t) => t.to_string(),
+                    other => format!("{other:?}"),
+                })
+            })
+            .unwrap();
+        let joined = r#"{"type":1,"body":"New User Joined..."}"#;
+        let expected = [
+            "0x133",
+            r#"{"type":1,"body":"s=1 q=2 t=3 xx"}"#,
+            "1x3",
+            "0x64",
+            r#"{"type":1,"body":"New User Joined..,"}"#,
+            "0x1",
+            // The fragment and its continuation: one message, read the long way.
+            joined,
+            "1x63",
+        ];
+        assert_eq!(seen, expected);
+        // A notice inside a fragmented message is still an error.
+        let mut bad = vec![0x01, 1, b'a'];
+        bad.extend(chat_frame("New User Joined..."));
+        assert_eq!(collect_with(&fixed, &[&bad]), Err(WireError::BadFragment));
+    }
+
+    #[test]
+    #[should_panic(expected = "not one whole text frame")]
+    fn only_whole_text_frames_can_be_fixed() {
+        let mut ping = Vec::new();
+        frame::push_frame(&mut ping, OpCode::Ping, b"hi");
+        Fixed::new(vec![ping]);
+    }
+
+    #[test]
     fn nothing_is_held_back_once_frames_are_whole() {
         let mut inbox = Inbox::new(1024);
-        let mut frames = Vec::new();
-        push_chat_frame(&mut frames, "x");
-        inbox.feed(&frames[..3], &mut |_| {}).unwrap();
+        let fixed = Fixed::default();
+        let frames = chat_frame("x");
+        inbox.feed(&frames[..3], &fixed, &mut |_| {}).unwrap();
         assert_eq!(inbox.buffered(), 3);
-        inbox.feed(&frames[3..], &mut |_| {}).unwrap();
+        inbox.feed(&frames[3..], &fixed, &mut |_| {}).unwrap();
         assert_eq!(inbox.buffered(), 0);
     }
 

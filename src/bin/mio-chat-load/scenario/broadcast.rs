@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::chat::Stamp;
+use crate::chat::{Notice, Stamp};
 use crate::fleet::Observer;
 use crate::order::{SeqTracker, Verdict};
 use crate::report::{self, BroadcastReport, Latency, ServerLoad, Traffic};
@@ -96,6 +96,10 @@ impl Observer for Receivers {
         if self.sender_of.get(key) == Some(&Some(stamp.sender)) {
             self.echoes[s] += 1;
         }
+    }
+
+    fn notice(&mut self, _key: usize, _notice: Notice, count: u64, _now: Instant) {
+        self.other += count;
     }
 }
 

@@ -21,8 +21,7 @@ use std::cell::Cell;
 use std::io;
 use std::time::{Duration, Instant};
 
-use mio_chat::message::{JOINED, LEFT};
-
+use crate::chat::Notice;
 use crate::fleet::Observer;
 use crate::procfs::Proc;
 use crate::report::{ChurnReport, Cycles, NoticeCount, ServerFootprint, Stayers};
@@ -71,11 +70,10 @@ pub struct Notices {
 }
 
 impl Notices {
-    pub fn observe(&mut self, body: &str) {
-        match body {
-            JOINED => self.joined += 1,
-            LEFT => self.left += 1,
-            _ => self.other += 1,
+    pub fn notice(&mut self, notice: Notice, count: u64) {
+        match notice {
+            Notice::Joined => self.joined += count,
+            Notice::Left => self.left += count,
         }
     }
 
@@ -222,11 +220,17 @@ impl Observer for Churners {
         }
     }
 
-    fn chat(&mut self, key: usize, body: &str, _now: Instant) {
+    fn chat(&mut self, key: usize, _body: &str, _now: Instant) {
+        if self.role(key) == Some(Role::Watcher) {
+            self.notices.other += 1;
+        }
+    }
+
+    fn notice(&mut self, key: usize, notice: Notice, count: u64, _now: Instant) {
         match self.role(key) {
-            Some(Role::Watcher) => self.notices.observe(body),
+            Some(Role::Watcher) => self.notices.notice(notice, count),
             // The room sends a newcomer nothing before its own join notice.
-            Some(Role::Churn(Stage::Joining)) if body == JOINED => {
+            Some(Role::Churn(Stage::Joining)) if notice == Notice::Joined => {
                 self.roles[key] = Some(Role::Churn(Stage::Joined));
                 self.to_leave.push(key);
             }
@@ -660,6 +664,7 @@ fn close_background(run: &mut Run, obs: &mut Churners, plan: &Plan) -> io::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Notice::{Joined, Left};
 
     #[test]
     fn resets_are_spread_evenly() {
@@ -686,9 +691,10 @@ mod tests {
     #[test]
     fn notices_are_counted_by_kind() {
         let mut n = Notices::default();
-        for body in [JOINED, JOINED, LEFT, "s=1 q=2 t=3 x", JOINED] {
-            n.observe(body);
+        for (notice, count) in [(Joined, 2), (Left, 1), (Joined, 1)] {
+            n.notice(notice, count);
         }
+        n.other += 1;
         assert_eq!(
             n,
             Notices {
@@ -725,30 +731,33 @@ mod tests {
         let mut obs = Churners::new();
         let t = Instant::now();
         obs.opened(0, t);
-        obs.chat(0, JOINED, t);
+        obs.notice(0, Joined, 1, t);
         obs.next_role = Role::Background;
         obs.opened(1, t);
-        obs.chat(0, JOINED, t);
+        obs.notice(0, Joined, 1, t);
         assert!(obs.heard_all());
         obs.next_role = Role::Churn(Stage::Joining);
         obs.opened(2, t);
         obs.opened(3, t);
-        // Another newcomer's notice is no reason to leave; its own is.
+        // Chatter or a leave is no reason to leave; its own join notice is, once.
         obs.chat(2, "hello", t);
-        obs.chat(2, JOINED, t);
-        obs.chat(2, JOINED, t);
+        obs.notice(2, Left, 1, t);
+        assert!(obs.to_leave.is_empty());
+        obs.notice(2, Joined, 2, t);
+        obs.notice(2, Joined, 1, t);
         assert_eq!(obs.to_leave, [2]);
         assert_eq!(obs.joins_expected(), 4);
         obs.reset(2);
         obs.roles[3] = Some(Role::Churn(Stage::Leaving));
         obs.gone(3);
         assert_eq!((obs.leaves_expected(), obs.churn_lost), (2, 0));
-        for body in [JOINED, JOINED, LEFT] {
-            obs.chat(0, body, t);
-        }
+        obs.notice(0, Joined, 2, t);
+        obs.notice(0, Left, 1, t);
+        obs.chat(0, "hello", t);
         assert!(!obs.heard_all());
-        obs.chat(0, LEFT, t);
+        obs.notice(0, Left, 1, t);
         assert!(obs.heard_all());
+        assert_eq!(obs.notices.other, 1);
         // A background client lost midway: its leave is due too, and it counts as lost.
         obs.gone(1);
         assert_eq!((obs.leaves_expected(), obs.stayers_lost), (3, 1));

@@ -10,8 +10,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use mio_chat::message::JOINED;
-
+use crate::chat::Notice;
 use crate::fleet::Observer;
 use crate::report::Join;
 use crate::scenario::Run;
@@ -21,7 +20,7 @@ const QUIET: Duration = Duration::from_secs(2);
 #[derive(Debug, Default)]
 struct JoinCounter {
     /// Join notices heard, by client key.
-    heard: Vec<u32>,
+    heard: Vec<u64>,
     total: u64,
     last_notice: Option<Instant>,
 }
@@ -34,12 +33,12 @@ impl Observer for JoinCounter {
         self.heard[key] = 0; // the key may have belonged to a client that failed
     }
 
-    fn chat(&mut self, key: usize, body: &str, now: Instant) {
-        if body == JOINED {
-            if let Some(count) = self.heard.get_mut(key) {
-                *count += 1;
+    fn notice(&mut self, key: usize, notice: Notice, count: u64, now: Instant) {
+        if notice == Notice::Joined {
+            if let Some(heard) = self.heard.get_mut(key) {
+                *heard += count;
             }
-            self.total += 1;
+            self.total += count;
             self.last_notice = Some(now);
         }
     }
@@ -89,7 +88,7 @@ pub fn connect_and_drain(run: &mut Run, clients: usize) -> io::Result<Join> {
     let tally = &run.fleet.tally;
     let drained = !run.timed_out;
     // Open clients' counts, sorted, must read 1, 2, …, N.
-    let mut counts: Vec<u32> = run
+    let mut counts: Vec<u64> = run
         .fleet
         .open_clients()
         .iter()
