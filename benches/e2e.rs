@@ -6,7 +6,13 @@
 //! E2E_RUNS=5 cargo bench --bench e2e      # more runs
 //! E2E_ONLY=connect cargo bench --bench e2e
 //! E2E_LOAD=/tmp/old/mio-chat-load cargo bench --bench e2e   # another build of the generator
+//! E2E_CLUSTER=1 cargo bench --bench e2e   # the broadcasts on 1 process, 1 with --redis, 2 + Redis
 //! ```
+//!
+//! With `E2E_CLUSTER=1` each broadcast runs in three setups: one process; one process with
+//! `--redis` (the cost of the backplane); two processes joined through Redis, the clients dealt
+//! over both. The server column then counts the CPU time of every server process and of
+//! `redis-server` (from /proc), per million deliveries.
 //!
 //! Every run gets a fresh server (so memory figures start from the same place) and its figures
 //! come from the load generator's `--json` report, which reads the server's memory and CPU time
@@ -17,6 +23,11 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 
 use serde_json::Value;
+
+#[allow(dead_code)] // shared with the tests, which use all of it
+#[path = "../tests/common/redis.rs"]
+mod redis;
+use redis::Redis;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_mio-chat");
 const LOAD: &str = env!("CARGO_BIN_EXE_mio-chat-load");
@@ -89,6 +100,33 @@ const MATRIX: &[Scenario] = &[
     },
 ];
 
+/// Where the clients go (`E2E_CLUSTER`): one process, or several joined through Redis.
+struct Setup {
+    name: &'static str,
+    processes: usize,
+    redis: bool,
+}
+
+const ONE: Setup = Setup {
+    name: "1 process",
+    processes: 1,
+    redis: false,
+};
+
+const CLUSTER_SETUPS: &[Setup] = &[
+    ONE,
+    Setup {
+        name: "1 process, --redis",
+        processes: 1,
+        redis: true,
+    },
+    Setup {
+        name: "2 processes + Redis",
+        processes: 2,
+        redis: true,
+    },
+];
+
 /// A release server on a free port, stopped with SIGTERM when dropped.
 struct Server {
     child: Child,
@@ -96,9 +134,11 @@ struct Server {
 }
 
 impl Server {
-    fn start() -> Server {
+    /// Starts one with `args`, and returns once it has logged a line containing `ready`.
+    fn start(args: &[&str], ready: &str) -> Server {
         let mut child = Command::new(SERVER)
             .args(["--addr", "127.0.0.1:0"])
+            .args(args)
             .env_remove("RUST_LOG")
             .stderr(Stdio::piped())
             .spawn()
@@ -109,10 +149,31 @@ impl Server {
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
             .to_string();
+        let mut line = first;
+        while !line.contains(ready) {
+            line = match lines.next() {
+                Some(Ok(line)) => line,
+                _ => panic!("mio-chat exited before logging {ready:?}"),
+            };
+        }
         // Keep draining its log so it never blocks on a full pipe.
         thread::spawn(move || lines.for_each(drop));
         Server { child, addr }
     }
+}
+
+/// CPU seconds (user + system) a process has used so far, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may contain spaces.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12] // utime and stime: fields 14 and 15 of the whole line
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
+        .sum();
+    // SAFETY: sysconf only reads a configuration value.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 impl Drop for Server {
@@ -123,18 +184,37 @@ impl Drop for Server {
     }
 }
 
-/// Runs one scenario once against a fresh server and returns the generator's JSON report.
-fn run_once(scenario: &Scenario) -> Value {
-    let server = Server::start();
+/// Runs one scenario once against fresh servers and returns the generator's JSON report, with
+/// `cluster_cpu_s` added: the CPU time of the servers and Redis during the run.
+fn run_once(scenario: &Scenario, setup: &Setup) -> Value {
+    let redis = setup
+        .redis
+        .then(|| Redis::start().expect("redis-server is needed for E2E_CLUSTER"));
+    let redis_url = redis.as_ref().map(Redis::url);
+    let (args, ready) = match &redis_url {
+        Some(url) => (vec!["--redis", url.as_str()], "redis: subscribed"),
+        None => (vec![], "listening on"),
+    };
+    let servers: Vec<Server> = (0..setup.processes)
+        .map(|_| Server::start(&args, ready))
+        .collect();
+    let urls: Vec<String> = servers
+        .iter()
+        .map(|s| format!("ws://{}/ws", s.addr))
+        .collect();
+    let mut pids: Vec<u32> = servers.iter().map(|s| s.child.id()).collect();
+    pids.extend(redis.as_ref().map(Redis::pid));
+    let cpu_before: f64 = pids.iter().map(|&pid| cpu_seconds(pid)).sum();
     let out = Command::new(load_binary())
         .args(scenario.args)
-        .args(["--url", &format!("ws://{}/ws", server.addr)])
-        .args(["--server-pid", &server.child.id().to_string()])
+        .args(["--url", &urls.join(",")])
+        .args(["--server-pid", &pids[0].to_string()])
         .args(["--json", "--quiet"])
         .stderr(Stdio::inherit())
         .output()
         .expect("run mio-chat-load");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    let cpu_after: f64 = pids.iter().map(|&pid| cpu_seconds(pid)).sum();
+    let mut report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "{}: no JSON report ({e}): {}",
             scenario.name,
@@ -147,6 +227,7 @@ fn run_once(scenario: &Scenario) -> Value {
         scenario.name,
         report["problems"]
     );
+    report["cluster_cpu_s"] = Value::from(cpu_after - cpu_before);
     report
 }
 
@@ -168,6 +249,31 @@ fn med(reports: &[Value], path: &str) -> f64 {
             .map(|r| r.pointer(&format!("/{path}")).and_then(Value::as_f64))
             .map(|v| v.unwrap_or_else(|| panic!("no {path} in the report")))
             .collect(),
+    )
+}
+
+/// A row of the `E2E_CLUSTER` table: what the clients saw, and the CPU of every server process
+/// and Redis together.
+fn cluster_row(name: &str, runs: usize, reports: &[Value]) -> String {
+    let cpu_per_million = median(
+        reports
+            .iter()
+            .map(|r| {
+                let deliveries = r
+                    .pointer("/traffic/deliveries")
+                    .and_then(Value::as_f64)
+                    .expect("deliveries in the report");
+                r["cluster_cpu_s"].as_f64().unwrap_or(f64::NAN) / deliveries * 1e6
+            })
+            .collect(),
+    );
+    format!(
+        "| {name} | {runs} | {:.0} deliveries/s; p50 {:.2} ms, p99 {:.2} ms; lost {} | \
+         {cpu_per_million:.3} CPU s per 1M deliveries (servers + Redis) |",
+        med(reports, "traffic/deliveries_per_s"),
+        med(reports, "traffic/latency/p50_ms"),
+        med(reports, "traffic/latency/p99_ms"),
+        med(reports, "traffic/lost"),
     )
 }
 
@@ -210,21 +316,32 @@ fn main() {
         format!("| scenario | runs | medians | server |"),
         "| --- | --- | --- | --- |".to_string(),
     ];
+    let cluster = std::env::var_os("E2E_CLUSTER").is_some();
+    let setups = if cluster { CLUSTER_SETUPS } else { &[ONE] };
     for scenario in MATRIX {
-        if filter
+        let skipped = filter
             .as_ref()
-            .is_some_and(|f| !scenario.name.contains(f.as_str()))
-        {
+            .is_some_and(|f| !scenario.name.contains(f.as_str()));
+        if skipped || (cluster && scenario.args[0] != "broadcast") {
             continue;
         }
-        let reports: Vec<Value> = (0..runs)
-            .map(|i| {
-                eprintln!("e2e: {} (run {}/{runs})", scenario.name, i + 1);
-                run_once(scenario)
-            })
-            .collect();
-        table.push(row(scenario.name, runs, &reports));
-        eprintln!("{}", table.last().expect("a row"));
+        for setup in setups {
+            let name = match cluster {
+                true => format!("{}: {}", scenario.name, setup.name),
+                false => scenario.name.to_string(),
+            };
+            let reports: Vec<Value> = (0..runs)
+                .map(|i| {
+                    eprintln!("e2e: {name} (run {}/{runs})", i + 1);
+                    run_once(scenario, setup)
+                })
+                .collect();
+            table.push(match cluster {
+                true => cluster_row(&name, runs, &reports),
+                false => row(&name, runs, &reports),
+            });
+            eprintln!("{}", table.last().expect("a row"));
+        }
     }
     println!("{}", table.join("\n"));
 }
