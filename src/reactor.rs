@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
@@ -647,9 +647,12 @@ impl Server {
         });
     }
 
-    /// Handles readiness on one of the backplane's Redis links.
-    fn on_backplane_event(&mut self, event: &mio::event::Event, now: Instant) {
-        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+    /// Lends the backplane out with the registry and a way to land its events in the room (the
+    /// fields are split here so that all of them can be borrowed at once).
+    fn with_backplane(
+        &mut self,
+        act: impl FnOnce(&mut Backplane, &Registry, &mut dyn FnMut(Landing)),
+    ) {
         let Server {
             backplane: Some(backplane),
             room,
@@ -661,36 +664,30 @@ impl Server {
         else {
             return;
         };
-        backplane.on_event(
-            event.token(),
-            readable,
-            event.is_writable(),
-            poll.registry(),
-            now,
-            &mut |landing| land(room, broadcast, clients, landing),
-        );
+        act(backplane, poll.registry(), &mut |landing| {
+            land(room, broadcast, clients, landing)
+        });
+    }
+
+    /// Handles readiness on one of the backplane's Redis links.
+    fn on_backplane_event(&mut self, event: &mio::event::Event, now: Instant) {
+        let token = event.token();
+        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+        let writable = event.is_writable();
+        self.with_backplane(|backplane, registry, land| {
+            backplane.on_event(token, readable, writable, registry, now, land)
+        });
     }
 
     /// Reads what the subscription brought, a chunk at a time up to the turn's budget, flushing
     /// the batch in between if it grows too large (as after a client's read).
     fn read_backplane(&mut self, now: Instant) {
         for _ in 0..backplane::READ_BUDGET / backplane::READ_CHUNK {
-            let Server {
-                backplane: Some(backplane),
-                room,
-                broadcast,
-                clients,
-                poll,
-                ..
-            } = self
-            else {
-                return;
-            };
-            if !backplane.has_unread() {
+            if !self.backplane.as_ref().is_some_and(Backplane::has_unread) {
                 return;
             }
-            backplane.read_more(poll.registry(), now, &mut |landing| {
-                land(room, broadcast, clients, landing)
+            self.with_backplane(|backplane, registry, land| {
+                backplane.read_more(registry, now, land)
             });
             if self.broadcast.len().saturating_mul(self.room.len()) > MAX_UNFLUSHED {
                 self.flush_dirty(now);
@@ -700,22 +697,12 @@ impl Server {
 
     /// Writes this turn's publishes, and reconnects when the time comes.
     fn flush_backplane(&mut self, now: Instant) {
-        let Server {
-            backplane: Some(backplane),
-            room,
-            broadcast,
-            clients,
-            poll,
-            ..
-        } = self
-        else {
-            return;
-        };
-        let mut landing = |landing: Landing<'_>| land(room, broadcast, clients, landing);
-        if backplane.next_deadline().is_some_and(|at| at <= now) {
-            backplane.on_deadline(poll.registry(), now, &mut landing);
-        }
-        backplane.flush(poll.registry(), now, &mut landing);
+        self.with_backplane(|backplane, registry, land| {
+            if backplane.next_deadline().is_some_and(|at| at <= now) {
+                backplane.on_deadline(registry, now, land);
+            }
+            backplane.flush(registry, now, land);
+        });
     }
 
     /// Whether the batch is notices only, in a room large enough to gather them (see

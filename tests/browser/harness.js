@@ -43,11 +43,9 @@ process.on('exit', () => {
   for (const child of live) child.kill('SIGKILL');
 });
 
-// Starts the server on `port` (0: any free port) and resolves once it has said where it listens.
-// `args` go on its command line after `--addr`; `waitFor` (a RegExp), if given, is a log line to
-// wait for as well before it counts as started, such as the Redis backplane's "subscribed".
-async function startServer(port = 0, { args = [], waitFor = null } = {}) {
-  const child = spawn(BIN, ['--addr', `127.0.0.1:${port}`, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+// Spawns a child that is killed if the test run exits, and a promise of how it ended.
+function spawnTracked(command, args, stdio) {
+  const child = spawn(command, args, { stdio });
   live.add(child);
   const exited = new Promise((resolve) => {
     child.on('exit', (code, signal) => {
@@ -55,6 +53,14 @@ async function startServer(port = 0, { args = [], waitFor = null } = {}) {
       resolve({ code, signal });
     });
   });
+  return { child, exited };
+}
+
+// Starts the server on `port` (0: any free port) and resolves once it has said where it listens.
+// `args` go on its command line after `--addr`; `waitFor` (a RegExp), if given, is a log line to
+// wait for as well before it counts as started, such as the Redis backplane's "subscribed".
+async function startServer(port = 0, { args = [], waitFor = null } = {}) {
+  const { child, exited } = spawnTracked(BIN, ['--addr', `127.0.0.1:${port}`, ...args], ['ignore', 'ignore', 'pipe']);
   // The log is kept for failure reports and read to the end all along: a full, unread stderr pipe
   // would block the server's next log line and with it the whole single-threaded event loop.
   const log = [];
@@ -141,16 +147,9 @@ async function startRedis() {
 }
 
 async function startRedisOn(port) {
-  const child = spawn('redis-server', [
+  const { child, exited } = spawnTracked('redis-server', [
     '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--logfile', '',
-  ], { stdio: ['ignore', 'pipe', 'ignore'] });
-  live.add(child);
-  const exited = new Promise((resolve) => {
-    child.on('exit', (code, signal) => {
-      live.delete(child);
-      resolve({ code, signal });
-    });
-  });
+  ], ['ignore', 'pipe', 'ignore']);
   // Read to the end, like the servers' logs, so that Redis never blocks on a full pipe.
   const log = [];
   const lines = readline.createInterface({ input: child.stdout });
