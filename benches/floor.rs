@@ -31,7 +31,7 @@
 //! of 1,000 socket pairs).
 //!
 //! ```sh
-//! cargo bench --bench floor                        # 1,000 sockets, 9 variants × 5 runs, ~3 min
+//! cargo bench --bench floor                      # 1,000 sockets, 9 variants × 5 runs, ~1.5 min
 //! FLOOR_SOCKETS=10,100,1000,5000 FLOOR_PACE=none FLOOR_READER=none cargo bench --bench floor
 //! FLOOR_SOCKETS=10 FLOOR_ROUNDS=300 FLOOR_PACE=sleep,spin,none,evict FLOOR_PACE_MS=1,10 \
 //!     cargo bench --bench floor
@@ -45,8 +45,9 @@
 //! kernel state has left the caches by the time its turn comes again, paced or not (the pointer
 //! chase finds only about 1 MiB of cache that stays ours: ≈ 170 ns a load through 4 MiB). A
 //! write to one of 10–100 sockets back to back costs 3.4–3.9 µs, but 13–17 µs once 10 ms pass
-//! between rounds, asleep or spinning alike, or once 32 MiB are written between rounds. A
-//! spinning reader saves the writer at most 1–2 µs of a write (the wake-up), often nothing.
+//! between rounds, asleep or spinning alike, or once 32 MiB are written between rounds. A reader
+//! spinning in `epoll_wait` saves the writer 1–2 µs a write against one sleeping in it when the
+//! machine is quiet (the wake-up), nothing measurable when it is busy.
 
 use std::collections::HashMap;
 use std::fmt;
