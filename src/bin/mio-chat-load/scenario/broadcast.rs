@@ -89,8 +89,9 @@ impl Observer for Receivers {
             Verdict::InOrder | Verdict::Skipped(_) => {}
         }
         self.deliveries += 1;
-        let at_ns = now.saturating_duration_since(self.epoch).as_nanos();
-        let micros = (at_ns.saturating_sub(u128::from(stamp.sent_ns)) / 1000) as u64;
+        // In u64, as the stamps are: a 128-bit division per delivery showed in profiles.
+        let at_ns = u64::try_from(now.saturating_duration_since(self.epoch).as_nanos());
+        let micros = at_ns.unwrap_or(u64::MAX).saturating_sub(stamp.sent_ns) / 1000;
         self.latency.saturating_record(micros.max(1));
         self.last_delivery = Some(now);
         if self.sender_of.get(key) == Some(&Some(stamp.sender)) {
