@@ -137,3 +137,25 @@ connection = {
 }
 for name, data in connection.items():
     write("connection", name, data)
+
+# redis_reply: what Redis sends the backplane (the input is the byte stream itself).
+def bulk(b):
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+def message(payload, channel=b"mio-chat"):
+    return b"*3\r\n" + bulk(b"message") + bulk(channel) + bulk(payload)
+
+envelope = b'{"v":1,"node":"5f0c9a2e41d7b386","seq":42,"kind":"message","body":"hi \\"you\\""}'
+redis_reply = {
+    "subscribed-then-message": b"*3\r\n" + bulk(b"subscribe") + bulk(b"mio-chat") + b":1\r\n"
+    + message(envelope),
+    "publish-replies": b"+OK\r\n:2\r\n:0\r\n-ERR unknown command\r\n",
+    "join-and-leave": message(b'{"v":1,"node":"a","seq":1,"kind":"join"}')
+    + message(b'{"v":1,"node":"a","seq":2,"kind":"leave"}'),
+    "newer-version": message(b'{"v":2,"node":"a","seq":1,"kind":"join","more":[1]}'),
+    "not-an-envelope": message(b"hello"),
+    "incomplete": message(envelope)[:-7],
+    "nested-and-null": b"*2\r\n*1\r\n$-1\r\n$0\r\n\r\n",
+}
+for name, data in redis_reply.items():
+    write("redis_reply", name, data)
