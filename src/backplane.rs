@@ -325,10 +325,6 @@ impl Backplane {
         &self.node
     }
 
-    pub fn owns(&self, token: Token) -> bool {
-        token == self.subscriber.token || token == self.publisher.token
-    }
-
     pub fn stats(&self) -> BackplaneStats {
         BackplaneStats {
             up: self.up,
