@@ -7,13 +7,12 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use mio_chat::config::Config;
-use mio_chat::connection::{Connection, Context};
+use mio_chat::connection::{Connection, Context, Event};
 use mio_chat::frame;
 use mio_chat::http::{self, OriginPolicy};
 use mio_chat::message;
-use mio_chat::metrics::Metrics;
 use mio_chat::queue::OutQueue;
-use mio_chat::room::{Announce, Broadcast, Delivery, Room};
+use mio_chat::room::{Broadcast, Room};
 
 const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost:8080\r\nUpgrade: websocket\r\n\
     Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -68,7 +67,7 @@ fn fan_out_to_10k(c: &mut Criterion) {
                 let start = Instant::now();
                 room.fan_out(&mut broadcast, |key, frames| {
                     queues[key].push(frames);
-                    Delivery::Delivered
+                    true
                 });
                 busy += start.elapsed();
                 // The sockets take it all; not timed, as the kernel's part is not ours.
@@ -120,28 +119,22 @@ fn decode_client_frames(c: &mut Criterion) {
         |b| {
             let now = Instant::now();
             let mut conn = Connection::new(now);
-            let (mut broadcast, mut metrics) = (Broadcast::default(), Metrics::default());
             let mut request = UPGRADE.to_vec();
-            let mut cx = Context {
+            let cx = Context {
                 now,
                 config: &config,
-                broadcast: &mut broadcast,
-                metrics: &mut metrics,
                 degraded: false,
             };
-            conn.receive(&mut request, &mut cx);
+            conn.receive(&mut request, &cx, &mut |_| {});
             b.iter_batched_ref(
                 || stream.clone(),
                 |buf| {
                     let mut broadcast = Broadcast::default();
-                    let mut cx = Context {
-                        now,
-                        config: &config,
-                        broadcast: &mut broadcast,
-                        metrics: &mut metrics,
-                        degraded: false,
-                    };
-                    conn.receive(buf, &mut cx);
+                    conn.receive(buf, &cx, &mut |event| {
+                        if let Event::Said(text) = event {
+                            broadcast.said(text);
+                        }
+                    });
                     black_box(broadcast.len())
                 },
                 BatchSize::SmallInput,

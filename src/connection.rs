@@ -9,20 +9,21 @@
 //!     └─ plain HTTP answer, error status, 408 ──────────────────────────────────────────┘
 //! ```
 //!
-//! Joins and messages for the room go to the [`Announce`] it is handed (the turn's batch, or the
-//! Redis backplane); replies meant for this peer alone
-//! (the handshake, pongs, close frames, echoes) go into its own [`OutQueue`].
+//! Like rustls, it reports what happened as values, [`Event`]s, handed to the caller's sink as
+//! they happen: it joined the room, it said this, it asked for the metrics page, it left the room,
+//! it ended and why. It does not know whether the room is here or spans processes through Redis:
+//! the event loop decides that, in one place. Replies meant for this peer alone (the handshake,
+//! pongs, close frames, echoes) go into its own [`OutQueue`].
+//!
+//! `Joined` and `Left` come in pairs by construction: `Left` follows every `Joined`, exactly once,
+//! whichever way the connection ends, even in the same read as its handshake.
 
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::frame::{self, close, Header, OpCode};
 use crate::http::{self, Decision, Response, Route};
-use crate::metrics::Metrics;
 use crate::queue::OutQueue;
-use crate::room::Announce;
-#[cfg(test)]
-use crate::room::Broadcast;
 
 /// How long a closing connection may take to finish its closing handshake and hang up.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -60,16 +61,33 @@ pub enum Ending {
     ShuttingDown,
 }
 
-/// What a connection needs from the world while it handles an event.
+/// What a connection needs to know from the world while it handles bytes.
 pub struct Context<'a> {
     pub now: Instant,
     pub config: &'a Config,
-    /// Where joins and chat messages go: this turn's batch, or the backplane.
-    pub broadcast: &'a mut dyn Announce,
-    pub metrics: &'a mut Metrics,
     /// The Redis backplane is configured but down (`/healthz` says so).
     pub degraded: bool,
 }
+
+/// What a connection reports, in the order it happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// Its handshake completed on the chat route: it is a chat client now.
+    Joined,
+    /// It said this in the chat room.
+    Said(&'a str),
+    /// It sent a message on `/echo`, which went straight back to it (for the metrics).
+    Echoed,
+    /// It asked for `/metrics`, which only the event loop can count: the loop queues the page.
+    MetricsRequested,
+    /// It started to end, and why; once per connection.
+    Ended(Ending),
+    /// It is no longer a chat client; once, and only after `Joined`.
+    Left,
+}
+
+/// Where a connection's events go (the event loop's handler, or a test's list).
+pub type Sink<'s> = dyn FnMut(Event) + 's;
 
 /// A message arriving in several frames.
 #[derive(Debug)]
@@ -96,8 +114,10 @@ pub struct Connection {
     message: Option<Partial>,
     /// The first reason this connection started to end.
     ending: Option<Ending>,
-    /// It asked for `/metrics`, which only the event loop can answer.
-    wants_metrics: bool,
+    /// `Ended` has been reported.
+    ending_reported: bool,
+    /// `Joined` has been reported and `Left` not yet.
+    joined: bool,
 }
 
 impl Connection {
@@ -112,7 +132,8 @@ impl Connection {
             output: OutQueue::default(),
             message: None,
             ending: None,
-            wants_metrics: false,
+            ending_reported: false,
+            joined: false,
         }
     }
 
@@ -140,11 +161,6 @@ impl Connection {
         self.ending
     }
 
-    /// True once, after the peer asked for `/metrics`: the caller then queues the answer.
-    pub fn take_metrics_request(&mut self) -> bool {
-        std::mem::take(&mut self.wants_metrics)
-    }
-
     pub fn output(&self) -> &OutQueue {
         &self.output
     }
@@ -152,6 +168,13 @@ impl Connection {
     /// Queues bytes for this peer (the reactor's fan-out uses this).
     pub fn queue(&mut self, bytes: &[u8]) {
         self.output.push(bytes);
+    }
+
+    /// The event loop's answer to [`Event::MetricsRequested`]: the whole HTTP response.
+    pub fn answer_metrics(&mut self, response: &[u8], events: &mut Sink) {
+        self.end(Ending::Answered(200));
+        self.output.push(response);
+        self.report(events);
     }
 
     /// Records that a socket write took `n` queued bytes.
@@ -175,44 +198,52 @@ impl Connection {
     }
 
     /// Handles bytes the peer sent. `data` may be altered (unmasked in place).
-    pub fn receive(&mut self, data: &mut [u8], cx: &mut Context) {
+    pub fn receive(&mut self, data: &mut [u8], cx: &Context, events: &mut Sink) {
         self.last_heard = cx.now;
         self.ping_outstanding = false;
         if self.input.is_empty() {
             // The common case: whole frames, used straight from the reactor's read buffer.
-            let used = self.process(data, cx);
+            let used = self.process(data, cx, events);
             if self.accepts_input() {
                 self.input.extend_from_slice(&data[used..]);
             }
         } else {
             let mut input = std::mem::take(&mut self.input);
             input.extend_from_slice(data);
-            let used = self.process(&mut input, cx);
+            let used = self.process(&mut input, cx, events);
             input.drain(..used);
             // Like the output queue, an emptied input buffer goes back to the allocator.
             if self.accepts_input() && !input.is_empty() {
                 self.input = input;
             }
         }
+        self.report(events);
     }
 
     /// The peer shut down its side of the connection (EOF), or the socket failed.
-    pub fn peer_closed(&mut self, now: Instant) {
+    pub fn peer_closed(&mut self, now: Instant, events: &mut Sink) {
         self.peer_done = true;
         self.end(Ending::PeerLeft);
         if self.phase != Phase::Finishing || self.output.is_empty() {
             self.enter(Phase::Closed, now);
         }
+        self.report(events);
     }
 
     /// The server drops this connection without ceremony (slow consumer, socket error).
-    pub fn abort(&mut self, why: Ending, now: Instant) {
+    pub fn abort(&mut self, why: Ending, now: Instant, events: &mut Sink) {
         self.end(why);
         self.enter(Phase::Closed, now);
+        self.report(events);
     }
 
     /// The server is shutting down: WebSocket peers get close 1001, half-read requests nothing.
-    pub fn go_away(&mut self, now: Instant) {
+    pub fn go_away(&mut self, now: Instant, events: &mut Sink) {
+        self.going_away(now);
+        self.report(events);
+    }
+
+    fn going_away(&mut self, now: Instant) {
         self.end(Ending::ShuttingDown);
         match self.phase {
             Phase::Open(_) => {
@@ -242,7 +273,12 @@ impl Connection {
     }
 
     /// Acts on timeouts: 408 for a slow request, pings and ping timeouts, closing timeouts.
-    pub fn on_deadline(&mut self, now: Instant, config: &Config) {
+    pub fn on_deadline(&mut self, now: Instant, config: &Config, events: &mut Sink) {
+        self.act_on_deadline(now, config);
+        self.report(events);
+    }
+
+    fn act_on_deadline(&mut self, now: Instant, config: &Config) {
         match self.phase {
             Phase::Request if now >= self.since + config.handshake_timeout => {
                 self.respond(Response::status(408), now);
@@ -272,6 +308,20 @@ impl Connection {
         self.ending.get_or_insert(why);
     }
 
+    /// Reports the transitions of the call that just ended: the one place `Ended` and `Left` are
+    /// decided. Both come after whatever the call reported before them (a text said in the same
+    /// read as the Close after it), since a connection that ends reads nothing more.
+    fn report(&mut self, events: &mut Sink) {
+        if let (Some(ending), false) = (self.ending, self.ending_reported) {
+            self.ending_reported = true;
+            events(Event::Ended(ending));
+        }
+        if self.joined && !self.in_room() {
+            self.joined = false;
+            events(Event::Left);
+        }
+    }
+
     fn accepts_input(&self) -> bool {
         matches!(self.phase, Phase::Request | Phase::Open(_) | Phase::Closing)
     }
@@ -286,12 +336,12 @@ impl Connection {
     }
 
     /// Uses as many whole request heads and frames from `buf` as it holds; returns bytes used.
-    fn process(&mut self, buf: &mut [u8], cx: &mut Context) -> usize {
+    fn process(&mut self, buf: &mut [u8], cx: &Context, events: &mut Sink) -> usize {
         let mut used = 0;
         while used < buf.len() {
             let n = match self.phase {
-                Phase::Request => self.read_request(&buf[used..], cx),
-                Phase::Open(_) | Phase::Closing => self.read_frame(&mut buf[used..], cx),
+                Phase::Request => self.read_request(&buf[used..], cx, events),
+                Phase::Open(_) | Phase::Closing => self.read_frame(&mut buf[used..], cx, events),
                 Phase::Finishing | Phase::Closed => buf.len() - used, // nothing more is read
             };
             if n == 0 {
@@ -302,7 +352,7 @@ impl Connection {
         used
     }
 
-    fn read_request(&mut self, buf: &[u8], cx: &mut Context) -> usize {
+    fn read_request(&mut self, buf: &[u8], cx: &Context, events: &mut Sink) -> usize {
         match http::decide(buf, &cx.config.origins, cx.config.echo) {
             Decision::Incomplete => 0,
             Decision::Respond(response) => {
@@ -314,9 +364,9 @@ impl Connection {
                 buf.len()
             }
             Decision::Metrics => {
-                self.end(Ending::Answered(200));
-                self.wants_metrics = true;
+                // Answered by the loop through `answer_metrics`; nothing more is read meanwhile.
                 self.enter(Phase::Finishing, cx.now);
+                events(Event::MetricsRequested);
                 buf.len()
             }
             Decision::Upgrade {
@@ -327,7 +377,8 @@ impl Connection {
                 http::write_switching_protocols(self.output.buffer(), &accept_key);
                 self.enter(Phase::Open(route), cx.now);
                 if route == Route::Chat {
-                    cx.broadcast.joined();
+                    self.joined = true;
+                    events(Event::Joined);
                 }
                 head_len
             }
@@ -340,7 +391,7 @@ impl Connection {
         self.enter(Phase::Finishing, now);
     }
 
-    fn read_frame(&mut self, buf: &mut [u8], cx: &mut Context) -> usize {
+    fn read_frame(&mut self, buf: &mut [u8], cx: &Context, events: &mut Sink) -> usize {
         let so_far = self.message.as_ref().map_or(0, |m| m.data.len());
         let room_left = cx.config.max_message_size.saturating_sub(so_far);
         let header = match frame::parse_header(buf, room_left) {
@@ -353,11 +404,11 @@ impl Connection {
         };
         let payload = &mut buf[header.header_len..header.frame_len()];
         frame::unmask(payload, header.mask);
-        self.on_frame(header, payload, cx);
+        self.on_frame(header, payload, cx, events);
         header.frame_len()
     }
 
-    fn on_frame(&mut self, header: Header, payload: &[u8], cx: &mut Context) {
+    fn on_frame(&mut self, header: Header, payload: &[u8], cx: &Context, events: &mut Sink) {
         if self.phase == Phase::Closing {
             // Only the peer's Close matters now; it completes the closing handshake.
             if header.opcode == OpCode::Close {
@@ -382,7 +433,7 @@ impl Connection {
                 cx.now,
             ),
             OpCode::Text | OpCode::Binary if header.fin => {
-                self.on_message(header.opcode, payload, cx)
+                self.on_message(header.opcode, payload, cx, events)
             }
             OpCode::Text | OpCode::Binary => {
                 self.message = Some(Partial {
@@ -390,19 +441,19 @@ impl Connection {
                     data: Vec::new(),
                     checked: 0,
                 });
-                self.continue_message(payload, false, cx);
+                self.continue_message(payload, false, cx, events);
             }
             OpCode::Continuation if self.message.is_none() => self.fail(
                 close::PROTOCOL_ERROR,
                 "continuation without a message",
                 cx.now,
             ),
-            OpCode::Continuation => self.continue_message(payload, header.fin, cx),
+            OpCode::Continuation => self.continue_message(payload, header.fin, cx, events),
         }
     }
 
     /// Adds a fragment; text is checked as it comes, so bad UTF-8 fails at once (Autobahn §6).
-    fn continue_message(&mut self, fragment: &[u8], fin: bool, cx: &mut Context) {
+    fn continue_message(&mut self, fragment: &[u8], fin: bool, cx: &Context, events: &mut Sink) {
         let Some(partial) = self.message.as_mut() else {
             return;
         };
@@ -417,16 +468,15 @@ impl Connection {
         }
         if fin {
             if let Some(partial) = self.message.take() {
-                self.on_message(partial.opcode, &partial.data, cx);
+                self.on_message(partial.opcode, &partial.data, cx, events);
             }
         }
     }
 
-    fn on_message(&mut self, opcode: OpCode, data: &[u8], cx: &mut Context) {
+    fn on_message(&mut self, opcode: OpCode, data: &[u8], cx: &Context, events: &mut Sink) {
         let Phase::Open(route) = self.phase else {
             return;
         };
-        cx.metrics.messages_received += 1;
         let text = if opcode == OpCode::Text {
             match std::str::from_utf8(data) {
                 Ok(text) => Some(text),
@@ -436,13 +486,16 @@ impl Connection {
             None
         };
         match (route, text) {
-            (Route::Chat, Some(text)) => cx.broadcast.said(text),
+            (Route::Chat, Some(text)) => events(Event::Said(text)),
             (Route::Chat, None) => self.fail(
                 close::UNSUPPORTED_DATA,
                 "binary messages are not supported",
                 cx.now,
             ),
-            (Route::Echo, _) => frame::push_frame(self.output.buffer(), opcode, data),
+            (Route::Echo, _) => {
+                frame::push_frame(self.output.buffer(), opcode, data);
+                events(Event::Echoed);
+            }
         }
     }
 
@@ -464,6 +517,7 @@ impl Connection {
 mod tests {
     use super::*;
     use crate::message::{Message, JOINED};
+    use crate::room::Broadcast;
 
     const REQUEST: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -478,11 +532,25 @@ mod tests {
         out
     }
 
+    /// An event kept past the call (texts are checked through the harness's `broadcast`).
+    fn without_text(event: Event) -> Event<'static> {
+        match event {
+            Event::Said(_) => Event::Said(""),
+            Event::Joined => Event::Joined,
+            Event::Echoed => Event::Echoed,
+            Event::MetricsRequested => Event::MetricsRequested,
+            Event::Ended(ending) => Event::Ended(ending),
+            Event::Left => Event::Left,
+        }
+    }
+
     struct Harness {
         conn: Connection,
         config: Config,
+        /// What the room would get from its events.
         broadcast: Broadcast,
-        metrics: Metrics,
+        /// Every event, in order (texts as `Said` with their content checked via `broadcast`).
+        events: Vec<Event<'static>>,
         now: Instant,
     }
 
@@ -493,20 +561,35 @@ mod tests {
                 conn: Connection::new(now),
                 config,
                 broadcast: Broadcast::default(),
-                metrics: Metrics::default(),
+                events: Vec::new(),
                 now,
             }
         }
 
         fn feed(&mut self, bytes: &[u8]) {
-            let mut cx = Context {
+            let cx = Context {
                 now: self.now,
                 config: &self.config,
-                broadcast: &mut self.broadcast,
-                metrics: &mut self.metrics,
                 degraded: false,
             };
-            self.conn.receive(&mut bytes.to_vec(), &mut cx);
+            let (broadcast, events) = (&mut self.broadcast, &mut self.events);
+            self.conn.receive(&mut bytes.to_vec(), &cx, &mut |event| {
+                match event {
+                    Event::Joined => broadcast.joined(),
+                    Event::Said(text) => broadcast.said(text),
+                    Event::Left => broadcast.left(),
+                    _ => {}
+                }
+                events.push(without_text(event));
+            });
+        }
+
+        /// Runs one of the connection's other entry points, collecting its events.
+        fn call(&mut self, act: impl FnOnce(&mut Connection, Instant, &Config, &mut Sink)) {
+            let events = &mut self.events;
+            act(&mut self.conn, self.now, &self.config, &mut |e| {
+                events.push(without_text(e))
+            });
         }
 
         /// Takes everything queued for the peer.
@@ -521,6 +604,7 @@ mod tests {
             h.feed(REQUEST);
             h.take_output();
             h.broadcast = Broadcast::default();
+            h.events.clear();
             h
         }
 
@@ -595,7 +679,7 @@ mod tests {
             h.feed(&bytes);
             assert_eq!(h.conn.phase(), Phase::Finishing, "{bytes:?}");
             assert_eq!(h.close_code_sent(), code, "{bytes:?}");
-            assert!(h.broadcast.is_empty());
+            assert_eq!(h.events, [Event::Ended(Ending::Failed(code)), Event::Left]);
         }
     }
 
@@ -614,11 +698,11 @@ mod tests {
         h.feed(&client_frame(0x88, &1000u16.to_be_bytes()));
         assert_eq!(h.close_code_sent(), 1000);
         assert!(h.conn.should_half_close());
-        h.conn.peer_closed(h.now);
+        h.call(|c, now, _, ev| c.peer_closed(now, ev));
         assert!(h.conn.is_closed());
 
         let mut h = Harness::open();
-        h.conn.go_away(h.now);
+        h.call(|c, now, _, ev| c.go_away(now, ev));
         assert_eq!(h.close_code_sent(), close::GOING_AWAY);
         h.feed(&client_frame(0x81, b"ignored while closing"));
         assert!(h.broadcast.is_empty());
@@ -632,12 +716,14 @@ mod tests {
         let interval = h.config.ping_interval.unwrap();
         let start = h.now;
         assert_eq!(h.conn.deadline(&h.config), Some(start + interval));
-        h.conn.on_deadline(start + interval, &h.config);
+        h.call(|c, _, config, ev| c.on_deadline(start + interval, config, ev));
         assert_eq!(h.take_output(), [0x89, 0]);
+        assert!(h.events.is_empty());
         assert_eq!(h.conn.deadline(&h.config), Some(start + interval * 2));
-        h.conn.on_deadline(start + interval * 2, &h.config);
+        h.call(|c, _, config, ev| c.on_deadline(start + interval * 2, config, ev));
         assert_eq!(h.close_code_sent(), close::GOING_AWAY);
         assert_eq!(h.conn.phase(), Phase::Finishing);
+        assert_eq!(h.events, [Event::Ended(Ending::PingTimeout), Event::Left]);
     }
 
     #[test]
@@ -645,7 +731,8 @@ mod tests {
         let mut h = Harness::new(Config::default());
         h.feed(b"GET / HTTP/1.1\r\n");
         let deadline = h.conn.deadline(&h.config).unwrap();
-        h.conn.on_deadline(deadline, &h.config);
+        h.call(|c, _, config, ev| c.on_deadline(deadline, config, ev));
+        assert_eq!(h.events, [Event::Ended(Ending::Answered(408))]);
         assert!(h.take_output().starts_with(b"HTTP/1.1 408 "));
         assert_eq!(h.conn.phase(), Phase::Finishing);
     }
@@ -659,5 +746,82 @@ mod tests {
         let msg: Message = serde_json::from_slice(&h.broadcast.as_bytes()[2..]).unwrap();
         assert_eq!(msg.body, "hello");
         assert_ne!(msg.body, JOINED);
+    }
+
+    /// The bug of issue 10: a handshake and an ending in one read must still make a `Left`.
+    #[test]
+    fn every_ending_in_the_same_read_as_the_handshake_follows_joined_with_left() {
+        let endings: Vec<(Vec<u8>, Ending)> = vec![
+            (client_frame(0x88, &1000u16.to_be_bytes()), Ending::PeerLeft),
+            (
+                [client_frame(0x81, b"hi"), client_frame(0x88, &[])].concat(),
+                Ending::PeerLeft,
+            ),
+            (
+                [client_frame(0x89, b"p"), client_frame(0x88, &[])].concat(),
+                Ending::PeerLeft,
+            ),
+            (
+                client_frame(0x82, b"bin"),
+                Ending::Failed(close::UNSUPPORTED_DATA),
+            ),
+            (vec![0x81, 0x00], Ending::Failed(close::PROTOCOL_ERROR)),
+            (
+                client_frame(0xC1, b"x"),
+                Ending::Failed(close::PROTOCOL_ERROR),
+            ),
+            (
+                client_frame(0x81, &[0xFF]),
+                Ending::Failed(close::INVALID_PAYLOAD),
+            ),
+            (
+                vec![0x81, 0xFF, 0, 0, 1, 0, 0, 0, 0, 0, 1, 2, 3, 4],
+                Ending::Failed(close::TOO_BIG),
+            ),
+            (REQUEST.to_vec(), Ending::Failed(close::PROTOCOL_ERROR)),
+        ];
+        for (frames, ending) in endings {
+            let stream = [REQUEST, &frames].concat();
+            let said = usize::from(frames.starts_with(&client_frame(0x81, b"hi")));
+            for piece in [stream.len(), 1] {
+                let mut h = Harness::new(Config::default());
+                for chunk in stream.chunks(piece) {
+                    h.feed(chunk);
+                }
+                let mut expected = vec![Event::Joined];
+                expected.extend(std::iter::repeat_n(Event::Said(""), said));
+                expected.extend([Event::Ended(ending), Event::Left]);
+                assert_eq!(h.events, expected, "{frames:?} in pieces of {piece}");
+            }
+        }
+    }
+
+    #[test]
+    fn left_is_reported_once_whatever_follows() {
+        let mut h = Harness::open();
+        h.call(|c, now, _, ev| c.abort(Ending::SlowConsumer, now, ev));
+        h.call(|c, now, _, ev| c.peer_closed(now, ev));
+        h.call(|c, now, _, ev| c.go_away(now, ev));
+        assert_eq!(h.events, [Event::Ended(Ending::SlowConsumer), Event::Left]);
+    }
+
+    #[test]
+    fn plain_http_and_echo_never_join() {
+        let mut h = Harness::new(Config::default());
+        h.feed(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(h.events, [Event::MetricsRequested]);
+        h.call(|c, _, _, ev| c.answer_metrics(b"HTTP/1.1 200 OK\r\n\r\n", ev));
+        assert_eq!(
+            h.events,
+            [Event::MetricsRequested, Event::Ended(Ending::Answered(200))]
+        );
+        let mut h = Harness::new(Config {
+            echo: true,
+            ..Config::default()
+        });
+        let request = String::from_utf8_lossy(REQUEST).replace("/ws", "/echo");
+        h.feed(&[request.as_bytes(), &client_frame(0x81, b"e")].concat());
+        h.call(|c, now, _, ev| c.peer_closed(now, ev));
+        assert_eq!(h.events, [Event::Echoed, Event::Ended(Ending::PeerLeft)]);
     }
 }

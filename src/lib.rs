@@ -23,6 +23,8 @@ pub mod http;
 pub mod logging;
 pub mod message;
 pub mod metrics;
+pub mod pacing;
+pub mod presence;
 pub mod queue;
 pub mod reactor;
 pub mod redis;

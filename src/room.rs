@@ -10,21 +10,12 @@
 //! per turn, however many messages the turn brought. Every member receives the batch in the same
 //! order, so all clients see one order. A member that joined while the batch was collecting gets
 //! it from its own join notice on, exactly as if the batch had gone out at that moment. A member
-//! whose queue overflows during the fan-out is removed on the spot and its leave notice becomes
-//! the next batch: removals never disturb the iteration, and no leave notice is lost.
+//! whose queue overflows during the fan-out is only reported: the event loop ends it afterwards,
+//! and its leave notice becomes the next batch, so removals never disturb the iteration.
+//!
+//! Who joins and leaves, and when, is decided in one place: [`crate::presence`].
 
 use crate::message::{self, JOINED, LEFT};
-
-/// Where a connection reports what happens in the room. The event loop decides where that goes:
-/// into this turn's [`Broadcast`], or first out to the other processes (see `backplane.rs`).
-pub trait Announce {
-    /// The connection became a chat client.
-    fn joined(&mut self);
-    /// It left the room.
-    fn left(&mut self);
-    /// It said `text`.
-    fn said(&mut self, text: &str);
-}
 
 /// Frames waiting to go to every member, already encoded: encode once, copy many times.
 #[derive(Debug, Default)]
@@ -36,22 +27,23 @@ pub struct Broadcast {
     chat: bool,
 }
 
-impl Announce for Broadcast {
-    fn joined(&mut self) {
+impl Broadcast {
+    /// Someone joined: "New User Joined...".
+    pub fn joined(&mut self) {
         self.push(JOINED);
     }
 
-    fn left(&mut self) {
+    /// Someone left: "User Disconnected...".
+    pub fn left(&mut self) {
         self.push(LEFT);
     }
 
-    fn said(&mut self, text: &str) {
+    /// Someone said `text`.
+    pub fn said(&mut self, text: &str) {
         self.push(text);
         self.chat = true;
     }
-}
 
-impl Broadcast {
     /// The batch holds join and leave notices only (which may wait a little; chat may not).
     pub fn only_notices(&self) -> bool {
         !self.chat
@@ -80,18 +72,6 @@ impl Broadcast {
 /// A batch buffer up to this size is reused from turn to turn; a larger one (a burst, a huge
 /// message) goes back to the allocator.
 const KEEP_BATCH_CAPACITY: usize = 64 * 1024;
-
-/// What became of one delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    /// Written or queued.
-    Delivered,
-    /// The member is gone: its backlog would pass its limit, or its socket failed. The room
-    /// announces its leaving in the next batch.
-    Dropped,
-    /// The member is gone, and its leaving is announced elsewhere (through the backplane).
-    DroppedQuietly,
-}
 
 /// The members, by connection key, with O(1) join, leave and membership test.
 #[derive(Debug, Default)]
@@ -165,52 +145,40 @@ impl Room {
         self.newcomers.clear();
     }
 
-    /// Delivers everything in `broadcast` to every member, then empties it.
+    /// Delivers the batch in `broadcast` to every member, then empties it.
     ///
-    /// `deliver` hands the bytes to one member. Members it reports as dropped leave the room,
-    /// and their leave notices (unless announced elsewhere) are delivered to those who remain,
-    /// until nothing is left to send. Returns how many frames were queued in all
-    /// (frames × members).
+    /// `deliver` hands the bytes to one member and says whether it took them. One that did not
+    /// (its backlog would pass its limit, its socket failed) stays a member here: the caller ends
+    /// it, and its leave goes through [`crate::presence::Presence::leave`] like any other, into
+    /// the next batch. Returns how many frames were handed over in all (frames × members).
     pub fn fan_out(
         &mut self,
         broadcast: &mut Broadcast,
-        mut deliver: impl FnMut(usize, &[u8]) -> Delivery,
+        mut deliver: impl FnMut(usize, &[u8]) -> bool,
     ) -> u64 {
-        let mut overflowed = Vec::new();
-        let mut gone_quietly = Vec::new();
+        let batch = std::mem::take(&mut broadcast.frames);
+        let frames = std::mem::take(&mut broadcast.count);
+        broadcast.chat = false;
         let mut delivered = 0;
-        while !broadcast.is_empty() {
-            // Taking the batch out lets leave notices collect in `broadcast` as the next one.
-            let batch = std::mem::take(&mut broadcast.frames);
-            let frames = std::mem::take(&mut broadcast.count);
-            broadcast.chat = false;
-            for &key in &self.members {
-                let from = self.joined_at[key];
-                match deliver(key, &batch[from..]) {
-                    Delivery::Delivered if from == 0 => delivered += frames,
-                    Delivery::Delivered => delivered += frames_in(&batch[from..]),
-                    Delivery::Dropped => overflowed.push(key),
-                    Delivery::DroppedQuietly => gone_quietly.push(key),
-                }
+        for &key in &self.members {
+            let from = self.joined_at[key];
+            if deliver(key, &batch[from..]) {
+                delivered += if from == 0 {
+                    frames
+                } else {
+                    frames_in(&batch[from..])
+                };
             }
-            for key in self.newcomers.drain(..) {
-                if let Some(at) = self.joined_at.get_mut(key) {
-                    *at = 0; // the next batch is theirs in full
-                }
+        }
+        for key in self.newcomers.drain(..) {
+            if let Some(at) = self.joined_at.get_mut(key) {
+                *at = 0; // the next batch is theirs in full
             }
-            for key in overflowed.drain(..) {
-                if self.leave(key) {
-                    broadcast.left();
-                }
-            }
-            for key in gone_quietly.drain(..) {
-                self.leave(key);
-            }
-            // Keep the buffer for the next batch, unless an unusual one made it large.
-            if broadcast.frames.is_empty() && batch.capacity() <= KEEP_BATCH_CAPACITY {
-                broadcast.frames = batch;
-                broadcast.frames.clear();
-            }
+        }
+        // Keep the buffer for the next batch, unless an unusual one made it large.
+        if broadcast.frames.is_empty() && batch.capacity() <= KEEP_BATCH_CAPACITY {
+            broadcast.frames = batch;
+            broadcast.frames.clear();
         }
         delivered
     }
@@ -244,7 +212,6 @@ fn frames_in(mut bytes: &[u8]) -> u64 {
 mod tests {
     use super::*;
     use crate::message::Message;
-    use crate::room::Announce;
     use std::collections::HashMap;
 
     /// Splits a run of encoded frames back into bodies (frames here are all short).
@@ -276,13 +243,13 @@ mod tests {
             }
         }
 
-        fn deliver(&mut self, key: usize, frames: &[u8]) -> Delivery {
+        fn deliver(&mut self, key: usize, frames: &[u8]) -> bool {
             let queue = self.got.entry(key).or_default();
             if queue.len() + frames.len() > *self.limit.get(&key).unwrap_or(&usize::MAX) {
-                return Delivery::Dropped;
+                return false;
             }
             queue.extend_from_slice(frames);
-            Delivery::Delivered
+            true
         }
 
         fn bodies(&self, key: usize) -> Vec<String> {
@@ -327,7 +294,7 @@ mod tests {
     }
 
     #[test]
-    fn overflowing_members_leave_and_the_others_are_told() {
+    fn a_member_that_cannot_take_the_batch_is_not_counted_and_stays_for_the_caller_to_end() {
         let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
         for key in 0..5 {
             room.join(key, 0);
@@ -335,17 +302,19 @@ mod tests {
         q.limit.insert(1, 10);
         q.limit.insert(3, 10);
         b.said("this is longer than ten bytes");
-        let delivered = room.fan_out(&mut b, |k, f| q.deliver(k, f));
-        assert_eq!(room.len(), 3);
-        assert_eq!(
-            delivered,
-            3 + 3 * 2,
-            "one message and two leave notices, to three members"
-        );
-        for key in [0, 2, 4] {
-            assert_eq!(q.bodies(key), ["this is longer than ten bytes", LEFT, LEFT]);
-        }
-        assert!(q.bodies(1).is_empty() && q.bodies(3).is_empty());
+        let mut refused = Vec::new();
+        let delivered = room.fan_out(&mut b, |k, f| {
+            let took = q.deliver(k, f);
+            if !took {
+                refused.push(k);
+            }
+            took
+        });
+        assert_eq!(delivered, 3, "one message to three members");
+        refused.sort();
+        assert_eq!(refused, [1, 3]);
+        assert_eq!(room.len(), 5, "leaving is the caller's decision");
+        assert!(b.is_empty());
     }
 
     #[test]

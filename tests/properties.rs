@@ -15,11 +15,11 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
-use mio_chat::connection::{Connection, Context, Phase};
+use mio_chat::connection::{Connection, Context, Event, Phase};
 use mio_chat::http::{decide, Decision, OriginPolicy};
 use mio_chat::message::{Message, JOINED, LEFT};
-use mio_chat::metrics::Metrics;
-use mio_chat::room::{Announce, Broadcast, Delivery, Room};
+use mio_chat::presence::Presence;
+use mio_chat::room::Broadcast;
 use mio_chat::Config;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -165,7 +165,6 @@ struct Harness {
     conn: Connection,
     config: Config,
     broadcast: Broadcast,
-    metrics: Metrics,
     now: Instant,
 }
 
@@ -176,21 +175,25 @@ impl Harness {
             conn: Connection::new(now),
             config,
             broadcast: Broadcast::default(),
-            metrics: Metrics::default(),
             now,
         }
     }
 
     fn feed(&mut self, bytes: &[u8]) {
-        let mut cx = Context {
+        let cx = Context {
             now: self.now,
             config: &self.config,
-            broadcast: &mut self.broadcast,
-            metrics: &mut self.metrics,
             degraded: false,
         };
+        let broadcast = &mut self.broadcast;
         // `receive` unmasks in place, so it gets a copy, like the reactor's read buffer.
-        self.conn.receive(&mut bytes.to_vec(), &mut cx);
+        self.conn
+            .receive(&mut bytes.to_vec(), &cx, &mut |event| match event {
+                Event::Joined => broadcast.joined(),
+                Event::Said(text) => broadcast.said(text),
+                Event::Left => broadcast.left(),
+                _ => {}
+            });
     }
 
     /// Everything the connection wrote and broadcast, and where it ended up.
@@ -342,11 +345,10 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The system under test: a real `Room` and `Broadcast`, with byte queues for the clients.
+/// The system under test: a real `Presence` (room and batch), with byte queues for the clients.
 #[derive(Default)]
 struct Real {
-    room: Room,
-    broadcast: Broadcast,
+    presence: Presence,
     /// Bytes each client has received, by client (a key is reused by later clients).
     received: Vec<Vec<u8>>,
     /// Bytes not yet written, by client.
@@ -356,43 +358,50 @@ struct Real {
 }
 
 impl Real {
+    /// As the reactor's flush point does: fan out, end those that could not take it (their
+    /// leave notices make the next batch), until the batch is empty.
     fn fan_out(&mut self) {
         let Real {
-            room,
-            broadcast,
+            presence,
             received,
             pending,
             client_on,
             limit,
         } = self;
-        room.fan_out(broadcast, |key, frames| {
-            let client = client_on[&key];
-            let limit = limit.get(&key).copied().unwrap_or(usize::MAX);
-            if pending[client] > 0 && pending[client] + frames.len() > limit {
-                return Delivery::Dropped;
+        while !presence.batch().is_empty() {
+            let mut dropped = Vec::new();
+            presence.fan_out(|key, frames| {
+                let client = client_on[&key];
+                let limit = limit.get(&key).copied().unwrap_or(usize::MAX);
+                if pending[client] > 0 && pending[client] + frames.len() > limit {
+                    dropped.push(key);
+                    return false;
+                }
+                pending[client] += frames.len();
+                received[client].extend_from_slice(frames);
+                true
+            });
+            for key in dropped {
+                presence.leave(key, None);
             }
-            pending[client] += frames.len();
-            received[client].extend_from_slice(frames);
-            Delivery::Delivered
-        });
+        }
     }
 
     fn apply(&mut self, op: &Op) {
         match op {
-            Op::Join(k) if !self.room.contains(*k) => {
+            Op::Join(k) if !self.presence.is_member(*k) => {
+                let id = self.received.len() as u64;
                 self.client_on.insert(*k, self.received.len());
                 self.received.push(Vec::new());
                 self.pending.push(0);
-                // As in the reactor: the connection announces itself while its request is
-                // read, and the newcomer's part of the batch starts where the batch stood.
-                let from = self.broadcast.len();
-                self.broadcast.joined();
-                self.room.join(*k, from);
+                self.presence.join((*k, id), None);
             }
-            Op::Leave(k) if self.room.leave(*k) => self.broadcast.left(),
-            Op::Say(k, texts) if self.room.contains(*k) => {
+            Op::Leave(k) => {
+                self.presence.leave(*k, None);
+            }
+            Op::Say(k, texts) if self.presence.is_member(*k) => {
                 for text in texts {
-                    self.broadcast.said(text);
+                    self.presence.said(text, None);
                 }
             }
             Op::Limit(k, limit) => {
@@ -533,10 +542,11 @@ proptest! {
         for op in ops.iter().chain([&Op::FanOut]) {
             real.apply(op);
             model.apply(op);
-            let members: BTreeSet<usize> = real.room.members().iter().copied().collect();
+            let members: BTreeSet<usize> =
+                (0..KEYS).filter(|&k| real.presence.is_member(k)).collect();
             prop_assert_eq!(&members, &model.members, "after {:?}", op);
         }
-        prop_assert!(real.broadcast.is_empty());
+        prop_assert!(real.presence.batch().is_empty());
         for (client, bytes) in real.received.iter().enumerate() {
             let got = bodies(bytes);
             prop_assert_eq!(&got, &model.received[client], "client {}", client);

@@ -22,11 +22,10 @@
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use mio_chat::connection::{Connection, Context, Phase};
+use mio_chat::connection::{Connection, Context, Event, Phase, Sink};
 use mio_chat::frame::MAX_CONTROL_PAYLOAD;
 use mio_chat::http::{CHAT_PAGE, MAX_HEAD};
 use mio_chat::message::JOINED;
-use mio_chat::metrics::Metrics;
 use mio_chat::room::Broadcast;
 use mio_chat::Config;
 
@@ -103,7 +102,8 @@ fn run(config: &Config, stream: &[u8], ops: &[Op]) -> Trace {
     let mut now = Instant::now();
     let mut conn = Connection::new(now);
     let mut broadcast = Broadcast::default();
-    let mut metrics = Metrics::default();
+    // Joined and Left as reported: they must pair up, whatever the bytes.
+    let mut presence = (0u32, 0u32);
     let mut written = Vec::new();
     let mut counts = Counts::default();
 
@@ -116,7 +116,7 @@ fn run(config: &Config, stream: &[u8], ops: &[Op]) -> Trace {
                     &mut conn,
                     config,
                     &mut broadcast,
-                    &mut metrics,
+                    &mut presence,
                     now,
                     piece,
                     &mut counts,
@@ -133,24 +133,26 @@ fn run(config: &Config, stream: &[u8], ops: &[Op]) -> Trace {
                     0 => conn.deadline(config).map_or(now, |due| due.max(now)),
                     _ => now + Duration::from_secs(secs.into()),
                 };
-                conn.on_deadline(now, config);
+                conn.on_deadline(now, config, &mut |e| count(e, &mut presence));
                 counts.deadlines += 1;
             }
-            Op::PeerClosed => conn.peer_closed(now),
+            Op::PeerClosed => conn.peer_closed(now, &mut |e| count(e, &mut presence)),
         }
         check_bounds(&conn, config, &written, &broadcast, &counts);
+        check_presence(&conn, presence);
     }
     let rest = &stream[counts.fed..];
     feed(
         &mut conn,
         config,
         &mut broadcast,
-        &mut metrics,
+        &mut presence,
         now,
         rest,
         &mut counts,
     );
     check_bounds(&conn, config, &written, &broadcast, &counts);
+    check_presence(&conn, presence);
     written.extend_from_slice(conn.output().pending());
     check_output(&written);
     check_broadcast(broadcast.as_bytes(), config.max_message_size);
@@ -174,22 +176,44 @@ fn feed(
     conn: &mut Connection,
     config: &Config,
     broadcast: &mut Broadcast,
-    metrics: &mut Metrics,
+    presence: &mut (u32, u32),
     now: Instant,
     piece: &[u8],
     counts: &mut Counts,
 ) {
     counts.fed += piece.len();
     counts.largest_read = counts.largest_read.max(piece.len());
-    let mut cx = Context {
+    let cx = Context {
         now,
         config,
-        broadcast,
-        metrics,
         degraded: false,
     };
+    let events: &mut Sink = &mut |event| {
+        match event {
+            Event::Joined => broadcast.joined(),
+            Event::Said(text) => broadcast.said(text),
+            _ => {}
+        }
+        count(event, presence);
+    };
     // `receive` may unmask in place, as it does in the reactor's read buffer.
-    conn.receive(&mut piece.to_vec(), &mut cx);
+    conn.receive(&mut piece.to_vec(), &cx, events);
+}
+
+/// Counts Joined and Left.
+fn count(event: Event, (joined, left): &mut (u32, u32)) {
+    match event {
+        Event::Joined => *joined += 1,
+        Event::Left => *left += 1,
+        _ => {}
+    }
+}
+
+/// At most one Joined; a Left only after it, once; and one as soon as the connection is not in
+/// the room any more.
+fn check_presence(conn: &Connection, (joined, left): (u32, u32)) {
+    assert!(joined <= 1 && left <= joined, "joined {joined}, left {left}");
+    assert_eq!(conn.in_room(), joined > left, "joined {joined}, left {left}");
 }
 
 /// The connection cannot be made to write, broadcast or hold more than its input accounts for.

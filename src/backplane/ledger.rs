@@ -1,0 +1,279 @@
+//! The backplane's bookkeeping, with no sockets: the envelopes this process published and Redis
+//! has not handed back yet, their sequence numbers, and what each envelope from the channel
+//! means for the local room.
+//!
+//! The rules, each unit-tested below:
+//! - our envelope that comes back lands in the room then (with its joiner, so that a newcomer
+//!   joins the room at its own notice), so every process sees Redis's order;
+//! - one of ours that comes back while older ones of ours are still pending proves those were
+//!   lost on the way (Redis keeps one connection's order): they land first, locally;
+//! - one that comes back after it was landed (late, or after an outage) is skipped by its number:
+//!   nothing is delivered twice;
+//! - on an outage every pending envelope lands locally, in order: a local message is never lost.
+
+use std::collections::VecDeque;
+
+use log::{debug, warn};
+
+use crate::envelope::{self, Envelope, Kind, Unusable};
+use crate::metrics::BackplaneStats;
+use crate::presence::{Landing, Member};
+
+/// One of our envelopes on its way through Redis.
+#[derive(Debug)]
+struct Pending {
+    seq: u64,
+    kind: Kind,
+    joiner: Option<Member>,
+    body: String,
+}
+
+impl Pending {
+    /// Landed by the backplane itself, after Redis failed to hand it back.
+    fn landing(&self) -> Landing<'_> {
+        landing(self.kind, self.joiner, &self.body, false)
+    }
+}
+
+fn landing(kind: Kind, local: Option<Member>, body: &str, through_redis: bool) -> Landing<'_> {
+    match kind {
+        Kind::Join => Landing::Join {
+            local,
+            through_redis,
+        },
+        Kind::Leave => Landing::Leave,
+        Kind::Message => Landing::Message(body),
+    }
+}
+
+/// What this process published and what it received, envelope by envelope.
+#[derive(Debug)]
+pub struct Ledger {
+    node: String,
+    next_seq: u64,
+    /// Our envelopes not yet handed back by the subscription, oldest first.
+    pending: VecDeque<Pending>,
+    /// The last envelope's JSON (reused).
+    scratch: Vec<u8>,
+    stats: BackplaneStats,
+}
+
+impl Ledger {
+    /// A ledger for a process named `node` (see [`envelope::new_node_id`]).
+    pub fn new(node: String) -> Ledger {
+        Ledger {
+            node,
+            next_seq: 0,
+            pending: VecDeque::new(),
+            scratch: Vec::new(),
+            stats: BackplaneStats::default(),
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn stats(&self) -> BackplaneStats {
+        BackplaneStats {
+            pending: self.pending.len() as u64,
+            ..self.stats
+        }
+    }
+
+    /// Counts an outage (the links went down after being up).
+    pub fn count_outage(&mut self) {
+        self.stats.outages += 1;
+    }
+
+    /// Records one event of this process's clients and returns its envelope's JSON, to publish.
+    pub fn publish(&mut self, kind: Kind, body: &str, joiner: Option<Member>) -> &[u8] {
+        self.next_seq += 1;
+        self.scratch.clear();
+        Envelope {
+            v: envelope::VERSION,
+            node: self.node.as_str().into(),
+            seq: self.next_seq,
+            kind,
+            body: body.into(),
+        }
+        .write_to(&mut self.scratch);
+        self.pending.push_back(Pending {
+            seq: self.next_seq,
+            kind,
+            joiner,
+            body: body.to_string(),
+        });
+        self.stats.published += 1;
+        &self.scratch
+    }
+
+    /// Lands everything still pending, in order (the links broke: it would never come back).
+    pub fn land_pending(&mut self, land: &mut dyn FnMut(Landing)) {
+        for pending in self.pending.drain(..) {
+            land(pending.landing());
+        }
+    }
+
+    /// One message from the channel.
+    pub fn receive(&mut self, payload: &[u8], land: &mut dyn FnMut(Landing)) {
+        let envelope = match Envelope::parse(payload) {
+            Ok(envelope) => envelope,
+            Err(unusable) => return self.skip(unusable),
+        };
+        if envelope.node != self.node {
+            self.stats.received += 1;
+            return land(landing(envelope.kind, None, &envelope.body, true));
+        }
+        // Ours, back from Redis: everything before it in `pending` went out before it, so
+        // anything older still there was lost on the way (it lands now, so nobody here misses it).
+        while let Some(front) = self.pending.front() {
+            if front.seq > envelope.seq {
+                return; // already landed: a duplicate
+            }
+            let Some(pending) = self.pending.pop_front() else {
+                break;
+            };
+            self.stats.received += 1;
+            if pending.seq == envelope.seq {
+                return land(landing(envelope.kind, pending.joiner, &envelope.body, true));
+            }
+            debug!(
+                "redis: envelope {} never came back; delivered locally",
+                pending.seq
+            );
+            land(pending.landing());
+        }
+    }
+
+    /// A message on the channel that is not an envelope this build reads: warned about once,
+    /// counted always (a flood of them must not flood the log).
+    fn skip(&mut self, unusable: Unusable) {
+        self.stats.unusable += 1;
+        let why = match unusable {
+            Unusable::Version(v) => {
+                format!(
+                    "an envelope of version {v} (this build reads {})",
+                    envelope::VERSION
+                )
+            }
+            Unusable::Malformed(e) => format!("a message that is not an envelope ({e})"),
+        };
+        if self.stats.unusable == 1 {
+            warn!("redis: skipped {why}; further ones are counted in /metrics");
+        } else {
+            debug!("redis: skipped {why}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What landed, in a form tests can compare.
+    pub(crate) fn landed(landing: Landing) -> String {
+        match landing {
+            Landing::Join {
+                local: Some((key, id)),
+                through_redis,
+            } => format!(
+                "join {key}/{id}{}",
+                if through_redis { "" } else { " here" }
+            ),
+            Landing::Join { local: None, .. } => "join".into(),
+            Landing::Leave => "leave".into(),
+            Landing::Message(text) => format!("say {text}"),
+        }
+    }
+
+    fn envelope(node: &str, seq: u64, kind: Kind, body: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        Envelope {
+            v: envelope::VERSION,
+            node: node.into(),
+            seq,
+            kind,
+            body: body.into(),
+        }
+        .write_to(&mut out);
+        out
+    }
+
+    fn receive(l: &mut Ledger, payload: &[u8]) -> Vec<String> {
+        let mut got = Vec::new();
+        l.receive(payload, &mut |x| got.push(landed(x)));
+        got
+    }
+
+    fn ledger() -> Ledger {
+        Ledger::new("me".into())
+    }
+
+    #[test]
+    fn publishing_numbers_envelopes_and_keeps_them_pending() {
+        let mut l = ledger();
+        let join = String::from_utf8_lossy(l.publish(Kind::Join, "", Some((3, 9)))).into_owned();
+        let hi = String::from_utf8_lossy(l.publish(Kind::Message, "hi", None)).into_owned();
+        assert!(join.contains(r#""seq":1,"kind":"join""#), "{join}");
+        assert!(
+            hi.contains(r#""seq":2,"kind":"message","body":"hi""#),
+            "{hi}"
+        );
+        assert_eq!(l.stats().pending, 2);
+    }
+
+    #[test]
+    fn our_envelopes_land_when_they_come_back_with_their_joiner() {
+        let mut l = ledger();
+        l.publish(Kind::Join, "", Some((3, 9)));
+        l.publish(Kind::Message, "hi", None);
+        assert_eq!(
+            receive(&mut l, &envelope("other", 5, Kind::Join, "")),
+            ["join"]
+        );
+        assert_eq!(
+            receive(&mut l, &envelope("me", 1, Kind::Join, "")),
+            ["join 3/9"]
+        );
+        assert_eq!(
+            receive(&mut l, &envelope("me", 2, Kind::Message, "hi")),
+            ["say hi"]
+        );
+        assert_eq!(l.stats().pending, 0);
+        assert!(receive(&mut l, &envelope("me", 2, Kind::Message, "hi")).is_empty());
+    }
+
+    #[test]
+    fn an_envelope_that_never_came_back_lands_before_the_next_one() {
+        let mut l = ledger();
+        l.publish(Kind::Message, "one", None);
+        l.publish(Kind::Message, "two", None);
+        assert_eq!(
+            receive(&mut l, &envelope("me", 2, Kind::Message, "two")),
+            ["say one", "say two"]
+        );
+        assert!(receive(&mut l, &envelope("me", 1, Kind::Message, "one")).is_empty());
+    }
+
+    #[test]
+    fn an_outage_lands_everything_pending_in_order_once() {
+        let mut l = ledger();
+        l.publish(Kind::Join, "", Some((1, 1)));
+        l.publish(Kind::Message, "in flight", None);
+        l.publish(Kind::Leave, "", None);
+        let mut got = Vec::new();
+        l.land_pending(&mut |x| got.push(landed(x)));
+        assert_eq!(got, ["join 1/1 here", "say in flight", "leave"]);
+        l.land_pending(&mut |_| panic!("nothing pending"));
+        assert!(receive(&mut l, &envelope("me", 2, Kind::Message, "in flight")).is_empty());
+    }
+
+    #[test]
+    fn foreign_payloads_are_skipped_and_counted() {
+        let mut l = ledger();
+        assert!(receive(&mut l, b"not json").is_empty());
+        assert!(receive(&mut l, br#"{"v":9,"node":"x","seq":1,"kind":"join"}"#).is_empty());
+        assert_eq!(l.stats().unusable, 2);
+    }
+}

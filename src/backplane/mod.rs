@@ -1,0 +1,490 @@
+//! The Redis backplane: several mio-chat processes, one room.
+//!
+//! With `--redis`, a process does not put its clients' events straight into its room. It
+//! publishes each one (in an [`Envelope`]) on a Redis channel, and puts into its room whatever
+//! its subscription to that channel hands back: its own events and everyone else's, in the one
+//! order Redis gives them. So every client of every process sees the same messages in the same
+//! order, each once.
+//!
+//! Two Redis connections do it, both non-blocking sockets in the server's own `mio::Poll` (still
+//! one thread): a subscriber, and a publisher that pipelines PUBLISH commands without waiting for
+//! their replies. Until both are ready, and whenever either fails, the process is *degraded*: it
+//! delivers its clients' events locally, as without `--redis`, and tries again after a capped
+//! exponential backoff. Its own envelopes that Redis had not handed back when the link broke
+//! (kept in order in `pending`) are then delivered locally, so a local message is never lost. And
+//! none is delivered twice: each envelope carries its sequence number, and one of ours that Redis
+//! hands back after it was delivered locally is recognised by it and skipped.
+//!
+//! The parts: `link.rs` is one socket to Redis; `ledger.rs` the pure bookkeeping (sequence
+//! numbers, the pending envelopes, what each envelope from the channel means); `outage.rs` the
+//! pure state and outage rules (backoff, a new outage or the same one, connect timeout). This
+//! file ties them to the two sockets. What the bytes mean is in [`crate::redis`] and
+//! [`crate::envelope`].
+
+mod ledger;
+mod link;
+pub mod outage;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Instant;
+
+use log::{debug, info, warn};
+use mio::{Registry, Token};
+
+use crate::envelope::{self, Kind};
+use crate::metrics::BackplaneStats;
+use crate::presence::{Landing, Member, Publish};
+use crate::redis::{self, RedisUrl, Reply};
+pub use ledger::Ledger;
+use link::Link;
+pub use link::READ_CHUNK;
+use outage::{Due, Outages, MAX_BACKOFF};
+
+/// Bytes read from the subscription in one turn before clients get their turn. The subscription
+/// carries the whole room's traffic, so it gets far more than one client's 256 KiB: reading it
+/// slower than the clients publish would only pile the difference up in Redis.
+pub const READ_BUDGET: usize = 4 << 20;
+/// After a failure, bytes of the subscription still read (what Redis sent before it broke).
+const DRAIN_BUDGET: usize = 4 << 20;
+/// The largest reply the subscription may carry, at least: an envelope from a process with a
+/// larger `--max-message-size` than ours is not a protocol error.
+const MIN_MAX_INPUT: usize = 16 << 20;
+
+/// What is wrong, for the log.
+type Failure = String;
+
+/// Both Redis links and what travels over them.
+pub struct Backplane {
+    url: RedisUrl,
+    channel: String,
+    subscriber: Link,
+    publisher: Link,
+    ledger: Ledger,
+    outages: Outages,
+    /// Where Redis is: resolved at the first attempt that succeeds, then kept (resolving blocks
+    /// the loop, so it is not done on every reconnection).
+    addr: Option<SocketAddr>,
+    /// Past this many bytes not yet written to Redis, Redis is not keeping up, and the link is
+    /// dropped (as a client that stopped reading would be).
+    max_unsent: usize,
+    /// Past this many bytes unparsed from the subscription, a reply is too large to be ours.
+    max_input: usize,
+    /// Set when a publish fails outside an I/O handler; acted on at the next [`Backplane::repair`].
+    broken: Option<Failure>,
+    /// The subscription has more bytes than this turn's budget allowed to read.
+    unread: bool,
+    /// The PUBLISH command around each envelope (reused).
+    command: Vec<u8>,
+}
+
+impl Backplane {
+    /// A backplane for `url` (not yet connected: see [`Backplane::start`]).
+    pub fn new(
+        url: RedisUrl,
+        channel: String,
+        tokens: (Token, Token),
+        max_unsent: usize,
+        max_message_size: usize,
+    ) -> Backplane {
+        Backplane {
+            url,
+            channel,
+            subscriber: Link::new(tokens.0),
+            publisher: Link::new(tokens.1),
+            ledger: Ledger::new(envelope::new_node_id()),
+            outages: Outages::default(),
+            addr: None,
+            max_unsent,
+            // A JSON string may escape each byte into six (\u0000).
+            max_input: (max_message_size.saturating_mul(6) + READ_CHUNK).max(MIN_MAX_INPUT),
+            broken: None,
+            unread: false,
+            command: Vec::new(),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.outages.is_up()
+    }
+
+    /// Nothing published is waiting to be written (or there is nowhere to write it).
+    pub fn is_drained(&self) -> bool {
+        !self.is_up() || self.publisher.output.is_empty()
+    }
+
+    pub fn node(&self) -> &str {
+        self.ledger.node()
+    }
+
+    pub fn stats(&self) -> BackplaneStats {
+        BackplaneStats {
+            up: self.is_up(),
+            ..self.ledger.stats()
+        }
+    }
+
+    /// The earliest moment [`Backplane::on_deadline`] has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.outages.next_deadline()
+    }
+
+    /// The subscription still has bytes to read (the loop should not sleep).
+    pub fn has_unread(&self) -> bool {
+        self.unread
+    }
+
+    /// First connection attempt, at start.
+    pub fn start(&mut self, registry: &Registry, now: Instant) {
+        info!(
+            "redis: joining channel {:?} at {} as node {}",
+            self.channel,
+            self.url.address(),
+            self.node()
+        );
+        self.connect(registry, now);
+    }
+
+    fn connect(&mut self, registry: &Registry, now: Instant) {
+        let Some(addr) = self.resolve(now) else {
+            return;
+        };
+        debug!("redis: connecting to {addr}");
+        let opened = self
+            .subscriber
+            .open(addr, registry)
+            .and_then(|()| self.publisher.open(addr, registry));
+        if let Err(e) = opened {
+            self.subscriber.close(registry);
+            self.publisher.close(registry);
+            return self.down(format!("cannot connect to {addr}: {e}"), now);
+        }
+        let mut buf = Vec::new();
+        self.subscriber.preamble_replies = self.url.write_preamble(&mut buf);
+        redis::command(&mut buf, &[b"SUBSCRIBE", self.channel.as_bytes()]);
+        self.subscriber.output.push(&buf);
+        buf.clear();
+        self.publisher.preamble_replies = self.url.write_preamble(&mut buf);
+        self.publisher.output.push(&buf);
+        self.outages.connecting(now);
+    }
+
+    /// The address to connect to. A host name waits for the resolver here, in the loop: at start,
+    /// and again only until it has once resolved.
+    fn resolve(&mut self, now: Instant) -> Option<SocketAddr> {
+        if self.addr.is_none() {
+            match (self.url.host.as_str(), self.url.port).to_socket_addrs() {
+                Ok(mut addrs) => self.addr = addrs.next(),
+                Err(e) => {
+                    self.down(format!("cannot resolve {}: {e}", self.url.address()), now);
+                    return None;
+                }
+            }
+            if self.addr.is_none() {
+                self.down(format!("{} has no address", self.url.address()), now);
+            }
+        }
+        self.addr
+    }
+
+    /// Both links closed (or never opened): schedule the next attempt, log the outage once.
+    fn down(&mut self, why: Failure, now: Instant) {
+        let failure = self.outages.down(now);
+        if failure.was_up {
+            self.ledger.count_outage();
+        }
+        if failure.new_outage {
+            warn!(
+                "redis: {why}; serving this process's clients only, retrying every {:?} up to {:?}",
+                failure.retry_in, MAX_BACKOFF
+            );
+        } else {
+            debug!("redis: {why}; next attempt in {:?}", failure.retry_in);
+        }
+    }
+
+    /// Drops both links after a failure. What Redis had not handed back yet lands locally, in
+    /// order: it would never come back on a new subscription.
+    fn fail(
+        &mut self,
+        why: Failure,
+        registry: &Registry,
+        now: Instant,
+        land: &mut dyn FnMut(Landing),
+    ) {
+        self.drain_subscription(land);
+        self.subscriber.close(registry);
+        self.publisher.close(registry);
+        self.unread = false;
+        self.broken = None;
+        self.ledger.land_pending(land);
+        self.down(why, now);
+    }
+
+    /// Lands what the subscription had already received (other processes' envelopes, and ours
+    /// back) before the links close, so a failure of the publisher alone loses none of it.
+    fn drain_subscription(&mut self, land: &mut dyn FnMut(Landing)) {
+        if !self.subscriber.subscribed {
+            return;
+        }
+        self.unread = true;
+        for _ in 0..DRAIN_BUDGET / READ_CHUNK {
+            if !self.unread || self.read_chunk(land).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Acts on a failure noticed outside an I/O handler (an overflowing publish queue).
+    pub fn repair(&mut self, registry: &Registry, now: Instant, land: &mut dyn FnMut(Landing)) {
+        if let Some(why) = self.broken.take() {
+            self.fail(why, registry, now, land);
+        }
+    }
+
+    /// Retries after the backoff; gives up on a connection attempt that takes too long.
+    pub fn on_deadline(
+        &mut self,
+        registry: &Registry,
+        now: Instant,
+        land: &mut dyn FnMut(Landing),
+    ) {
+        match self.outages.due(now) {
+            Some(Due::Retry) => self.connect(registry, now),
+            Some(Due::GiveUp) => {
+                let why = format!(
+                    "no answer from {} within {:?}",
+                    self.url.address(),
+                    outage::CONNECT_TIMEOUT
+                );
+                self.fail(why, registry, now, land);
+            }
+            None => {}
+        }
+    }
+    /// Handles a readiness event on one of the two links.
+    pub fn on_event(
+        &mut self,
+        token: Token,
+        readable: bool,
+        writable: bool,
+        registry: &Registry,
+        now: Instant,
+        land: &mut dyn FnMut(Landing),
+    ) {
+        if let Err(why) = self.handle(token, readable, writable, registry) {
+            self.fail(why, registry, now, land);
+        }
+        self.check_up(now);
+    }
+
+    fn handle(
+        &mut self,
+        token: Token,
+        readable: bool,
+        writable: bool,
+        registry: &Registry,
+    ) -> Result<(), Failure> {
+        let link = if token == self.subscriber.token {
+            &mut self.subscriber
+        } else {
+            &mut self.publisher
+        };
+        if !link.is_open() {
+            return Ok(()); // an event for a link closed earlier in this turn
+        }
+        if writable && !link.connected {
+            link.check_connected()
+                .map_err(|e| format!("cannot connect to {}: {e}", self.url.address()))?;
+        }
+        if writable || readable {
+            link.flush(registry).map_err(|e| format!("write: {e}"))?;
+        }
+        if readable {
+            if token == self.subscriber.token {
+                // Read by the event loop through `read_more`, a chunk at a time.
+                self.unread = true;
+            } else {
+                self.read_publisher_replies()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads replies to PUBLISH (counts of subscribers reached) and to the preamble.
+    fn read_publisher_replies(&mut self) -> Result<(), Failure> {
+        while self
+            .publisher
+            .read_chunk()
+            .map_err(|e| format!("publisher: {e}"))?
+        {
+            let mut used = 0;
+            while let Some((reply, n)) = redis::next_reply(&self.publisher.input[used..])
+                .map_err(|e| format!("publisher: {e}"))?
+            {
+                used += n;
+                match reply {
+                    Reply::Integer(_) | Reply::Status => {
+                        self.publisher.preamble_replies =
+                            self.publisher.preamble_replies.saturating_sub(1);
+                    }
+                    Reply::Error(e) => return Err(format!("Redis refused a command: {e}")),
+                    other => return Err(format!("publisher: unexpected reply {other:?}")),
+                }
+            }
+            self.publisher.input.drain(..used);
+        }
+        Ok(())
+    }
+
+    /// Reads one chunk of the subscription and lands the envelopes in it (the event loop calls
+    /// this while [`Backplane::has_unread`], checking its batch in between).
+    pub fn read_more(&mut self, registry: &Registry, now: Instant, land: &mut dyn FnMut(Landing)) {
+        if let Err(why) = self.read_chunk(land) {
+            self.fail(why, registry, now, land);
+        }
+        self.check_up(now);
+    }
+
+    fn read_chunk(&mut self, land: &mut dyn FnMut(Landing)) -> Result<(), Failure> {
+        if !self.unread {
+            return Ok(());
+        }
+        let more = self
+            .subscriber
+            .read_chunk()
+            .map_err(|e| format!("subscriber: {e}"))?;
+        self.unread = more;
+        let mut used = 0;
+        while let Some((reply, n)) = redis::next_reply(&self.subscriber.input[used..])
+            .map_err(|e| format!("subscriber: {e}"))?
+        {
+            let at = used;
+            used += n;
+            match reply {
+                Reply::Message { payload, .. } => {
+                    let payload = at + payload.start..at + payload.end;
+                    self.ledger.receive(&self.subscriber.input[payload], land);
+                }
+                Reply::Subscribed { .. } => self.subscriber.subscribed = true,
+                Reply::Status if self.subscriber.preamble_replies > 0 => {
+                    self.subscriber.preamble_replies -= 1;
+                }
+                Reply::Error(e) => return Err(format!("Redis refused to subscribe: {e}")),
+                other => return Err(format!("subscriber: unexpected reply {other:?}")),
+            }
+        }
+        self.subscriber.input.drain(..used);
+        if self.subscriber.input.len() > self.max_input {
+            return Err(format!(
+                "subscriber: a reply passed {} bytes without ending",
+                self.max_input
+            ));
+        }
+        Ok(())
+    }
+
+    /// Publishes one event of this process's clients (only while [up](Backplane::is_up)).
+    pub fn publish(&mut self, kind: Kind, body: &str, joiner: Option<Member>) {
+        let envelope = self.ledger.publish(kind, body, joiner);
+        self.command.clear();
+        redis::publish(&mut self.command, self.channel.as_bytes(), envelope);
+        self.publisher.output.push(&self.command); // `push` reuses the space already written
+        if self.publisher.output.len() > self.max_unsent && self.broken.is_none() {
+            self.broken = Some(format!(
+                "more than {} bytes published and not yet written: Redis is not keeping up",
+                self.max_unsent
+            ));
+        }
+    }
+
+    /// Writes what was published (at the end of a turn, like a client's flush) and acts on a
+    /// failure noticed while publishing.
+    pub fn flush(&mut self, registry: &Registry, now: Instant, land: &mut dyn FnMut(Landing)) {
+        if self.publisher.output.is_empty() || self.broken.is_some() {
+            return self.repair(registry, now, land);
+        }
+        if let Err(e) = self.publisher.flush(registry) {
+            self.fail(format!("publisher: write: {e}"), registry, now, land);
+        }
+    }
+
+    /// Both links ready (subscribed; publisher connected and its AUTH/SELECT answered): up.
+    fn check_up(&mut self, now: Instant) {
+        let publisher_ready = self.publisher.connected && self.publisher.preamble_replies == 0;
+        if self.is_up() || !self.subscriber.subscribed || !publisher_ready {
+            return;
+        }
+        if self.outages.up(now) {
+            info!("redis: back; the room spans every process again");
+        } else {
+            info!(
+                "redis: subscribed to {:?}; the room spans every process",
+                self.channel
+            );
+        }
+    }
+}
+
+impl Publish for Backplane {
+    fn publish(&mut self, kind: Kind, body: &str, joiner: Option<Member>) {
+        Backplane::publish(self, kind, body, joiner);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backplane(max_unsent: usize) -> Backplane {
+        let url = RedisUrl::parse("redis://127.0.0.1:1").expect("url");
+        Backplane::new(
+            url,
+            "room".into(),
+            (Token(1), Token(2)),
+            max_unsent,
+            1 << 16,
+        )
+    }
+
+    #[test]
+    fn publishing_queues_pipelined_commands() {
+        let mut b = backplane(1 << 20);
+        b.publish(Kind::Join, "", Some((3, 9)));
+        b.publish(Kind::Message, "hi", None);
+        let sent = String::from_utf8_lossy(b.publisher.output.pending()).into_owned();
+        assert_eq!(sent.matches("PUBLISH").count(), 2);
+        assert_eq!(b.stats().pending, 2);
+    }
+
+    #[test]
+    fn an_outage_lands_everything_pending_and_backs_off() {
+        let mut b = backplane(1 << 20);
+        let poll = mio::Poll::new().expect("poll");
+        b.publish(Kind::Join, "", Some((1, 1)));
+        b.publish(Kind::Message, "in flight", None);
+        let mut got = 0;
+        let now = Instant::now();
+        b.fail("test".into(), poll.registry(), now, &mut |_| got += 1);
+        assert_eq!(got, 2);
+        assert!(!b.is_up());
+        assert_eq!(b.stats().pending, 0);
+        assert_eq!(b.next_deadline(), Some(now + outage::FIRST_BACKOFF));
+        b.fail("again".into(), poll.registry(), now, &mut |_| {
+            panic!("nothing pending")
+        });
+        assert_eq!(b.next_deadline(), Some(now + outage::FIRST_BACKOFF * 2));
+    }
+
+    #[test]
+    fn a_publish_queue_past_its_bound_breaks_the_link() {
+        let mut b = backplane(1000);
+        b.publish(Kind::Message, &"x".repeat(600), None);
+        assert!(b.broken.is_none());
+        b.publish(Kind::Message, &"y".repeat(600), None);
+        assert!(b.broken.is_some());
+        let poll = mio::Poll::new().expect("poll");
+        let mut got = 0;
+        b.repair(poll.registry(), Instant::now(), &mut |_| got += 1);
+        assert_eq!(got, 2);
+    }
+}

@@ -1,0 +1,119 @@
+//! When the room's batch goes out: the two policies that decide it, as pure functions of the
+//! batch, the room's size and the clock.
+//!
+//! - **Chat never waits.** A batch with a chat message in it goes out at the end of the turn.
+//! - **Notices may gather.** In a room of [`NOTICE_BATCHING_FROM`] or more, a batch of join and
+//!   leave notices alone waits until [`NOTICE_WINDOW`] after the previous fan-out: joins and
+//!   leaves come in floods (a load test connecting thousands, a frontend restarting), and each
+//!   fan-out costs one `send` per member, so each member gets a flood in a few large writes
+//!   instead of thousands of small ones.
+//! - **A full batch goes at once.** A client that keeps up is written straight from the batch,
+//!   but one whose socket is full gets a copy; once the batch times the members passes
+//!   [`MAX_UNFLUSHED`] bytes, producers (client reads, the Redis subscription, timers) stop for
+//!   this turn, and the turn's flush point sends it, whatever the window says.
+
+use std::time::{Duration, Instant};
+
+use crate::room::Broadcast;
+
+/// See the module's doc: notices alone wait this long after the previous fan-out...
+pub const NOTICE_WINDOW: Duration = Duration::from_millis(100);
+/// ...in rooms of at least this many members (in smaller ones a fan-out is cheap).
+pub const NOTICE_BATCHING_FROM: usize = 1000;
+/// The batch times the members, in bytes, past which the batch must go out before more is read.
+pub const MAX_UNFLUSHED: usize = 16 << 20;
+
+/// Remembers the last fan-out, for the notice window.
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    last_fan_out: Instant,
+}
+
+impl Pacing {
+    pub fn new(now: Instant) -> Pacing {
+        Pacing { last_fan_out: now }
+    }
+
+    /// Whether the batch should go out now.
+    pub fn due(&self, batch: &Broadcast, members: usize, now: Instant) -> bool {
+        if batch.is_empty() {
+            return false;
+        }
+        let notices_wait = batch.only_notices()
+            && members >= NOTICE_BATCHING_FROM
+            && now < self.last_fan_out + NOTICE_WINDOW;
+        !notices_wait || is_full(batch, members)
+    }
+
+    /// When a waiting batch falls due (a deadline for the poll timeout).
+    pub fn due_at(&self, batch: &Broadcast) -> Option<Instant> {
+        (!batch.is_empty()).then_some(self.last_fan_out + NOTICE_WINDOW)
+    }
+
+    /// Records a fan-out.
+    pub fn fanned_out(&mut self, now: Instant) {
+        self.last_fan_out = now;
+    }
+}
+
+/// Whether the batch is too large to let producers add to it before it goes out.
+pub fn is_full(batch: &Broadcast, members: usize) -> bool {
+    batch.len().saturating_mul(members) > MAX_UNFLUSHED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(notices: usize, chat: bool) -> Broadcast {
+        let mut b = Broadcast::default();
+        for _ in 0..notices {
+            b.joined();
+        }
+        if chat {
+            b.said("hi");
+        }
+        b
+    }
+
+    #[test]
+    fn an_empty_batch_is_never_due() {
+        let now = Instant::now();
+        assert!(!Pacing::new(now).due(&Broadcast::default(), 5, now));
+        assert_eq!(Pacing::new(now).due_at(&Broadcast::default()), None);
+    }
+
+    #[test]
+    fn chat_never_waits_in_any_room() {
+        let now = Instant::now();
+        let pacing = Pacing::new(now);
+        for members in [1, 999, 1000, 50_000] {
+            assert!(pacing.due(&batch(3, true), members, now), "{members}");
+        }
+    }
+
+    #[test]
+    fn notices_wait_for_the_window_in_a_room_of_a_thousand_only() {
+        let start = Instant::now();
+        let mut pacing = Pacing::new(start);
+        let notices = batch(2, false);
+        assert!(pacing.due(&notices, 999, start));
+        assert!(!pacing.due(&notices, 1000, start));
+        assert!(!pacing.due(&notices, 1000, start + NOTICE_WINDOW / 2));
+        assert!(pacing.due(&notices, 1000, start + NOTICE_WINDOW));
+        assert_eq!(pacing.due_at(&notices), Some(start + NOTICE_WINDOW));
+        pacing.fanned_out(start + NOTICE_WINDOW);
+        assert!(!pacing.due(&notices, 1000, start + NOTICE_WINDOW));
+    }
+
+    #[test]
+    fn a_full_batch_goes_out_whatever_the_window_says() {
+        let now = Instant::now();
+        let notices = batch(100, false); // about 4 KB: full from about 4,000 members
+        let members = MAX_UNFLUSHED / notices.len() + 1;
+        assert!(is_full(&notices, members));
+        assert!(!is_full(&notices, members - 1));
+        assert!(Pacing::new(now).due(&notices, members, now));
+        assert!(!Pacing::new(now).due(&notices, members - 1, now));
+    }
+}

@@ -1,0 +1,111 @@
+//! The listener: accepting connections, turning away the ones past `--max-connections`, and
+//! pausing when the process runs out of file descriptors.
+
+use std::io::{self, ErrorKind};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Token};
+
+use super::client::Client;
+use super::Server;
+use crate::connection::{Connection, Ending};
+
+/// Pause after `accept` fails for lack of resources (file descriptors, memory).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Connections being told 503 at the same time; past this, extra ones are closed unanswered.
+const MAX_REFUSING: usize = 64;
+/// Pending connections the kernel may queue for `accept` (it caps this at `net.core.somaxconn`).
+/// mio's default of 128 overflows when a load test opens thousands of connections at once.
+const LISTEN_BACKLOG: i32 = 4096;
+
+impl Server {
+    pub(super) fn accept(&mut self, now: Instant) {
+        while let Some(listener) = &self.listener {
+            if self.accept_paused_until.is_some() {
+                return;
+            }
+            match listener.accept() {
+                Ok((socket, peer)) => self.admit(socket, peer, now),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) => {
+                    // Out of file descriptors or memory: the connection waits in the backlog.
+                    warn!("accept failed: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                }
+            }
+        }
+    }
+
+    pub(super) fn resume_accepting(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|until| until <= now) {
+            self.accept_paused_until = None;
+            self.accept(now);
+        }
+    }
+
+    fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr, now: Instant) {
+        self.hub.metrics.accepted += 1;
+        let refused = self.clients.len() - self.refusing >= self.config.max_connections;
+        if refused && self.refusing >= MAX_REFUSING {
+            debug!(peer:% = peer; "closed unanswered: too many connections");
+            self.hub.metrics.ended(Ending::Answered(503));
+            return;
+        }
+        // We batch small frames ourselves; Nagle's algorithm would only add latency.
+        if let Err(e) = socket.set_nodelay(true) {
+            debug!(peer:% = peer; "set_nodelay: {e}");
+        }
+        let entry = self.clients.vacant_entry();
+        let key = entry.key();
+        let registry = self.poll.registry();
+        if let Err(e) = registry.register(&mut socket, Token(key), Interest::READABLE) {
+            warn!(peer:% = peer; "could not register the connection: {e}");
+            return;
+        }
+        let conn = if refused {
+            // Counted as answered when it ends, like any other 503.
+            Connection::refused(now, 503)
+        } else {
+            Connection::new(now)
+        };
+        self.next_id += 1;
+        entry.insert(Client {
+            socket,
+            peer,
+            conn,
+            id: self.next_id,
+            timer_at: None,
+            writable: false,
+            dirty: false,
+            half_closed: false,
+            refused,
+        });
+        self.refusing += usize::from(refused);
+        debug!(token = key, peer:% = peer; "accepted");
+        self.settle(key, now);
+    }
+}
+
+/// A non-blocking listener with `SO_REUSEADDR` (a restarted server can bind again at once) and a
+/// backlog long enough for connection storms; with `reuse_port`, `SO_REUSEPORT` too, so several
+/// processes can listen on one port and the kernel spreads new connections over them.
+pub(super) fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into()))
+}

@@ -1,0 +1,318 @@
+//! Client I/O: reading a client's socket into its connection, writing its queued bytes, and
+//! keeping the loop's lists (flush, close, timers) in line with what happened to it.
+//!
+//! Room bytes reach a socket in two places only: [`deliver`], called by the turn's flush point
+//! ([`Server::before_sleep`]) during the fan-out, and [`Server::write`], which the flush point
+//! calls for every client with queued bytes and the WRITABLE handler calls when a full socket
+//! drains.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::Instant;
+
+use log::{debug, warn};
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+
+use super::hub::Who;
+use super::Server;
+use crate::connection::{Connection, Context, Ending, Sink};
+use crate::http;
+use crate::pacing;
+use crate::timers::Timer;
+
+/// One read buffer for all clients: idle clients hold no read buffer of their own.
+pub(super) const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read from one client per turn before the others get theirs (fairness).
+const READ_BUDGET: usize = 256 * 1024;
+
+/// A socket and the state machine that speaks over it.
+pub(super) struct Client {
+    pub socket: TcpStream,
+    pub peer: SocketAddr,
+    pub conn: Connection,
+    /// Distinguishes this client from earlier ones that had the same slab key.
+    pub id: u64,
+    /// The deadline this client has armed in the timer heap.
+    pub timer_at: Option<Instant>,
+    /// WRITABLE interest is registered (bytes are waiting for the socket).
+    pub writable: bool,
+    /// Already in the list of clients to write at the end of this turn.
+    pub dirty: bool,
+    /// Our FIN is sent.
+    pub half_closed: bool,
+    /// Only here to be told 503.
+    pub refused: bool,
+}
+
+impl Client {
+    pub fn who(&self, key: usize) -> Who {
+        Who {
+            key,
+            id: self.id,
+            peer: self.peer,
+        }
+    }
+}
+
+impl Server {
+    /// Reads from one client until `WouldBlock`, EOF, or its budget for this turn runs out.
+    /// A batch too full to grow stops the reading: the flush point sends it first.
+    pub(super) fn read(&mut self, key: usize, now: Instant) {
+        let mut budget = READ_BUDGET;
+        loop {
+            if self.batch_is_full() {
+                return self.unread.push(key);
+            }
+            let Some(client) = self.clients.get_mut(key) else {
+                return;
+            };
+            if client.conn.is_closed() {
+                return;
+            }
+            let (who, hub) = (client.who(key), &mut self.hub);
+            let cx = Context {
+                now,
+                config: &self.config,
+                degraded: hub.degraded(),
+            };
+            let events: &mut Sink = &mut |event| hub.on_event(who, event);
+            let more = match client.socket.read(&mut self.read_buf) {
+                Ok(0) => {
+                    client.conn.peer_closed(now, events);
+                    false // EOF: nothing more will come, however long we keep the socket
+                }
+                Ok(n) => {
+                    client.conn.receive(&mut self.read_buf[..n], &cx, events);
+                    budget = budget.saturating_sub(n);
+                    true
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!(token = key, peer:% = client.peer; "read: {e}");
+                    client.conn.peer_closed(now, events);
+                    false
+                }
+            };
+            self.settle(key, now);
+            if !more || self.clients.get(key).is_none_or(|c| c.conn.is_closed()) {
+                return;
+            }
+            if budget == 0 {
+                // Edge-triggered: no new event will come for bytes already waiting.
+                return self.unread.push(key);
+            }
+        }
+    }
+
+    pub(super) fn read_unread(&mut self, now: Instant) {
+        for key in std::mem::take(&mut self.unread) {
+            self.read(key, now);
+        }
+    }
+
+    pub(super) fn batch_is_full(&self) -> bool {
+        let presence = &self.hub.presence;
+        pacing::is_full(presence.batch(), presence.members())
+    }
+
+    /// Ends one client from the loop's side (a slow consumer, a failed write).
+    pub(super) fn abort(&mut self, key: usize, why: Ending, now: Instant) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        let (who, hub) = (client.who(key), &mut self.hub);
+        client
+            .conn
+            .abort(why, now, &mut |event| hub.on_event(who, event));
+        self.settle(key, now);
+    }
+
+    /// Writes a client's queued bytes until they are all gone or the socket is full.
+    pub(super) fn write(&mut self, key: usize, now: Instant) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        let mut failed = None;
+        while failed.is_none() && !client.conn.is_closed() && !client.conn.output().is_empty() {
+            match client.socket.write(client.conn.output().pending()) {
+                Ok(n) if n > 0 => {
+                    client.conn.sent(n);
+                    self.hub.metrics.bytes_written += n as u64;
+                }
+                Ok(_) => failed = Some(Ending::PeerLeft),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!(token = key, peer:% = client.peer; "write: {e}");
+                    failed = Some(Ending::PeerLeft);
+                }
+            }
+        }
+        if failed.is_none() && !client.conn.is_closed() {
+            failed = self.update_interest(key).err();
+        }
+        match failed {
+            Some(why) => self.abort(key, why, now),
+            None => self.settle(key, now),
+        }
+    }
+
+    /// Asks for WRITABLE only while bytes wait, and sends our FIN once all is said.
+    fn update_interest(&mut self, key: usize) -> Result<(), Ending> {
+        let client = self.clients.get_mut(key).ok_or(Ending::PeerLeft)?;
+        let want_writable = !client.conn.output().is_empty();
+        if want_writable != client.writable {
+            let interest = if want_writable {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let registry = self.poll.registry();
+            if let Err(e) = registry.reregister(&mut client.socket, Token(key), interest) {
+                warn!(token = key, peer:% = client.peer; "reregister: {e}");
+                return Err(Ending::PeerLeft);
+            }
+            client.writable = want_writable;
+        }
+        if client.conn.should_half_close() && !client.half_closed {
+            // Our FIN tells the peer we are done; closing only after theirs avoids a reset
+            // that could destroy the answer still in flight.
+            client.half_closed = true;
+            if let Err(e) = client.socket.shutdown(Shutdown::Write) {
+                debug!(token = key, peer:% = client.peer; "shutdown: {e}");
+                return Err(Ending::PeerLeft);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every client that has bytes queued since the last flush point.
+    pub(super) fn write_dirty(&mut self, now: Instant) {
+        for key in std::mem::take(&mut self.dirty) {
+            if let Some(client) = self.clients.get_mut(key) {
+                client.dirty = false;
+                self.write(key, now);
+            }
+        }
+    }
+
+    pub(super) fn fire_timers(&mut self, now: Instant) {
+        while !self.batch_is_full() {
+            let Some(timer) = self.timers.pop_due(now) else {
+                return;
+            };
+            let Some(client) = self.clients.get_mut(timer.key) else {
+                continue;
+            };
+            if client.id != timer.id || client.timer_at != Some(timer.at) {
+                continue; // a stale entry: the slot was reused, or the deadline was re-armed
+            }
+            client.timer_at = None;
+            let (who, hub) = (client.who(timer.key), &mut self.hub);
+            let events: &mut Sink = &mut |event| hub.on_event(who, event);
+            client.conn.on_deadline(now, &self.config, events);
+            self.settle(timer.key, now);
+        }
+    }
+
+    /// Brings the loop in line with what just happened to one client: the metrics page it asked
+    /// for, the outbound limit, the flush list, its timer, and the close list.
+    pub(super) fn settle(&mut self, key: usize, now: Instant) {
+        self.answer_metrics_requests();
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        // Its own replies (pongs, echoes) count too, once the socket has stopped taking bytes:
+        // a client whose socket keeps up is written at the end of the turn, whatever it queued.
+        if client.writable && client.conn.output().len() > self.config.max_outbound {
+            return self.abort(key, Ending::SlowConsumer, now);
+        }
+        if client.conn.is_closed() {
+            return self.closed.push(key);
+        }
+        let has_bytes = !client.writable && !client.conn.output().is_empty();
+        let owes_fin = client.conn.should_half_close() && !client.half_closed;
+        if !client.dirty && (has_bytes || owes_fin) {
+            client.dirty = true;
+            self.dirty.push(key);
+        }
+        if let Some(at) = client.conn.deadline(&self.config) {
+            if client.timer_at.is_none_or(|armed| at < armed) {
+                client.timer_at = Some(at);
+                let id = client.id;
+                self.timers.arm(Timer { at, key, id });
+            }
+        }
+    }
+
+    /// Queues the `/metrics` page for the clients that asked for it (rendered once for all).
+    fn answer_metrics_requests(&mut self) {
+        if self.hub.metrics_requests.is_empty() {
+            return;
+        }
+        let page = self.render_metrics();
+        let mut response = Vec::with_capacity(page.len() + 200);
+        http::write_response(&mut response, 200, http::METRICS_CONTENT_TYPE, "", &page);
+        for key in std::mem::take(&mut self.hub.metrics_requests) {
+            if let Some(client) = self.clients.get_mut(key) {
+                let (who, hub) = (client.who(key), &mut self.hub);
+                client
+                    .conn
+                    .answer_metrics(&response, &mut |event| hub.on_event(who, event));
+            }
+        }
+    }
+
+    /// Closes the sockets of connections that are over.
+    pub(super) fn reap(&mut self) {
+        for key in std::mem::take(&mut self.closed) {
+            if !self.clients.get(key).is_some_and(|c| c.conn.is_closed()) {
+                continue; // listed twice
+            }
+            let mut client = self.clients.remove(key);
+            if let Err(e) = self.poll.registry().deregister(&mut client.socket) {
+                debug!(token = key, peer:% = client.peer; "deregister: {e}");
+            }
+            self.refusing -= usize::from(client.refused);
+            debug!(token = key, peer:% = client.peer; "closed");
+        }
+    }
+}
+
+/// Hands one batch to one member. When nothing is queued ahead of it, the batch is written
+/// straight from the room's buffer, so a client that keeps up never gets a copy; only what its
+/// socket cannot take now is queued. A client with a backlog gets the batch queued behind it,
+/// unless that would pass `max_outbound`: then it is a slow consumer, and is dropped.
+pub(super) fn deliver(
+    client: &mut Client,
+    frames: &[u8],
+    max_outbound: usize,
+    bytes_written: &mut u64,
+) -> Result<(), Ending> {
+    let backlog = client.conn.output().len();
+    if backlog > 0 {
+        if backlog + frames.len() > max_outbound {
+            return Err(Ending::SlowConsumer);
+        }
+        client.conn.queue(frames);
+        return Ok(());
+    }
+    match client.socket.write(frames) {
+        Ok(n) => {
+            *bytes_written += n as u64;
+            if n < frames.len() {
+                client.conn.queue(&frames[n..]);
+            }
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+            client.conn.queue(frames);
+        }
+        Err(e) => {
+            debug!(peer:% = client.peer; "write: {e}");
+            return Err(Ending::PeerLeft);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! The event loop: one thread, one `mio::Poll`, and every socket registered in it.
+//!
+//! Each turn of [`Server::run`] is [`Server::turn`]:
+//! 1. wait until a socket is ready or the nearest deadline comes (`poll_timeout`);
+//! 2. accept new connections and read every ready client until `WouldBlock` (`client.rs`). A
+//!    connection reports what it did as events, which [`hub::Hub::on_event`] turns into joins,
+//!    messages and leaves in [`crate::presence`]: the room's frames for the turn collect in one
+//!    batch, already encoded;
+//! 3. read the Redis subscription, with `--redis` (`cluster.rs`), and fire due timers (handshake
+//!    timeouts, pings, closing timeouts);
+//! 4. the flush point, [`Server::before_sleep`]: fan the batch out (one write per member, straight
+//!    from the batch), write every client that has bytes queued, send what was published;
+//! 5. close the connections that are done.
+//!
+//! Sockets are edge-triggered: an event means "something changed", so a handler reads (or writes)
+//! until the kernel says `WouldBlock`; WRITABLE is asked for only while bytes wait. Nothing here
+//! ever blocks, so one slow peer never delays another.
+//!
+//! The files: this one holds the loop, its timeout, signals and shutdown; `accept.rs` the
+//! listener; `client.rs` client I/O; `hub.rs` the handling of connection events; `cluster.rs`
+//! the Redis links' place in the loop.
+
+mod accept;
+mod client;
+mod cluster;
+mod hub;
+
+use std::io::{self, ErrorKind};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::backplane::Backplane;
+use crate::config::Config;
+use crate::connection::{Ending, Phase};
+use crate::metrics::Gauges;
+use crate::pacing::Pacing;
+use crate::timers::Timers;
+use client::{deliver, Client, READ_CHUNK};
+use hub::Hub;
+
+/// Clients use their slab keys as tokens, counting up from 0; the fixed tokens sit at the top.
+const LISTENER: Token = Token(usize::MAX);
+const SIGNALS: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+const REDIS_SUBSCRIBER: Token = Token(usize::MAX - 3);
+const REDIS_PUBLISHER: Token = Token(usize::MAX - 4);
+
+/// How long shutdown waits for closing handshakes and queued bytes.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+/// Stops a running server from another thread, as SIGTERM would (for tests and embedders).
+#[derive(Clone)]
+pub struct StopHandle(Arc<Waker>);
+
+impl StopHandle {
+    pub fn stop(&self) {
+        if let Err(e) = self.0.wake() {
+            warn!("could not wake the event loop: {e}");
+        }
+    }
+}
+
+/// The chat server: bind it, then [`run`](Server::run) it until SIGINT/SIGTERM or a stop.
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    signals: Option<Signals>,
+    waker: Arc<Waker>,
+    config: Config,
+    clients: Slab<Client>,
+    /// The room, the backplane and the counters: what clients' events act on.
+    hub: Hub,
+    /// When the room's batch goes out (see `pacing.rs`).
+    pacing: Pacing,
+    timers: Timers,
+    read_buf: Box<[u8]>,
+    /// Clients with newly queued bytes, written at the flush point.
+    dirty: Vec<usize>,
+    /// Clients that used up their read budget (or met a full batch) with bytes still to read.
+    unread: Vec<usize>,
+    /// Clients whose connection is over, closed at the end of the turn.
+    closed: Vec<usize>,
+    /// Members that could not take the batch during a fan-out, ended right after it.
+    dropped: Vec<(usize, Ending)>,
+    next_id: u64,
+    refusing: usize,
+    accept_paused_until: Option<Instant>,
+    stopping_at: Option<Instant>,
+}
+
+impl Server {
+    /// Binds the listener; port 0 picks a free port (see [`Server::local_addr`]).
+    pub fn bind(config: Config) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mut listener = accept::listen(config.addr, config.reuse_port)?;
+        let local_addr = listener.local_addr()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let backplane = config.redis.clone().map(|url| {
+            Backplane::new(
+                url,
+                config.redis_channel.clone(),
+                (REDIS_SUBSCRIBER, REDIS_PUBLISHER),
+                config.max_outbound,
+                config.max_message_size,
+            )
+        });
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            signals: None,
+            waker,
+            config,
+            clients: Slab::new(),
+            hub: Hub::new(backplane),
+            pacing: Pacing::new(Instant::now()),
+            timers: Timers::default(),
+            read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            dirty: Vec::new(),
+            unread: Vec::new(),
+            closed: Vec::new(),
+            dropped: Vec::new(),
+            next_id: 0,
+            refusing: 0,
+            accept_paused_until: None,
+            stopping_at: None,
+        })
+    }
+
+    /// Makes SIGINT and SIGTERM start a graceful shutdown. The signals arrive through a pipe
+    /// registered in the same poll, so they are handled in the loop like any other event.
+    pub fn stop_on_signals(mut self) -> io::Result<Server> {
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(self)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(Arc::clone(&self.waker))
+    }
+
+    /// Runs the event loop until a graceful shutdown completes.
+    pub fn run(mut self) -> io::Result<()> {
+        info!("listening on {}", self.local_addr);
+        if let Some(backplane) = &mut self.hub.backplane {
+            backplane.start(self.poll.registry(), Instant::now());
+        }
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            self.turn(&events, now);
+            self.hub.metrics.turn(now.elapsed());
+            if self.stopped(now) {
+                break;
+            }
+        }
+        let cut_off = self.clients.len();
+        info!("stopped ({cut_off} connections cut off at the deadline)");
+        Ok(())
+    }
+
+    /// One turn of the loop: all that the ready events and the due deadlines ask for.
+    fn turn(&mut self, events: &Events, now: Instant) {
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept(now),
+                SIGNALS => self.on_signal(now),
+                WAKER => self.shut_down(now),
+                REDIS_SUBSCRIBER | REDIS_PUBLISHER => self.on_backplane_event(event, now),
+                Token(key) => {
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        self.read(key, now);
+                    }
+                    if event.is_writable() {
+                        self.write(key, now);
+                    }
+                }
+            }
+        }
+        self.read_backplane(now);
+        self.read_unread(now);
+        self.fire_timers(now);
+        self.resume_accepting(now);
+        self.before_sleep(now);
+        self.reap();
+    }
+
+    /// The turn's one flush point (Redis's `beforeSleep`): the batch goes to every member, then
+    /// every client with bytes queued is written, then what was published goes to Redis. Each
+    /// step can make more work for the others (a member dropped as a slow consumer leaves a
+    /// leave notice; a failing Redis lands what it had pending), so it repeats until quiet.
+    fn before_sleep(&mut self, now: Instant) {
+        loop {
+            self.fan_out(now);
+            self.write_dirty(now);
+            self.flush_backplane(now);
+            let presence = &self.hub.presence;
+            let batch_due = self.pacing.due(presence.batch(), presence.members(), now);
+            if self.dirty.is_empty() && !batch_due {
+                return;
+            }
+        }
+    }
+
+    /// Hands the batch to every member (see [`deliver`]), when [`Pacing`] says it is due; then
+    /// ends the members that could not take it, whose leave notices make the next batch.
+    fn fan_out(&mut self, now: Instant) {
+        let presence = &self.hub.presence;
+        if !self.pacing.due(presence.batch(), presence.members(), now) {
+            return;
+        }
+        self.pacing.fanned_out(now);
+        let Server {
+            hub,
+            clients,
+            dirty,
+            dropped,
+            config,
+            ..
+        } = self;
+        let bytes_written = &mut hub.metrics.bytes_written;
+        hub.metrics.frames_delivered += hub.presence.fan_out(|key, frames| {
+            let Some(client) = clients.get_mut(key) else {
+                return false; // cannot happen: a client leaves the room before it is closed
+            };
+            match deliver(client, frames, config.max_outbound, bytes_written) {
+                Ok(()) => {
+                    if !client.conn.output().is_empty() && !client.writable && !client.dirty {
+                        client.dirty = true;
+                        dirty.push(key);
+                    }
+                    true
+                }
+                Err(ending) => {
+                    dropped.push((key, ending));
+                    false
+                }
+            }
+        });
+        for (key, ending) in std::mem::take(&mut self.dropped) {
+            self.abort(key, ending, now);
+        }
+    }
+
+    /// Sleep until the nearest deadline; not at all if a client still has bytes to read.
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        let backplane = self.hub.backplane.as_ref();
+        if !self.unread.is_empty() || backplane.is_some_and(Backplane::has_unread) {
+            return Some(Duration::ZERO);
+        }
+        [
+            self.timers.next(),
+            self.stopping_at,
+            self.accept_paused_until,
+            self.pacing.due_at(self.hub.presence.batch()),
+            backplane.and_then(Backplane::next_deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|at| at.saturating_duration_since(now))
+    }
+
+    /// The `/metrics` page: counters kept by the loop, and connections by phase counted now.
+    fn render_metrics(&self) -> String {
+        let mut gauges = Gauges {
+            backplane: self.hub.backplane.as_ref().map(Backplane::stats),
+            ..Gauges::default()
+        };
+        for (_, client) in &self.clients {
+            match client.conn.phase() {
+                Phase::Request => gauges.handshaking += 1,
+                Phase::Open(_) => gauges.websocket += 1,
+                Phase::Closing | Phase::Finishing => gauges.closing += 1,
+                Phase::Closed => {}
+            }
+        }
+        self.hub.metrics.render(gauges)
+    }
+
+    fn on_signal(&mut self, now: Instant) {
+        let Some(signals) = self.signals.as_mut() else {
+            return;
+        };
+        if signals.pending().next().is_some() {
+            self.shut_down(now);
+        }
+    }
+
+    /// Graceful shutdown: stop accepting, send every WebSocket client close 1001, and give the
+    /// closing handshakes and queued bytes [`SHUTDOWN_GRACE`] to finish.
+    fn shut_down(&mut self, now: Instant) {
+        if self.stopping_at.is_some() {
+            return;
+        }
+        info!("shutting down: closing {} connections", self.clients.len());
+        if let Some(mut listener) = self.listener.take() {
+            if let Err(e) = self.poll.registry().deregister(&mut listener) {
+                log::debug!("deregister listener: {e}");
+            }
+        }
+        self.stopping_at = Some(now + SHUTDOWN_GRACE);
+        // Everyone here leaves at once; the other processes are told (the loop waits for the
+        // publisher to drain before it stops).
+        self.hub.leave_all();
+        let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let client = &mut self.clients[key];
+            let (who, hub) = (client.who(key), &mut self.hub);
+            client
+                .conn
+                .go_away(now, &mut |event| hub.on_event(who, event));
+            self.settle(key, now);
+        }
+    }
+
+    /// Whether a shutdown is complete: every client gone and every leave published, or the
+    /// grace period over.
+    fn stopped(&self, now: Instant) -> bool {
+        let Some(deadline) = self.stopping_at else {
+            return false;
+        };
+        let published = self
+            .hub
+            .backplane
+            .as_ref()
+            .is_none_or(Backplane::is_drained);
+        (self.clients.is_empty() && published) || now >= deadline
+    }
+}
