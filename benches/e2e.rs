@@ -6,6 +6,7 @@
 //! E2E_RUNS=5 cargo bench --bench e2e      # more runs
 //! E2E_ONLY=connect cargo bench --bench e2e
 //! E2E_LOAD=/tmp/old/mio-chat-load cargo bench --bench e2e   # another build of the generator
+//! E2E_SERVER=/tmp/old/mio-chat cargo bench --bench e2e      # another build of the server
 //! E2E_CLUSTER=1 cargo bench --bench e2e   # the broadcasts on 1 process, 1 with --redis, 2 + Redis
 //! ```
 //!
@@ -37,6 +38,12 @@ const LOAD: &str = env!("CARGO_BIN_EXE_mio-chat-load");
 /// an hour apart from runs of the other to compare).
 fn load_binary() -> String {
     std::env::var("E2E_LOAD").unwrap_or_else(|_| LOAD.to_string())
+}
+
+/// The server to run: this build's, or the one `E2E_SERVER` names (old and new builds of the
+/// server taking turns, for the same reason).
+fn server_binary() -> String {
+    std::env::var("E2E_SERVER").unwrap_or_else(|_| SERVER.to_string())
 }
 
 /// One row of the matrix: a name and the load generator's arguments.
@@ -136,7 +143,7 @@ struct Server {
 impl Server {
     /// Starts one with `args`, and returns once it has logged a line containing `ready`.
     fn start(args: &[&str], ready: &str) -> Server {
-        let mut child = Command::new(SERVER)
+        let mut child = Command::new(server_binary())
             .args(["--addr", "127.0.0.1:0"])
             .args(args)
             .env_remove("RUST_LOG")

@@ -7,10 +7,13 @@
 //!   leaves come in floods (a load test connecting thousands, a frontend restarting), and each
 //!   fan-out costs one `send` per member, so each member gets a flood in a few large writes
 //!   instead of thousands of small ones.
-//! - **A full batch goes at once.** A client that keeps up is written straight from the batch,
-//!   but one whose socket is full gets a copy; once the batch times the members passes
-//!   [`MAX_UNFLUSHED`] bytes, producers (client reads, the Redis subscription, timers) stop for
-//!   this turn, and the turn's flush point sends it, whatever the window says.
+//! - **A full batch goes before more is read.** A client that keeps up is written straight from
+//!   the batch, but one whose socket is full gets a copy; once a due batch times the members
+//!   passes [`MAX_UNFLUSHED`] bytes, producers (client reads, the Redis subscription, timers) stop
+//!   for this turn, and the turn's flush point sends it. Notices inside their window are left to
+//!   gather: gathering them is the window's whole point (a join flood into a room of 10,000 would
+//!   otherwise go out every 40 notices), and they are copied only for members whose sockets are
+//!   full, each bounded by `--max-outbound`.
 
 use std::time::{Duration, Instant};
 
@@ -42,7 +45,12 @@ impl Pacing {
         let notices_wait = batch.only_notices()
             && members >= NOTICE_BATCHING_FROM
             && now < self.last_fan_out + NOTICE_WINDOW;
-        !notices_wait || is_full(batch, members)
+        !notices_wait
+    }
+
+    /// Whether producers must stop adding to the batch until the flush point has sent it.
+    pub fn must_flush(&self, batch: &Broadcast, members: usize, now: Instant) -> bool {
+        self.due(batch, members, now) && is_full(batch, members)
     }
 
     /// When a waiting batch falls due (a deadline for the poll timeout).
@@ -107,13 +115,21 @@ mod tests {
     }
 
     #[test]
-    fn a_full_batch_goes_out_whatever_the_window_says() {
+    fn a_full_due_batch_stops_the_producers_but_notices_may_still_gather() {
         let now = Instant::now();
+        let pacing = Pacing::new(now);
         let notices = batch(100, false); // about 4 KB: full from about 4,000 members
         let members = MAX_UNFLUSHED / notices.len() + 1;
         assert!(is_full(&notices, members));
         assert!(!is_full(&notices, members - 1));
-        assert!(Pacing::new(now).due(&notices, members, now));
-        assert!(!Pacing::new(now).due(&notices, members - 1, now));
+        assert!(
+            !pacing.must_flush(&notices, members, now),
+            "inside the window"
+        );
+        assert!(pacing.must_flush(&notices, members, now + NOTICE_WINDOW));
+        let chat = batch(100, true);
+        let members = MAX_UNFLUSHED / chat.len() + 1;
+        assert!(pacing.must_flush(&chat, members, now));
+        assert!(!pacing.must_flush(&chat, members - 1, now));
     }
 }

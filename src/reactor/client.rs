@@ -18,7 +18,6 @@ use super::hub::Who;
 use super::Server;
 use crate::connection::{Connection, Context, Ending, Sink};
 use crate::http;
-use crate::pacing;
 use crate::timers::Timer;
 
 /// One read buffer for all clients: idle clients hold no read buffer of their own.
@@ -61,7 +60,7 @@ impl Server {
     pub(super) fn read(&mut self, key: usize, now: Instant) {
         let mut budget = READ_BUDGET;
         loop {
-            if self.batch_is_full() {
+            if self.batch_is_full(now) {
                 return self.unread.push(key);
             }
             let Some(client) = self.clients.get_mut(key) else {
@@ -112,9 +111,11 @@ impl Server {
         }
     }
 
-    pub(super) fn batch_is_full(&self) -> bool {
+    /// The batch must go out before more is read (see `pacing.rs`).
+    pub(super) fn batch_is_full(&self, now: Instant) -> bool {
         let presence = &self.hub.presence;
-        pacing::is_full(presence.batch(), presence.members())
+        self.pacing
+            .must_flush(presence.batch(), presence.members(), now)
     }
 
     /// Ends one client from the loop's side (a slow consumer, a failed write).
@@ -199,7 +200,7 @@ impl Server {
     }
 
     pub(super) fn fire_timers(&mut self, now: Instant) {
-        while !self.batch_is_full() {
+        while !self.batch_is_full(now) {
             let Some(timer) = self.timers.pop_due(now) else {
                 return;
             };

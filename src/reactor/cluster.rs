@@ -46,7 +46,7 @@ impl Server {
                 .backplane
                 .as_ref()
                 .is_some_and(Backplane::has_unread);
-            if !unread || self.batch_is_full() {
+            if !unread || self.batch_is_full(now) {
                 return;
             }
             self.with_backplane(|backplane, registry, land| {
