@@ -5,7 +5,7 @@ use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Token};
 
@@ -24,11 +24,14 @@ const LISTEN_BACKLOG: i32 = 4096;
 impl Server {
     pub(super) fn accept(&mut self, now: Instant) {
         while let Some(listener) = &self.listener {
-            if self.accept_paused_until.is_some() {
+            if self.accept_pause.is_paused() {
                 return;
             }
             match listener.accept() {
-                Ok((socket, peer)) => self.admit(socket, peer, now),
+                Ok((socket, peer)) => {
+                    self.accept_recovered(now);
+                    self.admit(socket, peer, now)
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e)
                     if matches!(
@@ -37,16 +40,27 @@ impl Server {
                     ) => {}
                 Err(e) => {
                     // Out of file descriptors or memory: the connection waits in the backlog.
-                    warn!("accept failed: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
-                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    if self.accept_pause.failed(now) {
+                        warn!(
+                            "accept failed: {e}; retrying every {ACCEPT_BACKOFF:?} until it works"
+                        );
+                    } else {
+                        debug!("accept still failing: {e}");
+                    }
                 }
             }
         }
     }
 
+    /// Ends an episode of failing accepts with one line saying how long it lasted.
+    fn accept_recovered(&mut self, now: Instant) {
+        if let Some((failures, lasted)) = self.accept_pause.succeeded(now) {
+            info!("accepting again after {failures} failed attempts over {lasted:.1?}");
+        }
+    }
+
     pub(super) fn resume_accepting(&mut self, now: Instant) {
-        if self.accept_paused_until.is_some_and(|until| until <= now) {
-            self.accept_paused_until = None;
+        if self.accept_pause.resume(now) {
             self.accept(now);
         }
     }
@@ -108,4 +122,72 @@ pub(super) fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListen
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// An episode of failing accepts (out of file descriptors or memory): accepting pauses and is
+/// retried every [`ACCEPT_BACKOFF`], and the episode is reported twice, when it starts and when
+/// it ends (with its count), not once per retry.
+#[derive(Debug, Default)]
+pub(super) struct AcceptPause {
+    /// The next retry, while paused.
+    until: Option<Instant>,
+    /// When the episode began, while one is going on.
+    since: Option<Instant>,
+    failures: u64,
+}
+
+impl AcceptPause {
+    pub fn is_paused(&self) -> bool {
+        self.until.is_some()
+    }
+
+    /// When accepting should be retried (a deadline for the poll timeout).
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.until
+    }
+
+    /// An accept failed: pause. Returns whether this starts a new episode (worth a warning).
+    pub fn failed(&mut self, now: Instant) -> bool {
+        self.until = Some(now + ACCEPT_BACKOFF);
+        self.failures += 1;
+        self.since.get_or_insert(now) == &now && self.failures == 1
+    }
+
+    /// Ends the pause once it is due; returns whether to try accepting again.
+    pub fn resume(&mut self, now: Instant) -> bool {
+        let due = self.until.is_some_and(|until| until <= now);
+        if due {
+            self.until = None;
+        }
+        due
+    }
+
+    /// An accept worked: the episode, if any, is over: how many failed and for how long.
+    pub fn succeeded(&mut self, now: Instant) -> Option<(u64, Duration)> {
+        let since = self.since.take()?;
+        Some((std::mem::take(&mut self.failures), now - since))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_episode_warns_once_retries_on_time_and_ends_with_its_count() {
+        let (mut pause, t0) = (AcceptPause::default(), Instant::now());
+        assert_eq!(pause.succeeded(t0), None, "no episode, nothing to report");
+        assert!(pause.failed(t0), "the first failure starts an episode");
+        assert!(pause.is_paused());
+        assert!(!pause.resume(t0 + ACCEPT_BACKOFF / 2));
+        assert!(pause.resume(t0 + ACCEPT_BACKOFF));
+        assert!(!pause.failed(t0 + ACCEPT_BACKOFF), "the same episode");
+        assert_eq!(pause.retry_at(), Some(t0 + ACCEPT_BACKOFF * 2));
+        assert!(pause.resume(t0 + ACCEPT_BACKOFF * 2));
+        assert_eq!(
+            pause.succeeded(t0 + ACCEPT_BACKOFF * 3),
+            Some((2, ACCEPT_BACKOFF * 3))
+        );
+        assert!(pause.failed(t0 + ACCEPT_BACKOFF * 4), "a new episode");
+    }
 }

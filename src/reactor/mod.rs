@@ -43,6 +43,7 @@ use crate::connection::{Ending, Phase};
 use crate::metrics::Gauges;
 use crate::pacing::Pacing;
 use crate::timers::Timers;
+use accept::AcceptPause;
 use client::{deliver, Client, READ_CHUNK};
 use hub::Hub;
 
@@ -93,7 +94,8 @@ pub struct Server {
     dropped: Vec<(usize, Ending)>,
     next_id: u64,
     refusing: usize,
-    accept_paused_until: Option<Instant>,
+    /// Accepting is paused after failures (out of file descriptors): see `accept.rs`.
+    accept_pause: AcceptPause,
     stopping_at: Option<Instant>,
 }
 
@@ -133,7 +135,7 @@ impl Server {
             dropped: Vec::new(),
             next_id: 0,
             refusing: 0,
-            accept_paused_until: None,
+            accept_pause: AcceptPause::default(),
             stopping_at: None,
         })
     }
@@ -276,7 +278,7 @@ impl Server {
         [
             self.timers.next(),
             self.stopping_at,
-            self.accept_paused_until,
+            self.accept_pause.retry_at(),
             self.pacing.due_at(self.hub.presence.batch()),
             backplane.and_then(Backplane::next_deadline),
         ]
