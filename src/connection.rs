@@ -98,6 +98,9 @@ pub struct Connection {
     ending: Option<Ending>,
     /// It asked for `/metrics`, which only the event loop can answer.
     wants_metrics: bool,
+    /// Its request's `X-Forwarded-For`, kept (only with `--trusted-proxy`) until the reactor
+    /// takes it to tell who the client is.
+    forwarded_for: Option<Box<str>>,
 }
 
 impl Connection {
@@ -113,6 +116,7 @@ impl Connection {
             message: None,
             ending: None,
             wants_metrics: false,
+            forwarded_for: None,
         }
     }
 
@@ -143,6 +147,11 @@ impl Connection {
     /// True once, after the peer asked for `/metrics`: the caller then queues the answer.
     pub fn take_metrics_request(&mut self) -> bool {
         std::mem::take(&mut self.wants_metrics)
+    }
+
+    /// The `X-Forwarded-For` of its request, once, after the request head is read.
+    pub fn take_forwarded_for(&mut self) -> Option<Box<str>> {
+        self.forwarded_for.take()
     }
 
     pub fn output(&self) -> &OutQueue {
@@ -303,7 +312,11 @@ impl Connection {
     }
 
     fn read_request(&mut self, buf: &[u8], cx: &mut Context) -> usize {
-        match http::decide(buf, &cx.config.origins, cx.config.echo) {
+        let decision = http::decide(buf, &cx.config.origins, cx.config.echo);
+        if decision != Decision::Incomplete && !cx.config.trusted_proxies.is_empty() {
+            self.forwarded_for = http::forwarded_for(buf).map(String::into_boxed_str);
+        }
+        match decision {
             Decision::Incomplete => 0,
             Decision::Respond(response) => {
                 self.respond(response, cx.now);

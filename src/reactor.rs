@@ -36,6 +36,7 @@ use crate::connection::{Connection, Context, Ending, Phase};
 use crate::envelope::Kind;
 use crate::http;
 use crate::metrics::{Gauges, Metrics};
+use crate::proxy::Peer;
 use crate::room::{Announce, Broadcast, Delivery, Room};
 use crate::timers::{Timer, Timers};
 
@@ -75,7 +76,7 @@ const NOTICE_BATCHING_FROM: usize = 1000;
 /// A socket and the state machine that speaks over it.
 struct Client {
     socket: TcpStream,
-    peer: SocketAddr,
+    peer: Peer,
     conn: Connection,
     /// Distinguishes this client from earlier ones that had the same slab key.
     id: u64,
@@ -346,7 +347,7 @@ impl Server {
         self.next_id += 1;
         entry.insert(Client {
             socket,
-            peer,
+            peer: Peer::Direct(peer),
             conn,
             id: self.next_id,
             timer_at: None,
@@ -397,6 +398,11 @@ impl Server {
                         degraded,
                     };
                     client.conn.receive(&mut self.read_buf[..n], &mut cx);
+                    if let Some(chain) = client.conn.take_forwarded_for() {
+                        let via = client.peer;
+                        client.peer = via.forwarded(&self.config.trusted_proxies, Some(&chain));
+                        debug!(token = key, peer:% = client.peer, via:% = via; "forwarded");
+                    }
                     budget = budget.saturating_sub(n);
                     if client.conn.in_room() && client.announced == Announced::No {
                         // It just completed its handshake. Without a backplane it joins now, and
@@ -731,6 +737,7 @@ impl Server {
     /// The `/metrics` page: counters kept by the loop, and connections by phase counted now.
     fn render_metrics(&self) -> String {
         let mut gauges = Gauges {
+            max_connections: self.config.max_connections as u64,
             backplane: self.backplane.as_ref().map(Backplane::stats),
             ..Gauges::default()
         };
