@@ -401,7 +401,9 @@ impl Server {
                     if let Some(chain) = client.conn.take_forwarded_for() {
                         let via = client.peer;
                         client.peer = via.forwarded(&self.config.trusted_proxies, Some(&chain));
-                        debug!(token = key, peer:% = client.peer, via:% = via; "forwarded");
+                        if client.peer != via {
+                            debug!(token = key, peer:% = client.peer, via:% = via; "forwarded");
+                        }
                     }
                     budget = budget.saturating_sub(n);
                     if client.conn.in_room() && client.announced == Announced::No {
