@@ -66,8 +66,13 @@ struct Args {
     /// order. While Redis is unreachable, the process serves its own clients alone, retries, and
     /// /healthz says "degraded". Give a password through the variable or
     /// --redis-password-file, not here: every local user can read a command line.
-    #[arg(long, env = "MIO_CHAT_REDIS", hide_env_values = true, value_name = "URL", value_parser = RedisUrl::parse)]
-    redis: Option<RedisUrl>,
+    #[arg(
+        long,
+        env = "MIO_CHAT_REDIS",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    redis: Option<String>,
     /// Read the Redis password from this file (its first line; it replaces one in the URL).
     #[arg(
         long,
@@ -109,6 +114,27 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{s}: no address"))
 }
 
+/// `--redis`, parsed here rather than by clap, whose error would quote the whole value, and
+/// with it the password: an error names the URL with its credentials masked.
+fn parse_redis(url: &str) -> Result<RedisUrl, String> {
+    RedisUrl::parse(url).map_err(|e| {
+        let masked = mask_credentials(url);
+        format!("--redis: {}", e.replace(url, &masked))
+    })
+}
+
+/// `redis://user:secret@host` → `redis://***@host`.
+fn mask_credentials(url: &str) -> String {
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[scheme_end..]
+        .find('/')
+        .map_or(url.len(), |i| scheme_end + i);
+    match url[scheme_end..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..scheme_end], &url[scheme_end + at..]),
+        None => url.to_string(),
+    }
+}
+
 /// The first line of `path`, without its line ending.
 fn read_password(path: &Path) -> Result<String, String> {
     let mut text = String::new();
@@ -140,7 +166,7 @@ fn max_connections(asked: Option<u64>) -> Result<usize, String> {
 
 /// The server's settings from the flags; an error is a sentence for the operator.
 fn config_from(args: Args) -> Result<Config, String> {
-    let mut redis = args.redis;
+    let mut redis = args.redis.as_deref().map(parse_redis).transpose()?;
     if let (Some(url), Some(path)) = (redis.as_mut(), &args.redis_password_file) {
         url.password = Some(read_password(path)?);
     }
@@ -185,5 +211,20 @@ fn main() -> ExitCode {
             error!("cannot listen on {addr}: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_redis_url_is_reported_without_its_password() {
+        let error = parse_redis("redis://me:s3cret@host:notaport").unwrap_err();
+        assert!(!error.contains("s3cret"), "{error}");
+        assert!(error.contains("redis://***@host:notaport"), "{error}");
+        assert_eq!(mask_credentials("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(mask_credentials("redis://:p@ss@h/0"), "redis://***@h/0");
+        assert!(parse_redis("redis://:pw@127.0.0.1:6379").is_ok());
     }
 }

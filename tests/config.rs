@@ -237,3 +237,13 @@ fn an_open_file_limit_too_small_to_serve_is_refused_at_start() {
     });
     assert_eq!(http_get(&server, "/healthz").status, 200);
 }
+
+#[test]
+fn a_bad_redis_url_is_refused_without_showing_its_password() {
+    let url = format!("redis://:{PASSWORD}@127.0.0.1:notaport");
+    let stderr = refused_at_start(&[], |command| {
+        command.env("MIO_CHAT_REDIS", &url);
+    });
+    assert!(stderr.contains("--redis"), "{stderr}");
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
+}
