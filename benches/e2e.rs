@@ -28,6 +28,9 @@ use serde_json::Value;
 #[allow(dead_code)] // shared with the tests, which use all of it
 #[path = "../tests/common/redis.rs"]
 mod redis;
+#[allow(dead_code)] // redis.rs's way to skip outside CI where redis-server is missing
+#[path = "../tests/common/tool.rs"]
+mod tool;
 use redis::Redis;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_mio-chat");

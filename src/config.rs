@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::http::OriginPolicy;
+use crate::proxy::TrustedProxies;
 use crate::redis::RedisUrl;
 
 /// Everything the server can be told.
@@ -33,6 +34,8 @@ pub struct Config {
     pub redis_channel: String,
     /// Set `SO_REUSEPORT` on the listener, so several processes can share one port.
     pub reuse_port: bool,
+    /// Peers whose `X-Forwarded-For` names the client (for the logs); nobody by default.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for Config {
@@ -49,6 +52,7 @@ impl Default for Config {
             redis: None,
             redis_channel: DEFAULT_REDIS_CHANNEL.to_string(),
             reuse_port: false,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -84,16 +88,38 @@ pub fn raise_open_file_limit() -> std::io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
-/// The default `--max-connections`: as many as the open-file limit allows, less a reserve.
-pub fn default_max_connections(open_file_limit: u64) -> usize {
-    open_file_limit.saturating_sub(RESERVED_FDS).max(1) as usize
+/// Below this open-file limit the server refuses to start without an explicit
+/// `--max-connections`: a default would leave room for a handful of clients at most.
+pub const MIN_OPEN_FILES: u64 = 32;
+
+/// The default `--max-connections`: as many as the open-file limit allows, less a reserve of
+/// [`RESERVED_FDS`], or of half the limit when the limit is small (so a limit of 256 still
+/// serves 128 connections instead of one). Too small a limit is an error, said at start.
+pub fn default_max_connections(open_file_limit: u64) -> Result<usize, String> {
+    if open_file_limit < MIN_OPEN_FILES {
+        return Err(format!(
+            "the open-file limit is {open_file_limit}, too low to serve clients: raise it to at \
+             least {MIN_OPEN_FILES} (ulimit -n), or set --max-connections"
+        ));
+    }
+    let reserve = RESERVED_FDS.min(open_file_limit / 2);
+    Ok(usize::try_from(open_file_limit - reserve).unwrap_or(usize::MAX))
 }
 
-/// Parses a number of seconds, fractions allowed (`0.5`), for command-line flags.
+/// The longest duration a flag takes. Deadlines are instants plus these durations, and an
+/// instant cannot hold 1e19 seconds from now: such a value must stop the server at start, not
+/// at its first connection.
+pub const MAX_SECS: f64 = 86_400.0;
+
+/// Parses a number of seconds, fractions allowed (`0.5`), at most [`MAX_SECS`] (a day), for
+/// command-line flags.
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("{s}: not a number of seconds"))?;
+    if secs > MAX_SECS {
+        return Err(format!("{s}: more than {MAX_SECS} seconds (a day)"));
+    }
     Duration::try_from_secs_f64(secs).map_err(|_| format!("{s}: not a valid number of seconds"))
 }
 
@@ -102,5 +128,37 @@ pub fn parse_positive_secs(s: &str) -> Result<Duration, String> {
     match parse_secs(s)? {
         d if d.is_zero() => Err("must be more than 0".into()),
         d => Ok(d),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_open_file_limits_still_give_room_to_serve() {
+        assert_eq!(default_max_connections(1_048_576), Ok(1_048_276));
+        assert_eq!(default_max_connections(1024), Ok(724));
+        assert_eq!(default_max_connections(600), Ok(300));
+        assert_eq!(default_max_connections(301), Ok(151));
+        assert_eq!(default_max_connections(256), Ok(128));
+        assert_eq!(default_max_connections(MIN_OPEN_FILES), Ok(16));
+        assert!(default_max_connections(MIN_OPEN_FILES - 1).is_err());
+        assert!(default_max_connections(0).is_err());
+        // Never fewer connections for a higher limit.
+        let fits: Vec<usize> = (MIN_OPEN_FILES..2000)
+            .map(|n| default_max_connections(n).unwrap_or(0))
+            .collect();
+        assert!(fits.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        assert_eq!(parse_secs("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_secs("86400"), Ok(Duration::from_secs(86_400)));
+        for bad in ["1e19", "86400.5", "inf", "NaN", "-1", "x"] {
+            assert!(parse_secs(bad).is_err(), "{bad} was accepted");
+        }
+        assert!(parse_positive_secs("0").is_err());
     }
 }

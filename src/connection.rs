@@ -80,6 +80,9 @@ pub enum Event<'a> {
     Echoed,
     /// It asked for `/metrics`, which only the event loop can count: the loop queues the page.
     MetricsRequested,
+    /// Its request came through a trusted proxy (`--trusted-proxy`) with this `X-Forwarded-For`
+    /// chain, from which the loop tells who the client is (for the logs).
+    Forwarded(&'a str),
     /// It started to end, and why; once per connection.
     Ended(Ending),
     /// It is no longer a chat client; once, and only after `Joined`.
@@ -353,7 +356,13 @@ impl Connection {
     }
 
     fn read_request(&mut self, buf: &[u8], cx: &Context, events: &mut Sink) -> usize {
-        match http::decide(buf, &cx.config.origins, cx.config.echo) {
+        let decision = http::decide(buf, &cx.config.origins, cx.config.echo);
+        if decision != Decision::Incomplete && !cx.config.trusted_proxies.is_empty() {
+            if let Some(chain) = http::forwarded_for(buf) {
+                events(Event::Forwarded(&chain));
+            }
+        }
+        match decision {
             Decision::Incomplete => 0,
             Decision::Respond(response) => {
                 self.respond(response, cx.now);
@@ -539,6 +548,7 @@ mod tests {
             Event::Joined => Event::Joined,
             Event::Echoed => Event::Echoed,
             Event::MetricsRequested => Event::MetricsRequested,
+            Event::Forwarded(_) => Event::Forwarded(""),
             Event::Ended(ending) => Event::Ended(ending),
             Event::Left => Event::Left,
         }

@@ -196,8 +196,11 @@ pub fn decide(buf: &[u8], origins: &OriginPolicy, echo: bool) -> Decision {
     if req.method != Some("GET") {
         return Decision::Respond(Response::status(405));
     }
-    let path = req.path.unwrap_or("").split('?').next().unwrap_or("");
-    let route = match path {
+    let Some((authority, path)) = split_target(req.path.unwrap_or("")) else {
+        return Decision::Respond(Response::status(400));
+    };
+    let route = match path.split('?').next().unwrap_or("") {
+        "" => return Decision::Respond(Response::page()), // `GET http://host HTTP/1.1`
         "/" => return Decision::Respond(Response::page()),
         "/healthz" => return Decision::Health,
         "/metrics" => return Decision::Metrics,
@@ -205,7 +208,7 @@ pub fn decide(buf: &[u8], origins: &OriginPolicy, echo: bool) -> Decision {
         "/echo" if echo => Route::Echo,
         _ => return Decision::Respond(Response::status(404)),
     };
-    match check_upgrade(&req, origins) {
+    match check_upgrade(&req, authority, origins) {
         Ok(key) => Decision::Upgrade {
             route,
             accept_key: derive_accept_key(key.as_bytes()),
@@ -215,9 +218,46 @@ pub fn decide(buf: &[u8], origins: &OriginPolicy, echo: bool) -> Decision {
     }
 }
 
+/// Splits a request target into the authority of an absolute-form target and the path.
+///
+/// RFC 9112 §3.2.2: a server must accept `GET http://host/ws HTTP/1.1` (proxies send it), and
+/// use its host instead of the Host header's. Origin-form (`/ws`) has no authority. `None`: an
+/// absolute-form target without a host.
+fn split_target(target: &str) -> Option<(Option<&str>, &str)> {
+    let Some((scheme, rest)) = target.split_once("://") else {
+        return Some((None, target));
+    };
+    if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Some((None, target)); // not a URI: the router answers 404
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    (!authority.is_empty()).then_some((Some(authority), path))
+}
+
+/// The request's `X-Forwarded-For` chain: every such header line, in order, joined by commas
+/// (repeated lines make one list, RFC 9110 §5.3). `None` if there is none or the head is not a
+/// complete request. Bytes that are not UTF-8 become U+FFFD, which no address parse accepts.
+pub fn forwarded_for(buf: &[u8]) -> Option<String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(buf), Ok(httparse::Status::Complete(_))) {
+        return None;
+    }
+    let values: Vec<_> = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("X-Forwarded-For"))
+        .map(|h| String::from_utf8_lossy(h.value))
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
 /// The opening-handshake rules of RFC 6455 §4.2.1, then the Origin policy. Returns the key.
+/// `authority` is the host of an absolute-form target, which stands in for the Host header's.
 fn check_upgrade<'b>(
     req: &httparse::Request<'_, 'b>,
+    authority: Option<&str>,
     origins: &OriginPolicy,
 ) -> Result<&'b str, u16> {
     let header = |name: &str| {
@@ -252,7 +292,7 @@ fn check_upgrade<'b>(
     if !is_valid_key(key) {
         return Err(400);
     }
-    if !origins.allows(header("Origin"), host) {
+    if !origins.allows(header("Origin"), authority.unwrap_or(host)) {
         return Err(403);
     }
     Ok(key)
@@ -396,6 +436,50 @@ mod tests {
         };
         assert!(any.allows(Some("http://anything"), "localhost"));
         assert_eq!(status_of(&upgrade("Origin: http://evil.example\r\n")), 403);
+    }
+
+    #[test]
+    fn absolute_form_targets_are_accepted() {
+        let absolute = upgrade("").replace("GET /ws ", "GET http://localhost:8080/ws ");
+        assert_eq!(status_of(&absolute), 101);
+        let query = upgrade("").replace("GET /ws ", "GET ws://localhost:8080/ws?x=1 ");
+        assert_eq!(status_of(&query), 101);
+        assert_eq!(
+            status_of("GET http://x/healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
+            200
+        );
+        assert_eq!(status_of("GET http://x HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
+        assert_eq!(
+            status_of("GET http://x?a=b HTTP/1.1\r\nHost: x\r\n\r\n"),
+            200
+        );
+        assert_eq!(
+            status_of("GET http://x/nope HTTP/1.1\r\nHost: x\r\n\r\n"),
+            404
+        );
+        assert_eq!(status_of("GET http:///ws HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
+        // The target's host, not the Host header's, is the one the Origin must match.
+        let elsewhere = upgrade("Origin: http://chat.example\r\n")
+            .replace("GET /ws ", "GET http://chat.example/ws ");
+        assert_eq!(status_of(&elsewhere), 101);
+        let foreign = upgrade("Origin: http://localhost\r\n")
+            .replace("GET /ws ", "GET http://chat.example/ws ");
+        assert_eq!(status_of(&foreign), 403);
+    }
+
+    #[test]
+    fn forwarded_for_joins_every_line() {
+        let head = "GET /ws HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1, 2.2.2.2\r\nHost: x\r\n\
+                    x-forwarded-for: 3.3.3.3\r\n\r\n";
+        assert_eq!(
+            forwarded_for(head.as_bytes()).as_deref(),
+            Some("1.1.1.1, 2.2.2.2,3.3.3.3")
+        );
+        assert_eq!(forwarded_for(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), None);
+        assert_eq!(
+            forwarded_for(b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\n"),
+            None
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! 3. [`http`] and [`frame`]: parsing the request head and WebSocket frames, without I/O.
 //! 4. [`room`] and [`message`]: who gets what, and the JSON every client receives.
 //! 5. [`queue`], [`timers`], [`config`]: outbound bytes, deadlines, settings.
-//! 6. [`metrics`] and [`logging`]: what an operator sees.
+//! 6. [`metrics`] and [`logging`]: what an operator sees; [`proxy`]: who a client is behind a
+//!    reverse proxy.
 //! 7. [`backplane`], with [`redis`] and [`envelope`]: several processes as one room, through
 //!    Redis pub/sub (`--redis`).
 //!
@@ -25,6 +26,7 @@ pub mod message;
 pub mod metrics;
 pub mod pacing;
 pub mod presence;
+pub mod proxy;
 pub mod queue;
 pub mod reactor;
 pub mod redis;

@@ -1,14 +1,20 @@
-//! The `mio-chat` binary: read the flags, set up logging, run the server until a signal.
+//! The `mio-chat` binary: read the flags (or their environment variables), set up logging, run
+//! the server until a signal.
 
+use std::fs::File;
+use std::io::Read;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::Parser;
 use log::{error, warn};
 use mio_chat::config::{self, Config};
 use mio_chat::http::OriginPolicy;
 use mio_chat::logging::{self, LogFormat};
+use mio_chat::proxy::{Cidr, TrustedProxies};
 use mio_chat::redis::RedisUrl;
 use mio_chat::Server;
 
@@ -16,53 +22,90 @@ use mio_chat::Server;
 ///
 /// Serves the chat page at /, the WebSocket at /ws and a health check at /healthz.
 /// Logs go to stderr; set RUST_LOG (default: info) to see more or less.
+/// Every flag can also be set from the environment variable named in [env: ...]; a flag given
+/// on the command line wins over its variable.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
     /// Listen address; port 0 picks a free port (the first log line says which).
-    #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_addr)]
+    #[arg(long, env = "MIO_CHAT_ADDR", default_value = "127.0.0.1:8080", value_parser = parse_addr)]
     addr: SocketAddr,
     /// Open connections (HTTP and WebSocket) at most; more get HTTP 503.
-    /// [default: the open-file limit, raised to its hard maximum, less 300]
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    /// [default: the open-file limit, raised to its hard maximum, less 300 (less half of it
+    /// below 600)]
+    #[arg(long, env = "MIO_CHAT_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: Option<u64>,
     /// Largest text message accepted, in bytes; larger ones get close 1009.
-    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "MIO_CHAT_MAX_MESSAGE_SIZE", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..))]
     max_message_size: u64,
     /// Unsent bytes queued for one client before it is dropped as a slow consumer.
-    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "MIO_CHAT_MAX_OUTBOUND", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     max_outbound: u64,
-    /// Seconds a connection has to send its HTTP request (fractions allowed).
-    #[arg(long, default_value = "10", value_parser = mio_chat::config::parse_positive_secs)]
+    /// Seconds a connection has to send its HTTP request (fractions allowed; at most a day).
+    #[arg(long, env = "MIO_CHAT_HANDSHAKE_TIMEOUT", default_value = "10", value_parser = config::parse_positive_secs)]
     handshake_timeout: Duration,
-    /// Ping idle clients every this many seconds; drop them after two silent intervals; 0 = off.
-    #[arg(long, default_value = "30", value_parser = mio_chat::config::parse_secs)]
+    /// Ping idle clients every this many seconds; drop them after two silent intervals; 0 = off
+    /// (at most a day).
+    #[arg(long, env = "MIO_CHAT_PING_INTERVAL", default_value = "30", value_parser = config::parse_secs)]
     ping_interval: Duration,
-    /// Also allow WebSockets from this browser Origin (repeatable); '*' allows any. By default only
-    /// requests without Origin, or whose Origin host equals the Host header's host, are allowed.
-    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    /// Also allow WebSockets from this browser Origin (repeatable; comma-separated in the
+    /// variable); '*' allows any. By default only requests without Origin, or whose Origin host
+    /// equals the Host header's host, are allowed.
+    #[arg(
+        long = "allow-origin",
+        env = "MIO_CHAT_ALLOW_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
     allow_origin: Vec<String>,
     /// Serve /echo, which sends every message back unchanged (for conformance testing).
-    #[arg(long)]
+    #[arg(long, env = "MIO_CHAT_ECHO", value_parser = BoolishValueParser::new())]
     echo: bool,
     /// Share the room with every process on this Redis: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB].
     /// Each client's events go through Redis pub/sub, so all clients of all processes see one
     /// order. While Redis is unreachable, the process serves its own clients alone, retries, and
-    /// /healthz says "degraded".
-    #[arg(long, value_name = "URL", value_parser = RedisUrl::parse)]
-    redis: Option<RedisUrl>,
+    /// /healthz says "degraded". Give a password through the variable or
+    /// --redis-password-file, not here: every local user can read a command line.
+    #[arg(
+        long,
+        env = "MIO_CHAT_REDIS",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    redis: Option<String>,
+    /// Read the Redis password from this file (its first line; it replaces one in the URL).
+    #[arg(
+        long,
+        env = "MIO_CHAT_REDIS_PASSWORD_FILE",
+        value_name = "PATH",
+        requires = "redis"
+    )]
+    redis_password_file: Option<PathBuf>,
     /// The Redis pub/sub channel that carries the room (processes on different channels are
     /// different rooms).
-    #[arg(long, value_name = "NAME", default_value = config::DEFAULT_REDIS_CHANNEL)]
+    #[arg(long, env = "MIO_CHAT_REDIS_CHANNEL", value_name = "NAME", default_value = config::DEFAULT_REDIS_CHANNEL)]
     redis_channel: String,
     /// Set SO_REUSEPORT, so several processes can listen on the same port (the kernel spreads
     /// connections over them); with --redis they form one room.
-    #[arg(long)]
+    #[arg(long, env = "MIO_CHAT_REUSE_PORT", value_parser = BoolishValueParser::new())]
     reuse_port: bool,
+    /// A reverse proxy whose X-Forwarded-For names the client in the logs: an address or a CIDR
+    /// range (repeatable; comma-separated in the variable). From any other peer the header is
+    /// ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "MIO_CHAT_TRUSTED_PROXY",
+        value_name = "ADDR|CIDR",
+        value_delimiter = ','
+    )]
+    trusted_proxy: Vec<Cidr>,
     /// Log line format: plain text for people, or one JSON object per line for log shippers.
-    #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
+    #[arg(long, env = "MIO_CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     log_format: LogFormat,
 }
+
+/// The longest password file read: a password, not a data file.
+const MAX_PASSWORD_FILE: u64 = 4096;
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.to_socket_addrs()
@@ -71,32 +114,90 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{s}: no address"))
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    logging::init(args.log_format);
+/// `--redis`, parsed here rather than by clap, whose error would quote the whole value, and
+/// with it the password: an error names the URL with its credentials masked.
+fn parse_redis(url: &str) -> Result<RedisUrl, String> {
+    RedisUrl::parse(url).map_err(|e| {
+        let masked = mask_credentials(url);
+        format!("--redis: {}", e.replace(url, &masked))
+    })
+}
+
+/// `redis://user:secret@host` → `redis://***@host`.
+fn mask_credentials(url: &str) -> String {
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[scheme_end..]
+        .find('/')
+        .map_or(url.len(), |i| scheme_end + i);
+    match url[scheme_end..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..scheme_end], &url[scheme_end + at..]),
+        None => url.to_string(),
+    }
+}
+
+/// The first line of `path`, without its line ending.
+fn read_password(path: &Path) -> Result<String, String> {
+    let mut text = String::new();
+    File::open(path)
+        .and_then(|f| f.take(MAX_PASSWORD_FILE).read_to_string(&mut text))
+        .map_err(|e| format!("--redis-password-file {}: {e}", path.display()))?;
+    let line = text.lines().next().unwrap_or("");
+    if line.is_empty() {
+        return Err(format!("--redis-password-file {}: empty", path.display()));
+    }
+    Ok(line.to_string())
+}
+
+/// The open-file limit (raised to its hard maximum) and the `--max-connections` it allows.
+fn max_connections(asked: Option<u64>) -> Result<usize, String> {
     let fd_limit = config::raise_open_file_limit().unwrap_or_else(|e| {
         warn!("could not raise the open-file limit: {e}");
         1024
     });
-    let fit = config::default_max_connections(fd_limit);
-    let max_connections = args.max_connections.map_or(fit, |n| n as usize);
-    if max_connections > fit {
-        warn!("--max-connections {max_connections} exceeds what {fd_limit} open files allow");
+    let Some(asked) = asked else {
+        return config::default_max_connections(fd_limit);
+    };
+    let asked = usize::try_from(asked).unwrap_or(usize::MAX);
+    if config::default_max_connections(fd_limit).is_ok_and(|fit| asked > fit) {
+        warn!("--max-connections {asked} exceeds what {fd_limit} open files allow");
     }
-    let config = Config {
+    Ok(asked)
+}
+
+/// The server's settings from the flags; an error is a sentence for the operator.
+fn config_from(args: Args) -> Result<Config, String> {
+    let mut redis = args.redis.as_deref().map(parse_redis).transpose()?;
+    if let (Some(url), Some(path)) = (redis.as_mut(), &args.redis_password_file) {
+        url.password = Some(read_password(path)?);
+    }
+    Ok(Config {
         addr: args.addr,
-        max_connections,
-        max_message_size: args.max_message_size as usize,
-        max_outbound: args.max_outbound as usize,
+        max_connections: max_connections(args.max_connections)?,
+        max_message_size: usize::try_from(args.max_message_size).unwrap_or(usize::MAX),
+        max_outbound: usize::try_from(args.max_outbound).unwrap_or(usize::MAX),
         handshake_timeout: args.handshake_timeout,
         ping_interval: Some(args.ping_interval).filter(|d| !d.is_zero()),
         origins: OriginPolicy {
             allowed: args.allow_origin,
         },
         echo: args.echo,
-        redis: args.redis,
+        redis,
         redis_channel: args.redis_channel,
         reuse_port: args.reuse_port,
+        trusted_proxies: TrustedProxies(args.trusted_proxy),
+    })
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    logging::init(args.log_format);
+    let addr = args.addr;
+    let config = match config_from(args) {
+        Ok(config) => config,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2); // like clap's own usage errors
+        }
     };
     match Server::bind(config).and_then(Server::stop_on_signals) {
         Ok(server) => match server.run() {
@@ -107,8 +208,23 @@ fn main() -> ExitCode {
             }
         },
         Err(e) => {
-            error!("cannot listen on {}: {e}", args.addr);
+            error!("cannot listen on {addr}: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_redis_url_is_reported_without_its_password() {
+        let error = parse_redis("redis://me:s3cret@host:notaport").unwrap_err();
+        assert!(!error.contains("s3cret"), "{error}");
+        assert!(error.contains("redis://***@host:notaport"), "{error}");
+        assert_eq!(mask_credentials("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(mask_credentials("redis://:p@ss@h/0"), "redis://***@h/0");
+        assert!(parse_redis("redis://:pw@127.0.0.1:6379").is_ok());
     }
 }

@@ -20,6 +20,8 @@ pub struct Gauges {
     pub handshaking: u64,
     pub websocket: u64,
     pub closing: u64,
+    /// `--max-connections`: the limit itself, so an alert can compare the connections with it.
+    pub max_connections: u64,
     /// With `--redis`: the backplane's state and counters.
     pub backplane: Option<BackplaneStats>,
 }
@@ -112,6 +114,13 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "mio_chat_connections{{state=\"{state}\"}} {n}");
         }
+        header(
+            &mut out,
+            "mio_chat_max_connections",
+            "gauge",
+            "Open connections allowed (--max-connections); more get HTTP 503.",
+        );
+        let _ = writeln!(out, "mio_chat_max_connections {}", gauges.max_connections);
         counter(
             &mut out,
             "mio_chat_connections_accepted_total",

@@ -196,3 +196,27 @@ fn a_request_followed_by_eof_still_gets_its_answer() {
     // Still responsive afterwards (a spinning loop would not answer).
     assert_eq!(http_get(&server, "/healthz").status, 200);
 }
+
+/// RFC 9112 §3.2.2: a server must accept a request target in absolute form (what a client
+/// talking to a proxy sends), and take the host from it rather than from the Host header.
+#[test]
+fn absolute_form_targets_are_served() {
+    let server = TestServer::start(&[]);
+    let host = server.host();
+    let health = format!("GET http://{host}/healthz HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let response = http_exchange(&server, health.as_bytes());
+    assert_eq!(
+        (response.status, response.body_text().as_str()),
+        (200, "ok")
+    );
+    let page = format!("GET http://{host} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    assert_eq!(http_exchange(&server, page.as_bytes()).status, 200);
+    let upgrade = Handshake::new(&server).path(&format!("ws://{host}/ws"));
+    let mut client = RawClient::handshake(tcp_connect(&server), &upgrade);
+    client.expect_body(JOINED);
+    // The Origin rule takes the target's host: same host there is allowed, whatever Host says.
+    let elsewhere = Handshake::new(&server)
+        .path("http://chat.example/ws")
+        .header("Origin", "http://chat.example");
+    RawClient::handshake(tcp_connect(&server), &elsewhere).expect_body(JOINED);
+}

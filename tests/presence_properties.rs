@@ -372,6 +372,7 @@ fn owned(event: Event) -> Result<String, Event<'static>> {
         Event::Left => Err(Event::Left),
         Event::Echoed => Err(Event::Echoed),
         Event::MetricsRequested => Err(Event::MetricsRequested),
+        Event::Forwarded(_) => Err(Event::Forwarded("")),
         Event::Ended(ending) => Err(Event::Ended(ending)),
     }
 }

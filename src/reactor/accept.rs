@@ -12,6 +12,7 @@ use mio::{Interest, Token};
 use super::client::Client;
 use super::Server;
 use crate::connection::{Connection, Ending};
+use crate::proxy::Peer;
 
 /// Pause after `accept` fails for lack of resources (file descriptors, memory).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -93,7 +94,7 @@ impl Server {
         self.next_id += 1;
         entry.insert(Client {
             socket,
-            peer,
+            peer: Peer::Direct(peer),
             conn,
             id: self.next_id,
             timer_at: None,

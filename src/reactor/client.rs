@@ -7,7 +7,7 @@
 //! drains.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::Shutdown;
 use std::time::Instant;
 
 use log::{debug, warn};
@@ -18,6 +18,7 @@ use super::hub::Who;
 use super::Server;
 use crate::connection::{Connection, Context, Ending, Sink};
 use crate::http;
+use crate::proxy::Peer;
 use crate::timers::Timer;
 
 /// One read buffer for all clients: idle clients hold no read buffer of their own.
@@ -28,7 +29,8 @@ const READ_BUDGET: usize = 256 * 1024;
 /// A socket and the state machine that speaks over it.
 pub(super) struct Client {
     pub socket: TcpStream,
-    pub peer: SocketAddr,
+    /// Who it is, for the logs: the TCP peer, or the client behind a trusted proxy.
+    pub peer: Peer,
     pub conn: Connection,
     /// Distinguishes this client from earlier ones that had the same slab key.
     pub id: u64,
@@ -222,6 +224,7 @@ impl Server {
     /// for, the outbound limit, the flush list, its timer, and the close list.
     pub(super) fn settle(&mut self, key: usize, now: Instant) {
         self.answer_metrics_requests();
+        self.apply_forwarded();
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
@@ -262,6 +265,20 @@ impl Server {
                 client
                     .conn
                     .answer_metrics(&response, &mut |event| hub.on_event(who, event));
+            }
+        }
+    }
+
+    /// Tells who the clients behind a trusted proxy are, from the `X-Forwarded-For` they sent.
+    fn apply_forwarded(&mut self) {
+        for (key, chain) in std::mem::take(&mut self.hub.forwarded) {
+            let Some(client) = self.clients.get_mut(key) else {
+                continue;
+            };
+            let via = client.peer;
+            client.peer = via.forwarded(&self.config.trusted_proxies, Some(&chain));
+            if client.peer != via {
+                debug!(token = key, peer:% = client.peer, via:% = via; "forwarded");
             }
         }
     }

@@ -5,21 +5,20 @@
 //! and the log. It is a struct of its own so that it can be borrowed beside the slab of clients:
 //! a client's connection hands its events here while the loop holds the client.
 
-use std::net::SocketAddr;
-
 use log::debug;
 
 use crate::backplane::Backplane;
 use crate::connection::Event;
 use crate::metrics::Metrics;
 use crate::presence::{Presence, Publish};
+use crate::proxy::Peer;
 
 /// Which client an event is about: for presence (key and id) and for the log (peer).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Who {
     pub key: usize,
     pub id: u64,
-    pub peer: SocketAddr,
+    pub peer: Peer,
 }
 
 /// The room, the way out to other processes, and the counters.
@@ -30,6 +29,8 @@ pub(super) struct Hub {
     pub metrics: Metrics,
     /// Clients that asked for `/metrics`: the loop queues the page for them before it writes.
     pub metrics_requests: Vec<usize>,
+    /// `X-Forwarded-For` chains of clients behind a trusted proxy, for the loop to apply.
+    pub forwarded: Vec<(usize, Box<str>)>,
 }
 
 impl Hub {
@@ -39,6 +40,7 @@ impl Hub {
             backplane,
             metrics: Metrics::default(),
             metrics_requests: Vec::new(),
+            forwarded: Vec::new(),
         }
     }
 
@@ -63,6 +65,7 @@ impl Hub {
             }
             Event::Echoed => self.metrics.messages_received += 1,
             Event::MetricsRequested => self.metrics_requests.push(who.key),
+            Event::Forwarded(chain) => self.forwarded.push((who.key, chain.into())),
             Event::Ended(ending) => {
                 self.metrics.ended(ending);
                 debug!(token = who.key, peer:% = who.peer; "ending: {ending:?}");

@@ -291,6 +291,7 @@ impl Server {
     /// The `/metrics` page: counters kept by the loop, and connections by phase counted now.
     fn render_metrics(&self) -> String {
         let mut gauges = Gauges {
+            max_connections: self.config.max_connections as u64,
             backplane: self.hub.backplane.as_ref().map(Backplane::stats),
             ..Gauges::default()
         };

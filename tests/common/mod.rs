@@ -16,6 +16,7 @@
 
 pub mod redis;
 pub mod slow;
+pub mod tool;
 
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -66,23 +67,31 @@ impl TestServer {
     /// Like [`TestServer::start`], with extra environment variables (e.g. `RUST_LOG`). `args`
     /// may name an `--addr` of their own.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> TestServer {
+        TestServer::start_with(args, env, |_| {})
+    }
+
+    /// Like [`TestServer::start_with_env`], with a last say on the command before it is spawned
+    /// (e.g. a `pre_exec` that sets resource limits).
+    pub fn start_with(
+        args: &[&str],
+        env: &[(&str, &str)],
+        adjust: impl FnOnce(&mut Command),
+    ) -> TestServer {
         let any_port: &[&str] = if args.contains(&"--addr") {
             &[]
         } else {
             &["--addr", "127.0.0.1:0"]
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mio-chat"))
+        let mut command = server_command();
+        command
             .args(any_port)
             .args(args)
-            // The first stderr line is part of the contract; keep the default log level so a
-            // RUST_LOG from the developer's shell cannot put other lines in front of it.
-            .env_remove("RUST_LOG")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn mio-chat");
+            .stderr(Stdio::piped());
+        adjust(&mut command);
+        let mut child = command.spawn().expect("spawn mio-chat");
         let pid = child.id();
 
         // A thread reads stderr for the whole life of the process: if nobody read it, the pipe
@@ -201,6 +210,20 @@ impl TestServer {
         self.exited = true;
         status
     }
+}
+
+/// The `mio-chat` binary, without the developer's own settings: the first stderr line is part
+/// of the contract, so a `RUST_LOG` from the shell must not put other lines in front of it, and
+/// a `MIO_CHAT_*` variable would set a flag behind the test's back.
+pub fn server_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mio-chat"));
+    command.env_remove("RUST_LOG");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("MIO_CHAT_") {
+            command.env_remove(name);
+        }
+    }
+    command
 }
 
 impl Drop for TestServer {

@@ -1,7 +1,7 @@
 //! A `redis-server` of a test's (or benchmark's) own, on a free port, without persistence.
 //!
 //! Shared by `tests/cluster.rs` and `benches/e2e.rs` (which includes this file by path), so it
-//! depends on nothing else in `tests/common`.
+//! depends on nothing else in `tests/common` but `tool.rs` (which the benchmark includes too).
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -23,24 +23,27 @@ impl Redis {
     /// Starts on a free port; `None` where redis-server is missing outside CI (the test then
     /// has nothing to run against).
     pub fn start() -> Option<Redis> {
-        let port = free_port();
-        match Redis::start_on(port) {
+        Redis::start_with_args(&[])
+    }
+
+    /// Like [`Redis::start`], with more `redis-server` arguments (e.g. `--requirepass PW`).
+    pub fn start_with_args(extra: &[&str]) -> Option<Redis> {
+        match Redis::start_on_with(free_port(), extra) {
             Ok(redis) => Some(redis),
-            Err(e) if std::env::var_os("CI").is_none() => {
-                eprintln!(
-                    "redis-server not run ({e}); CI installs it (apt-get install redis-server)"
-                );
-                None
-            }
-            Err(e) => panic!("redis-server is required in CI: {e}"),
+            Err(e) => super::tool::unavailable("redis-server", "redis-server", e),
         }
     }
 
     /// Starts on `port` and waits for "Ready to accept connections".
     pub fn start_on(port: u16) -> std::io::Result<Redis> {
+        Redis::start_on_with(port, &[])
+    }
+
+    fn start_on_with(port: u16, extra: &[&str]) -> std::io::Result<Redis> {
         let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--logfile", ""])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
