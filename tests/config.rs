@@ -48,24 +48,6 @@ fn refused_at_start(args: &[&str], adjust: impl FnOnce(&mut Command)) -> String 
     lines.join("\n")
 }
 
-/// Sets the process's open-file limit, soft and hard, before the server starts.
-fn open_file_limit(command: &mut Command, limit: u64) {
-    // SAFETY: setrlimit is async-signal-safe, and the closure touches nothing else.
-    unsafe {
-        command.pre_exec(move || {
-            let rlimit = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
-}
-
 #[test]
 fn every_flag_names_its_environment_variable() {
     let out = server_command()

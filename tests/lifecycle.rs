@@ -9,6 +9,7 @@
 mod common;
 
 use std::io::Write;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::slow::*;
@@ -382,4 +383,29 @@ fn clients_that_answer_the_close_are_released_before_the_deadline() {
     }
     let last = server.wait_for_log("stopped");
     assert!(last.contains("stopped (0 connections"), "{last}");
+}
+
+/// Out of file descriptors, the server pauses accepting and retries; it says so once when the
+/// episode starts (not at every retry, every 100 ms) and once when it ends, with the count.
+#[test]
+fn running_out_of_file_descriptors_is_reported_once_per_episode() {
+    let server = TestServer::start_with(&[], &[("RUST_LOG", "debug")], |command| {
+        open_file_limit(command, 40)
+    });
+    // More connections than the server has descriptors left: the rest wait in the backlog.
+    let held: Vec<TcpStream> = (0..45).map(|_| tcp_connect(&server)).collect();
+    server.wait_for_log_count("accept still failing", 3);
+    let warnings = server
+        .stderr_lines()
+        .iter()
+        .filter(|line| line.contains("accept failed"))
+        .count();
+    assert_eq!(warnings, 1, "one warning per episode");
+    drop(held); // the server closes them, and accepts what waited
+    let over = server.wait_for_log("accepting again after");
+    let count: u64 = over
+        .split_whitespace()
+        .find_map(|word| word.parse().ok())
+        .expect("a count");
+    assert!(count >= 3, "{over}");
 }

@@ -188,6 +188,26 @@ impl TestServer {
         found.unwrap_or_else(|| panic!("the server never logged {needle:?}"))
     }
 
+    /// Waits until `n` lines containing `needle` have been logged; returns them.
+    pub fn wait_for_log_count(&self, needle: &str, n: usize) -> Vec<String> {
+        let (lines, logged) = &*self.stderr;
+        let matching = |all: &Vec<String>| -> Vec<String> {
+            all.iter().filter(|l| l.contains(needle)).cloned().collect()
+        };
+        let all = logged
+            .wait_timeout_while(lines.lock().unwrap(), GUARD, |all| matching(all).len() < n)
+            .unwrap()
+            .0;
+        let found = matching(&all);
+        drop(all);
+        assert!(
+            found.len() >= n,
+            "the server logged {needle:?} {} times, not {n}",
+            found.len()
+        );
+        found
+    }
+
     /// Sends a Unix signal (e.g. `libc::SIGTERM`) to the server process.
     pub fn signal(&self, signal: libc::c_int) {
         let rc = unsafe { libc::kill(self.pid as libc::pid_t, signal) };
@@ -883,5 +903,23 @@ impl TestServer {
     /// The server's process id, for reading `/proc/PID/status` (memory) and `/proc/PID/fd`.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+}
+
+/// Sets the process's open-file limit, soft and hard, before the server starts.
+pub fn open_file_limit(command: &mut Command, limit: u64) {
+    // SAFETY: setrlimit is async-signal-safe, and the closure touches nothing else.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(command, move || {
+            let rlimit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
 }
