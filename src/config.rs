@@ -32,6 +32,8 @@ pub struct Config {
     pub redis: Option<RedisUrl>,
     /// The Redis pub/sub channel that carries the room.
     pub redis_channel: String,
+    /// Bytes of commands the Redis socket may refuse before Redis counts as not keeping up.
+    pub redis_max_unsent: usize,
     /// Set `SO_REUSEPORT` on the listener, so several processes can share one port.
     pub reuse_port: bool,
     /// Peers whose `X-Forwarded-For` names the client (for the logs); nobody by default.
@@ -51,11 +53,17 @@ impl Default for Config {
             echo: false,
             redis: None,
             redis_channel: DEFAULT_REDIS_CHANNEL.to_string(),
+            redis_max_unsent: DEFAULT_REDIS_MAX_UNSENT,
             reuse_port: false,
             trusted_proxies: TrustedProxies::default(),
         }
     }
 }
+
+/// `--redis-max-unsent` by default: 16 MiB, about 160,000 leave notices' `PUBLISH` commands
+/// (about 100 bytes each) even if Redis's socket took none of them, so shutdown can publish a
+/// leave for every client of a full server.
+pub const DEFAULT_REDIS_MAX_UNSENT: usize = 16 << 20;
 
 /// The channel of `--redis-channel` when none is named.
 pub const DEFAULT_REDIS_CHANNEL: &str = "mio-chat";

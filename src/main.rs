@@ -85,6 +85,10 @@ struct Args {
     /// different rooms).
     #[arg(long, env = "MIO_CHAT_REDIS_CHANNEL", value_name = "NAME", default_value = config::DEFAULT_REDIS_CHANNEL)]
     redis_channel: String,
+    /// Bytes of commands the Redis socket may leave unwritten before Redis counts as not keeping
+    /// up (an outage): Redis is judged like a client, by what its socket refused, not by bursts.
+    #[arg(long, env = "MIO_CHAT_REDIS_MAX_UNSENT", value_name = "BYTES", default_value_t = config::DEFAULT_REDIS_MAX_UNSENT as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    redis_max_unsent: u64,
     /// Set SO_REUSEPORT, so several processes can listen on the same port (the kernel spreads
     /// connections over them); with --redis they form one room.
     #[arg(long, env = "MIO_CHAT_REUSE_PORT", value_parser = BoolishValueParser::new())]
@@ -183,6 +187,7 @@ fn config_from(args: Args) -> Result<Config, String> {
         echo: args.echo,
         redis,
         redis_channel: args.redis_channel,
+        redis_max_unsent: usize::try_from(args.redis_max_unsent).unwrap_or(usize::MAX),
         reuse_port: args.reuse_port,
         trusted_proxies: TrustedProxies(args.trusted_proxy),
     })

@@ -251,3 +251,81 @@ fn a_slow_consumer_dropped_on_one_process_is_announced_on_all() {
     sender.expect_body("done");
     watcher.expect_body("done");
 }
+
+/// Redis is judged like a client, by what its socket refused: a burst of four 64 KiB messages
+/// that JSON escapes six times over (1.5 MiB of PUBLISH) is written, not taken for an outage.
+#[test]
+fn a_burst_from_one_client_crosses_to_the_other_process_whole() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, &[]), node(&redis, &[]));
+    let mut watcher = RawClient::join(&b);
+    let mut sender = RawClient::join(&a);
+    watcher.expect_body(JOINED);
+    let body = "\u{1}".repeat(65536);
+    let burst: Vec<u8> = (0..4).flat_map(|_| Frame::text(&body).encode()).collect();
+    sender.write_raw(&burst);
+    for _ in 0..4 {
+        assert!(
+            watcher.next_body() == body,
+            "a message changed or lost on the way"
+        );
+    }
+    assert_eq!(health(&a), "ok");
+    assert!(!a
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("not keeping up")));
+}
+
+/// Twenty clients sending 64 KiB each at the same moment: all twenty cross.
+#[test]
+fn twenty_large_messages_at_once_all_cross() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, &[]), node(&redis, &[]));
+    let mut watcher = RawClient::join(&b);
+    let mut senders: Vec<RawClient> = (0..20)
+        .map(|_| {
+            let sender = RawClient::join(&a);
+            watcher.expect_body(JOINED);
+            sender
+        })
+        .collect();
+    let frames: Vec<Vec<u8>> = (0..20)
+        .map(|i| Frame::text(&format!("{i:02}{}", "a".repeat(65534))).encode())
+        .collect();
+    for (sender, frame) in senders.iter_mut().zip(&frames) {
+        sender.write_raw(frame);
+    }
+    let mut got: Vec<String> = (0..20)
+        .map(|_| watcher.next_body()[..2].to_string())
+        .collect();
+    got.sort();
+    let expected: Vec<String> = (0..20).map(|i| format!("{i:02}")).collect();
+    assert_eq!(got, expected);
+    assert_eq!(health(&a), "ok");
+}
+
+/// Shutdown publishes a leave for every client, even when their PUBLISH commands together pass
+/// the bound many times over (scaled down here: 3,000 bytes for 60 leaves of about 100 each).
+#[test]
+fn shutdown_publishes_every_leave_past_the_bound() {
+    let Some(redis) = Redis::start() else { return };
+    let small = ["--redis-max-unsent", "3000", "--max-outbound", "3000"];
+    let (mut a, b) = (node(&redis, &small), node(&redis, &[]));
+    let mut watcher = RawClient::join(&b);
+    let clients: Vec<RawClient> = (0..60)
+        .map(|_| {
+            let client = RawClient::join(&a);
+            watcher.expect_body(JOINED);
+            client
+        })
+        .collect();
+    a.signal(libc::SIGTERM);
+    assert!(a.wait_for_exit(GUARD).success());
+    for _ in 0..60 {
+        watcher.expect_body(LEFT);
+    }
+    drop(clients);
+    watcher.send_text("after");
+    watcher.expect_body("after");
+}

@@ -64,13 +64,12 @@ pub struct Backplane {
     /// Where Redis is: resolved at the first attempt that succeeds, then kept (resolving blocks
     /// the loop, so it is not done on every reconnection).
     addr: Option<SocketAddr>,
-    /// Past this many bytes not yet written to Redis, Redis is not keeping up, and the link is
-    /// dropped (as a client that stopped reading would be).
+    /// Past this many bytes of commands that the Redis socket has refused (not what one turn
+    /// produced: a burst is written first), Redis is not keeping up, and the links are dropped,
+    /// as a client that stopped reading would be (`--redis-max-unsent`).
     max_unsent: usize,
     /// Past this many bytes unparsed from the subscription, a reply is too large to be ours.
     max_input: usize,
-    /// Set when a publish fails outside an I/O handler; acted on at the next [`Backplane::repair`].
-    broken: Option<Failure>,
     /// The subscription has more bytes than this turn's budget allowed to read.
     unread: bool,
     /// The PUBLISH command around each envelope (reused).
@@ -97,7 +96,6 @@ impl Backplane {
             max_unsent,
             // A JSON string may escape each byte into six (\u0000).
             max_input: (max_message_size.saturating_mul(6) + READ_CHUNK).max(MIN_MAX_INPUT),
-            broken: None,
             unread: false,
             command: Vec::new(),
         }
@@ -215,7 +213,6 @@ impl Backplane {
         self.subscriber.close(registry);
         self.publisher.close(registry);
         self.unread = false;
-        self.broken = None;
         self.ledger.land_pending(land);
         self.down(why, now);
     }
@@ -231,13 +228,6 @@ impl Backplane {
             if !self.unread || self.read_chunk(land).is_err() {
                 return;
             }
-        }
-    }
-
-    /// Acts on a failure noticed outside an I/O handler (an overflowing publish queue).
-    pub fn repair(&mut self, registry: &Registry, now: Instant, land: &mut dyn FnMut(Landing)) {
-        if let Some(why) = self.broken.take() {
-            self.fail(why, registry, now, land);
         }
     }
 
@@ -389,22 +379,22 @@ impl Backplane {
         self.command.clear();
         redis::publish(&mut self.command, self.channel.as_bytes(), envelope);
         self.publisher.output.push(&self.command); // `push` reuses the space already written
-        if self.publisher.output.len() > self.max_unsent && self.broken.is_none() {
-            self.broken = Some(format!(
-                "more than {} bytes published and not yet written: Redis is not keeping up",
-                self.max_unsent
-            ));
-        }
     }
 
-    /// Writes what was published (at the end of a turn, like a client's flush) and acts on a
-    /// failure noticed while publishing.
+    /// Writes what was published (at the end of a turn, like a client's flush), then judges
+    /// Redis by what its socket refused, like a client.
     pub fn flush(&mut self, registry: &Registry, now: Instant, land: &mut dyn FnMut(Landing)) {
-        if self.publisher.output.is_empty() || self.broken.is_some() {
-            return self.repair(registry, now, land);
-        }
         if let Err(e) = self.publisher.flush(registry) {
-            self.fail(format!("publisher: write: {e}"), registry, now, land);
+            return self.fail(format!("publisher: write: {e}"), registry, now, land);
+        }
+        let unsent = self.publisher.output.len();
+        if unsent > self.max_unsent {
+            let why = format!(
+                "Redis has not taken {unsent} bytes of commands (--redis-max-unsent {}): \
+                 it is not keeping up",
+                self.max_unsent
+            );
+            self.fail(why, registry, now, land);
         }
     }
 
@@ -476,15 +466,16 @@ mod tests {
     }
 
     #[test]
-    fn a_publish_queue_past_its_bound_breaks_the_link() {
+    fn a_burst_is_judged_by_what_the_socket_refused_not_by_its_size() {
         let mut b = backplane(1000);
         b.publish(Kind::Message, &"x".repeat(600), None);
-        assert!(b.broken.is_none());
         b.publish(Kind::Message, &"y".repeat(600), None);
-        assert!(b.broken.is_some());
+        assert_eq!(b.stats().pending, 2, "published, whatever the bound");
+        // No socket here, so nothing is taken: all of it counts as refused.
         let poll = mio::Poll::new().expect("poll");
-        let mut got = 0;
-        b.repair(poll.registry(), Instant::now(), &mut |_| got += 1);
-        assert_eq!(got, 2);
+        let mut landed = 0;
+        b.flush(poll.registry(), Instant::now(), &mut |_| landed += 1);
+        assert_eq!(landed, 2, "an outage lands what was pending, in order");
+        assert!(b.next_deadline().is_some(), "and schedules the retry");
     }
 }

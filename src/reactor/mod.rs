@@ -113,7 +113,7 @@ impl Server {
                 url,
                 config.redis_channel.clone(),
                 (REDIS_SUBSCRIBER, REDIS_PUBLISHER),
-                config.max_outbound,
+                config.redis_max_unsent,
                 config.max_message_size,
             )
         });
