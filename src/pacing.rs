@@ -3,7 +3,7 @@
 //!
 //! - **Chat never waits.** A batch with a chat message in it goes out at the end of the turn.
 //! - **Notices may gather.** In a room of [`NOTICE_BATCHING_FROM`] or more, a batch of join and
-//!   leave notices alone waits until [`NOTICE_WINDOW`] after the previous fan-out: joins and
+//!   leave notices alone waits until [`NOTICE_WINDOW`] after the previous fan-out ended: joins and
 //!   leaves come in floods (a load test connecting thousands, a frontend restarting), and each
 //!   fan-out costs one `send` per member, so each member gets a flood in a few large writes
 //!   instead of thousands of small ones.
@@ -58,7 +58,7 @@ impl Pacing {
         (!batch.is_empty()).then_some(self.last_fan_out + NOTICE_WINDOW)
     }
 
-    /// Records a fan-out.
+    /// Records that a fan-out ended at `now` (the window runs from its end).
     pub fn fanned_out(&mut self, now: Instant) {
         self.last_fan_out = now;
     }

@@ -236,7 +236,6 @@ impl Server {
         if !self.pacing.due(presence.batch(), presence.members(), now) {
             return;
         }
-        self.pacing.fanned_out(now);
         let Server {
             hub,
             clients,
@@ -264,6 +263,9 @@ impl Server {
                 }
             }
         });
+        // The window runs from the end of this fan-out, not from the turn's start: in a large
+        // room the fan-out itself can outlast the window, which would then never gather.
+        self.pacing.fanned_out(Instant::now());
         for (key, ending) in std::mem::take(&mut self.dropped) {
             self.abort(key, ending, now);
         }
