@@ -28,7 +28,7 @@ pub struct Config {
     pub origins: OriginPolicy,
     /// Serve the `/echo` diagnostic route.
     pub echo: bool,
-    /// Share the room with other processes through this Redis (see `backplane.rs`).
+    /// Share the room with other processes through this Redis (see `src/backplane/`).
     pub redis: Option<RedisUrl>,
     /// The Redis pub/sub channel that carries the room.
     pub redis_channel: String,

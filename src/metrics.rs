@@ -26,7 +26,7 @@ pub struct Gauges {
     pub backplane: Option<BackplaneStats>,
 }
 
-/// What the Redis backplane reports (it keeps these itself; see `backplane.rs`).
+/// What the Redis backplane reports (it keeps these itself; see `src/backplane/`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BackplaneStats {
     /// Both Redis links are ready (0 means degraded: local delivery only).

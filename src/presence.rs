@@ -21,7 +21,8 @@
 //! joined through Redis and leaves while this process is cut off from Redis is announced here
 //! only (the others cannot be reached); and a join that Redis had not handed back when the link
 //! broke lands here as a local one (it may or may not have reached the others), so its leave
-//! stays local too. `tests/properties.rs` checks the invariant over random interleavings.
+//! stays local too. `tests/presence_properties.rs` checks the invariant over random interleavings,
+//! with a fake Redis.
 
 use crate::envelope::Kind;
 use crate::room::{Broadcast, Room};

@@ -120,10 +120,12 @@ impl Server {
             .must_flush(presence.batch(), presence.members(), now)
     }
 
-    /// Ends one client from the loop's side (a slow consumer, a failed write).
+    /// Ends one client from the loop's side (a slow consumer, a failed write). It then goes
+    /// through `settle` once, which lists it for closing.
     pub(super) fn abort(&mut self, key: usize, why: Ending, now: Instant) {
         let Some(client) = self.clients.get_mut(key) else {
-            return;
+            // Not a client (any more): if the room still names it, it leaves all the same.
+            return self.hub.forget(key);
         };
         let (who, hub) = (client.who(key), &mut self.hub);
         client
@@ -228,13 +230,14 @@ impl Server {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
+        // Closed first: an aborted client keeps its queue, and must not be aborted again.
+        if client.conn.is_closed() {
+            return self.closed.push(key);
+        }
         // Its own replies (pongs, echoes) count too, once the socket has stopped taking bytes:
         // a client whose socket keeps up is written at the end of the turn, whatever it queued.
         if client.writable && client.conn.output().len() > self.config.max_outbound {
             return self.abort(key, Ending::SlowConsumer, now);
-        }
-        if client.conn.is_closed() {
-            return self.closed.push(key);
         }
         let has_bytes = !client.writable && !client.conn.output().is_empty();
         let owes_fin = client.conn.should_half_close() && !client.half_closed;

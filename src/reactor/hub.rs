@@ -54,6 +54,16 @@ impl Hub {
         self.backplane.as_ref().is_some_and(|b| !b.is_up())
     }
 
+    /// A key the room names but no client has: it cannot happen (a client leaves the room
+    /// before it is closed), and if it did, the key leaves like any other.
+    pub fn forget(&mut self, key: usize) {
+        debug_assert!(
+            !self.presence.is_member(key),
+            "a member {key} without a client"
+        );
+        self.presence.leave(key, redis(&mut self.backplane));
+    }
+
     /// Acts on one event of one client.
     pub fn on_event(&mut self, who: Who, event: Event) {
         let redis = redis(&mut self.backplane);

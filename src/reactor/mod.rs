@@ -5,9 +5,9 @@
 //! 2. accept new connections and read every ready client until `WouldBlock` (`client.rs`). A
 //!    connection reports what it did as events, which [`hub::Hub::on_event`] turns into joins,
 //!    messages and leaves in [`crate::presence`]: the room's frames for the turn collect in one
-//!    batch, already encoded;
-//! 3. read the Redis subscription, with `--redis` (`cluster.rs`), and fire due timers (handshake
-//!    timeouts, pings, closing timeouts);
+//!    batch, already encoded. With `--redis`, what the subscription brought is read too
+//!    (`cluster.rs`), before the clients left over from the last turn's read budget;
+//! 3. fire due timers (handshake timeouts, pings, closing timeouts);
 //! 4. the flush point, [`Server::before_sleep`]: fan the batch out (one write per member, straight
 //!    from the batch), write every client that has bytes queued, send what was published;
 //! 5. close the connections that are done.
@@ -229,13 +229,30 @@ impl Server {
         }
     }
 
-    /// Hands the batch to every member (see [`deliver`]), when [`Pacing`] says it is due; then
-    /// ends the members that could not take it, whose leave notices make the next batch.
+    /// Hands the batch to every member (see [`deliver`]), when [`Pacing`] says it is due. The
+    /// members that could not take it are ended, and their leave notices go to the others in
+    /// the same fan-out (with Redis, they are published instead).
     fn fan_out(&mut self, now: Instant) {
         let presence = &self.hub.presence;
         if !self.pacing.due(presence.batch(), presence.members(), now) {
             return;
         }
+        while !self.hub.presence.batch().is_empty() {
+            self.deliver_batch();
+            if self.dropped.is_empty() {
+                break;
+            }
+            for (key, ending) in std::mem::take(&mut self.dropped) {
+                self.abort(key, ending, now);
+            }
+        }
+        // The window runs from the end of this fan-out, not from the turn's start: in a large
+        // room the fan-out itself can outlast the window, which would then never gather.
+        self.pacing.fanned_out(Instant::now());
+    }
+
+    /// One pass of the batch over the members; those that could not take it go to `dropped`.
+    fn deliver_batch(&mut self) {
         let Server {
             hub,
             clients,
@@ -247,7 +264,8 @@ impl Server {
         let bytes_written = &mut hub.metrics.bytes_written;
         hub.metrics.frames_delivered += hub.presence.fan_out(|key, frames| {
             let Some(client) = clients.get_mut(key) else {
-                return false; // cannot happen: a client leaves the room before it is closed
+                dropped.push((key, Ending::PeerLeft)); // cannot happen; see `Hub::forget`
+                return false;
             };
             match deliver(client, frames, config.max_outbound, bytes_written) {
                 Ok(()) => {
@@ -263,12 +281,6 @@ impl Server {
                 }
             }
         });
-        // The window runs from the end of this fan-out, not from the turn's start: in a large
-        // room the fan-out itself can outlast the window, which would then never gather.
-        self.pacing.fanned_out(Instant::now());
-        for (key, ending) in std::mem::take(&mut self.dropped) {
-            self.abort(key, ending, now);
-        }
     }
 
     /// Sleep until the nearest deadline; not at all if a client still has bytes to read.
