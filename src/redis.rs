@@ -637,15 +637,26 @@ fn malformed(at: usize, why: &'static str) -> DecodeError {
     DecodeError::Malformed { at, why }
 }
 
-/// At most [`MAX_ERROR_TEXT`] bytes of `bytes`, escaped, for a log line.
+/// At most [`MAX_ERROR_TEXT`] bytes of `bytes`, for a log line: printable ASCII as is, any
+/// other byte as `\xNN` (so a reply cannot put terminal escapes or fake lines into the log).
+/// A table-free loop: this runs once per error reply, on bytes anyone on the path may choose.
 fn log_text(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let cut = &bytes[..bytes.len().min(MAX_ERROR_TEXT)];
-    let text = String::from_utf8_lossy(cut).escape_debug().to_string();
-    if cut.len() < bytes.len() {
-        format!("{text}... ({} bytes)", bytes.len())
-    } else {
-        text
+    let mut text = String::with_capacity(cut.len() + 24);
+    for &byte in cut {
+        if byte == b' ' || byte.is_ascii_graphic() {
+            text.push(char::from(byte));
+        } else {
+            text.push_str("\\x");
+            text.push(char::from(HEX[usize::from(byte >> 4)]));
+            text.push(char::from(HEX[usize::from(byte & 15)]));
+        }
     }
+    if cut.len() < bytes.len() {
+        text.push_str(&format!("... ({} bytes)", bytes.len()));
+    }
+    text
 }
 
 /// Decodes the first reply in `buf` with a fresh decoder and [`Limits::LENIENT`]: `Ok(None)` if
@@ -1047,6 +1058,10 @@ mod tests {
         };
         assert!(text.len() < MAX_ERROR_TEXT + 30, "{}", text.len());
         assert!(text.ends_with("(4004 bytes)"), "{text}");
+        let [Reply::Error(text)] = &replies(b"-ERR \x1b[31m\xe9t\xc3\xa9\r\n")[..] else {
+            panic!()
+        };
+        assert_eq!(text, r"ERR \x1b[31m\xe9t\xc3\xa9");
     }
 
     /// One reply of a kind we read, or of a shape we do not, as bytes.
