@@ -491,6 +491,10 @@ impl ReplyDecoder {
         if !byte.is_ascii_digit() {
             return Err(malformed(at, "not a digit"));
         }
+        // i64::MIN has 19 digits: more (leading zeros) would only make the line longer.
+        if line.digits >= 20 {
+            return Err(malformed(at, "a number of more than 20 digits"));
+        }
         line.digits += 1;
         line.value = line
             .value
@@ -541,7 +545,7 @@ impl ReplyDecoder {
     fn open_bulk(&mut self, len: u64) -> Result<(), DecodeError> {
         // `len` is within `max_bulk` (checked digit by digit), so it fits a usize.
         let start = self.pos;
-        let end = start + len as usize;
+        let end = start.saturating_add(len as usize);
         if end
             .checked_add(2)
             .is_none_or(|reply_end| reply_end > self.limits.max_reply)
@@ -915,6 +919,9 @@ mod tests {
             b"$3\r\nabcd\r\n",
             b"*-5\r\n",
             b"*1\r\n!\r\n",
+            b":000000000000000000001\r\n",
+            &[b":".to_vec(), vec![b'0'; 300], b"1\r\n".to_vec()].concat(),
+            &[b"$".to_vec(), vec![b'0'; 300], b"1\r\n".to_vec()].concat(),
         ] {
             assert!(
                 matches!(error_of(limits, bad), DecodeError::Malformed { .. }),
