@@ -139,6 +139,12 @@ pub fn publish(out: &mut Vec<u8>, channel: &[u8], payload: &[u8]) {
     command(out, &[b"PUBLISH", channel, payload]);
 }
 
+/// Appends `PING`, the liveness probe: `+PONG` on an ordinary connection, `*2 $4 pong $0` on a
+/// subscribed one, both [`Reply::Pong`].
+pub fn ping(out: &mut Vec<u8>) {
+    command(out, &[b"PING"]);
+}
+
 /// One thing Redis said.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -732,6 +738,15 @@ mod tests {
             out,
             b"*3\r\n$7\r\nPUBLISH\r\n$4\r\nchat\r\n$7\r\n{\"v\":1}\r\n"
         );
+        out.clear();
+        ping(&mut out);
+        command(&mut out, &[b"", &[b'x'; 12_345]]);
+        let expected = [
+            &b"*1\r\n$4\r\nPING\r\n*2\r\n$0\r\n\r\n$12345\r\n"[..],
+            &[b'x'; 12_345],
+            b"\r\n",
+        ];
+        assert_eq!(out, expected.concat());
     }
 
     #[test]
