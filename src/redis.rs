@@ -302,6 +302,31 @@ enum Phase {
 ///
 /// The state is a few words and a fixed array (no allocation). After an error the decoder
 /// gives that error again until [`ReplyDecoder::reset`].
+///
+/// On a link: one decoder per connection, [`ReplyDecoder::reset`] with the buffer when the
+/// connection is replaced, and after each read:
+///
+/// ```
+/// use mio_chat::redis::{Limits, Reply, ReplyDecoder};
+///
+/// let mut decoder = ReplyDecoder::new(Limits::for_payloads(16 << 20));
+/// let mut input = Vec::new();
+/// let mut payloads = Vec::new();
+/// for read in [&b"*3\r\n$7\r\nmessage\r\n$4\r\nchat\r\n$2\r\nh"[..], b"i\r\n:1\r\n"] {
+///     input.extend_from_slice(read); // what the socket gave
+///     let mut used = 0;
+///     while let Some((reply, n)) = decoder.next_reply(&input[used..])? {
+///         if let Reply::Message { payload, .. } = reply {
+///             payloads.push(input[used + payload.start..used + payload.end].to_vec());
+///         }
+///         used += n;
+///     }
+///     // Only whole replies go; the unfinished one stays, and is not examined again.
+///     input.drain(..used);
+/// }
+/// assert_eq!(payloads, [b"hi"]);
+/// # Ok::<(), mio_chat::redis::DecodeError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct ReplyDecoder {
     limits: Limits,
