@@ -158,6 +158,7 @@ impl Ord for Wait {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -248,5 +249,39 @@ mod tests {
         assert_eq!(Rate::new(0, 10), None);
         assert_eq!(Rate::new(10, 0), None);
         assert_eq!(Rate::DEFAULT_BYTES.burst(), 1 << 20);
+    }
+
+    proptest! {
+        /// Over any sequence of takes, what passes is within the burst plus the rate times the
+        /// time elapsed (the one take allowed past the burst, on a full bucket, aside); and a
+        /// bucket left idle long enough to refill takes a message at once.
+        #[test]
+        fn never_more_than_burst_plus_rate(
+            per_second in 1..2000u64,
+            burst in 1..500u64,
+            steps in proptest::collection::vec((0..50u64, 0..3000u64), 1..300),
+        ) {
+            let t0 = Instant::now();
+            let limits = (Rate::new(per_second, burst), Rate::new(per_second * 100, burst * 100));
+            let mut budget = Budget::new(limits.0, limits.1);
+            let (mut now, mut messages, mut bytes, mut largest) = (t0, 0u64, 0u64, 0u64);
+            for (advance_ms, size) in steps {
+                now += Duration::from_millis(advance_ms);
+                match budget.take(now, size) {
+                    Ok(()) => {
+                        messages += 1;
+                        bytes += size;
+                        largest = largest.max(size);
+                    }
+                    Err(Wait(wait)) => prop_assert!(wait <= MAX_DEBT),
+                }
+                let elapsed = now.duration_since(t0).as_secs_f64();
+                prop_assert!(messages as f64 <= burst as f64 + per_second as f64 * elapsed + 1e-6);
+                let byte_rate = (per_second * 100) as f64;
+                prop_assert!(bytes as f64 <= (burst * 100 + largest) as f64 + byte_rate * elapsed + 1e-6);
+            }
+            let refilled = now + Duration::from_secs(31 + burst * 100 / per_second);
+            prop_assert_eq!(budget.take(refilled, 0), Ok(()));
+        }
     }
 }
