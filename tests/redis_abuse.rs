@@ -68,6 +68,18 @@ fn the_fake_redis_carries_a_room() {
     assert_eq!(health(&a), "ok");
 }
 
+#[test]
+fn the_fake_redis_answers_the_preamble() {
+    let fake = FakeRedis::start();
+    let url = format!("redis://me:secret@127.0.0.1:{}/3", fake.port());
+    let server = TestServer::start(&["--redis", &url]);
+    server.wait_for_log("redis: subscribed");
+    let stats = fake.stats();
+    for expected in ["AUTH me secret", "SELECT 3", "SUBSCRIBE mio-chat"] {
+        assert!(stats.commands.iter().any(|c| c == expected), "{stats:?}");
+    }
+}
+
 /// Finding 3: 32,768 nested `*1\r\n` crashed the process (a recursive decoder's stack).
 #[test]
 fn a_nested_reply_to_subscribe_is_an_outage_not_a_crash() {

@@ -51,6 +51,9 @@ pub struct Stats {
     pub connections: usize,
     /// Connections that have ended (EOF, error, or closed by the fake).
     pub disconnections: usize,
+    /// Every command handled, as its words (AUTH's password included: test credentials only;
+    /// a PUBLISH without its payload, which is in `payloads`), in order.
+    pub commands: Vec<String>,
     /// SUBSCRIBE commands answered (any mode).
     pub subscribes: usize,
     /// PUBLISH commands handled, and their payloads in order.
@@ -304,6 +307,9 @@ fn handle(
         .first()
         .map(|a| a.to_ascii_uppercase())
         .unwrap_or_default();
+    let shown = &args[..args.len() - usize::from(name == b"PUBLISH")];
+    let words: Vec<_> = shown.iter().map(|a| String::from_utf8_lossy(a)).collect();
+    shared.update(|state| state.stats.commands.push(words.join(" ")));
     match (name.as_slice(), mode) {
         (b"AUTH" | b"SELECT", _) => write_all(writer, b"+OK\r\n"),
         (b"SUBSCRIBE", Mode::NestedOnSubscribe { depth }) => {
