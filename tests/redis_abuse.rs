@@ -138,7 +138,10 @@ fn an_unfinished_wide_array_costs_linear_time() {
     let before = cpu_time(server.pid());
     // Blocks until the kernel has taken it all: the server has read all but its buffers.
     assert_eq!(fake.send_to_subscribers(&unfinished_array(12 << 20)), 1);
-    assert_eq!(health(&server), "ok", "within the limit: not an outage yet");
+    // Within today's 16 MiB subscriber limit this is no outage ("ok"); under a lower limit it
+    // is one ("degraded"), refused at the header. Either way the loop must answer, and soon.
+    let answer = health(&server);
+    assert!(answer == "ok" || answer == "degraded", "{answer}");
     let spent = cpu_time(server.pid()) - before;
     // Each byte judged once is a fraction of a second, even in a debug build.
     assert!(
