@@ -192,6 +192,10 @@ pub struct Limits {
     pub max_bulk: usize,
     /// Bytes in one whole reply, framing included.
     pub max_reply: usize,
+    /// Elements in one array. The replies we read have 2 (a pub/sub PONG) or 3 (a message, a
+    /// subscription): a wider array is refused at its header, before a byte of it is buffered,
+    /// rather than judged element by element up to `max_reply`.
+    pub max_elements: usize,
 }
 
 impl Limits {
@@ -202,6 +206,7 @@ impl Limits {
             max_depth: 1,
             max_bulk: max_payload,
             max_reply: max_payload.saturating_add(REPLY_OVERHEAD),
+            max_elements: 3,
         }
     }
 
@@ -211,14 +216,16 @@ impl Limits {
         max_depth: 1,
         max_bulk: 4096,
         max_reply: 8192,
+        max_elements: 3,
     };
 
     /// What [`next_reply`] allows: Redis's own defaults (512 MiB bulk strings), any reply
-    /// size, and [`MAX_DEPTH`].
+    /// size or width, and [`MAX_DEPTH`].
     pub const LENIENT: Limits = Limits {
         max_depth: MAX_DEPTH,
         max_bulk: 512 << 20,
         max_reply: usize::MAX,
+        max_elements: usize::MAX,
     };
 }
 
@@ -230,6 +237,8 @@ pub enum DecodeError {
     Malformed { at: usize, why: &'static str },
     /// Arrays nested deeper than `limit`.
     TooDeep { limit: usize },
+    /// An array of `len` elements against a limit of `limit`.
+    TooWide { len: u64, limit: usize },
     /// A bulk string or line of `len` bytes (or more) against a limit of `limit`.
     BulkTooLarge { len: u64, limit: usize },
     /// A reply that would pass `limit` bytes (by its headers, or by its bytes).
@@ -245,6 +254,9 @@ impl fmt::Display for DecodeError {
             DecodeError::Malformed { at, why } => write!(f, "malformed reply at byte {at}: {why}"),
             DecodeError::TooDeep { limit } => {
                 write!(f, "a reply nests arrays deeper than {limit}")
+            }
+            DecodeError::TooWide { len, limit } => {
+                write!(f, "an array of {len} elements (limit {limit})")
             }
             DecodeError::BulkTooLarge { len, limit } => {
                 write!(f, "a string of {len} bytes or more (limit {limit})")
@@ -595,6 +607,12 @@ impl ReplyDecoder {
                 limit: self.limits.max_depth,
             });
         }
+        if len > self.limits.max_elements as u64 {
+            return Err(DecodeError::TooWide {
+                len,
+                limit: self.limits.max_elements,
+            });
+        }
         // Each element takes 3 bytes at least (`+\r\n`): more than fit is refused now, not
         // after buffering up to the limit.
         if len > (self.limits.max_reply.saturating_sub(self.pos) / 3) as u64 {
@@ -915,6 +933,7 @@ mod tests {
     fn shapes_we_never_ask_for_are_unexpected() {
         let lenient = Limits {
             max_depth: 3,
+            max_elements: 4,
             ..Limits::for_payloads(64)
         };
         for odd in [
@@ -1030,7 +1049,11 @@ mod tests {
         const ELEMENTS: usize = 3 << 20; // `:1\r\n` each: 12 MiB
         let mut stream = b"*4000000\r\n".to_vec();
         stream.extend(b":1\r\n".repeat(ELEMENTS));
-        let mut decoder = ReplyDecoder::new(Limits::for_payloads(16 << 20));
+        // As wide as the reply limit lets it be: judged element by element.
+        let mut decoder = ReplyDecoder::new(Limits {
+            max_elements: usize::MAX,
+            ..Limits::for_payloads(16 << 20)
+        });
         let mut calls = 0;
         for end in (CHUNK..stream.len() + CHUNK).step_by(CHUNK) {
             let before = decoder.examined();
@@ -1045,8 +1068,21 @@ mod tests {
         assert_eq!(calls, stream.len().div_ceil(CHUNK));
         assert_eq!(decoder.examined(), stream.len() as u64, "each byte once");
         assert_eq!(decoder.judged(), stream.len());
-        // The same array past a smaller limit is refused at its header.
-        let mut small = ReplyDecoder::new(Limits::for_payloads(6 * 65_536));
+        // The same array past a smaller size limit, or the backplane's width limit, is refused
+        // at its header.
+        let mut real = ReplyDecoder::new(Limits::for_payloads(16 << 20));
+        assert!(matches!(
+            real.next_reply(&stream),
+            Err(DecodeError::TooWide {
+                len: 4_000_000,
+                limit: 3
+            })
+        ));
+        assert_eq!(real.examined(), 10);
+        let mut small = ReplyDecoder::new(Limits {
+            max_elements: usize::MAX,
+            ..Limits::for_payloads(6 * 65_536)
+        });
         assert!(matches!(
             small.next_reply(&stream[..CHUNK]),
             Err(DecodeError::ReplyTooLarge { .. })
@@ -1072,6 +1108,10 @@ mod tests {
             error_of(limits, &endless_line),
             DecodeError::BulkTooLarge { len, .. } if len as usize == limits.max_bulk + 1
         ));
+        let limits = Limits {
+            max_elements: 1000,
+            ..limits
+        };
         let mut many = b"*1000\r\n".to_vec();
         for _ in 0..1000 {
             many.extend_from_slice(b"$65536\r\n");
@@ -1149,7 +1189,7 @@ mod tests {
             stream.extend_from_slice(&tail);
             for limits in [
                 Limits { max_depth: 2, ..Limits::for_payloads(1 << 20) },
-                Limits { max_depth: depth, max_bulk, max_reply: max_bulk * 3 },
+                Limits { max_depth: depth, max_bulk, max_reply: max_bulk * 3, max_elements: depth + 1 },
             ] {
                 let reference = whole(limits, &stream);
                 prop_assert!(reference.2 <= stream.len() as u64);
