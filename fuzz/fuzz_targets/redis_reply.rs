@@ -5,8 +5,9 @@
 //! Input layout (9 header bytes, then the stream):
 //! - byte 0, mode: bit 0 expands the stream (below); bit 1 uses the backplane's real limits,
 //!   `Limits::for_payloads(6 × 65,536)`, instead of the ones from bytes 1..6;
-//! - byte 1: `max_depth` (mod 10, so past `MAX_DEPTH` too); bytes 2-3: `max_bulk` (u16);
-//!   bytes 4-5: `max_reply` / 16 (u16, so up to 1 MiB);
+//! - byte 1: `max_depth` (mod 10, so past `MAX_DEPTH` too) and `max_elements` (byte / 10: 0 to
+//!   19, or unlimited from 20); bytes 2-3: `max_bulk` (u16); bytes 4-5: `max_reply` / 16 (u16,
+//!   so up to 1 MiB);
 //! - byte 6: how the stream is cut into reads (seeds a xorshift generator);
 //! - bytes 7-8: a repeat count (u16). With mode bit 0 the stream is its first line, then its
 //!   second line that many times, then the rest (capped at 512 KiB): `*1\r\n` `*1\r\n` makes deep
@@ -47,6 +48,10 @@ fuzz_target!(|data: &[u8]| {
             max_depth: usize::from(head[1] % 10),
             max_bulk: usize::from(u16::from_le_bytes([head[2], head[3]])),
             max_reply: usize::from(u16::from_le_bytes([head[4], head[5]])) * 16,
+            max_elements: match head[1] / 10 {
+                width @ 0..=19 => usize::from(width),
+                _ => usize::MAX,
+            },
         }
     };
     let repeat = usize::from(u16::from_le_bytes([head[7], head[8]]));
@@ -76,6 +81,9 @@ fuzz_target!(|data: &[u8]| {
 fn check_reply(limits: Limits, stream: &[u8], at: usize, used: usize, reply: &Reply) {
     assert!(used > 0 && at + used <= stream.len());
     assert!(used <= limits.max_reply);
+    if let Reply::Message { .. } | Reply::Subscribed { .. } = reply {
+        assert!(limits.max_elements >= 3 && limits.max_depth >= 1);
+    }
     if let Reply::Message { channel, payload } = reply {
         assert!(at <= channel.start && channel.start <= channel.end && channel.end <= at + used);
         assert!(at <= payload.start && payload.start <= payload.end && payload.end <= at + used);
