@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the hot paths, in memory, without sockets (`cargo bench --bench protocol`):
 //! encoding one broadcast frame, fanning one message out to 10,000 client queues, parsing an
-//! upgrade request, and decoding a run of masked client frames.
+//! upgrade request, decoding a run of masked client frames, and decoding what Redis sends the
+//! backplane (a run of pub/sub messages; an unfinished 12 MiB array fed in 64 KiB reads).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -12,6 +13,7 @@ use mio_chat::frame;
 use mio_chat::http::{self, OriginPolicy};
 use mio_chat::message;
 use mio_chat::queue::OutQueue;
+use mio_chat::redis::{self, Limits, Reply, ReplyDecoder};
 use mio_chat::room::{Broadcast, Room};
 
 const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost:8080\r\nUpgrade: websocket\r\n\
@@ -144,11 +146,53 @@ fn decode_client_frames(c: &mut Criterion) {
     group.finish();
 }
 
+fn decode_redis_replies(c: &mut Criterion) {
+    let mut messages = Vec::new();
+    let payload = [b'x'; 1000];
+    for _ in 0..1000 {
+        redis::command(&mut messages, &[b"message", b"mio-chat", &payload]);
+    }
+    let mut group = c.benchmark_group("decode Redis replies");
+    group.throughput(Throughput::Bytes(messages.len() as u64));
+    group.bench_function("1000 pub/sub messages of 1000 bytes, in one buffer", |b| {
+        b.iter(|| {
+            let mut decoder = ReplyDecoder::new(Limits::for_payloads(16 << 20));
+            let (mut used, mut count) = (0, 0);
+            while let Ok(Some((reply, n))) = decoder.next_reply(&messages[used..]) {
+                count += usize::from(matches!(reply, Reply::Message { .. }));
+                used += n;
+            }
+            black_box(count)
+        })
+    });
+    let mut wide = b"*4000000\r\n".to_vec();
+    wide.extend(b":1\r\n".repeat(3 << 20));
+    group.throughput(Throughput::Bytes(wide.len() as u64));
+    group.sample_size(10);
+    group.bench_function("an unfinished 12 MiB array, in 64 KiB reads", |b| {
+        b.iter(|| {
+            // No width limit, so that every element is judged (the real limits refuse this
+            // array at its header).
+            let mut decoder = ReplyDecoder::new(Limits {
+                max_elements: usize::MAX,
+                ..Limits::for_payloads(16 << 20)
+            });
+            for end in (64 << 10..wide.len()).step_by(64 << 10).chain([wide.len()]) {
+                black_box(decoder.next_reply(&wide[..end]).ok());
+            }
+            assert_eq!(decoder.examined(), wide.len() as u64);
+            black_box(decoder.examined())
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     encode_broadcast_frame,
     fan_out_to_10k,
     parse_upgrade_request,
-    decode_client_frames
+    decode_client_frames,
+    decode_redis_replies
 );
 criterion_main!(benches);

@@ -157,5 +157,22 @@ redis_reply = {
     "incomplete": message(envelope)[:-7],
     "nested-and-null": b"*2\r\n*1\r\n$-1\r\n$0\r\n\r\n",
 }
+# The target's 9-byte header: mode, max_depth + 10 × max_elements (20 and up: no width limit),
+# max_bulk (u16 LE), max_reply / 16 (u16 LE), cut seed, repeat count (u16 LE). Mode bit 0 repeats
+# the stream's second line; bit 1 takes the backplane's limits.
+def reply_header(mode=2, depth=1, max_bulk=65535, max_reply=65535, seed=7, repeat=0):
+    return struct.pack("<BBHHBH", mode, depth, max_bulk, max_reply, seed, repeat)
+
 for name, data in redis_reply.items():
-    write("redis_reply", name, data)
+    write("redis_reply", name, reply_header() + data)
+    write("redis_reply", name + "-small-limits", reply_header(0, 43, 40, 8, 200) + data)
+# Deep, wide and endless, as in issue 11.
+write("redis_reply", "deep-nesting", reply_header(1, 209, 100, 4096, 3, 32768) + b"*1\r\n*1\r\n")
+write("redis_reply", "unfinished-wide-array",
+      reply_header(3, 1, 0, 0, 16, 60000) + b"*100000\r\n:1\r\n")
+write("redis_reply", "unfinished-wide-array-no-width-limit",
+      reply_header(1, 201, 100, 65535, 16, 60000) + b"*100000\r\n:1\r\n")
+write("redis_reply", "endless-bulk",
+      reply_header(3, 1, 0, 0, 17, 65535) + b"$209715200\r\n" + b"x" * 63 + b"\n")
+write("redis_reply", "endless-line",
+      reply_header(1, 1, 1000, 1000, 5, 65535) + b"+\n" + b"a" * 60 + b"\n")

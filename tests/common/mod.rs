@@ -7,6 +7,8 @@
 //! * [`Handshake`], [`RawClient`] and [`Frame`]: a WebSocket client written by hand, so tests can
 //!   send exactly the bytes they want (bad frames, split writes, odd lengths) and read exactly
 //!   what the server sends back (unmasked frames, close codes, EOF).
+//! * [`fake_redis::FakeRedis`]: a Redis in the test code that can stall, pause, nest replies
+//!   deep or never end them (for the backplane); [`redis::Redis`] runs the real one.
 //!
 //! Tests wait for events, never for time: every socket gets a read timeout ([`GUARD`]) only so
 //! that a broken server makes a test fail instead of hang.
@@ -14,6 +16,7 @@
 // Each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod fake_redis;
 pub mod redis;
 pub mod slow;
 pub mod tool;
