@@ -6,10 +6,13 @@
 //! lets the wire layer recognise them without decoding (see [`crate::wire::Fixed`]); a notice
 //! that arrives in any other shape (fragmented, say) is still recognised from its body.
 //!
-//! A stamped message reads `s=3 q=17 t=123456789 xxxx…`: sender 3's message number 17, sent
-//! 123456789 ns after the generator started (its own monotonic clock, so latency needs no
-//! synchronised clocks), padded with `x` to the requested size. Plain ASCII, nothing the
-//! server's JSON encoding has to escape, so its size on the wire is predictable.
+//! A stamped message reads `s=3 q=17 t=123456789 Qx3_kP0aSTUVW…`: sender 3's message number
+//! 17, sent 123456789 ns after the generator started (its own monotonic clock, so latency needs
+//! no synchronised clocks), then padding up to the requested size (see [`Padding`]): eight
+//! characters of a check on the three numbers, then a run of an alphabet starting where the
+//! same check says. Every byte of a body is thus a function of its stamp, and a receiver checks
+//! all of them without remembering anything per message. Plain ASCII, nothing the server's JSON
+//! encoding has to escape, so its size on the wire is predictable.
 
 use std::borrow::Cow;
 use std::fmt::Write;
@@ -105,31 +108,105 @@ pub struct Stamp {
 }
 
 impl Stamp {
-    /// Writes the message text into `out` (cleared first), padded to at least `size` bytes.
-    pub fn encode(&self, size: usize, out: &mut String) {
-        out.clear();
-        // Writing to a String cannot fail.
-        let _ = write!(out, "s={} q={} t={} ", self.sender, self.seq, self.sent_ns);
-        let pad = size.saturating_sub(out.len());
-        out.extend(std::iter::repeat_n('x', pad));
+    /// Reads a stamp back; `None` for any other text (notices, other clients' chatter).
+    #[cfg(test)]
+    pub fn decode(text: &str) -> Option<Stamp> {
+        Stamp::parse(text).map(|(stamp, _)| stamp)
     }
 
-    /// Reads a stamp back; `None` for any other text (notices, other clients' chatter).
+    /// Reads a stamp and returns what follows its last field's space (`None` if that field
+    /// ends the text).
     ///
     /// Every delivery comes through here, so the fields are read off the bytes in one pass:
     /// `s=`, `q=` and `t=` each followed by decimal digits (no sign, at least one, no overflow),
     /// separated by single spaces; after the last one, a space or the end of the text.
-    pub fn decode(text: &str) -> Option<Stamp> {
+    pub fn parse(text: &str) -> Option<(Stamp, Option<&[u8]>)> {
         let rest = text.as_bytes();
         let (sender, rest) = field(rest, b"s=")?;
         let (seq, rest) = field(rest?, b"q=")?;
-        let (sent_ns, _padding) = field(rest?, b"t=")?;
-        Some(Stamp {
+        let (sent_ns, padding) = field(rest?, b"t=")?;
+        let stamp = Stamp {
             sender: u32::try_from(sender).ok()?,
             seq,
             sent_ns,
-        })
+        };
+        Some((stamp, padding))
     }
+
+    /// 64 well-mixed bits of the three numbers (the finaliser of SplitMix64, folded over them):
+    /// a change to any of them changes the check characters.
+    fn mix(&self) -> u64 {
+        let mut h = u64::from(self.sender).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.seq;
+        h = (h ^ (h >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9) ^ self.sent_ns;
+        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        h ^ (h >> 31)
+    }
+}
+
+/// The padding's characters: none of them needs escaping in JSON.
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+/// The padding opens with this many characters of the stamp's check (6 bits each).
+pub const CHECK_LEN: usize = 8;
+
+/// The padding of the stamped messages of one run, which all have the same requested size.
+#[derive(Debug, Clone)]
+pub struct Padding {
+    size: usize,
+    /// The alphabet over and over, long enough for any start and any padding's length.
+    cycle: Vec<u8>,
+}
+
+impl Padding {
+    pub fn new(size: usize) -> Padding {
+        let cycle = ALPHABET
+            .iter()
+            .copied()
+            .cycle()
+            .take(size + ALPHABET.len())
+            .collect();
+        Padding { size, cycle }
+    }
+
+    /// Writes the message text into `out` (cleared first): the stamp, its check, and the
+    /// alphabet run up to at least the requested size.
+    pub fn encode(&self, stamp: &Stamp, out: &mut String) {
+        out.clear();
+        // Writing to a String cannot fail.
+        let _ = write!(
+            out,
+            "s={} q={} t={} ",
+            stamp.sender, stamp.seq, stamp.sent_ns
+        );
+        let (check, start) = check_of(stamp);
+        let run = self.size.saturating_sub(out.len() + CHECK_LEN);
+        // Both are ASCII from ALPHABET.
+        out.extend(check.iter().map(|&b| char::from(b)));
+        out.extend(
+            self.cycle[start..start + run]
+                .iter()
+                .map(|&b| char::from(b)),
+        );
+    }
+
+    /// Whether `padding`, what followed the stamp in a text of `text_len` bytes, is exactly
+    /// what [`Padding::encode`] writes after `stamp`.
+    pub fn intact(&self, stamp: &Stamp, text_len: usize, padding: &[u8]) -> bool {
+        let stamp_len = text_len - padding.len();
+        let run = self.size.saturating_sub(stamp_len + CHECK_LEN);
+        if padding.len() != CHECK_LEN + run {
+            return false;
+        }
+        let (check, start) = check_of(stamp);
+        let (head, tail) = padding.split_at(CHECK_LEN);
+        head == check && self.cycle.get(start..start + run) == Some(tail)
+    }
+}
+
+/// The check characters of a stamp, and where in the alphabet its run starts.
+fn check_of(stamp: &Stamp) -> ([u8; CHECK_LEN], usize) {
+    let h = stamp.mix();
+    let check = std::array::from_fn(|i| ALPHABET[((h >> (6 * i)) & 63) as usize]);
+    (check, (h >> 58) as usize)
 }
 
 /// Reads `name` and a number at the start of `text`. Returns the number and what follows the
@@ -214,18 +291,73 @@ mod tests {
         };
         let mut text = String::new();
         for size in [0, 10, 25, 64, 4096] {
-            stamp.encode(size, &mut text);
-            assert_eq!(text.len(), size.max(21), "size {size}");
+            let padding = Padding::new(size);
+            padding.encode(&stamp, &mut text);
+            assert_eq!(text.len(), size.max(21 + CHECK_LEN), "size {size}");
             assert!(text.starts_with("s=3 q=17 t=123456789 "));
             assert_eq!(Stamp::decode(&text), Some(stamp));
+            let (back, rest) = Stamp::parse(&text).unwrap();
+            assert!(padding.intact(&back, text.len(), rest.unwrap()), "{text}");
+            assert!(!text.contains(['"', '\\']));
         }
         let max = Stamp {
             sender: u32::MAX,
             seq: u64::MAX,
             sent_ns: u64::MAX,
         };
-        max.encode(0, &mut text);
+        Padding::new(0).encode(&max, &mut text);
         assert_eq!(Stamp::decode(&text), Some(max));
+    }
+
+    #[test]
+    fn any_changed_byte_or_number_is_caught() {
+        let padding = Padding::new(64);
+        let stamp = Stamp {
+            sender: 2,
+            seq: 9_000,
+            sent_ns: 5_000_000_000,
+        };
+        let mut text = String::new();
+        padding.encode(&stamp, &mut text);
+        let intact = |text: &[u8]| {
+            let Some((back, Some(rest))) = std::str::from_utf8(text).ok().and_then(Stamp::parse)
+            else {
+                return false;
+            };
+            // Only what a receiver knows: the numbers as they arrived, and the padding.
+            padding.intact(&back, text.len(), rest)
+        };
+        assert!(intact(text.as_bytes()));
+        for i in 0..text.len() {
+            for other in [b'x', b'0', b'A', b'_'] {
+                let mut bytes = text.clone().into_bytes();
+                if bytes[i] == other {
+                    continue;
+                }
+                bytes[i] = other;
+                assert!(!intact(&bytes), "byte {i} as {}", char::from(other));
+            }
+        }
+        assert!(!intact(&text.as_bytes()[..text.len() - 1]), "cut short");
+        assert!(!intact(format!("{text}A").as_bytes()), "one too many");
+        // The same padding under another stamp: the numbers are checked too.
+        let (_, rest) = Stamp::parse(&text).unwrap();
+        for other in [
+            Stamp {
+                sent_ns: 4_999_999_999,
+                ..stamp
+            },
+            Stamp {
+                seq: 9_001,
+                ..stamp
+            },
+            Stamp { sender: 3, ..stamp },
+        ] {
+            assert!(
+                !padding.intact(&other, text.len(), rest.unwrap()),
+                "{other:?}"
+            );
+        }
     }
 
     #[test]

@@ -44,8 +44,10 @@ pub enum Event<'a> {
     /// That many of one notice in a row (recognised by their bytes when they come in the
     /// server's usual frames, so the join flood is counted a run at a time, not decoded).
     Notice(Notice, u64),
-    /// Anything else: a binary message, or text that is not the chat's JSON.
-    Unexpected,
+    /// A text message that is not the chat's JSON envelope.
+    NotChat(&'a str),
+    /// A binary message of this many bytes (the chat never sends one).
+    Binary(usize),
     /// The server answered our Close: the client is done, cleanly.
     Closed,
 }
@@ -186,16 +188,16 @@ impl Client {
             match incoming {
                 Incoming::Repeated { index, count } => match Notice::of_fixed(index) {
                     Some(notice) => on(Event::Notice(notice, count as u64)),
-                    None => on(Event::Unexpected), // not one of ours: cannot happen
+                    None => on(Event::NotChat("")), // not one of ours: cannot happen
                 },
                 Incoming::Text(json) => match body_of(json) {
                     Some(body) => match Notice::of_body(&body) {
                         Some(notice) => on(Event::Notice(notice, 1)),
                         None => on(Event::Chat(&body)),
                     },
-                    None => on(Event::Unexpected),
+                    None => on(Event::NotChat(json)),
                 },
-                Incoming::Binary(_) => on(Event::Unexpected),
+                Incoming::Binary(len) => on(Event::Binary(len)),
                 Incoming::Ping(payload) => {
                     push_masked(out, OpCode::Pong, payload, masks.next_mask());
                 }

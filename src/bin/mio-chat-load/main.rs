@@ -14,7 +14,9 @@
 
 mod args;
 mod chat;
+mod check;
 mod client;
+mod faults;
 mod fleet;
 mod handshake;
 mod order;
@@ -91,6 +93,7 @@ fn start(args: &Args) -> Result<bool, String> {
         timed_out: false,
         progress: Progress::new(!common.quiet),
         server: common.server_pid.map(|pid| Proc(Some(pid))),
+        faults: Default::default(),
     };
     let failed = |e: std::io::Error| format!("the event loop failed: {e}");
     match &args.scenario {

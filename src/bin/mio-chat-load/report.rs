@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::faults::Faults;
 use crate::target::Route;
 
 /// A latency histogram in microseconds, from 1 µs to an hour, at 3 significant digits.
@@ -146,8 +147,8 @@ pub struct Traffic {
     pub lost: u64,
     pub duplicates: u64,
     pub order_violations: u64,
-    /// Chat messages that were not ours (leave notices, strangers' chatter).
-    pub other_messages: u64,
+    /// Notices heard during the traffic (leave notices of lost clients; any other is a fault).
+    pub notices: u64,
     /// How long after the last send the last delivery came.
     pub drain_after_send_s: f64,
     pub latency: Latency,
@@ -171,6 +172,8 @@ pub struct ConnectReport {
     pub close: Close,
     pub generator_cpu_s: f64,
     pub timed_out: bool,
+    /// Each fault found, by name: how often, and the first in words.
+    pub faults: Faults,
     pub problems: Vec<String>,
 }
 
@@ -184,6 +187,8 @@ pub struct BroadcastReport {
     pub close: Close,
     pub generator_cpu_s: f64,
     pub timed_out: bool,
+    /// Each fault found, by name: how often, and the first in words.
+    pub faults: Faults,
     pub problems: Vec<String>,
 }
 
@@ -265,6 +270,8 @@ pub struct ChurnReport {
     pub close: Close,
     pub generator_cpu_s: f64,
     pub timed_out: bool,
+    /// Each fault found, by name: how often, and the first in words.
+    pub faults: Faults,
     pub problems: Vec<String>,
 }
 
@@ -437,14 +444,14 @@ pub fn broadcast_text(r: &BroadcastReport) -> String {
         );
         let _ = writeln!(
             out,
-            "  deliveries   {}/{} ({:.0}/s); lost {}, duplicates {}, out of order {}, other {}; last one {:.2} s after the last send",
+            "  deliveries   {}/{} ({:.0}/s); lost {}, duplicates {}, out of order {}, notices {}; last one {:.2} s after the last send",
             t.deliveries,
             t.expected_deliveries,
             t.deliveries_per_s,
             t.lost,
             t.duplicates,
             t.order_violations,
-            t.other_messages,
+            t.notices,
             t.drain_after_send_s
         );
         let _ = writeln!(out, "  latency      {}", latency_text(&t.latency));

@@ -2,15 +2,24 @@
 //!
 //! The server tells every member about every newcomer, the newcomer included, so the client
 //! that joined k-th (0-based, in the server's order) hears N - k notices and everyone together
-//! N(N+1)/2. The server's order may differ from the order our handshakes complete in, so the
-//! check is on the whole: the total, and the multiset of per-client counts being exactly
-//! {1, 2, …, N}. If clients are lost midway the totals cannot be predicted; then the flood
-//! counts as drained after [`QUIET`] without a notice.
+//! N(N+1)/2. Notices carry no identity, so what a client can check is its count:
+//!
+//! - the counts, sorted, must read exactly 1, 2, …, N: a notice lost or one too many shows in
+//!   the total; one moved from one client to another shows unless it moved between two clients
+//!   whose counts differ by one, which a black box cannot tell from the two having joined the
+//!   other way round;
+//! - except where the order of joins is known: a client dialled after another had opened joined
+//!   after it, so must hear fewer notices. With `--max-inflight 1` every join is ordered so, and
+//!   the counts must be N, N-1, …, 1 in dial order: then any moved notice shows.
+//!
+//! Once every client is open and the total is still short, the flood counts as drained after
+//! [`QUIET`] without a notice, and what is missing is reported as lost (not as a timeout).
 
 use std::io;
 use std::time::{Duration, Instant};
 
 use crate::chat::Notice;
+use crate::faults::{Fault, Faults};
 use crate::fleet::Observer;
 use crate::report::Join;
 use crate::scenario::Run;
@@ -21,16 +30,22 @@ const QUIET: Duration = Duration::from_secs(2);
 struct JoinCounter {
     /// Join notices heard, by client key.
     heard: Vec<u64>,
+    /// Clients dialled when each client (by key) opened.
+    dialled_at_open: Vec<u32>,
     total: u64,
+    /// Leave notices: nobody leaves during the flood unless a client is lost.
+    leaves: u64,
     last_notice: Option<Instant>,
 }
 
 impl Observer for JoinCounter {
-    fn opened(&mut self, key: usize, _now: Instant) {
+    fn opened(&mut self, key: usize, dialled: u32, _now: Instant) {
         if self.heard.len() <= key {
             self.heard.resize(key + 1, 0);
+            self.dialled_at_open.resize(key + 1, 0);
         }
         self.heard[key] = 0; // the key may have belonged to a client that failed
+        self.dialled_at_open[key] = dialled;
     }
 
     fn notice(&mut self, key: usize, notice: Notice, count: u64, now: Instant) {
@@ -40,6 +55,8 @@ impl Observer for JoinCounter {
             }
             self.total += count;
             self.last_notice = Some(now);
+        } else {
+            self.leaves += count;
         }
     }
 }
@@ -64,13 +81,12 @@ pub fn connect_and_drain(run: &mut Run, clients: usize) -> io::Result<Join> {
                 return false;
             }
             let connected = *connected_at.get_or_insert(now);
+            // Everyone is open, so every join has happened: a flood that falls quiet short of
+            // its total has lost notices, and waiting longer would not bring them.
+            let last = counter.last_notice.unwrap_or(connected).max(connected);
+            let quiet = now.duration_since(last) >= QUIET;
             let tally = &fleet.tally;
-            if tally.lost_after_open == 0 {
-                counter.total >= triangle(tally.opened)
-            } else {
-                let last = counter.last_notice.unwrap_or(connected).max(connected);
-                now.duration_since(last) >= QUIET
-            }
+            quiet || (tally.lost_after_open == 0 && counter.total >= triangle(tally.opened))
         },
         |fleet, counter| {
             let tally = &fleet.tally;
@@ -87,16 +103,14 @@ pub fn connect_and_drain(run: &mut Run, clients: usize) -> io::Result<Join> {
     run.progress.finish();
     let tally = &run.fleet.tally;
     let drained = !run.timed_out;
-    // Open clients' counts, sorted, must read 1, 2, …, N.
-    let mut counts: Vec<u64> = run
-        .fleet
-        .open_clients()
-        .iter()
-        .map(|&(key, _)| counter.heard.get(key).copied().unwrap_or(0))
-        .collect();
-    counts.sort_unstable();
-    let consistent =
-        tally.lost_after_open == 0 && counts.iter().zip(1..).all(|(&count, want)| count == want);
+    let open = run.fleet.open_clients();
+    let consistent = tally.lost_after_open == 0 && check_counts(&counter, &open, &mut run.faults);
+    if tally.lost_after_open == 0 && counter.leaves > 0 {
+        let n = counter.leaves;
+        run.faults.record(Fault::ExtraNotice, n, || {
+            format!("{n} leave notices during the join flood, when nobody left")
+        });
+    }
     Ok(Join {
         clients,
         opened: tally.opened,
@@ -119,6 +133,57 @@ pub fn connect_and_drain(run: &mut Run, clients: usize) -> io::Result<Join> {
     })
 }
 
+/// Checks the open clients' join notice counts (see the module comment); records what is
+/// wrong as faults and returns whether all is right.
+fn check_counts(counter: &JoinCounter, open: &[(usize, u32)], faults: &mut Faults) -> bool {
+    let heard = |key: usize| counter.heard.get(key).copied().unwrap_or(0);
+    let expected = triangle(open.len());
+    let total: u64 = open.iter().map(|&(key, _)| heard(key)).sum();
+    if total < expected {
+        let n = expected - total;
+        faults.record(Fault::Lost, n, || {
+            format!("{n} of {expected} join notices never came")
+        });
+        return false;
+    }
+    if total > expected {
+        let n = total - expected;
+        faults.record(Fault::ExtraNotice, n, || {
+            format!("{n} join notices too many in the flood ({total} for {expected})")
+        });
+        return false;
+    }
+    // Clients by position in the join order their counts imply: the most notices first.
+    let mut by_position: Vec<(u64, usize, u32)> = open
+        .iter()
+        .map(|&(key, index)| (heard(key), key, index))
+        .collect();
+    by_position.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    let n = open.len() as u64;
+    let mut latest_dial: Option<u32> = None;
+    for (position, &(count, key, index)) in by_position.iter().enumerate() {
+        if count != n - position as u64 {
+            faults.record(Fault::NoticeOrder, 1, || {
+                format!("join notice counts are not 1..{n}: client {key} heard {count}")
+            });
+            return false;
+        }
+        // Someone placed before this client was dialled only after it had opened.
+        let opened_when = counter.dialled_at_open.get(key).copied().unwrap_or(0);
+        if latest_dial.is_some_and(|dial| dial >= opened_when) {
+            faults.record(Fault::NoticeOrder, 1, || {
+                format!(
+                    "client {key} heard {count} join notices, as if it had joined after a \
+                     client dialled once it was open"
+                )
+            });
+            return false;
+        }
+        latest_dial = latest_dial.max(Some(index));
+    }
+    true
+}
+
 /// What went wrong in the join phase, for the report's verdict.
 pub fn problems(join: &Join, out: &mut Vec<String>) {
     if join.failed > 0 {
@@ -127,10 +192,9 @@ pub fn problems(join: &Join, out: &mut Vec<String>) {
             join.failed, join.clients
         ));
     }
+    // What is wrong with the counts is among the run's faults.
     if join.drain_s.is_none() {
         out.push("the join flood did not drain".into());
-    } else if !join.join_counts_consistent {
-        out.push("join notice counts are inconsistent".into());
     }
 }
 
