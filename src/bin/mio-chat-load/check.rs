@@ -321,43 +321,25 @@ mod tests {
 
     #[test]
     fn each_fault_is_named() {
-        let cases: Vec<(Fault, Box<dyn Fn(&mut Checker)>)> = vec![
-            (Fault::Stray, Box::new(|c| drop(c.observe(0, "hello", 20)))),
-            (
-                Fault::UnknownSender,
-                Box::new(|c| drop(c.observe(0, &text(c, 2, 0, 10), 20))),
-            ),
-            (
-                Fault::NeverSent,
-                Box::new(|c| drop(c.observe(0, &text(c, 1, 3, 10), 20))),
-            ),
-            (
-                Fault::Changed,
-                Box::new(|c| {
-                    let body = text(c, 0, 0, 10).replace("t=10 ", "t=11 ");
-                    c.observe(0, &body, 20);
-                }),
-            ),
-            (
-                Fault::FromTheFuture,
-                Box::new(|c| drop(c.observe(0, &text(c, 0, 0, 30), 20))),
-            ),
-            (
-                Fault::Duplicated,
-                Box::new(|c| {
-                    let body = text(c, 0, 0, 10);
-                    c.observe(0, &body, 20);
-                    assert!(c.observe(0, &body, 20).is_none());
-                }),
-            ),
-            (
-                Fault::Lost,
-                Box::new(|c| drop(c.observe(0, &text(c, 0, 2, 10), 20))),
-            ),
+        let c = checker();
+        let at = |s, q, t| text(&c, s, q, t);
+        let changed = at(0, 0, 10).replace("t=10 ", "t=11 ");
+        // Each case: bodies that client 0 reads at 20 ns, one after the other.
+        let cases = [
+            (Fault::Stray, vec!["hello".to_string()]),
+            (Fault::UnknownSender, vec![at(2, 0, 10)]),
+            (Fault::NeverSent, vec![at(1, 3, 10)]),
+            (Fault::Changed, vec![changed]),
+            (Fault::FromTheFuture, vec![at(0, 0, 30)]),
+            (Fault::Duplicated, vec![at(0, 0, 10), at(0, 0, 10)]),
+            (Fault::Lost, vec![at(0, 2, 10)]),
+            (Fault::OutOfOrder, vec![at(0, 1, 10), at(0, 0, 10)]),
         ];
-        for (fault, act) in cases {
+        for (fault, bodies) in cases {
             let mut c = checker();
-            act(&mut c);
+            for body in &bodies {
+                c.observe(0, body, 20);
+            }
             assert!(c.faults.has(fault), "{fault:?}: {:?}", c.faults);
         }
     }

@@ -158,7 +158,7 @@ fn check_counts(counter: &JoinCounter, open: &[(usize, u32)], faults: &mut Fault
         .iter()
         .map(|&(key, index)| (heard(key), key, index))
         .collect();
-    by_position.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    by_position.sort_unstable_by_key(|&(count, _, _)| std::cmp::Reverse(count));
     let n = open.len() as u64;
     let mut latest_dial: Option<u32> = None;
     for (position, &(count, key, index)) in by_position.iter().enumerate() {
