@@ -123,7 +123,6 @@ impl Checker {
     /// Checks one chat body that client `key` read at `now_ns` (the stamps' clock). Returns
     /// its stamp if it is a delivery to count (the first copy of a message of ours), after
     /// recording any fault.
-    #[inline]
     pub fn observe(&mut self, key: usize, body: &str, now_ns: u64) -> Option<Stamp> {
         let Some((stamp, padding)) = Stamp::parse(body) else {
             let faults = &mut self.faults;
@@ -146,6 +145,28 @@ impl Checker {
                 format!("client {key} got a message stamped {now_ns} ns before its arrival")
             });
         }
+        self.accept(key, stamp)
+    }
+
+    /// The fast way for a text as it stood in its envelope (JSON escapes and all): the stamp
+    /// of a message of ours, sent by now, every byte as its sender wrote it, or `None`. Has no
+    /// effect: a `None` goes the slow way, [`Checker::observe`], which names what is wrong.
+    /// A text that passes holds only digits, letters and the few signs of the stamp and the
+    /// padding, so unescaped it would read the same.
+    #[inline]
+    pub fn verified(&self, inner: &str, now_ns: u64) -> Option<Stamp> {
+        let (stamp, padding) = Stamp::parse(inner)?;
+        let sent = *self.sent.get(stamp.sender as usize)?;
+        let ok = stamp.seq < sent
+            && stamp.sent_ns <= now_ns
+            && self.padding.intact(&stamp, inner.len(), padding?);
+        ok.then_some(stamp)
+    }
+
+    /// Counts a message of ours at client `key`, in its sender's order and the receiver's;
+    /// returns its stamp if it is a delivery to count (not a second copy).
+    #[inline(always)]
+    pub fn accept(&mut self, key: usize, stamp: Stamp) -> Option<Stamp> {
         let tracker = self
             .trackers
             .get_mut(key * self.senders + stamp.sender as usize)?;

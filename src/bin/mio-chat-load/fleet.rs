@@ -43,6 +43,13 @@ pub trait Observer {
     fn opened(&mut self, _key: usize, _dialled: u32, _now: Instant) {}
     /// A chat message's body arrived at client `key`, read at `now`. Notices never come here.
     fn chat(&mut self, _key: usize, _body: &str, _now: Instant) {}
+    /// A chat message still as it stands in its envelope ([`Event::Envelope`]): `true` if the
+    /// observer has dealt with it as it is; if not, the fleet unescapes it and calls
+    /// [`Observer::chat`] (or [`Observer::notice`]). Only a text of ours, checked byte for
+    /// byte, can be dealt with as it is: it holds nothing that JSON escapes.
+    fn chat_as_is(&mut self, _key: usize, _inner: &str, _now: Instant) -> bool {
+        false
+    }
     /// `count` of the same notice arrived in a row at client `key`, read at `now`.
     fn notice(&mut self, _key: usize, _notice: Notice, _count: u64, _now: Instant) {}
     /// An open client is gone: it failed, or its close completed.
@@ -376,6 +383,11 @@ impl Fleet {
                         observer.opened(key, dialled, now);
                     }
                     Event::Chat(body) => observer.chat(key, body, now),
+                    Event::Envelope(inner) => {
+                        if !observer.chat_as_is(key, inner, now) {
+                            unwrap_envelope(key, inner, now, observer, faults);
+                        }
+                    }
                     Event::Notice(notice, count) => observer.notice(key, notice, count, now),
                     Event::NotChat(text) => faults.record(Fault::NotChat, 1, || {
                         format!("client {key} got the text {}", quote(text))
@@ -458,6 +470,29 @@ impl Fleet {
             debug!("client #{key}: deregister: {e}");
         }
         Some(client)
+    }
+}
+
+/// The slow way for a chat message the observer did not take as it stood: unescaped, then a
+/// notice or a chat message; not a valid JSON string, a fault.
+fn unwrap_envelope(
+    key: usize,
+    inner: &str,
+    now: Instant,
+    observer: &mut impl Observer,
+    faults: &mut Faults,
+) {
+    match chat::unescape(inner) {
+        Some(body) => match Notice::of_body(&body) {
+            Some(notice) => observer.notice(key, notice, 1, now),
+            None => observer.chat(key, &body, now),
+        },
+        None => faults.record(Fault::NotChat, 1, || {
+            format!(
+                "client {key} got a body that is not a JSON string: {}",
+                quote(inner)
+            )
+        }),
     }
 }
 
