@@ -77,6 +77,13 @@ impl Trail {
 
 /// The checks over one run's stamped messages; clients by fleet key.
 pub struct Checker {
+    /// Our senders are numbered `first`, `first + 1`, …: with several generators in one room
+    /// (`--generator I/N`), each has its own range, and other ranges are the others' messages.
+    first: u32,
+    /// Whether other generators share the room: then their messages are counted, not faults.
+    shared: bool,
+    /// Other generators' messages seen.
+    pub foreign: u64,
     senders: usize,
     /// `trackers[key * senders + s]`: what client `key` has seen of sender `s`.
     trackers: Vec<SeqTracker>,
@@ -93,6 +100,9 @@ pub struct Checker {
 impl Checker {
     pub fn new(key_bound: usize, senders: usize, size: usize) -> Checker {
         Checker {
+            first: 0,
+            shared: false,
+            foreign: 0,
             senders,
             trackers: vec![SeqTracker::default(); key_bound * senders],
             sent: vec![0; senders],
@@ -103,6 +113,22 @@ impl Checker {
             duplicates: 0,
             order_violations: 0,
         }
+    }
+
+    /// Numbers our senders from `first` on; `shared`: other generators' messages are no fault.
+    pub fn numbered_from(mut self, first: u32, shared: bool) -> Checker {
+        self.first = first;
+        self.shared = shared;
+        self
+    }
+
+    pub fn shared(&self) -> bool {
+        self.shared
+    }
+
+    /// The number sender `s` of ours puts in its stamps.
+    pub fn stamp_sender(&self, s: usize) -> u32 {
+        self.first.wrapping_add(s as u32)
     }
 
     pub fn padding(&self) -> &Padding {
@@ -131,9 +157,7 @@ impl Checker {
             });
             return None;
         };
-        if !self.is_ours(key, &stamp) {
-            return None;
-        }
+        let local = self.ours(key, &stamp)?;
         if !padding.is_some_and(|p| self.padding.intact(&stamp, body.len(), p)) {
             let faults = &mut self.faults;
             faults.record(Fault::Changed, 1, || {
@@ -145,22 +169,27 @@ impl Checker {
                 format!("client {key} got a message stamped {now_ns} ns before its arrival")
             });
         }
-        self.accept(key, stamp)
+        self.accept(key, local)
     }
 
     /// The fast way for a text as it stood in its envelope (JSON escapes and all): the stamp
     /// of a message of ours, sent by now, every byte as its sender wrote it, or `None`. Has no
     /// effect: a `None` goes the slow way, [`Checker::observe`], which names what is wrong.
     /// A text that passes holds only digits, letters and the few signs of the stamp and the
-    /// padding, so unescaped it would read the same.
+    /// padding, so unescaped it would read the same. The stamp returned numbers its sender as
+    /// ours do, from 0.
     #[inline]
     pub fn verified(&self, inner: &str, now_ns: u64) -> Option<Stamp> {
         let (stamp, padding) = Stamp::parse(inner)?;
-        let sent = *self.sent.get(stamp.sender as usize)?;
+        let local = stamp.sender.wrapping_sub(self.first);
+        let sent = *self.sent.get(local as usize)?;
         let ok = stamp.seq < sent
             && stamp.sent_ns <= now_ns
             && self.padding.intact(&stamp, inner.len(), padding?);
-        ok.then_some(stamp)
+        ok.then_some(Stamp {
+            sender: local,
+            ..stamp
+        })
     }
 
     /// Counts a message of ours at client `key`, in its sender's order and the receiver's;
@@ -181,10 +210,13 @@ impl Checker {
         Some(stamp)
     }
 
-    /// A known sender and a number it has sent; records the fault if not.
-    fn is_ours(&mut self, key: usize, stamp: &Stamp) -> bool {
+    /// The stamp with our sender numbering from 0, if it is from a sender of ours and a number
+    /// that sender has sent; records the fault if not (another generator's is none).
+    fn ours(&mut self, key: usize, stamp: &Stamp) -> Option<Stamp> {
         let (s, q) = (stamp.sender, stamp.seq);
-        match self.sent.get(s as usize) {
+        let local = s.wrapping_sub(self.first);
+        match self.sent.get(local as usize) {
+            None if self.shared => self.foreign += 1,
             None => self.faults.record(Fault::UnknownSender, 1, || {
                 format!(
                     "client {key} got message {q} of sender {s}, of {} senders",
@@ -194,9 +226,14 @@ impl Checker {
             Some(&sent) if q >= sent => self.faults.record(Fault::NeverSent, 1, || {
                 format!("client {key} got message {q} of sender {s}, which had sent {sent}")
             }),
-            Some(_) => return true,
+            Some(_) => {
+                return Some(Stamp {
+                    sender: local,
+                    ..*stamp
+                })
+            }
         }
-        false
+        None
     }
 
     /// Records a delivery that is not the next of its sender's; `None` if it is not to count.

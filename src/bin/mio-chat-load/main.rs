@@ -9,8 +9,10 @@
 //!    state machine (connect, handshake, open, closing).
 //! 3. [`handshake`], [`wire`] and [`chat`]: the bytes: the upgrade, frames both ways, the
 //!    JSON envelope and our stamped messages; [`order`]: the exactly-once-in-order check.
-//! 4. [`scenario`]: `connect`, `broadcast` and `churn`, phase by phase; [`report`],
-//!    [`progress`] and [`procfs`]: what is shown, and what the kernel says about the server.
+//! 4. [`scenario`]: `connect`, `broadcast` and `churn`, phase by phase; [`check`] and
+//!    [`faults`]: what every delivery is checked for, and what a run found wrong; [`report`],
+//!    [`progress`] and [`procfs`]: what is shown, and what the kernel says about the server;
+//!    [`merge`]: several generators' reports as one.
 
 mod args;
 mod chat;
@@ -19,6 +21,7 @@ mod client;
 mod faults;
 mod fleet;
 mod handshake;
+mod merge;
 mod order;
 mod procfs;
 mod progress;
@@ -33,7 +36,7 @@ use std::time::Instant;
 use clap::Parser;
 use log::warn;
 
-use crate::args::{Args, Scenario};
+use crate::args::{Args, Generator, Scenario};
 use crate::fleet::Fleet;
 use crate::procfs::Proc;
 use crate::progress::Progress;
@@ -57,6 +60,11 @@ fn main() -> ExitCode {
 /// Checks that the run can work at all, then runs it; `Ok(false)` if it found problems.
 fn start(args: &Args) -> Result<bool, String> {
     let common = &args.common;
+    if let Scenario::Merge(m) = &args.scenario {
+        let merged = merge::merge(&m.reports)?;
+        report::emit(&merged, common.json, merge::text);
+        return Ok(merged.problems.is_empty());
+    }
     // Sockets open at once, and ports taken over the run (churn reuses them).
     let (clients, ports) = match &args.scenario {
         Scenario::Connect(c) => (c.clients as usize, c.clients as usize),
@@ -64,6 +72,7 @@ fn start(args: &Args) -> Result<bool, String> {
         Scenario::Churn(c) => {
             scenario::churn::socket_needs(c.clients, c.cycles, c.rate, common.max_inflight)
         }
+        Scenario::Merge(_) => (0, 0),
     };
     let targets = target::parse_urls(&common.url)?;
     for target in &targets {
@@ -94,6 +103,7 @@ fn start(args: &Args) -> Result<bool, String> {
         progress: Progress::new(!common.quiet),
         server: common.server_pid.map(|pid| Proc(Some(pid))),
         faults: Default::default(),
+        generator: common.generator.unwrap_or(Generator::ALONE),
     };
     let failed = |e: std::io::Error| format!("the event loop failed: {e}");
     match &args.scenario {
@@ -122,6 +132,9 @@ fn start(args: &Args) -> Result<bool, String> {
             report::emit(&report, common.json, report::broadcast_text);
             Ok(report.problems.is_empty())
         }
+        Scenario::Churn(_) if run.generator.shared() => {
+            Err("churn counts every notice in the room: it cannot share it (--generator)".into())
+        }
         Scenario::Churn(c) => {
             let plan = scenario::churn::Plan {
                 background: c.clients as usize,
@@ -135,5 +148,6 @@ fn start(args: &Args) -> Result<bool, String> {
             report::emit(&report, common.json, report::churn_text);
             Ok(report.problems.is_empty())
         }
+        Scenario::Merge(_) => Err("merge reads reports, it does not run".into()),
     }
 }

@@ -63,6 +63,8 @@ struct Receivers {
     gone: Vec<bool>,
     gone_count: usize,
     notices: u64,
+    /// Other generators share the room: their clients' notices are no fault.
+    shared: bool,
     last_delivery: Option<Instant>,
 }
 
@@ -89,7 +91,7 @@ impl Observer for Receivers {
     /// Nobody joins during the traffic, and nobody leaves unless a client was lost.
     fn notice(&mut self, key: usize, notice: Notice, count: u64, _now: Instant) {
         self.notices += count;
-        if notice == Notice::Joined || self.gone_count == 0 {
+        if !self.shared && (notice == Notice::Joined || self.gone_count == 0) {
             let body = notice.body();
             self.check.faults.record(Fault::ExtraNotice, count, || {
                 format!("client {key} got {body:?} during the traffic, when nobody came or went")
@@ -200,7 +202,9 @@ fn start_traffic(run: &Run, plan: &Plan, start: Instant) -> (Vec<Sender>, Receiv
         sender_of[sender.key] = Some(s as u32);
     }
     let rx = Receivers {
-        check: Checker::new(key_bound, count, plan.size),
+        check: Checker::new(key_bound, count, plan.size)
+            .numbered_from(run.generator.first_sender(), run.generator.shared()),
+        shared: run.generator.shared(),
         sender_of,
         echoes: vec![0; count],
         epoch: run.epoch,
@@ -344,6 +348,7 @@ fn summarize(
         duplicates: rx.check.duplicates,
         order_violations: rx.check.order_violations,
         notices: rx.notices,
+        foreign: rx.check.foreign,
         drain_after_send_s: last.saturating_duration_since(stop_at).as_secs_f64(),
         latency: Latency::of(&rx.latency),
     };
@@ -353,7 +358,7 @@ fn summarize(
 /// Queues sender `s`'s next message, stamped with the time now.
 fn send(run: &mut Run, sender: &mut Sender, s: usize, check: &mut Checker, text: &mut String) {
     let stamp = Stamp {
-        sender: s as u32,
+        sender: check.stamp_sender(s),
         seq: sender.next_seq,
         sent_ns: run.clock_ns(Instant::now()),
     };

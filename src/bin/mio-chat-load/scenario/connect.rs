@@ -57,7 +57,8 @@ impl Observer for ProbeWatch {
     /// The flood is over: a join notice is one too many, and a leave notice needs a client
     /// that left.
     fn notice(&mut self, key: usize, notice: Notice, count: u64, _now: Instant) {
-        if notice == Notice::Joined || self.gone_count == 0 {
+        let explained = self.check.shared() || (notice == Notice::Left && self.gone_count > 0);
+        if !explained {
             let body = notice.body();
             self.check.faults.record(Fault::ExtraNotice, count, || {
                 format!("client {key} got {body:?} after the join flood, when nobody came or went")
@@ -162,7 +163,8 @@ fn probe(run: &mut Run) -> io::Result<(Probe, ProbeWatch)> {
     let open = run.fleet.open_clients();
     let key_bound = run.fleet.key_bound();
     let mut watch = ProbeWatch {
-        check: Checker::new(key_bound, 1, 0),
+        check: Checker::new(key_bound, 1, 0)
+            .numbered_from(run.generator.first_sender(), run.generator.shared()),
         epoch: run.epoch,
         got: vec![None; key_bound],
         received: 0,
@@ -183,7 +185,7 @@ fn probe(run: &mut Run) -> io::Result<(Probe, ProbeWatch)> {
     let mut text = String::new();
     for seq in 0..2 {
         let stamp = Stamp {
-            sender: 0,
+            sender: watch.check.stamp_sender(0),
             seq,
             sent_ns: run.clock_ns(sent_at),
         };

@@ -12,6 +12,7 @@ pub mod notices;
 use std::io;
 use std::time::{Duration, Instant};
 
+use crate::args::Generator;
 use crate::chat::Notice;
 use crate::faults::{Fault, Faults};
 use crate::fleet::{Fleet, Observer};
@@ -40,6 +41,8 @@ pub struct Run {
     pub server: Option<Proc>,
     /// What the phases found wrong in what the server sent (the fleet keeps its own).
     pub faults: Faults,
+    /// Whether other generators share the room (`--generator`), and our place among them.
+    pub generator: Generator,
 }
 
 /// Why [`Run::run_until`] returned.
@@ -106,7 +109,10 @@ impl Run {
         };
         // A timeout while closing is reported as unfinished closes, not as a timed-out run.
         self.deadline = self.deadline.max(end);
-        let mut closing_watch = Closing::default();
+        let mut closing_watch = Closing {
+            shared: self.generator.shared(),
+            faults: Faults::default(),
+        };
         self.run_until(
             &mut closing_watch,
             Some(end),
@@ -149,15 +155,15 @@ impl Run {
 }
 
 /// The observer while everyone closes: leave notices come in numbers that depend on who
-/// closes first, but nobody joins.
-#[derive(Default)]
+/// closes first, but nobody joins (unless other generators share the room).
 struct Closing {
+    shared: bool,
     faults: Faults,
 }
 
 impl Observer for Closing {
     fn notice(&mut self, key: usize, notice: Notice, count: u64, _now: Instant) {
-        if notice == Notice::Joined {
+        if notice == Notice::Joined && !self.shared {
             self.faults.record(Fault::ExtraNotice, count, || {
                 format!("client {key} got a join notice while everyone was closing")
             });
