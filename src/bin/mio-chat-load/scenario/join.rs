@@ -101,7 +101,7 @@ pub fn connect_and_drain(run: &mut Run, clients: usize) -> io::Result<Join> {
     // (the server's next ping, say).
     loop {
         let look_again = Some(Instant::now() + QUIET / 8);
-        let ending = run.run_until(&mut counter, look_again, &mut done, &status)?;
+        let ending = run.run_until(&mut counter, look_again, &mut done, status)?;
         if ending != Ending::Expired {
             break;
         }
