@@ -87,23 +87,22 @@ impl Notices {
         self.joined >= joins && self.left >= leaves
     }
 
-    /// What is wrong with the totals, if anything.
-    pub fn problems(&self, joins: u64, leaves: u64) -> Vec<String> {
-        let mut out = Vec::new();
+    /// Records what is wrong with the totals, if anything: too few is `lost`, too many an
+    /// `extra notice`.
+    pub fn check(&self, joins: u64, leaves: u64, faults: &mut Faults) {
         for (seen, expected, what) in [(self.joined, joins, "join"), (self.left, leaves, "leave")] {
             if seen < expected {
-                out.push(format!(
-                    "{} {what} notices lost ({seen} of {expected})",
-                    expected - seen
-                ));
+                let n = expected - seen;
+                faults.record(Fault::Lost, n, || {
+                    format!("the watcher missed {n} {what} notices ({seen} of {expected})")
+                });
             } else if seen > expected {
-                out.push(format!(
-                    "{} {what} notices too many ({seen} for {expected})",
-                    seen - expected
-                ));
+                let n = seen - expected;
+                faults.record(Fault::ExtraNotice, n, || {
+                    format!("the watcher got {n} {what} notices too many ({seen} for {expected})")
+                });
             }
         }
-        out
     }
 }
 
@@ -426,10 +425,9 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<ChurnReport> {
         ));
     }
     if obs.watcher_opened && !obs.watcher_gone {
-        problems.extend(
-            obs.notices
-                .problems(notices.joins_expected, notices.leaves_expected),
-        );
+        let mut totals = Faults::default();
+        (obs.notices).check(notices.joins_expected, notices.leaves_expected, &mut totals);
+        obs.faults.merge(&totals);
     } else if obs.watcher_opened {
         problems.push("the watcher was lost: notice counts are incomplete".into());
     }
@@ -796,14 +794,18 @@ mod tests {
             left: 8,
             other: 0,
         };
-        assert!(n.problems(10, 8).is_empty());
-        let lost = n.problems(11, 8);
-        assert_eq!(lost.len(), 1);
-        assert!(lost[0].contains("1 join notices lost"), "{lost:?}");
-        let both = n.problems(9, 9);
-        assert_eq!(both.len(), 2);
-        assert!(both[0].contains("1 join notices too many"), "{both:?}");
-        assert!(both[1].contains("1 leave notices lost"), "{both:?}");
+        let faults = |joins, leaves| {
+            let mut f = Faults::default();
+            n.check(joins, leaves, &mut f);
+            f
+        };
+        assert!(faults(10, 8).is_empty());
+        let lost = faults(11, 8);
+        assert_eq!(lost.count(Fault::Lost), 1);
+        assert!(!lost.has(Fault::ExtraNotice));
+        let both = faults(9, 9);
+        assert_eq!(both.count(Fault::ExtraNotice), 1, "a join too many");
+        assert_eq!(both.count(Fault::Lost), 1, "a leave lost");
     }
 
     #[test]
