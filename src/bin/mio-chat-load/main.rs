@@ -105,10 +105,16 @@ fn start(args: &Args) -> Result<bool, String> {
         faults: Default::default(),
         generator: common.generator.unwrap_or(Generator::ALONE),
     };
+    run_scenario(args, &mut run, clients)
+}
+
+/// Runs the scenario asked for; `Ok(false)` if it found problems.
+fn run_scenario(args: &Args, run: &mut Run, clients: usize) -> Result<bool, String> {
+    let common = &args.common;
     let failed = |e: std::io::Error| format!("the event loop failed: {e}");
     match &args.scenario {
         Scenario::Connect(c) => {
-            let report = scenario::connect::run(&mut run, clients, c.hold).map_err(failed)?;
+            let report = scenario::connect::run(run, clients, c.hold).map_err(failed)?;
             report::emit(&report, common.json, report::connect_text);
             Ok(report.problems.is_empty())
         }
@@ -128,7 +134,7 @@ fn start(args: &Args) -> Result<bool, String> {
                 duration: b.duration,
                 size: b.size,
             };
-            let report = scenario::broadcast::run(&mut run, &plan).map_err(failed)?;
+            let report = scenario::broadcast::run(run, &plan).map_err(failed)?;
             report::emit(&report, common.json, report::broadcast_text);
             Ok(report.problems.is_empty())
         }
@@ -144,7 +150,7 @@ fn start(args: &Args) -> Result<bool, String> {
                 settle: c.settle,
                 max_alive: common.max_inflight as usize,
             };
-            let report = scenario::churn::run(&mut run, &plan).map_err(failed)?;
+            let report = scenario::churn::run(run, &plan).map_err(failed)?;
             report::emit(&report, common.json, report::churn_text);
             Ok(report.problems.is_empty())
         }

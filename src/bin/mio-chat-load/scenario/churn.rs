@@ -412,6 +412,39 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<ChurnReport> {
     };
     let close = run.close_all()?;
 
+    verdict(
+        run,
+        &mut obs,
+        plan,
+        (&cycles, &notices, server.as_ref()),
+        &mut problems,
+    );
+    run.check_end(&close, &mut problems);
+    run.faults.merge(&obs.faults);
+    let faults = run.take_faults(&mut problems);
+    Ok(ChurnReport {
+        scenario: "churn",
+        setup: run.setup.clone(),
+        stayers,
+        cycles,
+        notices,
+        server,
+        close,
+        generator_cpu_s: Proc(None).cpu_seconds().unwrap_or(0.0),
+        timed_out: run.timed_out,
+        faults,
+        problems,
+    })
+}
+
+/// What the churn found wrong, besides what the observer recorded as it went.
+fn verdict(
+    run: &Run,
+    obs: &mut Churners,
+    plan: &Plan,
+    (cycles, notices, server): (&Cycles, &NoticeCount, Option<&ServerFootprint>),
+    problems: &mut Vec<String>,
+) {
     let stayers_failed = run.fleet.tally.failed().saturating_sub(cycles.failed);
     if stayers_failed > 0 {
         problems.push(format!(
@@ -450,7 +483,7 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<ChurnReport> {
             cycles.clean
         ));
     }
-    if let Some(s) = &server {
+    if let Some(s) = server {
         if s.fds_after > s.fds_before {
             problems.push(format!(
                 "the server holds {} more open files than before the churn (after {:?})",
@@ -459,22 +492,6 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<ChurnReport> {
             ));
         }
     }
-    run.check_end(&close, &mut problems);
-    run.faults.merge(&obs.faults);
-    let faults = run.take_faults(&mut problems);
-    Ok(ChurnReport {
-        scenario: "churn",
-        setup: run.setup.clone(),
-        stayers,
-        cycles,
-        notices,
-        server,
-        close,
-        generator_cpu_s: Proc(None).cpu_seconds().unwrap_or(0.0),
-        timed_out: run.timed_out,
-        faults,
-        problems,
-    })
 }
 
 /// Dials the watcher, then the background clients, and waits until the watcher has heard all

@@ -83,7 +83,7 @@ impl ProbeWatch {
     }
 }
 
-pub fn run(run: &mut Run, clients: usize, hold: std::time::Duration) -> io::Result<ConnectReport> {
+pub fn run(run: &mut Run, clients: usize, hold: Duration) -> io::Result<ConnectReport> {
     let rss_before = run.server.and_then(|p| p.rss_kib().ok());
     let join = join::connect_and_drain(run, clients)?;
     let mut problems = Vec::new();
@@ -118,26 +118,10 @@ pub fn run(run: &mut Run, clients: usize, hold: std::time::Duration) -> io::Resu
         }
     }
 
-    let hold_start = Instant::now();
-    if let Some(watch) = watch.as_mut().filter(|_| !run.timed_out && !hold.is_zero()) {
-        let lost_before = run.fleet.tally.lost_after_open;
-        // Holding is asked for, not work: it does not eat into --timeout.
-        run.deadline += hold;
-        run.run_until(
-            watch,
-            Some(hold_start + hold),
-            |_, _, _| false,
-            |fleet, _| format!("holding {} connections", fleet.len()),
-        )?;
-        let lost = run.fleet.tally.lost_after_open - lost_before;
-        if lost > 0 {
-            problems.push(format!("{lost} clients lost while holding"));
-        }
-    }
+    let hold_s = hold_on(run, watch.as_mut(), hold, &mut problems)?;
     if let Some(watch) = &watch {
         run.faults.merge(&watch.check.faults);
     }
-    let hold_s = hold_start.elapsed().as_secs_f64();
 
     let close = run.close_all()?;
     run.check_end(&close, &mut problems);
@@ -155,6 +139,33 @@ pub fn run(run: &mut Run, clients: usize, hold: std::time::Duration) -> io::Resu
         faults,
         problems,
     })
+}
+
+/// Holds the connections for `hold` (nothing may arrive meanwhile: `watch` sees to that);
+/// returns how long that took.
+fn hold_on(
+    run: &mut Run,
+    watch: Option<&mut ProbeWatch>,
+    hold: Duration,
+    problems: &mut Vec<String>,
+) -> io::Result<f64> {
+    let hold_start = Instant::now();
+    if let Some(watch) = watch.filter(|_| !run.timed_out && !hold.is_zero()) {
+        let lost_before = run.fleet.tally.lost_after_open;
+        // Holding is asked for, not work: it does not eat into --timeout.
+        run.deadline += hold;
+        run.run_until(
+            watch,
+            Some(hold_start + hold),
+            |_, _, _| false,
+            |fleet, _| format!("holding {} connections", fleet.len()),
+        )?;
+        let lost = run.fleet.tally.lost_after_open - lost_before;
+        if lost > 0 {
+            problems.push(format!("{lost} clients lost while holding"));
+        }
+    }
+    Ok(hold_start.elapsed().as_secs_f64())
 }
 
 /// The first open client sends two messages; waits until every open client has both, or

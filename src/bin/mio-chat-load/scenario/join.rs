@@ -107,8 +107,19 @@ pub fn connect_and_drain(run: &mut Run, clients: usize) -> io::Result<Join> {
         }
     }
     run.progress.finish();
+    let connect_s = connected_at.map(|at| at.duration_since(start).as_secs_f64());
+    Ok(summary(run, &counter, clients, start, connect_s))
+}
+
+/// What the join phase came to; records its faults.
+fn summary(
+    run: &mut Run,
+    counter: &JoinCounter,
+    clients: usize,
+    start: Instant,
+    connect_s: Option<f64>,
+) -> Join {
     let tally = &run.fleet.tally;
-    let drained = !run.timed_out;
     let open = run.fleet.open_clients();
     let shared = run.generator.shared();
     // Across the processes of a cluster, one client's handshake finishing before another's
@@ -116,33 +127,26 @@ pub fn connect_and_drain(run: &mut Run, clients: usize) -> io::Result<Join> {
     // its own time.
     let causal = run.setup.targets.len() == 1;
     let consistent = tally.lost_after_open == 0
-        && check_counts(&counter, &open, (shared, causal), &mut run.faults);
+        && check_counts(counter, &open, (shared, causal), &mut run.faults);
     if tally.lost_after_open == 0 && counter.leaves > 0 && !shared {
         let n = counter.leaves;
         run.faults.record(Fault::ExtraNotice, n, || {
             format!("{n} leave notices during the join flood, when nobody left")
         });
     }
-    Ok(Join {
+    let since_start = |at: Instant| at.duration_since(start).as_secs_f64();
+    Join {
         clients,
         opened: tally.opened,
         failed: tally.failed(),
         failures: tally.failures.clone(),
-        connect_s: connected_at.map(|at| at.duration_since(start).as_secs_f64()),
-        drain_s: if drained {
-            Some(
-                counter
-                    .last_notice
-                    .map_or(0.0, |at| at.duration_since(start).as_secs_f64()),
-            )
-        } else {
-            None
-        },
+        connect_s,
+        drain_s: (!run.timed_out).then(|| counter.last_notice.map_or(0.0, since_start)),
         join_notices: counter.total,
         join_notices_expected: triangle(tally.opened),
         join_counts_consistent: consistent,
         lost_after_open: tally.lost_after_open,
-    })
+    }
 }
 
 /// Checks the open clients' join notice counts (see the module comment); records what is
