@@ -52,7 +52,8 @@ enum Fault {
     ProbeTwice,
     /// The first chat message (connect's probe) never.
     ProbeLost,
-    /// A join notice just before the first chat message (after the flood).
+    /// A join notice just before the first chat message (after the flood: in `connect` before
+    /// the probe, in `broadcast` during the traffic).
     LateJoin,
     /// The second join notice of connection 0 never (a join notice lost).
     JoinLost,
@@ -427,6 +428,11 @@ fn a_binary_frame_is_named() {
 #[test]
 fn a_message_nobody_sent_is_stray() {
     fails_with(BROADCAST, Fault::Stray, 3, "stray message");
+}
+
+#[test]
+fn a_join_notice_during_the_traffic_is_extra() {
+    fails_with(BROADCAST, Fault::LateJoin, 3, "extra notice");
 }
 
 #[test]

@@ -429,6 +429,27 @@ mod tests {
     }
 
     #[test]
+    fn other_generators_messages_are_counted_not_faults() {
+        // Generator 1 of 2: its senders are 1_000_000 and up; sender 0 is generator 0's.
+        let mut c = Checker::new(1, 1, 64).numbered_from(1_000_000, true);
+        c.count_sent(0);
+        let theirs = text(&c, 0, 5, 10);
+        let ours = text(&c, 1_000_000, 0, 10);
+        assert!(c.verified(&theirs, 20).is_none(), "not ours: the slow way");
+        assert!(c.observe(0, &theirs, 20).is_none());
+        assert_eq!(c.foreign, 1);
+        let stamp = c.verified(&ours, 20).expect("ours, intact");
+        assert_eq!(stamp.sender, 0, "numbered from 0 inside");
+        assert!(c.accept(0, stamp).is_some());
+        assert!(c.faults.is_empty(), "{:?}", c.faults);
+        // Alone in the room, the same message is a fault.
+        let mut alone = Checker::new(1, 1, 64);
+        alone.count_sent(0);
+        alone.observe(0, &text(&alone, 7, 0, 10), 20);
+        assert!(alone.faults.has(Fault::UnknownSender));
+    }
+
+    #[test]
     fn lost_counts_gaps_and_tails() {
         let mut c = checker();
         for (s, q) in [(0, 0), (0, 2), (1, 0)] {
