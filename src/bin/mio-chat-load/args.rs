@@ -8,8 +8,9 @@ use clap::{ArgGroup, Args as ClapArgs, Parser, Subcommand};
 /// Load generator for mio-chat: many WebSocket clients on one thread, one mio event loop.
 ///
 /// Prints a report on stdout (one JSON object with --json) and exits non-zero if anything went
-/// wrong: failed connections, lost, duplicated or reordered messages or notices, server file
-/// descriptors not given back (churn), or the --timeout.
+/// wrong: failed connections; messages or notices lost, duplicated, reordered, changed, forged
+/// or extra (each fault by name in the report); server file descriptors not given back
+/// (churn); or the --timeout.
 /// Set RUST_LOG=debug to see why individual clients failed.
 #[derive(Parser, Debug)]
 #[command(version)]
@@ -86,8 +87,9 @@ pub enum Scenario {
     /// A watcher joins, then N clients that stay; then the C short-lived clients, each leaving
     /// once it has heard its own join notice: a share P of them abruptly (TCP reset, no Close
     /// frame), the rest with a closing handshake. The watcher must hear exactly one join and
-    /// one leave notice per client; with --server-pid, the server's open files must come back
-    /// to their count before the churn (its RSS before and after is reported).
+    /// one leave notice per client, and the watcher and the background clients one and the same
+    /// sequence of notices; with --server-pid, the server's open files must come back to their
+    /// count before the churn (its RSS before and after is reported).
     Churn(ChurnArgs),
     /// Merges the `--json` reports of generators that ran `broadcast` against one chat at the
     /// same time (each with its own --generator I/N) into the report of one run: counts and

@@ -228,6 +228,36 @@ pub fn problems(join: &Join, out: &mut Vec<String>) {
 mod tests {
     use super::*;
 
+    /// Three clients (keys 0, 1, 2 in dial order) with these counts, each opened when
+    /// `dialled` clients had been dialled.
+    fn checked(counts: [u64; 3], dialled: [u32; 3], causal: bool) -> Faults {
+        let counter = JoinCounter {
+            heard: counts.to_vec(),
+            dialled_at_open: dialled.to_vec(),
+            total: counts.iter().sum(),
+            ..JoinCounter::default()
+        };
+        let open = [(0, 0), (1, 1), (2, 2)];
+        let mut faults = Faults::default();
+        check_counts(&counter, &open, (false, causal), &mut faults);
+        faults
+    }
+
+    #[test]
+    fn counts_must_be_one_to_n_and_fit_the_dial_order() {
+        let one_at_a_time = [1, 2, 3];
+        let all_at_once = [3, 3, 3];
+        assert!(checked([3, 2, 1], one_at_a_time, true).is_empty());
+        // A notice moved from the first to the second: the same counts, the wrong clients.
+        assert!(checked([2, 3, 1], one_at_a_time, true).has(Fault::NoticeOrder));
+        // Dialled together, they may have joined either way; across a cluster, too.
+        assert!(checked([2, 3, 1], all_at_once, true).is_empty());
+        assert!(checked([2, 3, 1], one_at_a_time, false).is_empty());
+        assert!(checked([3, 1, 1], all_at_once, true).has(Fault::Lost));
+        assert!(checked([3, 3, 1], all_at_once, true).has(Fault::ExtraNotice));
+        assert!(checked([3, 3, 0], all_at_once, true).has(Fault::NoticeOrder));
+    }
+
     #[test]
     fn the_flood_is_a_triangle() {
         assert_eq!(triangle(0), 0);
