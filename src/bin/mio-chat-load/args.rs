@@ -61,8 +61,10 @@ pub struct Common {
     pub allow_remote: bool,
     /// This generator's place among N that load one chat at once (0-based), for a load that
     /// one machine cannot make: its senders are numbered apart from the others', their
-    /// messages are counted but not checked, and the notices their clients cause are not
-    /// checked either. `mio-chat-load merge` combines the reports. [default: 0/1]
+    /// messages are counted but not checked, and in `connect` and `broadcast` the notices their
+    /// clients cause are not checked either (`churn` still counts every notice: the others'
+    /// clients must not come or go while it runs). `mio-chat-load merge` combines the reports.
+    /// [default: 0/1]
     #[arg(long, global = true, value_name = "I/N", value_parser = parse_generator)]
     pub generator: Option<Generator>,
     /// Print the report as one JSON object.

@@ -138,9 +138,6 @@ fn run_scenario(args: &Args, run: &mut Run, clients: usize) -> Result<bool, Stri
             report::emit(&report, common.json, report::broadcast_text);
             Ok(report.problems.is_empty())
         }
-        Scenario::Churn(_) if run.generator.shared() => {
-            Err("churn counts every notice in the room: it cannot share it (--generator)".into())
-        }
         Scenario::Churn(c) => {
             let plan = scenario::churn::Plan {
                 background: c.clients as usize,

@@ -151,6 +151,9 @@ struct Churners {
     /// What each stayer (by key) heard, as an order.
     trails: Vec<Option<NoticeTrail>>,
     faults: Faults,
+    /// Another generator shares the room (`--generator`): its chat is no fault (its clients
+    /// must still not come or go during the churn: every notice is counted).
+    shared: bool,
 }
 
 impl Churners {
@@ -173,6 +176,7 @@ impl Churners {
             departed: 0,
             trails: Vec::new(),
             faults: Faults::default(),
+            shared: false,
         }
     }
 
@@ -268,10 +272,13 @@ impl Observer for Churners {
         }
     }
 
-    /// Nobody chats in a churn run.
+    /// Nobody chats in a churn run, unless another generator shares the room.
     fn chat(&mut self, key: usize, body: &str, _now: Instant) {
         if self.role(key) == Some(Role::Watcher) {
             self.notices.other += 1;
+        }
+        if self.shared {
+            return;
         }
         self.faults.record(Fault::Stray, 1, || {
             format!(
@@ -336,6 +343,7 @@ impl Observer for Churners {
 
 pub fn run(run: &mut Run, plan: &Plan) -> io::Result<ChurnReport> {
     let mut obs = Churners::new();
+    obs.shared = run.generator.shared();
     let mut problems = Vec::new();
     let stayers = connect_stayers(run, &mut obs, plan)?;
     let mut cycles = Cycles {
