@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::TestServer;
@@ -32,19 +33,16 @@ fn histogram(report: &Value) -> Histogram<u64> {
     Deserializer::new().deserialize(&mut &bytes[..]).unwrap()
 }
 
-#[test]
-fn two_generators_merge_into_one_run() {
-    let server = TestServer::start(&[]);
-    let url = server.url("/ws");
-    let dir = std::env::temp_dir().join(format!("mio-chat-loadgen-merge-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// Runs generators `0/2` and `1/2` against `url` at the same time; writes their reports into
+/// `dir` and returns the files and the reports.
+fn run_two(url: &str, dir: &Path) -> (Vec<PathBuf>, Vec<Value>) {
     // Both at once: each generator's clients also receive the other's messages.
     let generators: Vec<_> = ["0/2", "1/2"]
         .iter()
         .map(|g| {
             Command::new(LOAD)
                 .args(["broadcast", "-n", "6", "--senders", "2", "--rate", "200"])
-                .args(["--duration", "1", "--generator", g, "--url", &url])
+                .args(["--duration", "1", "--generator", g, "--url", url])
                 .args(["--json", "--quiet", "--timeout", "60"])
                 .env_remove("RUST_LOG")
                 .spawn_output()
@@ -65,6 +63,25 @@ fn two_generators_merge_into_one_run() {
         files.push(file);
         reports.push(report);
     }
+    (files, reports)
+}
+
+/// `mio-chat-load merge --json FILES`: whether it passed, and its report.
+fn merge(files: &[PathBuf]) -> (bool, Value) {
+    let out = Command::new(LOAD)
+        .args(["merge", "--json"])
+        .args(files)
+        .output()
+        .expect("run merge");
+    (out.status.success(), json(&out))
+}
+
+#[test]
+fn two_generators_merge_into_one_run() {
+    let server = TestServer::start(&[]);
+    let dir = std::env::temp_dir().join(format!("mio-chat-loadgen-merge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (files, reports) = run_two(&server.url("/ws"), &dir);
     // Each saw the other's messages, and did not count them as its own.
     for report in &reports {
         assert!(
@@ -73,14 +90,8 @@ fn two_generators_merge_into_one_run() {
         );
     }
 
-    let out = Command::new(LOAD)
-        .arg("merge")
-        .args(&files)
-        .arg("--json")
-        .output()
-        .expect("run merge");
-    let merged = json(&out);
-    assert!(out.status.success(), "{merged}");
+    let (ok, merged) = merge(&files);
+    assert!(ok, "{merged}");
     for key in [
         "sent",
         "deliveries",
@@ -96,6 +107,7 @@ fn two_generators_merge_into_one_run() {
     }
     assert_eq!(merged["lost"], 0);
 
+    // The percentiles of one histogram holding every sample of both.
     let mut all = histogram(&reports[0]);
     all.add(histogram(&reports[1])).unwrap();
     let latency = &merged["latency"];
@@ -111,17 +123,9 @@ fn two_generators_merge_into_one_run() {
     bad["problems"] = serde_json::json!(["lost: 1 (first: client 3 ...)"]);
     let bad_file = dir.join("bad.json");
     std::fs::write(&bad_file, bad.to_string()).unwrap();
-    let out = Command::new(LOAD)
-        .args(["merge", "--json"])
-        .arg(&files[0])
-        .arg(&bad_file)
-        .output()
-        .expect("run merge");
-    assert!(!out.status.success());
-    assert!(json(&out)["problems"][0]
-        .as_str()
-        .unwrap()
-        .contains("bad.json"));
+    let (ok, merged) = merge(&[files[0].clone(), bad_file]);
+    assert!(!ok);
+    assert!(merged["problems"][0].as_str().unwrap().contains("bad.json"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
