@@ -380,6 +380,33 @@ fn two_senders_swapped_for_one_client_is_reordered() {
 }
 
 #[test]
+fn the_readable_report_names_the_fault_too() {
+    let server = TestServer::start(&[]);
+    let plan = Plan {
+        fault: Fault::Swap,
+        conn: 3,
+    };
+    let proxy = Proxy::start(&server, plan);
+    let out = Command::new(LOAD)
+        .args(BROADCAST)
+        .args(["--url", &proxy.url, "--quiet", "--timeout", "60"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run mio-chat-load");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    let verdict = text
+        .lines()
+        .find(|l| l.contains("result"))
+        .unwrap_or_default();
+    assert!(
+        verdict.contains("FAILED: reordered: 1 (first: clients"),
+        "{text}"
+    );
+    eprintln!("{text}"); // shown with --nocapture: what a user reads
+}
+
+#[test]
 fn one_changed_byte_is_changed() {
     fails_with(BROADCAST, Fault::Corrupt, 3, "changed");
 }

@@ -23,8 +23,11 @@ pub struct Trail {
     hash: u64,
     /// Checkpoints fall every `every` deliveries (a power of two).
     every: u64,
-    /// (deliveries so far, hash then), at multiples of `every`.
+    /// (deliveries so far, hash then), at multiples of `every`: spread evenly over the run.
     marks: Vec<(u64, u64)>,
+    /// The same at every power of two (at most 64 of them): fine early on, where a fault that
+    /// shows at once falls.
+    early: Vec<(u64, u64)>,
 }
 
 impl Default for Trail {
@@ -34,6 +37,7 @@ impl Default for Trail {
             hash: 0,
             every: 1,
             marks: Vec::new(),
+            early: Vec::new(),
         }
     }
 }
@@ -51,9 +55,15 @@ impl Trail {
 
     /// Keeps a checkpoint; when there are too many, every other one goes and they fall half
     /// as often. Two trails of the same length have thinned alike, so their marks line up.
+    /// Powers of two are multiples of `every` whenever they come, so they are all kept.
     #[cold]
     fn mark(&mut self) {
-        self.marks.push((self.count, self.hash));
+        let mark = (self.count, self.hash);
+        if self.count.is_power_of_two() {
+            self.early.push(mark);
+            return;
+        }
+        self.marks.push(mark);
         if self.marks.len() >= MARKS {
             let every = self.every * 2;
             self.marks.retain(|&(count, _)| count % every == 0);
@@ -61,17 +71,20 @@ impl Trail {
         }
     }
 
-    /// Where two trails of the same length part: the deliveries they agree on for certain, and
-    /// the delivery by which they differ.
+    /// Where two trails of the same length part: the most deliveries they agree on for
+    /// certain, and the fewest by which they differ. (Equal hashes after n deliveries mean the
+    /// same first n, and so the same first m for every m below n.)
     pub fn parting(&self, other: &Trail) -> (u64, u64) {
-        let mut agreed = 0;
-        for (mine, theirs) in self.marks.iter().zip(&other.marks) {
-            if mine != theirs {
-                return (agreed, mine.0);
+        let (mut agreed, mut by) = (0, self.count);
+        let pairs = self.early.iter().zip(&other.early);
+        for (mine, theirs) in pairs.chain(self.marks.iter().zip(&other.marks)) {
+            if mine == theirs {
+                agreed = agreed.max(mine.0);
+            } else {
+                by = by.min(mine.0);
             }
-            agreed = mine.0;
         }
-        (agreed, self.count)
+        (agreed, by)
     }
 }
 
@@ -470,8 +483,15 @@ mod tests {
             b.push(0, if q == 70_000 { 1 << 40 } else { q });
         }
         assert!(a.marks.len() < MARKS && b.marks.len() < MARKS);
+        assert_eq!(a.early.len(), 17, "1, 2, 4, … 65536");
         let (agreed, by) = a.parting(&b);
         assert!(agreed <= 70_000 && by > 70_000, "{agreed} {by}");
         assert!(by - agreed <= 8192, "{agreed} {by}");
+        // Early on, the powers of two place a parting closely however long the run.
+        let mut c = Trail::default();
+        for q in 0..100_000 {
+            c.push(0, if q == 9 { 1 << 40 } else { q });
+        }
+        assert_eq!(a.parting(&c), (8, 16));
     }
 }
