@@ -14,7 +14,8 @@
 #      CSV, from a few idle seconds before the load until the fds are back after it;
 #   4. runs two loads side by side against it:
 #        broadcast: mio-chat-load broadcast -n 200 --senders 4 --rate 50 --duration DURATION
-#        churn:     mio-chat-load churn -n 0 --cycles RATE*T --rate RATE
+#                   --generator 0/2
+#        churn:     mio-chat-load churn -n 0 --cycles RATE*T --rate RATE --generator 1/2
 #      The churn starts once the broadcast is sending (its join check must not see the churn's
 #      joins) and is sized to end before the broadcast does (its watcher must not hear the
 #      broadcast's clients leave): T = DURATION - max(15 s, 10 % of DURATION). On a loaded
@@ -155,7 +156,9 @@ TIMEOUT=$((DURATION + 120))
 START=$SECONDS
 
 echo broadcast >"$DIR/phase"
-"$LOAD" broadcast -n 200 --senders 4 --rate 50 --duration "$DURATION" \
+# Two generators in one room: each says so (--generator), so that the broadcast does not take
+# the churn's notices, nor the churn the broadcast's messages, for faults.
+"$LOAD" broadcast -n 200 --senders 4 --rate 50 --duration "$DURATION" --generator 0/2 \
     --timeout "$TIMEOUT" --url "$URL" --server-pid "$SERVER_PID" \
     >"$DIR/broadcast.txt" 2>"$DIR/broadcast.err" &
 BROADCAST_PID=$!
@@ -177,7 +180,7 @@ CHURN_SECONDS=$((DURATION - (SECONDS - START) - MARGIN))
 CYCLES=$((CHURN_SECONDS * CHURN_RATE))
 echo "soak: broadcast sending; churn of $CYCLES cycles at $CHURN_RATE/s (${CHURN_SECONDS} s)" >&2
 echo both >"$DIR/phase"
-"$LOAD" churn -n 0 --cycles "$CYCLES" --rate "$CHURN_RATE" \
+"$LOAD" churn -n 0 --cycles "$CYCLES" --rate "$CHURN_RATE" --generator 1/2 \
     --timeout "$TIMEOUT" --url "$URL" --server-pid "$SERVER_PID" \
     >"$DIR/churn.txt" 2>"$DIR/churn.err" &
 CHURN_PID=$!

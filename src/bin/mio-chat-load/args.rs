@@ -8,8 +8,9 @@ use clap::{ArgGroup, Args as ClapArgs, Parser, Subcommand};
 /// Load generator for mio-chat: many WebSocket clients on one thread, one mio event loop.
 ///
 /// Prints a report on stdout (one JSON object with --json) and exits non-zero if anything went
-/// wrong: failed connections, lost, duplicated or reordered messages or notices, server file
-/// descriptors not given back (churn), or the --timeout.
+/// wrong: failed connections; messages or notices lost, duplicated, reordered, changed, forged
+/// or extra (each fault by name in the report); server file descriptors not given back
+/// (churn); or the --timeout.
 /// Set RUST_LOG=debug to see why individual clients failed.
 #[derive(Parser, Debug)]
 #[command(version)]
@@ -58,6 +59,14 @@ pub struct Common {
     /// Allow a target outside 127.0.0.0/8 and ::1.
     #[arg(long, global = true)]
     pub allow_remote: bool,
+    /// This generator's place among N that load one chat at once (0-based), for a load that
+    /// one machine cannot make: its senders are numbered apart from the others', their
+    /// messages are counted but not checked, and in `connect` and `broadcast` the notices their
+    /// clients cause are not checked either (`churn` still counts every notice: the others'
+    /// clients must not come or go while it runs). `mio-chat-load merge` combines the reports.
+    /// [default: 0/1]
+    #[arg(long, global = true, value_name = "I/N", value_parser = parse_generator)]
+    pub generator: Option<Generator>,
     /// Print the report as one JSON object.
     #[arg(long, global = true)]
     pub json: bool,
@@ -80,9 +89,22 @@ pub enum Scenario {
     /// A watcher joins, then N clients that stay; then the C short-lived clients, each leaving
     /// once it has heard its own join notice: a share P of them abruptly (TCP reset, no Close
     /// frame), the rest with a closing handshake. The watcher must hear exactly one join and
-    /// one leave notice per client; with --server-pid, the server's open files must come back
-    /// to their count before the churn (its RSS before and after is reported).
+    /// one leave notice per client, and the watcher and the background clients one and the same
+    /// sequence of notices; with --server-pid, the server's open files must come back to their
+    /// count before the churn (its RSS before and after is reported).
     Churn(ChurnArgs),
+    /// Merges the `--json` reports of generators that ran `broadcast` against one chat at the
+    /// same time (each with its own --generator I/N) into the report of one run: counts and
+    /// rates add up, faults add up by name, percentiles come from the sum of the histograms.
+    /// Exits non-zero if any report found problems.
+    Merge(MergeArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct MergeArgs {
+    /// The reports, one JSON object each (as `--json` prints it).
+    #[arg(required = true, value_name = "REPORT.json")]
+    pub reports: Vec<std::path::PathBuf>,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -138,6 +160,42 @@ pub struct ChurnArgs {
     /// (with --server-pid) for the server's open files to come back to their count before.
     #[arg(long, default_value = "10", value_parser = mio_chat::config::parse_positive_secs)]
     pub settle: Duration,
+}
+
+/// Senders of generator I are numbered from I times this: no run has nearly so many senders.
+pub const SENDER_STRIDE: u32 = 1_000_000;
+
+/// One of several generators loading the same chat (`--generator I/N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Generator {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Generator {
+    pub const ALONE: Generator = Generator { index: 0, count: 1 };
+
+    /// Other generators share the room.
+    pub fn shared(&self) -> bool {
+        self.count > 1
+    }
+
+    pub fn first_sender(&self) -> u32 {
+        self.index * SENDER_STRIDE
+    }
+}
+
+fn parse_generator(s: &str) -> Result<Generator, String> {
+    let bad = || format!("{s}: not I/N with 0 <= I < N <= 4000");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (index, count) = (
+        i.parse::<u32>().map_err(|_| bad())?,
+        n.parse::<u32>().map_err(|_| bad())?,
+    );
+    if index >= count || count > 4000 {
+        return Err(bad());
+    }
+    Ok(Generator { index, count })
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -222,6 +280,22 @@ mod tests {
             "ws://c/ws",
         ];
         assert_eq!(urls(&three), ["ws://a/ws", "ws://b/ws", "ws://c/ws"]);
+    }
+
+    #[test]
+    fn generators_are_i_of_n() {
+        let parse = |g: &str| {
+            Args::try_parse_from(["load", "connect", "-n", "1", "--generator", g])
+                .map(|a| a.common.generator)
+        };
+        assert_eq!(
+            parse("1/3").unwrap(),
+            Some(Generator { index: 1, count: 3 })
+        );
+        for bad in ["3/3", "1", "a/2", "0/0", "0/5000", "-1/2"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Generator { index: 2, count: 3 }.first_sender(), 2_000_000);
     }
 
     #[test]

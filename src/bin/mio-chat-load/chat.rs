@@ -6,10 +6,13 @@
 //! lets the wire layer recognise them without decoding (see [`crate::wire::Fixed`]); a notice
 //! that arrives in any other shape (fragmented, say) is still recognised from its body.
 //!
-//! A stamped message reads `s=3 q=17 t=123456789 xxxx…`: sender 3's message number 17, sent
-//! 123456789 ns after the generator started (its own monotonic clock, so latency needs no
-//! synchronised clocks), padded with `x` to the requested size. Plain ASCII, nothing the
-//! server's JSON encoding has to escape, so its size on the wire is predictable.
+//! A stamped message reads `s=3 q=17 t=123456789 kfpbaoghSTUVW…`: sender 3's message number
+//! 17, sent 123456789 ns after the generator started (its own monotonic clock, so latency needs
+//! no synchronised clocks), then padding up to the requested size (see [`Padding`]): eight
+//! letters of a check on the three numbers, then a run of an alphabet starting where the
+//! same check says. Every byte of a body is thus a function of its stamp, and a receiver checks
+//! all of them without remembering anything per message. Plain ASCII, nothing the server's JSON
+//! encoding has to escape, so its size on the wire is predictable.
 
 use std::borrow::Cow;
 use std::fmt::Write;
@@ -67,12 +70,7 @@ pub fn notice_frames() -> Fixed {
 /// The join flood alone is N(N+1)/2 messages, so the common case (a body without escapes) is
 /// cut out of the envelope directly; anything else goes through serde.
 pub fn body_of(json: &str) -> Option<Cow<'_, str>> {
-    const PREFIX: &str = r#"{"type":1,"body":""#;
-    const SUFFIX: &str = r#""}"#;
-    if let Some(inner) = json
-        .strip_prefix(PREFIX)
-        .and_then(|rest| rest.strip_suffix(SUFFIX))
-    {
+    if let Some(inner) = envelope_inner(json) {
         if !needs_unescaping(inner.as_bytes()) {
             return Some(Cow::Borrowed(inner));
         }
@@ -81,6 +79,26 @@ pub fn body_of(json: &str) -> Option<Cow<'_, str>> {
         .ok()
         .filter(|m| m.kind == 1)
         .map(|m| m.body)
+}
+
+/// What stands between the quotes of `{"type":1,"body":"…"}`, as it stands: still JSON, so
+/// it may hold escapes (or a stray quote); see [`unescape`].
+pub fn envelope_inner(json: &str) -> Option<&str> {
+    const PREFIX: &str = r#"{"type":1,"body":""#;
+    const SUFFIX: &str = r#""}"#;
+    json.strip_prefix(PREFIX)
+        .and_then(|rest| rest.strip_suffix(SUFFIX))
+}
+
+/// The text an [`envelope_inner`] stands for, or `None` if it is not a valid JSON string's
+/// contents.
+pub fn unescape(inner: &str) -> Option<Cow<'_, str>> {
+    if !needs_unescaping(inner.as_bytes()) {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(&format!("\"{inner}\""))
+        .ok()
+        .map(Cow::Owned)
 }
 
 /// Whether a JSON string's contents hold a quote or a backslash, so that it cannot be taken
@@ -105,31 +123,145 @@ pub struct Stamp {
 }
 
 impl Stamp {
-    /// Writes the message text into `out` (cleared first), padded to at least `size` bytes.
-    pub fn encode(&self, size: usize, out: &mut String) {
-        out.clear();
-        // Writing to a String cannot fail.
-        let _ = write!(out, "s={} q={} t={} ", self.sender, self.seq, self.sent_ns);
-        let pad = size.saturating_sub(out.len());
-        out.extend(std::iter::repeat_n('x', pad));
+    /// Reads a stamp back; `None` for any other text (notices, other clients' chatter).
+    #[cfg(test)]
+    pub fn decode(text: &str) -> Option<Stamp> {
+        Stamp::parse(text).map(|(stamp, _)| stamp)
     }
 
-    /// Reads a stamp back; `None` for any other text (notices, other clients' chatter).
+    /// Reads a stamp and returns what follows its last field's space (`None` if that field
+    /// ends the text).
     ///
     /// Every delivery comes through here, so the fields are read off the bytes in one pass:
     /// `s=`, `q=` and `t=` each followed by decimal digits (no sign, at least one, no overflow),
     /// separated by single spaces; after the last one, a space or the end of the text.
-    pub fn decode(text: &str) -> Option<Stamp> {
+    pub fn parse(text: &str) -> Option<(Stamp, Option<&[u8]>)> {
         let rest = text.as_bytes();
         let (sender, rest) = field(rest, b"s=")?;
         let (seq, rest) = field(rest?, b"q=")?;
-        let (sent_ns, _padding) = field(rest?, b"t=")?;
-        Some(Stamp {
+        let (sent_ns, padding) = field(rest?, b"t=")?;
+        let stamp = Stamp {
             sender: u32::try_from(sender).ok()?,
             seq,
             sent_ns,
-        })
+        };
+        Some((stamp, padding))
     }
+
+    /// 64 bits that change whenever one of the three numbers does: each multiplied by its own
+    /// odd constant (a bijection: a changed number changes its product, and its low 32 bits
+    /// too, as long as the change is not a multiple of 2^32, which no change of one decimal
+    /// digit of a u64 is), side by side rather than in a chain.
+    #[inline]
+    fn mix(&self) -> u64 {
+        u64::from(self.sender).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ self.seq.wrapping_mul(0xBF58_476D_1CE4_E5B9)
+            ^ self.sent_ns
+    }
+}
+
+/// The padding's characters: none of them needs escaping in JSON.
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+/// The padding opens with this many characters of the stamp's check (4 bits each).
+pub const CHECK_LEN: usize = 8;
+
+/// The padding of the stamped messages of one run, which all have the same requested size.
+#[derive(Debug, Clone)]
+pub struct Padding {
+    size: usize,
+    /// The alphabet over and over, long enough for any start and any padding's length.
+    cycle: Vec<u8>,
+}
+
+impl Padding {
+    pub fn new(size: usize) -> Padding {
+        let cycle = ALPHABET
+            .iter()
+            .copied()
+            .cycle()
+            .take(size + ALPHABET.len())
+            .collect();
+        Padding { size, cycle }
+    }
+
+    /// Writes the message text into `out` (cleared first): the stamp, its check, and the
+    /// alphabet run up to at least the requested size.
+    pub fn encode(&self, stamp: &Stamp, out: &mut String) {
+        out.clear();
+        // Writing to a String cannot fail.
+        let _ = write!(
+            out,
+            "s={} q={} t={} ",
+            stamp.sender, stamp.seq, stamp.sent_ns
+        );
+        let h = stamp.mix();
+        let run = self.size.saturating_sub(out.len() + CHECK_LEN);
+        let start = run_start(h);
+        // Both are ASCII: lowercase letters, and ALPHABET.
+        out.extend(check_word(h).to_le_bytes().iter().map(|&b| char::from(b)));
+        out.extend(
+            self.cycle[start..start + run]
+                .iter()
+                .map(|&b| char::from(b)),
+        );
+    }
+
+    /// Whether `padding`, what followed the stamp in a text of `text_len` bytes, is exactly
+    /// what [`Padding::encode`] writes after `stamp`.
+    ///
+    /// Every delivery comes through here, so it compares words, not bytes, and without an
+    /// early exit (a loop LLVM can unroll, and no call to `memcmp` for a few dozen bytes).
+    #[inline]
+    pub fn intact(&self, stamp: &Stamp, text_len: usize, padding: &[u8]) -> bool {
+        let stamp_len = text_len - padding.len();
+        let run = self.size.saturating_sub(stamp_len + CHECK_LEN);
+        if padding.len() != CHECK_LEN + run {
+            return false;
+        }
+        let h = stamp.mix();
+        let start = run_start(h);
+        let (Some(head), Some(want)) = (
+            padding.first_chunk::<CHECK_LEN>(),
+            self.cycle.get(start..start + run),
+        ) else {
+            return false;
+        };
+        let check = u64::from_le_bytes(*head) ^ check_word(h);
+        check | differences(want, &padding[CHECK_LEN..]) == 0
+    }
+}
+
+/// The stamp's check as eight characters in one word: the low 32 bits of `h`, a nibble per
+/// byte, as the letters `a` to `p` (spread without a table: shifts and masks).
+fn check_word(h: u64) -> u64 {
+    let mut x = h & 0xFFFF_FFFF;
+    x = (x | (x << 16)) & 0x0000_FFFF_0000_FFFF;
+    x = (x | (x << 8)) & 0x00FF_00FF_00FF_00FF;
+    x = (x | (x << 4)) & 0x0F0F_0F0F_0F0F_0F0F;
+    x + 0x6161_6161_6161_6161
+}
+
+/// Where in the alphabet a stamp's run starts: six bits of `h` just above the check's.
+fn run_start(h: u64) -> usize {
+    ((h >> 32) & 63) as usize
+}
+
+#[inline]
+/// Zero if `a` and `b` (of one length) are equal: their XOR, ORed together a word at a time.
+fn differences(a: &[u8], b: &[u8]) -> u64 {
+    let mut acc = (a.len() ^ b.len()) as u64;
+    let words = a.chunks_exact(8).zip(b.chunks_exact(8));
+    for (x, y) in words {
+        let (mut wx, mut wy) = ([0u8; 8], [0u8; 8]);
+        wx.copy_from_slice(x);
+        wy.copy_from_slice(y);
+        acc |= u64::from_le_bytes(wx) ^ u64::from_le_bytes(wy);
+    }
+    let tail = a.len() / 8 * 8;
+    for (x, y) in a[tail..].iter().zip(b.get(tail..).unwrap_or(&[])) {
+        acc |= u64::from(x ^ y);
+    }
+    acc
 }
 
 /// Reads `name` and a number at the start of `text`. Returns the number and what follows the
@@ -137,6 +269,20 @@ impl Stamp {
 /// `None` if `text` does not start so.
 fn field<'a>(text: &'a [u8], name: &[u8]) -> Option<(u64, Option<&'a [u8]>)> {
     let digits = text.strip_prefix(name)?;
+    let (len, value) = match by_words(digits) {
+        Some(fast) => fast,
+        None => by_bytes(digits)?,
+    };
+    match digits[len..] {
+        [] => Some((value, None)),
+        [b' ', ref rest @ ..] => Some((value, Some(rest))),
+        _ => None,
+    }
+}
+
+/// The leading digits of `digits` and their value, read byte by byte: at least one digit and
+/// no overflow, or `None`.
+fn by_bytes(digits: &[u8]) -> Option<(usize, u64)> {
     let len = digits.iter().take_while(|b| b.is_ascii_digit()).count();
     // u64::MAX has 20 digits. Nineteen cannot overflow, so only a twentieth needs checked
     // arithmetic, which would otherwise be on every digit's critical path.
@@ -148,11 +294,58 @@ fn field<'a>(text: &'a [u8], name: &[u8]) -> Option<(u64, Option<&'a [u8]>)> {
         ref number if len < 20 => decimal(number),
         _ => return None,
     };
-    match digits[len..] {
-        [] => Some((value, None)),
-        [b' ', ref rest @ ..] => Some((value, Some(rest))),
-        _ => None,
+    Some((len, value))
+}
+
+/// The same as [`by_bytes`], eight bytes at a time, for the common case: 1 to 15 digits with
+/// eight bytes to read past them (stamps are always followed by their padding). `None` means
+/// "ask [`by_bytes`]", which also says what is wrong, if anything.
+#[inline]
+fn by_words(digits: &[u8]) -> Option<(usize, u64)> {
+    let first = word_at(digits, 0)?;
+    let n = digit_run(first);
+    match n {
+        0 => None,
+        1..=7 => Some((n, eight_digits(first, n))),
+        _ => {
+            let second = word_at(digits, 8)?;
+            match digit_run(second) {
+                0 => Some((8, eight_digits(first, 8))),
+                8 => None,
+                m => {
+                    let value = eight_digits(first, 8) * 10u64.pow(m as u32);
+                    Some((8 + m, value + eight_digits(second, m)))
+                }
+            }
+        }
     }
+}
+
+/// Eight bytes from `at`, the first one lowest.
+fn word_at(bytes: &[u8], at: usize) -> Option<u64> {
+    let chunk = bytes.get(at..at + 8)?;
+    let mut word = [0u8; 8];
+    word.copy_from_slice(chunk);
+    Some(u64::from_le_bytes(word))
+}
+
+/// How many of a word's bytes, from the lowest, are ASCII digits. A byte is not one if adding
+/// 0x46 or taking 0x30 sets its top bit; carries and borrows only reach bytes above the first
+/// such byte, which do not count anyway.
+fn digit_run(word: u64) -> usize {
+    let outside = (word.wrapping_add(0x4646_4646_4646_4646)
+        | word.wrapping_sub(0x3030_3030_3030_3030))
+        & 0x8080_8080_8080_8080;
+    (outside.trailing_zeros() / 8) as usize
+}
+
+/// The value of the first `n` (1 to 8) bytes of `word`, all ASCII digits: shifted up so that
+/// zeros lead, then combined in pairs, fours and eights (three multiplications, not eight).
+fn eight_digits(word: u64, n: usize) -> u64 {
+    let mut w = (word << (8 * (8 - n))) & 0x0F0F_0F0F_0F0F_0F0F;
+    w = (w.wrapping_mul(10 * 256 + 1) >> 8) & 0x00FF_00FF_00FF_00FF;
+    w = (w.wrapping_mul(100 * 65_536 + 1) >> 16) & 0x0000_FFFF_0000_FFFF;
+    w.wrapping_mul(10_000 * (1 << 32) + 1) >> 32
 }
 
 /// The value of at most 19 ASCII digits (which cannot overflow).
@@ -214,18 +407,73 @@ mod tests {
         };
         let mut text = String::new();
         for size in [0, 10, 25, 64, 4096] {
-            stamp.encode(size, &mut text);
-            assert_eq!(text.len(), size.max(21), "size {size}");
+            let padding = Padding::new(size);
+            padding.encode(&stamp, &mut text);
+            assert_eq!(text.len(), size.max(21 + CHECK_LEN), "size {size}");
             assert!(text.starts_with("s=3 q=17 t=123456789 "));
             assert_eq!(Stamp::decode(&text), Some(stamp));
+            let (back, rest) = Stamp::parse(&text).unwrap();
+            assert!(padding.intact(&back, text.len(), rest.unwrap()), "{text}");
+            assert!(!text.contains(['"', '\\']));
         }
         let max = Stamp {
             sender: u32::MAX,
             seq: u64::MAX,
             sent_ns: u64::MAX,
         };
-        max.encode(0, &mut text);
+        Padding::new(0).encode(&max, &mut text);
         assert_eq!(Stamp::decode(&text), Some(max));
+    }
+
+    #[test]
+    fn any_changed_byte_or_number_is_caught() {
+        let padding = Padding::new(64);
+        let stamp = Stamp {
+            sender: 2,
+            seq: 9_000,
+            sent_ns: 5_000_000_000,
+        };
+        let mut text = String::new();
+        padding.encode(&stamp, &mut text);
+        let intact = |text: &[u8]| {
+            let Some((back, Some(rest))) = std::str::from_utf8(text).ok().and_then(Stamp::parse)
+            else {
+                return false;
+            };
+            // Only what a receiver knows: the numbers as they arrived, and the padding.
+            padding.intact(&back, text.len(), rest)
+        };
+        assert!(intact(text.as_bytes()));
+        for i in 0..text.len() {
+            for other in [b'x', b'0', b'A', b'_'] {
+                let mut bytes = text.clone().into_bytes();
+                if bytes[i] == other {
+                    continue;
+                }
+                bytes[i] = other;
+                assert!(!intact(&bytes), "byte {i} as {}", char::from(other));
+            }
+        }
+        assert!(!intact(&text.as_bytes()[..text.len() - 1]), "cut short");
+        assert!(!intact(format!("{text}A").as_bytes()), "one too many");
+        // The same padding under another stamp: the numbers are checked too.
+        let (_, rest) = Stamp::parse(&text).unwrap();
+        for other in [
+            Stamp {
+                sent_ns: 4_999_999_999,
+                ..stamp
+            },
+            Stamp {
+                seq: 9_001,
+                ..stamp
+            },
+            Stamp { sender: 3, ..stamp },
+        ] {
+            assert!(
+                !padding.intact(&other, text.len(), rest.unwrap()),
+                "{other:?}"
+            );
+        }
     }
 
     #[test]
@@ -331,6 +579,26 @@ mod tests {
                 proptest::prop_assert_eq!(Stamp::decode(&text), expected);
             }
         }
+    }
+
+    #[test]
+    fn words_read_numbers_as_bytes_do() {
+        for digits in 1..=20 {
+            for tail in ["", " ", "x", " ABCDEFGHIJKLMNOP", "ü and more bytes", "09"] {
+                let number: String = (0..digits)
+                    .map(|i| char::from(b'1' + (i * 7 % 9) as u8))
+                    .collect();
+                let text = format!("{number}{tail}");
+                let fast = by_words(text.as_bytes());
+                if let Some(fast) = fast {
+                    assert_eq!(Some(fast), by_bytes(text.as_bytes()), "{text:?}");
+                }
+            }
+        }
+        assert_eq!(by_words(b"12345678 ABCDEFGH"), Some((8, 12_345_678)));
+        assert_eq!(by_words(b"0000000012 ABCDEFG"), Some((10, 12)));
+        assert_eq!(by_words(b"x2345678"), None);
+        assert_eq!(digit_run(u64::from_le_bytes(*b"12/:9\xff0 ")), 2);
     }
 
     #[test]

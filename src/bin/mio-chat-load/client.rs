@@ -15,7 +15,7 @@ use log::debug;
 use mio::net::TcpStream;
 use mio_chat::frame::OpCode;
 
-use crate::chat::{body_of, Notice};
+use crate::chat::{body_of, envelope_inner, Notice};
 use crate::handshake::{self, HandshakeError, Request};
 use crate::wire::{push_masked, Fixed, Inbox, Incoming, Masks, WireError};
 
@@ -41,11 +41,16 @@ pub enum Event<'a> {
     Opened,
     /// A chat message: the `body` of `{"type":1,"body":...}`, never a notice's.
     Chat(&'a str),
+    /// A chat message as it stands between the envelope's quotes: not unescaped yet (see
+    /// [`crate::chat::unescape`]), and not a notice in its plain form.
+    Envelope(&'a str),
     /// That many of one notice in a row (recognised by their bytes when they come in the
     /// server's usual frames, so the join flood is counted a run at a time, not decoded).
     Notice(Notice, u64),
-    /// Anything else: a binary message, or text that is not the chat's JSON.
-    Unexpected,
+    /// A text message that is not the chat's JSON envelope.
+    NotChat(&'a str),
+    /// A binary message of this many bytes (the chat never sends one).
+    Binary(usize),
     /// The server answered our Close: the client is done, cleanly.
     Closed,
 }
@@ -186,16 +191,24 @@ impl Client {
             match incoming {
                 Incoming::Repeated { index, count } => match Notice::of_fixed(index) {
                     Some(notice) => on(Event::Notice(notice, count as u64)),
-                    None => on(Event::Unexpected), // not one of ours: cannot happen
+                    None => on(Event::NotChat("")), // not one of ours: cannot happen
                 },
-                Incoming::Text(json) => match body_of(json) {
-                    Some(body) => match Notice::of_body(&body) {
+                // Most texts are in the envelope as it is written: their body is left to the
+                // observer, which may check it faster than unescaping could.
+                Incoming::Text(json) => match envelope_inner(json) {
+                    Some(inner) => match Notice::of_body(inner) {
                         Some(notice) => on(Event::Notice(notice, 1)),
-                        None => on(Event::Chat(&body)),
+                        None => on(Event::Envelope(inner)),
                     },
-                    None => on(Event::Unexpected),
+                    None => match body_of(json) {
+                        Some(body) => match Notice::of_body(&body) {
+                            Some(notice) => on(Event::Notice(notice, 1)),
+                            None => on(Event::Chat(&body)),
+                        },
+                        None => on(Event::NotChat(json)),
+                    },
                 },
-                Incoming::Binary(_) => on(Event::Unexpected),
+                Incoming::Binary(len) => on(Event::Binary(len)),
                 Incoming::Ping(payload) => {
                     push_masked(out, OpCode::Pong, payload, masks.next_mask());
                 }

@@ -28,6 +28,7 @@ use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
 use crate::chat::{self, Notice};
 use crate::client::{Client, Event, Failure, Phase};
+use crate::faults::{quote, Fault, Faults};
 use crate::target::{self, Route};
 use crate::wire::{Fixed, Masks};
 
@@ -37,9 +38,18 @@ const READ_CHUNK: usize = 64 * 1024;
 /// What a scenario hears from the fleet. Keys are slab keys; a key is reused only after
 /// [`Observer::gone`] (or a failed dial) freed it.
 pub trait Observer {
-    fn opened(&mut self, _key: usize, _now: Instant) {}
+    /// Client `key` completed its handshake, when `dialled` clients had been dialled (so a
+    /// client dialled later, with a dial index of `dialled` or more, joins after it).
+    fn opened(&mut self, _key: usize, _dialled: u32, _now: Instant) {}
     /// A chat message's body arrived at client `key`, read at `now`. Notices never come here.
     fn chat(&mut self, _key: usize, _body: &str, _now: Instant) {}
+    /// A chat message still as it stands in its envelope ([`Event::Envelope`]): `true` if the
+    /// observer has dealt with it as it is; if not, the fleet unescapes it and calls
+    /// [`Observer::chat`] (or [`Observer::notice`]). Only a text of ours, checked byte for
+    /// byte, can be dealt with as it is: it holds nothing that JSON escapes.
+    fn chat_as_is(&mut self, _key: usize, _inner: &str, _now: Instant) -> bool {
+        false
+    }
     /// `count` of the same notice arrived in a row at client `key`, read at `now`.
     fn notice(&mut self, _key: usize, _notice: Notice, _count: u64, _now: Instant) {}
     /// An open client is gone: it failed, or its close completed.
@@ -59,8 +69,6 @@ pub struct Tally {
     pub closed_clean: usize,
     /// Open clients dropped on purpose with a reset ([`Fleet::reset`]).
     pub reset: usize,
-    /// Messages that were not chat JSON.
-    pub unexpected: u64,
 }
 
 impl Tally {
@@ -89,6 +97,9 @@ pub struct Fleet {
     /// The notices' frames, to recognise them by their bytes.
     notices: Fixed,
     pub tally: Tally,
+    /// Frames that are not chat messages at all (binary, or text that is not the envelope),
+    /// in any phase: whatever the scenario, the chat never sends them.
+    pub faults: Faults,
 }
 
 impl Fleet {
@@ -114,6 +125,7 @@ impl Fleet {
             masks: Masks::new(seed),
             notices: chat::notice_frames(),
             tally: Tally::default(),
+            faults: Faults::default(),
         })
     }
 
@@ -129,12 +141,6 @@ impl Fleet {
 
     pub fn inflight(&self) -> usize {
         self.inflight
-    }
-
-    /// Clients past their handshake and not gone (closing ones included).
-    pub fn open_count(&self) -> usize {
-        let t = &self.tally;
-        t.opened - t.lost_after_open - t.closed_clean - t.reset
     }
 
     /// Connections asked for and not dialled yet.
@@ -365,6 +371,8 @@ impl Fleet {
             let now = Instant::now();
             let (mut opened, mut closed) = (false, false);
             let tally = &mut self.tally;
+            let faults = &mut self.faults;
+            let dialled = self.dialled;
             let data = &self.read_buf[..n];
             let result = client.receive(data, &self.notices, &mut self.masks, &mut |event| {
                 match event {
@@ -372,11 +380,21 @@ impl Fleet {
                         // Reported before the first message, which may come in the same read.
                         opened = true;
                         tally.opened += 1;
-                        observer.opened(key, now);
+                        observer.opened(key, dialled, now);
                     }
                     Event::Chat(body) => observer.chat(key, body, now),
+                    Event::Envelope(inner) => {
+                        if !observer.chat_as_is(key, inner, now) {
+                            unwrap_envelope(key, inner, now, observer, faults);
+                        }
+                    }
                     Event::Notice(notice, count) => observer.notice(key, notice, count, now),
-                    Event::Unexpected => tally.unexpected += 1,
+                    Event::NotChat(text) => faults.record(Fault::NotChat, 1, || {
+                        format!("client {key} got the text {}", quote(text))
+                    }),
+                    Event::Binary(len) => faults.record(Fault::Binary, 1, || {
+                        format!("client {key} got a binary message of {len} bytes")
+                    }),
                     Event::Closed => closed = true,
                 }
             });
@@ -452,6 +470,29 @@ impl Fleet {
             debug!("client #{key}: deregister: {e}");
         }
         Some(client)
+    }
+}
+
+/// The slow way for a chat message the observer did not take as it stood: unescaped, then a
+/// notice or a chat message; not a valid JSON string, a fault.
+fn unwrap_envelope(
+    key: usize,
+    inner: &str,
+    now: Instant,
+    observer: &mut impl Observer,
+    faults: &mut Faults,
+) {
+    match chat::unescape(inner) {
+        Some(body) => match Notice::of_body(&body) {
+            Some(notice) => observer.notice(key, notice, 1, now),
+            None => observer.chat(key, &body, now),
+        },
+        None => faults.record(Fault::NotChat, 1, || {
+            format!(
+                "client {key} got a body that is not a JSON string: {}",
+                quote(inner)
+            )
+        }),
     }
 }
 

@@ -9,14 +9,19 @@
 //!    state machine (connect, handshake, open, closing).
 //! 3. [`handshake`], [`wire`] and [`chat`]: the bytes: the upgrade, frames both ways, the
 //!    JSON envelope and our stamped messages; [`order`]: the exactly-once-in-order check.
-//! 4. [`scenario`]: `connect`, `broadcast` and `churn`, phase by phase; [`report`],
-//!    [`progress`] and [`procfs`]: what is shown, and what the kernel says about the server.
+//! 4. [`scenario`]: `connect`, `broadcast` and `churn`, phase by phase; [`check`] and
+//!    [`faults`]: what every delivery is checked for, and what a run found wrong; [`report`],
+//!    [`progress`] and [`procfs`]: what is shown, and what the kernel says about the server;
+//!    [`merge`]: several generators' reports as one.
 
 mod args;
 mod chat;
+mod check;
 mod client;
+mod faults;
 mod fleet;
 mod handshake;
+mod merge;
 mod order;
 mod procfs;
 mod progress;
@@ -31,7 +36,7 @@ use std::time::Instant;
 use clap::Parser;
 use log::warn;
 
-use crate::args::{Args, Scenario};
+use crate::args::{Args, Generator, Scenario};
 use crate::fleet::Fleet;
 use crate::procfs::Proc;
 use crate::progress::Progress;
@@ -55,6 +60,11 @@ fn main() -> ExitCode {
 /// Checks that the run can work at all, then runs it; `Ok(false)` if it found problems.
 fn start(args: &Args) -> Result<bool, String> {
     let common = &args.common;
+    if let Scenario::Merge(m) = &args.scenario {
+        let merged = merge::merge(&m.reports)?;
+        report::emit(&merged, common.json, merge::text);
+        return Ok(merged.problems.is_empty());
+    }
     // Sockets open at once, and ports taken over the run (churn reuses them).
     let (clients, ports) = match &args.scenario {
         Scenario::Connect(c) => (c.clients as usize, c.clients as usize),
@@ -62,6 +72,7 @@ fn start(args: &Args) -> Result<bool, String> {
         Scenario::Churn(c) => {
             scenario::churn::socket_needs(c.clients, c.cycles, c.rate, common.max_inflight)
         }
+        Scenario::Merge(_) => (0, 0),
     };
     let targets = target::parse_urls(&common.url)?;
     for target in &targets {
@@ -91,11 +102,19 @@ fn start(args: &Args) -> Result<bool, String> {
         timed_out: false,
         progress: Progress::new(!common.quiet),
         server: common.server_pid.map(|pid| Proc(Some(pid))),
+        faults: Default::default(),
+        generator: common.generator.unwrap_or(Generator::ALONE),
     };
+    run_scenario(args, &mut run, clients)
+}
+
+/// Runs the scenario asked for; `Ok(false)` if it found problems.
+fn run_scenario(args: &Args, run: &mut Run, clients: usize) -> Result<bool, String> {
+    let common = &args.common;
     let failed = |e: std::io::Error| format!("the event loop failed: {e}");
     match &args.scenario {
         Scenario::Connect(c) => {
-            let report = scenario::connect::run(&mut run, clients, c.hold).map_err(failed)?;
+            let report = scenario::connect::run(run, clients, c.hold).map_err(failed)?;
             report::emit(&report, common.json, report::connect_text);
             Ok(report.problems.is_empty())
         }
@@ -115,7 +134,7 @@ fn start(args: &Args) -> Result<bool, String> {
                 duration: b.duration,
                 size: b.size,
             };
-            let report = scenario::broadcast::run(&mut run, &plan).map_err(failed)?;
+            let report = scenario::broadcast::run(run, &plan).map_err(failed)?;
             report::emit(&report, common.json, report::broadcast_text);
             Ok(report.problems.is_empty())
         }
@@ -128,9 +147,10 @@ fn start(args: &Args) -> Result<bool, String> {
                 settle: c.settle,
                 max_alive: common.max_inflight as usize,
             };
-            let report = scenario::churn::run(&mut run, &plan).map_err(failed)?;
+            let report = scenario::churn::run(run, &plan).map_err(failed)?;
             report::emit(&report, common.json, report::churn_text);
             Ok(report.problems.is_empty())
         }
+        Scenario::Merge(_) => Err("merge reads reports, it does not run".into()),
     }
 }

@@ -59,6 +59,12 @@ impl SeqTracker {
         Verdict::Late
     }
 
+    /// Whether the last of the first `sent` messages has arrived (those before it have
+    /// arrived, or are lost: the sender's order says so).
+    pub fn reached(&self, sent: u64) -> bool {
+        self.next >= sent
+    }
+
     /// Messages not received out of the first `sent`.
     pub fn lost(&self, sent: u64) -> u64 {
         let gaps: u64 = self

@@ -6,9 +6,13 @@ use std::fmt::Write;
 
 use std::net::Ipv4Addr;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::faults::Faults;
 use crate::target::Route;
 
 /// A latency histogram in microseconds, from 1 µs to an hour, at 3 significant digits.
@@ -23,6 +27,9 @@ pub struct Latency {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
+    /// The whole histogram (microseconds) in HdrHistogram's compressed V2 form, base64: what
+    /// `merge` adds up, and what other HdrHistogram tools read.
+    pub histogram: String,
 }
 
 impl Latency {
@@ -34,8 +41,32 @@ impl Latency {
             p99_ms: ms(hist.value_at_quantile(0.99)),
             p999_ms: ms(hist.value_at_quantile(0.999)),
             max_ms: ms(hist.max()),
+            histogram: encode_histogram(hist),
         }
     }
+}
+
+/// A histogram in HdrHistogram's compressed V2 form, base64 (empty if it cannot be encoded,
+/// which for a histogram of u64 counts does not happen).
+pub fn encode_histogram(hist: &Histogram<u64>) -> String {
+    let mut bytes = Vec::new();
+    match V2DeflateSerializer::new().serialize(hist, &mut bytes) {
+        Ok(_) => BASE64.encode(bytes),
+        Err(e) => {
+            log::warn!("cannot encode the latency histogram: {e:?}");
+            String::new()
+        }
+    }
+}
+
+/// The reverse of [`encode_histogram`].
+pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, String> {
+    let bytes = BASE64
+        .decode(text)
+        .map_err(|e| format!("histogram is not base64: {e}"))?;
+    Deserializer::new()
+        .deserialize(&mut &bytes[..])
+        .map_err(|e| format!("histogram does not decode: {e:?}"))
 }
 
 /// How the run was set up.
@@ -146,8 +177,11 @@ pub struct Traffic {
     pub lost: u64,
     pub duplicates: u64,
     pub order_violations: u64,
-    /// Chat messages that were not ours (leave notices, strangers' chatter).
-    pub other_messages: u64,
+    /// Notices heard during the traffic (leave notices of lost clients; any other is a fault,
+    /// unless other generators share the room).
+    pub notices: u64,
+    /// Other generators' messages (`--generator`): counted, not checked.
+    pub foreign: u64,
     /// How long after the last send the last delivery came.
     pub drain_after_send_s: f64,
     pub latency: Latency,
@@ -171,6 +205,8 @@ pub struct ConnectReport {
     pub close: Close,
     pub generator_cpu_s: f64,
     pub timed_out: bool,
+    /// Each fault found, by name: how often, and the first in words.
+    pub faults: Faults,
     pub problems: Vec<String>,
 }
 
@@ -184,6 +220,8 @@ pub struct BroadcastReport {
     pub close: Close,
     pub generator_cpu_s: f64,
     pub timed_out: bool,
+    /// Each fault found, by name: how often, and the first in words.
+    pub faults: Faults,
     pub problems: Vec<String>,
 }
 
@@ -265,6 +303,8 @@ pub struct ChurnReport {
     pub close: Close,
     pub generator_cpu_s: f64,
     pub timed_out: bool,
+    /// Each fault found, by name: how often, and the first in words.
+    pub faults: Faults,
     pub problems: Vec<String>,
 }
 
@@ -437,14 +477,14 @@ pub fn broadcast_text(r: &BroadcastReport) -> String {
         );
         let _ = writeln!(
             out,
-            "  deliveries   {}/{} ({:.0}/s); lost {}, duplicates {}, out of order {}, other {}; last one {:.2} s after the last send",
+            "  deliveries   {}/{} ({:.0}/s); lost {}, duplicates {}, out of order {}, notices {}; last one {:.2} s after the last send",
             t.deliveries,
             t.expected_deliveries,
             t.deliveries_per_s,
             t.lost,
             t.duplicates,
             t.order_violations,
-            t.other_messages,
+            t.notices,
             t.drain_after_send_s
         );
         let _ = writeln!(out, "  latency      {}", latency_text(&t.latency));

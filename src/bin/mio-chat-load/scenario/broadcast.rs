@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::chat::{Notice, Stamp};
+use crate::check::Checker;
+use crate::faults::{Fault, Faults};
 use crate::fleet::Observer;
-use crate::order::{SeqTracker, Verdict};
 use crate::report::{self, BroadcastReport, Latency, ServerLoad, Traffic};
 use crate::scenario::{join, Run};
 
@@ -48,9 +49,8 @@ pub struct Plan {
 
 /// Everything the receiving side learns.
 struct Receivers {
-    senders: usize,
-    /// `trackers[key * senders + s]`: what client `key` has seen of sender `s`.
-    trackers: Vec<SeqTracker>,
+    /// Every delivery checked: see [`Checker`].
+    check: Checker,
     /// Which sender, if any, each client key is.
     sender_of: Vec<Option<u32>>,
     /// Own messages that came back to each sender since the loop last looked (for windows).
@@ -59,52 +59,65 @@ struct Receivers {
     /// The last `now` seen, and [`Receivers::clock_ns`] of it.
     clock: (Option<Instant>, u64),
     latency: Histogram<u64>,
-    deliveries: u64,
-    duplicates: u64,
-    order_violations: u64,
-    other: u64,
+    /// Clients gone during the traffic (each one's leave notice is then due to the others).
+    gone: Vec<bool>,
+    gone_count: usize,
+    notices: u64,
+    /// Other generators share the room: their clients' notices are no fault.
+    shared: bool,
     last_delivery: Option<Instant>,
 }
 
 impl Observer for Receivers {
     fn chat(&mut self, key: usize, body: &str, now: Instant) {
-        let Some(stamp) = Stamp::decode(body) else {
-            self.other += 1;
-            return;
-        };
-        let s = stamp.sender as usize;
-        let tracker = if s < self.senders {
-            self.trackers.get_mut(key * self.senders + s)
-        } else {
-            None
-        };
-        let Some(tracker) = tracker else {
-            self.other += 1;
-            return;
-        };
-        match tracker.observe(stamp.seq) {
-            Verdict::Duplicate => {
-                self.duplicates += 1;
-                return;
-            }
-            Verdict::Late => self.order_violations += 1,
-            Verdict::InOrder | Verdict::Skipped(_) => {}
-        }
-        self.deliveries += 1;
-        let micros = self.clock_ns(now).saturating_sub(stamp.sent_ns) / 1000;
-        self.latency.saturating_record(micros.max(1));
-        self.last_delivery = Some(now);
-        if self.sender_of.get(key) == Some(&Some(stamp.sender)) {
-            self.echoes[s] += 1;
+        let now_ns = self.clock_ns(now);
+        if let Some(stamp) = self.check.observe(key, body, now_ns) {
+            self.delivered(key, stamp, now, now_ns);
         }
     }
 
-    fn notice(&mut self, _key: usize, _notice: Notice, count: u64, _now: Instant) {
-        self.other += count;
+    /// Nearly every delivery comes this way, checked as it stands in its envelope.
+    fn chat_as_is(&mut self, key: usize, inner: &str, now: Instant) -> bool {
+        let now_ns = self.clock_ns(now);
+        let Some(stamp) = self.check.verified(inner, now_ns) else {
+            return false;
+        };
+        if let Some(stamp) = self.check.accept(key, stamp) {
+            self.delivered(key, stamp, now, now_ns);
+        }
+        true
+    }
+
+    /// Nobody joins during the traffic, and nobody leaves unless a client was lost.
+    fn notice(&mut self, key: usize, notice: Notice, count: u64, _now: Instant) {
+        self.notices += count;
+        if !self.shared && (notice == Notice::Joined || self.gone_count == 0) {
+            let body = notice.body();
+            self.check.faults.record(Fault::ExtraNotice, count, || {
+                format!("client {key} got {body:?} during the traffic, when nobody came or went")
+            });
+        }
+    }
+
+    fn gone(&mut self, key: usize) {
+        if let Some(gone) = self.gone.get_mut(key) {
+            *gone = true;
+            self.gone_count += 1;
+        }
     }
 }
 
 impl Receivers {
+    /// Records a delivery's latency, and a sender's own message come back for its window.
+    fn delivered(&mut self, key: usize, stamp: Stamp, now: Instant, now_ns: u64) {
+        let micros = now_ns.saturating_sub(stamp.sent_ns) / 1000;
+        self.latency.saturating_record(micros.max(1));
+        self.last_delivery = Some(now);
+        if self.sender_of.get(key) == Some(&Some(stamp.sender)) {
+            self.echoes[stamp.sender as usize] += 1;
+        }
+    }
+
     /// `now` in nanoseconds since the epoch, as stamps count. The deliveries of one read share
     /// their `now`, so it is converted once per read, not once per delivery; and in u64, as
     /// stamps are (128-bit division showed in profiles).
@@ -133,7 +146,8 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<BroadcastReport> {
     let mut server = None;
     if !run.timed_out {
         let cpu_before = run.server.and_then(|p| p.cpu_seconds().ok());
-        let t = send_and_check(run, plan)?;
+        let (t, faults) = send_and_check(run, plan)?;
+        run.faults.merge(&faults);
         if let (Some(p), Some(before)) = (run.server, cpu_before) {
             let cpu_s = p.cpu_seconds().map_or(0.0, |after| after - before);
             server = Some(ServerLoad {
@@ -142,15 +156,6 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<BroadcastReport> {
                     .then(|| cpu_s / (t.deliveries as f64 / 1e6)),
                 peak_rss_kib: p.peak_rss_kib().unwrap_or(0),
             });
-        }
-        for (n, what) in [
-            (t.lost, "lost"),
-            (t.duplicates, "duplicated"),
-            (t.order_violations, "out of order"),
-        ] {
-            if n > 0 {
-                problems.push(format!("{n} deliveries {what}"));
-            }
         }
         if t.sent == 0 {
             problems.push("nothing was sent".into());
@@ -163,6 +168,7 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<BroadcastReport> {
     }
     let close = run.close_all()?;
     run.check_end(&close, &mut problems);
+    let faults = run.take_faults(&mut problems);
     Ok(BroadcastReport {
         scenario: "broadcast",
         setup: run.setup.clone(),
@@ -172,16 +178,17 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<BroadcastReport> {
         close,
         generator_cpu_s: crate::procfs::Proc(None).cpu_seconds().unwrap_or(0.0),
         timed_out: run.timed_out,
+        faults,
         problems,
     })
 }
 
-fn send_and_check(run: &mut Run, plan: &Plan) -> io::Result<Traffic> {
+/// The senders, spread evenly over the dial order so they are not all early joiners, and the
+/// receivers' checks.
+fn start_traffic(run: &Run, plan: &Plan, start: Instant) -> (Vec<Sender>, Receivers) {
     let open = run.fleet.open_clients();
-    // Senders spread evenly over the dial order, so they are not all early joiners.
     let count = plan.senders.min(open.len());
-    let start = Instant::now();
-    let mut senders: Vec<Sender> = (0..count)
+    let senders: Vec<Sender> = (0..count)
         .map(|i| Sender {
             key: open[i * open.len() / count].0,
             next_seq: 0,
@@ -194,70 +201,75 @@ fn send_and_check(run: &mut Run, plan: &Plan) -> io::Result<Traffic> {
     for (s, sender) in senders.iter().enumerate() {
         sender_of[sender.key] = Some(s as u32);
     }
-    let mut rx = Receivers {
-        senders: count,
-        trackers: vec![SeqTracker::default(); key_bound * count],
+    let rx = Receivers {
+        check: Checker::new(key_bound, count, plan.size)
+            .numbered_from(run.generator.first_sender(), run.generator.shared()),
+        shared: run.generator.shared(),
         sender_of,
         echoes: vec![0; count],
         epoch: run.epoch,
         clock: (None, 0),
         latency: report::new_histogram(),
-        deliveries: 0,
-        duplicates: 0,
-        order_violations: 0,
-        other: 0,
+        gone: vec![false; key_bound],
+        gone_count: 0,
+        notices: 0,
         last_delivery: None,
     };
-    let receivers = open.len();
+    (senders, rx)
+}
+
+fn send_and_check(run: &mut Run, plan: &Plan) -> io::Result<(Traffic, Faults)> {
+    let keys: Vec<usize> = run.fleet.open_clients().iter().map(|&(k, _)| k).collect();
+    let start = Instant::now();
+    let (mut senders, mut rx) = start_traffic(run, plan, start);
     let stop_at = start + plan.duration;
-    let drain_until = stop_at + DRAIN_GRACE;
     let mut text = String::with_capacity(plan.size + 32);
+    // When the sending stopped, and so when the stragglers' time is up.
+    let mut drain_end = None;
     loop {
         let now = Instant::now();
         // A rate sends exactly its schedule: a send due just before the stop still goes out,
-        // even if the loop wakes up for it a little after.
-        let sending = match plan.pace {
-            Pace::Window(_) => now < stop_at,
-            Pace::Rate(_) => senders.iter().any(|s| s.next_at < stop_at),
+        // even if the loop wakes up for it a little after. A fault stops the sending at once:
+        // the verdict is known, and what is in flight still drains.
+        let sending = rx.check.faults.is_empty()
+            && match plan.pace {
+                Pace::Window(_) => now < stop_at,
+                Pace::Rate(_) => senders.iter().any(|s| s.next_at < stop_at),
+            };
+        let live = || keys.iter().copied().filter(|&k| !rx.gone[k]);
+        let drain_until = match (sending, drain_end) {
+            (true, _) => stop_at + DRAIN_GRACE,
+            (false, Some(at)) => at,
+            (false, None) => *drain_end.insert(now.min(stop_at) + DRAIN_GRACE),
         };
-        let sent: u64 = senders.iter().map(|s| s.next_seq).sum();
-        if !sending && (rx.deliveries >= sent * receivers as u64 || now >= drain_until) {
+        if !sending && (rx.check.caught_up(live()) || now >= drain_until) {
             break;
         }
         if now >= run.deadline {
             run.timed_out = true;
             break;
         }
-        let mut wake = if now < stop_at { stop_at } else { drain_until }.min(run.deadline);
+        let mut wake = if sending { stop_at } else { drain_until }.min(run.deadline);
         if sending {
             for (s, sender) in senders.iter_mut().enumerate() {
-                match plan.pace {
-                    Pace::Window(window) => {
-                        let back = std::mem::take(&mut rx.echoes[s]);
-                        sender.in_flight = sender.in_flight.saturating_sub(back);
-                        while sender.in_flight < window {
-                            send(run, sender, s, plan.size, &mut text);
-                            sender.in_flight += 1;
-                        }
-                    }
-                    Pace::Rate(rate) => {
-                        // Open loop: sends follow the schedule, late ones go out at once.
-                        while sender.next_at <= now && sender.next_at < stop_at {
-                            send(run, sender, s, plan.size, &mut text);
-                            sender.next_at += Duration::from_secs_f64(1.0 / rate);
-                        }
-                        if sender.next_at < stop_at {
-                            wake = wake.min(sender.next_at);
-                        }
+                let due = pace(plan, sender, &mut rx, s, now, stop_at);
+                for _ in 0..due.0 {
+                    send(run, sender, s, &mut rx.check, &mut text);
+                    sender.next_at += due.1;
+                }
+                if let Pace::Rate(_) = plan.pace {
+                    if sender.next_at < stop_at {
+                        wake = wake.min(sender.next_at);
                     }
                 }
             }
         }
         run.progress.tick(now, || {
             let phase = if sending { "sending" } else { "draining" };
+            let sent: u64 = rx.check.sent_by().iter().sum();
             format!(
                 "{phase}: {sent} sent, {} delivered, {} lost clients, p99 {:.2} ms",
-                rx.deliveries,
+                rx.check.deliveries,
                 run.fleet.tally.lost_after_open,
                 rx.latency.value_at_quantile(0.99) as f64 / 1000.0
             )
@@ -268,49 +280,90 @@ fn send_and_check(run: &mut Run, plan: &Plan) -> io::Result<Traffic> {
         run.fleet.turn(Some(wait), &mut rx)?;
     }
     run.progress.finish();
+    let live: Vec<usize> = keys.iter().copied().filter(|&k| !rx.gone[k]).collect();
+    Ok(summarize(plan, rx, &live, &text, start, stop_at))
+}
 
-    let sent_by: Vec<u64> = senders.iter().map(|s| s.next_seq).collect();
-    let sent: u64 = sent_by.iter().sum();
-    let lost: u64 = open
-        .iter()
-        .flat_map(|&(key, _)| {
-            let row = &rx.trackers[key * count..(key + 1) * count];
-            row.iter().zip(&sent_by).map(|(t, &n)| t.lost(n))
-        })
-        .sum();
+/// How many messages sender `s` sends now, and how far each moves its schedule.
+fn pace(
+    plan: &Plan,
+    sender: &mut Sender,
+    rx: &mut Receivers,
+    s: usize,
+    now: Instant,
+    stop_at: Instant,
+) -> (u32, Duration) {
+    match plan.pace {
+        Pace::Window(window) => {
+            let back = std::mem::take(&mut rx.echoes[s]);
+            sender.in_flight = sender.in_flight.saturating_sub(back);
+            let due = window.saturating_sub(sender.in_flight);
+            sender.in_flight += due;
+            (due, Duration::ZERO)
+        }
+        Pace::Rate(rate) => {
+            // Open loop: sends follow the schedule, late ones go out at once.
+            let step = Duration::from_secs_f64(1.0 / rate);
+            let mut due = 0;
+            let mut at = sender.next_at;
+            while at <= now && at < stop_at {
+                due += 1;
+                at += step;
+            }
+            (due, step)
+        }
+    }
+}
+
+/// The traffic's figures, once the last delivery is in (or the wait for it is over).
+fn summarize(
+    plan: &Plan,
+    mut rx: Receivers,
+    live: &[usize],
+    text: &str,
+    start: Instant,
+    stop_at: Instant,
+) -> (Traffic, Faults) {
+    let sent: u64 = rx.check.sent_by().iter().sum();
+    let lost = rx.check.count_lost(live);
+    rx.check.compare_orders(live);
     let last = rx.last_delivery.unwrap_or(start);
     let span = last.saturating_duration_since(start).as_secs_f64();
-    Ok(Traffic {
-        senders: count,
+    let deliveries = rx.check.deliveries;
+    let traffic = Traffic {
+        senders: rx.echoes.len(),
         pace: plan.pace.describe(),
         duration_s: plan.duration.as_secs_f64(),
         message_bytes: text.len(),
         sent,
-        receivers,
-        expected_deliveries: sent * receivers as u64,
-        deliveries: rx.deliveries,
+        receivers: live.len(),
+        expected_deliveries: sent * live.len() as u64,
+        deliveries,
         deliveries_per_s: if span > 0.0 {
-            rx.deliveries as f64 / span
+            deliveries as f64 / span
         } else {
             0.0
         },
         lost,
-        duplicates: rx.duplicates,
-        order_violations: rx.order_violations,
-        other_messages: rx.other,
+        duplicates: rx.check.duplicates,
+        order_violations: rx.check.order_violations,
+        notices: rx.notices,
+        foreign: rx.check.foreign,
         drain_after_send_s: last.saturating_duration_since(stop_at).as_secs_f64(),
         latency: Latency::of(&rx.latency),
-    })
+    };
+    (traffic, rx.check.faults)
 }
 
 /// Queues sender `s`'s next message, stamped with the time now.
-fn send(run: &mut Run, sender: &mut Sender, s: usize, size: usize, text: &mut String) {
+fn send(run: &mut Run, sender: &mut Sender, s: usize, check: &mut Checker, text: &mut String) {
     let stamp = Stamp {
-        sender: s as u32,
+        sender: check.stamp_sender(s),
         seq: sender.next_seq,
         sent_ns: run.clock_ns(Instant::now()),
     };
-    stamp.encode(size, text);
+    check.padding().encode(&stamp, text);
     run.fleet.send(sender.key, text);
+    check.count_sent(s);
     sender.next_seq += 1;
 }

@@ -14,17 +14,22 @@
 //!
 //! The watcher counts totals (a notice does not say whose it is): one join notice for every
 //! client that opened, itself included, and one leave notice for every client that left, itself
-//! not. Anything more is a duplicate, anything less a loss; a loss and a duplicate in the same
-//! run would cancel out, which the per-client join check of `connect` would catch instead.
+//! not. Anything more is a duplicate, anything less a loss. A loss and a duplicate in the same
+//! run would cancel out in the totals, so two more checks: a leave notice may never come before
+//! the departure it announces (the watcher may not have heard more leaves than clients have been
+//! told to leave); and every client that stays, the watcher and the background clients, must
+//! hear one and the same sequence of notices ([`notices`](super::notices)).
 
 use std::cell::Cell;
 use std::io;
 use std::time::{Duration, Instant};
 
 use crate::chat::Notice;
+use crate::faults::{quote, Fault, Faults};
 use crate::fleet::Observer;
 use crate::procfs::Proc;
 use crate::report::{ChurnReport, Cycles, NoticeCount, ServerFootprint, Stayers};
+use crate::scenario::notices::{self, NoticeTrail};
 use crate::scenario::{Ending, Run};
 
 /// After the counts come out right, listen this much longer for a late duplicate.
@@ -82,23 +87,22 @@ impl Notices {
         self.joined >= joins && self.left >= leaves
     }
 
-    /// What is wrong with the totals, if anything.
-    pub fn problems(&self, joins: u64, leaves: u64) -> Vec<String> {
-        let mut out = Vec::new();
+    /// Records what is wrong with the totals, if anything: too few is `lost`, too many an
+    /// `extra notice`.
+    pub fn check(&self, joins: u64, leaves: u64, faults: &mut Faults) {
         for (seen, expected, what) in [(self.joined, joins, "join"), (self.left, leaves, "leave")] {
             if seen < expected {
-                out.push(format!(
-                    "{} {what} notices lost ({seen} of {expected})",
-                    expected - seen
-                ));
+                let n = expected - seen;
+                faults.record(Fault::Lost, n, || {
+                    format!("the watcher missed {n} {what} notices ({seen} of {expected})")
+                });
             } else if seen > expected {
-                out.push(format!(
-                    "{} {what} notices too many ({seen} for {expected})",
-                    seen - expected
-                ));
+                let n = seen - expected;
+                faults.record(Fault::ExtraNotice, n, || {
+                    format!("the watcher got {n} {what} notices too many ({seen} for {expected})")
+                });
             }
         }
-        out
     }
 }
 
@@ -141,6 +145,15 @@ struct Churners {
     churn_lost: u64,
     /// Short-lived clients that heard their own join notice this turn.
     to_leave: Vec<usize>,
+    /// Departures so far, counted when they start (a reset, a Close sent, a client lost): no
+    /// more leave notices than that can be due.
+    departed: u64,
+    /// What each stayer (by key) heard, as an order.
+    trails: Vec<Option<NoticeTrail>>,
+    faults: Faults,
+    /// Another generator shares the room (`--generator`): its chat is no fault (its clients
+    /// must still not come or go during the churn: every notice is counted).
+    shared: bool,
 }
 
 impl Churners {
@@ -160,7 +173,38 @@ impl Churners {
             churn_gone: 0,
             churn_lost: 0,
             to_leave: Vec::new(),
+            departed: 0,
+            trails: Vec::new(),
+            faults: Faults::default(),
+            shared: false,
         }
+    }
+
+    /// Short-lived client `key` sent its Close.
+    fn leaving(&mut self, key: usize) {
+        self.roles[key] = Some(Role::Churn(Stage::Leaving));
+        self.departed += 1;
+    }
+
+    /// The stayers still here, the watcher first, with what they heard.
+    fn stayer_trails(&self) -> Vec<(usize, &NoticeTrail)> {
+        let mut out: Vec<(usize, &NoticeTrail)> = Vec::new();
+        for (key, trail) in self.trails.iter().enumerate() {
+            if let (Some(trail), Some(role)) = (trail, self.role(key)) {
+                match role {
+                    Role::Watcher => out.insert(0, (key, trail)),
+                    _ => out.push((key, trail)),
+                }
+            }
+        }
+        out
+    }
+
+    /// Every stayer has heard as much, from the first leave notice on, as the watcher.
+    fn stayers_caught_up(&self) -> bool {
+        let trails = self.stayer_trails();
+        let watcher = trails.first().map_or(0, |(_, t)| t.after);
+        trails.iter().all(|(_, t)| t.after >= watcher)
     }
 
     fn role(&self, key: usize) -> Option<Role> {
@@ -187,6 +231,7 @@ impl Churners {
     fn reset(&mut self, key: usize) {
         self.roles[key] = None;
         self.churn_gone += 1;
+        self.departed += 1;
     }
 
     fn status(&self) -> String {
@@ -201,12 +246,19 @@ impl Churners {
 }
 
 impl Observer for Churners {
-    fn opened(&mut self, key: usize, _now: Instant) {
+    fn opened(&mut self, key: usize, _dialled: u32, _now: Instant) {
         if self.roles.len() <= key {
             self.roles.resize(key + 1, None);
         }
         let role = self.next_role;
         self.roles[key] = Some(role);
+        if self.trails.len() <= key {
+            self.trails.resize(key + 1, None);
+        }
+        self.trails[key] = match role {
+            Role::Watcher | Role::Background => Some(NoticeTrail::default()),
+            Role::Churn(_) => None,
+        };
         match role {
             Role::Watcher => {
                 self.watcher_opened = true;
@@ -220,15 +272,36 @@ impl Observer for Churners {
         }
     }
 
-    fn chat(&mut self, key: usize, _body: &str, _now: Instant) {
+    /// Nobody chats in a churn run, unless another generator shares the room.
+    fn chat(&mut self, key: usize, body: &str, _now: Instant) {
         if self.role(key) == Some(Role::Watcher) {
             self.notices.other += 1;
         }
+        if self.shared {
+            return;
+        }
+        self.faults.record(Fault::Stray, 1, || {
+            format!(
+                "client {key} got {} in a run where nobody chats",
+                quote(body)
+            )
+        });
     }
 
     fn notice(&mut self, key: usize, notice: Notice, count: u64, _now: Instant) {
+        if let Some(Some(trail)) = self.trails.get_mut(key) {
+            trail.push(notice, count);
+        }
         match self.role(key) {
-            Some(Role::Watcher) => self.notices.notice(notice, count),
+            Some(Role::Watcher) => {
+                self.notices.notice(notice, count);
+                let (left, departed) = (self.notices.left, self.departed);
+                if notice == Notice::Left && left > departed {
+                    self.faults.record(Fault::ExtraNotice, left - departed, || {
+                        format!("the watcher heard {left} leave notices when {departed} had left")
+                    });
+                }
+            }
             // The room sends a newcomer nothing before its own join notice.
             Some(Role::Churn(Stage::Joining)) if notice == Notice::Joined => {
                 self.roles[key] = Some(Role::Churn(Stage::Joined));
@@ -253,12 +326,15 @@ impl Observer for Churners {
                     self.watcher_gone = true;
                 } else {
                     self.background_gone += 1;
+                    // Closed on purpose, it was counted when its Close went out.
+                    self.departed += u64::from(!self.closing_stayers);
                 }
             }
             Role::Churn(stage) => {
                 self.churn_gone += 1;
                 if stage != Stage::Leaving {
                     self.churn_lost += 1;
+                    self.departed += 1;
                 }
             }
         }
@@ -267,6 +343,7 @@ impl Observer for Churners {
 
 pub fn run(run: &mut Run, plan: &Plan) -> io::Result<ChurnReport> {
     let mut obs = Churners::new();
+    obs.shared = run.generator.shared();
     let mut problems = Vec::new();
     let stayers = connect_stayers(run, &mut obs, plan)?;
     let mut cycles = Cycles {
@@ -318,6 +395,11 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<ChurnReport> {
             0.0
         };
         if !run.timed_out {
+            if obs.stayers_lost == 0 {
+                let mut found = Faults::default();
+                notices::compare(&obs.stayer_trails(), &mut found);
+                obs.faults.merge(&found);
+            }
             close_background(run, &mut obs, plan)?;
         }
     }
@@ -338,6 +420,39 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<ChurnReport> {
     };
     let close = run.close_all()?;
 
+    verdict(
+        run,
+        &mut obs,
+        plan,
+        (&cycles, &notices, server.as_ref()),
+        &mut problems,
+    );
+    run.check_end(&close, &mut problems);
+    run.faults.merge(&obs.faults);
+    let faults = run.take_faults(&mut problems);
+    Ok(ChurnReport {
+        scenario: "churn",
+        setup: run.setup.clone(),
+        stayers,
+        cycles,
+        notices,
+        server,
+        close,
+        generator_cpu_s: Proc(None).cpu_seconds().unwrap_or(0.0),
+        timed_out: run.timed_out,
+        faults,
+        problems,
+    })
+}
+
+/// What the churn found wrong, besides what the observer recorded as it went.
+fn verdict(
+    run: &Run,
+    obs: &mut Churners,
+    plan: &Plan,
+    (cycles, notices, server): (&Cycles, &NoticeCount, Option<&ServerFootprint>),
+    problems: &mut Vec<String>,
+) {
     let stayers_failed = run.fleet.tally.failed().saturating_sub(cycles.failed);
     if stayers_failed > 0 {
         problems.push(format!(
@@ -351,10 +466,9 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<ChurnReport> {
         ));
     }
     if obs.watcher_opened && !obs.watcher_gone {
-        problems.extend(
-            obs.notices
-                .problems(notices.joins_expected, notices.leaves_expected),
-        );
+        let mut totals = Faults::default();
+        (obs.notices).check(notices.joins_expected, notices.leaves_expected, &mut totals);
+        obs.faults.merge(&totals);
     } else if obs.watcher_opened {
         problems.push("the watcher was lost: notice counts are incomplete".into());
     }
@@ -377,7 +491,7 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<ChurnReport> {
             cycles.clean
         ));
     }
-    if let Some(s) = &server {
+    if let Some(s) = server {
         if s.fds_after > s.fds_before {
             problems.push(format!(
                 "the server holds {} more open files than before the churn (after {:?})",
@@ -386,19 +500,6 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<ChurnReport> {
             ));
         }
     }
-    run.check_end(&close, &mut problems);
-    Ok(ChurnReport {
-        scenario: "churn",
-        setup: run.setup.clone(),
-        stayers,
-        cycles,
-        notices,
-        server,
-        close,
-        generator_cpu_s: Proc(None).cpu_seconds().unwrap_or(0.0),
-        timed_out: run.timed_out,
-        problems,
-    })
 }
 
 /// Dials the watcher, then the background clients, and waits until the watcher has heard all
@@ -471,7 +572,7 @@ fn cycle(
                 cycles.abrupt += 1;
             } else {
                 run.fleet.close(key);
-                obs.roles[key] = Some(Role::Churn(Stage::Leaving));
+                obs.leaving(key);
                 cycles.clean += 1;
             }
             leavers += 1;
@@ -566,7 +667,7 @@ fn settle(
                 }
             }
             let files_back = baseline.is_none() || back_at.is_some();
-            if obs.heard_all() {
+            if obs.heard_all() && obs.stayers_caught_up() {
                 let at = *heard_at.get_or_insert(now);
                 files_back && now.duration_since(at) >= LINGER
             } else {
@@ -632,7 +733,9 @@ fn close_background(run: &mut Run, obs: &mut Churners, plan: &Plan) -> io::Resul
         .filter(|&key| obs.role(key) == Some(Role::Background))
         .collect();
     for key in keys {
-        run.fleet.close(key);
+        if run.fleet.close(key) {
+            obs.departed += 1;
+        }
     }
     let mut heard_at: Option<Instant> = None;
     poll_until(
@@ -716,29 +819,33 @@ mod tests {
             left: 8,
             other: 0,
         };
-        assert!(n.problems(10, 8).is_empty());
-        let lost = n.problems(11, 8);
-        assert_eq!(lost.len(), 1);
-        assert!(lost[0].contains("1 join notices lost"), "{lost:?}");
-        let both = n.problems(9, 9);
-        assert_eq!(both.len(), 2);
-        assert!(both[0].contains("1 join notices too many"), "{both:?}");
-        assert!(both[1].contains("1 leave notices lost"), "{both:?}");
+        let faults = |joins, leaves| {
+            let mut f = Faults::default();
+            n.check(joins, leaves, &mut f);
+            f
+        };
+        assert!(faults(10, 8).is_empty());
+        let lost = faults(11, 8);
+        assert_eq!(lost.count(Fault::Lost), 1);
+        assert!(!lost.has(Fault::ExtraNotice));
+        let both = faults(9, 9);
+        assert_eq!(both.count(Fault::ExtraNotice), 1, "a join too many");
+        assert_eq!(both.count(Fault::Lost), 1, "a leave lost");
     }
 
     #[test]
     fn the_watcher_expects_everyone_but_its_own_leave() {
         let mut obs = Churners::new();
         let t = Instant::now();
-        obs.opened(0, t);
+        obs.opened(0, 0, t);
         obs.notice(0, Joined, 1, t);
         obs.next_role = Role::Background;
-        obs.opened(1, t);
+        obs.opened(1, 0, t);
         obs.notice(0, Joined, 1, t);
         assert!(obs.heard_all());
         obs.next_role = Role::Churn(Stage::Joining);
-        obs.opened(2, t);
-        obs.opened(3, t);
+        obs.opened(2, 0, t);
+        obs.opened(3, 0, t);
         // Chatter or a leave is no reason to leave; its own join notice is, once.
         obs.chat(2, "hello", t);
         obs.notice(2, Left, 1, t);

@@ -7,10 +7,14 @@ pub mod broadcast;
 pub mod churn;
 pub mod connect;
 pub mod join;
+pub mod notices;
 
 use std::io;
 use std::time::{Duration, Instant};
 
+use crate::args::Generator;
+use crate::chat::Notice;
+use crate::faults::{Fault, Faults};
 use crate::fleet::{Fleet, Observer};
 use crate::procfs::Proc;
 use crate::progress::Progress;
@@ -35,6 +39,10 @@ pub struct Run {
     pub timed_out: bool,
     pub progress: Progress,
     pub server: Option<Proc>,
+    /// What the phases found wrong in what the server sent (the fleet keeps its own).
+    pub faults: Faults,
+    /// Whether other generators share the room (`--generator`), and our place among them.
+    pub generator: Generator,
 }
 
 /// Why [`Run::run_until`] returned.
@@ -101,12 +109,17 @@ impl Run {
         };
         // A timeout while closing is reported as unfinished closes, not as a timed-out run.
         self.deadline = self.deadline.max(end);
+        let mut closing_watch = Closing {
+            shared: self.generator.shared(),
+            faults: Faults::default(),
+        };
         self.run_until(
-            &mut Quiet,
+            &mut closing_watch,
             Some(end),
             |fleet, _, _| fleet.is_empty(),
             |fleet, _| format!("closing: {} left", fleet.len()),
         )?;
+        self.faults.merge(&closing_watch.faults);
         self.fleet.abandon_all("close not answered in time");
         self.progress.finish();
         Ok(Close {
@@ -114,6 +127,15 @@ impl Run {
             clean: self.fleet.tally.closed_clean - clean_before,
             close_s: start.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Every fault of the run, the fleet's included, for the report; each also as a line of
+    /// `problems`.
+    pub fn take_faults(&mut self, problems: &mut Vec<String>) -> Faults {
+        let mut faults = std::mem::take(&mut self.faults);
+        faults.merge(&self.fleet.faults);
+        faults.problems(problems);
+        faults
     }
 
     /// Adds to `problems` what every scenario checks at its end: unfinished closing handshakes
@@ -132,7 +154,19 @@ impl Run {
     }
 }
 
-/// An observer for phases where messages no longer matter.
-pub struct Quiet;
+/// The observer while everyone closes: leave notices come in numbers that depend on who
+/// closes first, but nobody joins (unless other generators share the room).
+struct Closing {
+    shared: bool,
+    faults: Faults,
+}
 
-impl Observer for Quiet {}
+impl Observer for Closing {
+    fn notice(&mut self, key: usize, notice: Notice, count: u64, _now: Instant) {
+        if notice == Notice::Joined && !self.shared {
+            self.faults.record(Fault::ExtraNotice, count, || {
+                format!("client {key} got a join notice while everyone was closing")
+            });
+        }
+    }
+}
