@@ -34,6 +34,8 @@ pub struct Config {
     pub redis_channel: String,
     /// Bytes of commands the Redis socket may refuse before Redis counts as not keeping up.
     pub redis_max_unsent: usize,
+    /// How long our envelopes (and answers to PING) may take to come back from Redis.
+    pub redis_timeout: Duration,
     /// Set `SO_REUSEPORT` on the listener, so several processes can share one port.
     pub reuse_port: bool,
     /// Peers whose `X-Forwarded-For` names the client (for the logs); nobody by default.
@@ -54,6 +56,7 @@ impl Default for Config {
             redis: None,
             redis_channel: DEFAULT_REDIS_CHANNEL.to_string(),
             redis_max_unsent: DEFAULT_REDIS_MAX_UNSENT,
+            redis_timeout: DEFAULT_REDIS_TIMEOUT,
             reuse_port: false,
             trusted_proxies: TrustedProxies::default(),
         }
@@ -64,6 +67,11 @@ impl Default for Config {
 /// (about 100 bytes each) even if Redis's socket took none of them, so shutdown can publish a
 /// leave for every client of a full server.
 pub const DEFAULT_REDIS_MAX_UNSENT: usize = 16 << 20;
+
+/// `--redis-timeout` by default. Long enough that this process's own slowest turns (a broadcast
+/// to 19,000 clients took about 0.3 s here) are not taken for Redis's; short enough that a
+/// paused Redis is noticed before people notice.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The channel of `--redis-channel` when none is named.
 pub const DEFAULT_REDIS_CHANNEL: &str = "mio-chat";

@@ -89,6 +89,11 @@ struct Args {
     /// up (an outage): Redis is judged like a client, by what its socket refused, not by bursts.
     #[arg(long, env = "MIO_CHAT_REDIS_MAX_UNSENT", value_name = "BYTES", default_value_t = config::DEFAULT_REDIS_MAX_UNSENT as u64, value_parser = clap::value_parser!(u64).range(1..))]
     redis_max_unsent: u64,
+    /// Seconds our envelopes may take to come back through Redis, and Redis to answer the PING
+    /// sent to a quiet subscription; past that Redis counts as down (an outage) even though its
+    /// connections are open (fractions allowed).
+    #[arg(long, env = "MIO_CHAT_REDIS_TIMEOUT", value_name = "SECS", default_value = "2", value_parser = config::parse_positive_secs)]
+    redis_timeout: Duration,
     /// Set SO_REUSEPORT, so several processes can listen on the same port (the kernel spreads
     /// connections over them); with --redis they form one room.
     #[arg(long, env = "MIO_CHAT_REUSE_PORT", value_parser = BoolishValueParser::new())]
@@ -188,6 +193,7 @@ fn config_from(args: Args) -> Result<Config, String> {
         redis,
         redis_channel: args.redis_channel,
         redis_max_unsent: usize::try_from(args.redis_max_unsent).unwrap_or(usize::MAX),
+        redis_timeout: args.redis_timeout,
         reuse_port: args.reuse_port,
         trusted_proxies: TrustedProxies(args.trusted_proxy),
     })

@@ -108,7 +108,10 @@ struct FakeRedis {
 
 impl Publish for FakeRedis {
     fn publish(&mut self, kind: Kind, body: &str, joiner: Option<Member>) {
-        let envelope = self.ledger.publish(kind, body, joiner).to_vec();
+        let envelope = self
+            .ledger
+            .publish(kind, body, joiner, Instant::now())
+            .to_vec();
         self.channel.push_back(envelope);
     }
 }

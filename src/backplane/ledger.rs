@@ -12,6 +12,7 @@
 //! - on an outage every pending envelope lands locally, in order: a local message is never lost.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use log::{debug, warn};
 
@@ -26,6 +27,8 @@ struct Pending {
     kind: Kind,
     joiner: Option<Member>,
     body: String,
+    /// When it was published: it must come back within the backplane's timeout.
+    at: Instant,
 }
 
 impl Pending {
@@ -86,8 +89,19 @@ impl Ledger {
         self.stats.outages += 1;
     }
 
+    /// When our oldest envelope still in flight was published.
+    pub fn oldest_pending(&self) -> Option<Instant> {
+        self.pending.front().map(|p| p.at)
+    }
+
     /// Records one event of this process's clients and returns its envelope's JSON, to publish.
-    pub fn publish(&mut self, kind: Kind, body: &str, joiner: Option<Member>) -> &[u8] {
+    pub fn publish(
+        &mut self,
+        kind: Kind,
+        body: &str,
+        joiner: Option<Member>,
+        now: Instant,
+    ) -> &[u8] {
         self.next_seq += 1;
         self.scratch.clear();
         Envelope {
@@ -103,6 +117,7 @@ impl Ledger {
             kind,
             joiner,
             body: body.to_string(),
+            at: now,
         });
         self.stats.published += 1;
         &self.scratch
@@ -213,8 +228,10 @@ mod tests {
     #[test]
     fn publishing_numbers_envelopes_and_keeps_them_pending() {
         let mut l = ledger();
-        let join = String::from_utf8_lossy(l.publish(Kind::Join, "", Some((3, 9)))).into_owned();
-        let hi = String::from_utf8_lossy(l.publish(Kind::Message, "hi", None)).into_owned();
+        let join = String::from_utf8_lossy(l.publish(Kind::Join, "", Some((3, 9)), Instant::now()))
+            .into_owned();
+        let hi = String::from_utf8_lossy(l.publish(Kind::Message, "hi", None, Instant::now()))
+            .into_owned();
         assert!(join.contains(r#""seq":1,"kind":"join""#), "{join}");
         assert!(
             hi.contains(r#""seq":2,"kind":"message","body":"hi""#),
@@ -226,8 +243,8 @@ mod tests {
     #[test]
     fn our_envelopes_land_when_they_come_back_with_their_joiner() {
         let mut l = ledger();
-        l.publish(Kind::Join, "", Some((3, 9)));
-        l.publish(Kind::Message, "hi", None);
+        l.publish(Kind::Join, "", Some((3, 9)), Instant::now());
+        l.publish(Kind::Message, "hi", None, Instant::now());
         assert_eq!(
             receive(&mut l, &envelope("other", 5, Kind::Join, "")),
             ["join"]
@@ -247,8 +264,8 @@ mod tests {
     #[test]
     fn an_envelope_that_never_came_back_lands_before_the_next_one() {
         let mut l = ledger();
-        l.publish(Kind::Message, "one", None);
-        l.publish(Kind::Message, "two", None);
+        l.publish(Kind::Message, "one", None, Instant::now());
+        l.publish(Kind::Message, "two", None, Instant::now());
         assert_eq!(
             receive(&mut l, &envelope("me", 2, Kind::Message, "two")),
             ["say one", "say two"]
@@ -259,9 +276,9 @@ mod tests {
     #[test]
     fn an_outage_lands_everything_pending_in_order_once() {
         let mut l = ledger();
-        l.publish(Kind::Join, "", Some((1, 1)));
-        l.publish(Kind::Message, "in flight", None);
-        l.publish(Kind::Leave, "", None);
+        l.publish(Kind::Join, "", Some((1, 1)), Instant::now());
+        l.publish(Kind::Message, "in flight", None, Instant::now());
+        l.publish(Kind::Leave, "", None, Instant::now());
         let mut got = Vec::new();
         l.land_pending(&mut |x| got.push(landed(x)));
         assert_eq!(got, ["join 1/1 here", "say in flight", "leave"]);

@@ -11,6 +11,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use crate::queue::OutQueue;
+use crate::redis::{DecodeError, Limits, Reply, ReplyDecoder};
 
 /// Bytes read from a link at a time (the event loop checks its batch in between).
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -25,6 +26,8 @@ pub struct Link {
     /// TCP connected (the first WRITABLE event came without an error).
     pub connected: bool,
     pub input: Vec<u8>,
+    /// Judges `input` as it comes, each byte once, within this link's limits.
+    decoder: ReplyDecoder,
     pub output: OutQueue,
     /// WRITABLE interest is registered.
     writable: bool,
@@ -35,13 +38,14 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(token: Token) -> Link {
+    pub fn new(token: Token, limits: Limits) -> Link {
         // Only the token survives a reconnection: everything else starts afresh.
         Link {
             token,
             socket: None,
             connected: false,
             input: Vec::new(),
+            decoder: ReplyDecoder::new(limits),
             output: OutQueue::default(),
             writable: false,
             preamble_replies: 0,
@@ -77,7 +81,13 @@ impl Link {
                 debug!("redis: deregister: {e}");
             }
         }
-        *self = Link::new(self.token);
+        *self = Link::new(self.token, self.decoder.limits());
+    }
+
+    /// The next whole reply in `input` from byte `from` on (`from` is where the last one ended;
+    /// the decoder resumes an unfinished reply where it stopped, without scanning it again).
+    pub fn next_reply(&mut self, from: usize) -> Result<Option<(Reply, usize)>, DecodeError> {
+        self.decoder.next_reply(&self.input[from..])
     }
 
     /// The first WRITABLE event of a non-blocking connect: did it work?

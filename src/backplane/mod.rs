@@ -26,7 +26,7 @@ mod link;
 pub mod outage;
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::{Registry, Token};
@@ -34,11 +34,11 @@ use mio::{Registry, Token};
 use crate::envelope::{self, Kind};
 use crate::metrics::BackplaneStats;
 use crate::presence::{Landing, Member, Publish};
-use crate::redis::{self, RedisUrl, Reply};
+use crate::redis::{self, Limits, RedisUrl, Reply};
 pub use ledger::Ledger;
 use link::Link;
 pub use link::READ_CHUNK;
-use outage::{Due, Outages, MAX_BACKOFF};
+use outage::{Due, Liveness, Outages, MAX_BACKOFF};
 
 /// Bytes read from the subscription in one turn before clients get their turn. The subscription
 /// carries the whole room's traffic, so it gets far more than one client's 256 KiB: reading it
@@ -46,12 +46,26 @@ use outage::{Due, Outages, MAX_BACKOFF};
 pub const READ_BUDGET: usize = 4 << 20;
 /// After a failure, bytes of the subscription still read (what Redis sent before it broke).
 const DRAIN_BUDGET: usize = 4 << 20;
+/// Bytes of replies read from the publisher link in one turn (it only ever gets short replies
+/// to PUBLISH; a Redis that floods it must not hold the loop).
+const PUBLISHER_READ_BUDGET: usize = 1 << 20;
 /// The largest reply the subscription may carry, at least: an envelope from a process with a
 /// larger `--max-message-size` than ours is not a protocol error.
 const MIN_MAX_INPUT: usize = 16 << 20;
 
 /// What is wrong, for the log.
 type Failure = String;
+
+/// What the backplane is told at start (from the flags).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// `--redis-max-unsent`: bytes of commands the socket may refuse before Redis is judged slow.
+    pub max_unsent: usize,
+    /// `--max-message-size`: the subscription's replies are bounded from it.
+    pub max_message_size: usize,
+    /// `--redis-timeout`: how long our envelopes, and answers to PING, may take to come back.
+    pub timeout: Duration,
+}
 
 /// Both Redis links and what travels over them.
 pub struct Backplane {
@@ -68,10 +82,12 @@ pub struct Backplane {
     /// produced: a burst is written first), Redis is not keeping up, and the links are dropped,
     /// as a client that stopped reading would be (`--redis-max-unsent`).
     max_unsent: usize,
-    /// Past this many bytes unparsed from the subscription, a reply is too large to be ours.
-    max_input: usize,
+    /// Whether Redis still answers (see [`Liveness`]).
+    liveness: Liveness,
     /// The subscription has more bytes than this turn's budget allowed to read.
     unread: bool,
+    /// The publisher link too (its replies are read a budget at a time as well).
+    publisher_unread: bool,
     /// The PUBLISH command around each envelope (reused).
     command: Vec<u8>,
 }
@@ -82,21 +98,26 @@ impl Backplane {
         url: RedisUrl,
         channel: String,
         tokens: (Token, Token),
-        max_unsent: usize,
-        max_message_size: usize,
+        settings: Settings,
     ) -> Backplane {
+        // A JSON string may escape each byte into six (\u0000); a larger `--max-message-size`
+        // on another process is not a protocol error up to [`MIN_MAX_INPUT`].
+        let max_payload = settings
+            .max_message_size
+            .saturating_mul(6)
+            .max(MIN_MAX_INPUT);
         Backplane {
             url,
             channel,
-            subscriber: Link::new(tokens.0),
-            publisher: Link::new(tokens.1),
+            subscriber: Link::new(tokens.0, Limits::for_payloads(max_payload)),
+            publisher: Link::new(tokens.1, Limits::COMMAND_REPLIES),
             ledger: Ledger::new(envelope::new_node_id()),
             outages: Outages::default(),
             addr: None,
-            max_unsent,
-            // A JSON string may escape each byte into six (\u0000).
-            max_input: (max_message_size.saturating_mul(6) + READ_CHUNK).max(MIN_MAX_INPUT),
+            max_unsent: settings.max_unsent,
+            liveness: Liveness::new(settings.timeout, Instant::now()),
             unread: false,
+            publisher_unread: false,
             command: Vec::new(),
         }
     }
@@ -121,14 +142,18 @@ impl Backplane {
         }
     }
 
-    /// The earliest moment [`Backplane::on_deadline`] has something to do.
+    /// The earliest moment [`Backplane::on_deadline`] has something to do: a retry, giving up
+    /// on an attempt, or (while up) a PING to send or an answer overdue.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.outages.next_deadline()
+        match self.is_up() {
+            true => Some(self.liveness.next_deadline(self.ledger.oldest_pending())),
+            false => self.outages.next_deadline(),
+        }
     }
 
-    /// The subscription still has bytes to read (the loop should not sleep).
+    /// A link still has bytes to read (the loop should not sleep).
     pub fn has_unread(&self) -> bool {
-        self.unread
+        self.unread || self.publisher_unread
     }
 
     /// First connection attempt, at start.
@@ -209,23 +234,24 @@ impl Backplane {
         now: Instant,
         land: &mut dyn FnMut(Landing),
     ) {
-        self.drain_subscription(land);
+        self.drain_subscription(land, now);
         self.subscriber.close(registry);
         self.publisher.close(registry);
         self.unread = false;
+        self.publisher_unread = false;
         self.ledger.land_pending(land);
         self.down(why, now);
     }
 
     /// Lands what the subscription had already received (other processes' envelopes, and ours
     /// back) before the links close, so a failure of the publisher alone loses none of it.
-    fn drain_subscription(&mut self, land: &mut dyn FnMut(Landing)) {
+    fn drain_subscription(&mut self, land: &mut dyn FnMut(Landing), now: Instant) {
         if !self.subscriber.subscribed {
             return;
         }
         self.unread = true;
         for _ in 0..DRAIN_BUDGET / READ_CHUNK {
-            if !self.unread || self.read_chunk(land).is_err() {
+            if !self.unread || self.read_chunk(land, now).is_err() {
                 return;
             }
         }
@@ -238,6 +264,9 @@ impl Backplane {
         now: Instant,
         land: &mut dyn FnMut(Landing),
     ) {
+        if self.is_up() {
+            return self.check_alive(registry, now, land);
+        }
         match self.outages.due(now) {
             Some(Due::Retry) => self.connect(registry, now),
             Some(Due::GiveUp) => {
@@ -290,52 +319,60 @@ impl Backplane {
             link.flush(registry).map_err(|e| format!("write: {e}"))?;
         }
         if readable {
+            // Read by the event loop through `read_more`, a chunk at a time.
             if token == self.subscriber.token {
-                // Read by the event loop through `read_more`, a chunk at a time.
                 self.unread = true;
             } else {
-                self.read_publisher_replies()?;
+                self.publisher_unread = true;
             }
         }
         Ok(())
     }
 
-    /// Reads replies to PUBLISH (counts of subscribers reached) and to the preamble.
+    /// Reads replies to PUBLISH (counts of subscribers reached) and to the preamble, up to the
+    /// turn's budget.
     fn read_publisher_replies(&mut self) -> Result<(), Failure> {
-        while self
-            .publisher
-            .read_chunk()
-            .map_err(|e| format!("publisher: {e}"))?
-        {
+        self.publisher_unread = false;
+        for _ in 0..PUBLISHER_READ_BUDGET / READ_CHUNK {
+            let link = &mut self.publisher;
+            if !link.read_chunk().map_err(|e| format!("publisher: {e}"))? {
+                return Ok(());
+            }
             let mut used = 0;
-            while let Some((reply, n)) = redis::next_reply(&self.publisher.input[used..])
+            while let Some((reply, n)) = link
+                .next_reply(used)
                 .map_err(|e| format!("publisher: {e}"))?
             {
                 used += n;
                 match reply {
                     Reply::Integer(_) | Reply::Status => {
-                        self.publisher.preamble_replies =
-                            self.publisher.preamble_replies.saturating_sub(1);
+                        link.preamble_replies = link.preamble_replies.saturating_sub(1);
                     }
                     Reply::Error(e) => return Err(format!("Redis refused a command: {e}")),
                     other => return Err(format!("publisher: unexpected reply {other:?}")),
                 }
             }
-            self.publisher.input.drain(..used);
+            link.input.drain(..used);
         }
+        self.publisher_unread = true; // more next turn: edge-triggered, no new event will come
         Ok(())
     }
 
-    /// Reads one chunk of the subscription and lands the envelopes in it (the event loop calls
-    /// this while [`Backplane::has_unread`], checking its batch in between).
+    /// Reads one chunk of the subscription and lands the envelopes in it, and the publisher's
+    /// replies (the event loop calls this while [`Backplane::has_unread`], checking its batch in
+    /// between).
     pub fn read_more(&mut self, registry: &Registry, now: Instant, land: &mut dyn FnMut(Landing)) {
-        if let Err(why) = self.read_chunk(land) {
+        let read = match self.publisher_unread {
+            true => self.read_publisher_replies(),
+            false => Ok(()),
+        };
+        if let Err(why) = read.and_then(|()| self.read_chunk(land, now)) {
             self.fail(why, registry, now, land);
         }
         self.check_up(now);
     }
 
-    fn read_chunk(&mut self, land: &mut dyn FnMut(Landing)) -> Result<(), Failure> {
+    fn read_chunk(&mut self, land: &mut dyn FnMut(Landing), now: Instant) -> Result<(), Failure> {
         if !self.unread {
             return Ok(());
         }
@@ -345,17 +382,21 @@ impl Backplane {
             .map_err(|e| format!("subscriber: {e}"))?;
         self.unread = more;
         let mut used = 0;
-        while let Some((reply, n)) = redis::next_reply(&self.subscriber.input[used..])
+        while let Some((reply, n)) = self
+            .subscriber
+            .next_reply(used)
             .map_err(|e| format!("subscriber: {e}"))?
         {
             let at = used;
             used += n;
+            self.liveness.heard(now);
             match reply {
                 Reply::Message { payload, .. } => {
                     let payload = at + payload.start..at + payload.end;
                     self.ledger.receive(&self.subscriber.input[payload], land);
                 }
                 Reply::Subscribed { .. } => self.subscriber.subscribed = true,
+                Reply::Pong => {}
                 Reply::Status if self.subscriber.preamble_replies > 0 => {
                     self.subscriber.preamble_replies -= 1;
                 }
@@ -364,18 +405,42 @@ impl Backplane {
             }
         }
         self.subscriber.input.drain(..used);
-        if self.subscriber.input.len() > self.max_input {
-            return Err(format!(
-                "subscriber: a reply passed {} bytes without ending",
-                self.max_input
-            ));
-        }
         Ok(())
+    }
+
+    /// While up: fails the links if Redis stopped answering, and probes a quiet subscription.
+    /// What the subscription already holds is read first: an envelope waiting in our own socket
+    /// is not Redis's delay.
+    fn check_alive(&mut self, registry: &Registry, now: Instant, land: &mut dyn FnMut(Landing)) {
+        if self
+            .liveness
+            .overdue(now, self.ledger.oldest_pending())
+            .is_some()
+        {
+            self.unread = true;
+            let read = self.read_chunk(land, now);
+            if let Some(what) = self.liveness.overdue(now, self.ledger.oldest_pending()) {
+                let why = read.err().unwrap_or_else(|| {
+                    let timeout = self.liveness.timeout();
+                    format!("{what} within {timeout:?} (--redis-timeout)")
+                });
+                return self.fail(why, registry, now, land);
+            }
+        }
+        if self.liveness.should_ping(now) {
+            self.liveness.pinged(now);
+            let mut ping = Vec::new();
+            redis::ping(&mut ping);
+            self.subscriber.output.push(&ping);
+            if let Err(e) = self.subscriber.flush(registry) {
+                self.fail(format!("subscriber: write: {e}"), registry, now, land);
+            }
+        }
     }
 
     /// Publishes one event of this process's clients (only while [up](Backplane::is_up)).
     pub fn publish(&mut self, kind: Kind, body: &str, joiner: Option<Member>) {
-        let envelope = self.ledger.publish(kind, body, joiner);
+        let envelope = self.ledger.publish(kind, body, joiner, Instant::now());
         self.command.clear();
         redis::publish(&mut self.command, self.channel.as_bytes(), envelope);
         self.publisher.output.push(&self.command); // `push` reuses the space already written
@@ -404,6 +469,7 @@ impl Backplane {
         if self.is_up() || !self.subscriber.subscribed || !publisher_ready {
             return;
         }
+        self.liveness.reset(now);
         if self.outages.up(now) {
             info!("redis: back; the room spans every process again");
         } else {
@@ -427,13 +493,12 @@ mod tests {
 
     fn backplane(max_unsent: usize) -> Backplane {
         let url = RedisUrl::parse("redis://127.0.0.1:1").expect("url");
-        Backplane::new(
-            url,
-            "room".into(),
-            (Token(1), Token(2)),
+        let settings = Settings {
             max_unsent,
-            1 << 16,
-        )
+            max_message_size: 1 << 16,
+            timeout: Duration::from_secs(2),
+        };
+        Backplane::new(url, "room".into(), (Token(1), Token(2)), settings)
     }
 
     #[test]

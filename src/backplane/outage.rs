@@ -1,6 +1,7 @@
 //! The backplane's state as one enum, and the rules of outages: when to try again, when a
 //! failure is a new outage (worth a warning) or the same one still going on (retried quietly),
-//! and when an attempt has taken too long. Pure: the clock is a parameter, nothing is logged.
+//! when an attempt has taken too long, and when a Redis that still holds its connections open
+//! has stopped answering ([`Liveness`]). Pure: the clock is a parameter, nothing is logged.
 
 use std::time::{Duration, Instant};
 
@@ -126,6 +127,74 @@ impl Outages {
     }
 }
 
+/// Is Redis still answering? TCP keepalive cannot tell: a paused or wedged Redis keeps its
+/// connections open. So each of our envelopes must come back from the subscription within
+/// `timeout`, and a subscription that has been quiet for half of it is sent a PING, whose answer
+/// must come back within `timeout` too.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    timeout: Duration,
+    /// When the subscription last said anything.
+    last_heard: Instant,
+    /// A PING waiting for its answer, since then.
+    ping_sent: Option<Instant>,
+}
+
+impl Liveness {
+    pub fn new(timeout: Duration, now: Instant) -> Liveness {
+        Liveness {
+            timeout,
+            last_heard: now,
+            ping_sent: None,
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The links came up: start afresh.
+    pub fn reset(&mut self, now: Instant) {
+        *self = Liveness::new(self.timeout, now);
+    }
+
+    /// The subscription said something (a message, a confirmation, or `pong`: any answer means
+    /// Redis is alive, so the PING, if any, is answered too: replies come in order).
+    pub fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+        self.ping_sent = None;
+    }
+
+    /// Whether to send a PING now.
+    pub fn should_ping(&self, now: Instant) -> bool {
+        self.ping_sent.is_none() && now >= self.last_heard + self.timeout / 2
+    }
+
+    pub fn pinged(&mut self, now: Instant) {
+        self.ping_sent = Some(now);
+    }
+
+    /// What is overdue at `now`, given when our oldest envelope still in flight was published.
+    pub fn overdue(&self, now: Instant, oldest_pending: Option<Instant>) -> Option<&'static str> {
+        if oldest_pending.is_some_and(|at| now >= at + self.timeout) {
+            Some("an envelope of ours did not come back")
+        } else if self.ping_sent.is_some_and(|at| now >= at + self.timeout) {
+            Some("PING was not answered")
+        } else {
+            None
+        }
+    }
+
+    /// The next moment something may be due: a PING to send, or an answer overdue.
+    pub fn next_deadline(&self, oldest_pending: Option<Instant>) -> Instant {
+        let ping = match self.ping_sent {
+            Some(at) => at + self.timeout,
+            None => self.last_heard + self.timeout / 2,
+        };
+        oldest_pending.map_or(ping, |at| ping.min(at + self.timeout))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +244,28 @@ mod tests {
         o.up(t0 + FIRST_BACKOFF + CONNECT_TIMEOUT);
         assert!(o.is_up());
         assert_eq!(o.next_deadline(), None);
+    }
+
+    #[test]
+    fn an_envelope_overdue_or_an_unanswered_ping_is_an_outage() {
+        let (t0, timeout) = (Instant::now(), Duration::from_secs(2));
+        let mut live = Liveness::new(timeout, t0);
+        assert_eq!(live.overdue(t0 + timeout, None), None, "nothing in flight");
+        assert_eq!(live.overdue(t0 + timeout / 2, Some(t0)), None);
+        assert!(live.overdue(t0 + timeout, Some(t0)).is_some());
+        assert_eq!(
+            live.next_deadline(Some(t0)),
+            t0 + timeout / 2,
+            "the probe comes first"
+        );
+        assert!(!live.should_ping(t0 + timeout / 4));
+        assert!(live.should_ping(t0 + timeout / 2));
+        live.pinged(t0 + timeout / 2);
+        assert!(!live.should_ping(t0 + timeout), "one PING at a time");
+        assert_eq!(live.next_deadline(None), t0 + timeout / 2 + timeout);
+        assert!(live.overdue(t0 + timeout / 2 + timeout, None).is_some());
+        live.heard(t0 + timeout);
+        assert_eq!(live.overdue(t0 + timeout * 2, None), None, "answered");
+        assert_eq!(live.next_deadline(None), t0 + timeout + timeout / 2);
     }
 }

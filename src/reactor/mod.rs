@@ -37,7 +37,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use crate::backplane::Backplane;
+use crate::backplane::{self, Backplane};
 use crate::config::Config;
 use crate::connection::{Ending, Phase};
 use crate::metrics::Gauges;
@@ -109,13 +109,13 @@ impl Server {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let backplane = config.redis.clone().map(|url| {
-            Backplane::new(
-                url,
-                config.redis_channel.clone(),
-                (REDIS_SUBSCRIBER, REDIS_PUBLISHER),
-                config.redis_max_unsent,
-                config.max_message_size,
-            )
+            let settings = backplane::Settings {
+                max_unsent: config.redis_max_unsent,
+                max_message_size: config.max_message_size,
+                timeout: config.redis_timeout,
+            };
+            let tokens = (REDIS_SUBSCRIBER, REDIS_PUBLISHER);
+            Backplane::new(url, config.redis_channel.clone(), tokens, settings)
         });
         Ok(Server {
             poll,
