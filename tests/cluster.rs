@@ -329,3 +329,30 @@ fn shutdown_publishes_every_leave_past_the_bound() {
     watcher.send_text("after");
     watcher.expect_body("after");
 }
+
+/// A paused Redis (SIGSTOP) keeps its connections open, so only the deadlines can tell: within
+/// `--redis-timeout` the sender's own process delivers its messages locally and says
+/// "degraded", the other notices when its PING goes unanswered; after SIGCONT both heal, and
+/// nothing arrives twice.
+#[test]
+fn a_paused_redis_is_an_outage_within_the_timeout_and_heals() {
+    let Some(redis) = Redis::start() else { return };
+    let fast = ["--redis-timeout", "0.5"];
+    let (a, b) = (node(&redis, &fast), node(&redis, &fast));
+    let mut on_a = join(&a, &mut []);
+    let mut on_b = join(&b, &mut [&mut on_a]);
+    let signal = |sig| unsafe { libc::kill(redis.pid() as libc::pid_t, sig) };
+    assert_eq!(signal(libc::SIGSTOP), 0);
+    send_text(&mut on_a, "while paused");
+    expect_body(&mut on_a, "while paused"); // delivered here, after the deadline
+    a.wait_for_log("serving this process's clients only");
+    assert_eq!(health(&a), "degraded");
+    // B had nothing in flight: its quiet subscription is probed, and the PING goes unanswered.
+    b.wait_for_log("PING was not answered");
+    assert_eq!(signal(libc::SIGCONT), 0);
+    a.wait_for_log("redis: back");
+    b.wait_for_log("redis: back");
+    send_text(&mut on_a, "after");
+    expect_body(&mut on_a, "after"); // not "while paused" a second time
+    expect_body(&mut on_b, "after"); // the paused one never crossed: it was not said through Redis
+}
