@@ -10,7 +10,8 @@
 //! 5. [`queue`], [`timers`], [`config`]: outbound bytes, deadlines, settings.
 //! 6. [`metrics`] and [`logging`]: what an operator sees; [`proxy`]: who a client is behind a
 //!    reverse proxy.
-//! 7. [`backplane`], with [`redis`] and [`envelope`]: several processes as one room, through
+//! 7. [`transport`]: plaintext or TLS (rustls) between a socket and its connection.
+//! 8. [`backplane`], with [`redis`] and [`envelope`]: several processes as one room, through
 //!    Redis pub/sub (`--redis`).
 //!
 //! Everything but `reactor` is plain logic over bytes and can be tested without a socket.
@@ -32,6 +33,7 @@ pub mod reactor;
 pub mod redis;
 pub mod room;
 pub mod timers;
+pub mod transport;
 
 pub use config::Config;
 pub use reactor::{Server, StopHandle};

@@ -16,6 +16,7 @@ use mio_chat::http::OriginPolicy;
 use mio_chat::logging::{self, LogFormat};
 use mio_chat::proxy::{Cidr, TrustedProxies};
 use mio_chat::redis::RedisUrl;
+use mio_chat::transport::TlsFiles;
 use mio_chat::Server;
 
 /// A WebSocket chat server: every message to everyone, on one thread.
@@ -99,6 +100,23 @@ struct Args {
         value_delimiter = ','
     )]
     trusted_proxy: Vec<Cidr>,
+    /// Speak TLS on the listener (https:// and wss://) with this certificate chain (PEM, the
+    /// server's certificate first). SIGHUP reloads it and the key.
+    #[arg(
+        long,
+        env = "MIO_CHAT_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, RSA or SEC1).
+    #[arg(
+        long,
+        env = "MIO_CHAT_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
     /// Log line format: plain text for people, or one JSON object per line for log shippers.
     #[arg(long, env = "MIO_CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     log_format: LogFormat,
@@ -185,6 +203,10 @@ fn config_from(args: Args) -> Result<Config, String> {
         redis_channel: args.redis_channel,
         reuse_port: args.reuse_port,
         trusted_proxies: TrustedProxies(args.trusted_proxy),
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| TlsFiles { cert, key }),
     })
 }
 
@@ -207,6 +229,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            error!("{e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             error!("cannot listen on {addr}: {e}");
             ExitCode::FAILURE
