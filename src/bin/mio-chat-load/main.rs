@@ -23,6 +23,7 @@ mod progress;
 mod report;
 mod scenario;
 mod target;
+mod tls;
 mod wire;
 
 use std::process::ExitCode;
@@ -63,7 +64,8 @@ fn start(args: &Args) -> Result<bool, String> {
             scenario::churn::socket_needs(c.clients, c.cycles, c.rate, common.max_inflight)
         }
     };
-    let targets = target::parse_urls(&common.url)?;
+    let mut targets = target::parse_urls(&common.url)?;
+    tls::secure(&mut targets, common.ca.as_deref(), common.insecure)?;
     for target in &targets {
         target::check_local(&target.addr, common.allow_remote)?;
     }
