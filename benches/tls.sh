@@ -48,7 +48,8 @@ LOAD=target/release/mio-chat-load
 PEER=target/peers/release/tokio-tls-peer
 
 PID= PORT=
-# Starts one server: plain | ec | rsa (mio-chat) | peer (tokio, ECDSA); sets PID and PORT.
+# Starts one server: plain | ec | rsa (mio-chat) | peer (tokio, ECDSA, tungstenite's defaults)
+# | peer4k (the same with a 4 KiB WebSocket read buffer); sets PID and PORT.
 start() {
     local log="$OUT/server.log"
     case $1 in
@@ -56,6 +57,7 @@ start() {
     ec | rsa) target/release/mio-chat --addr 127.0.0.1:0 --echo --ping-interval 0 \
         --tls-cert "$OUT/$1-cert.pem" --tls-key "$OUT/$1-key.pem" 2>"$log" & ;;
     peer) "$PEER" 127.0.0.1:0 "$OUT/ec-cert.pem" "$OUT/ec-key.pem" 2>"$log" & ;;
+    peer4k) "$PEER" 127.0.0.1:0 "$OUT/ec-cert.pem" "$OUT/ec-key.pem" 4096 2>"$log" & ;;
     esac
     PID=$!
     until grep -q "listening on" "$log" 2>/dev/null; do sleep 0.05; done
@@ -111,7 +113,7 @@ broadcast() {
 for run in $(seq "$RUNS"); do
     echo "run $run of $RUNS" >&2
     if [ -z "$ONLY" ] || [ "$ONLY" = idle ]; then
-        for kind in plain ec rsa peer; do idle "$kind"; done
+        for kind in plain ec rsa peer peer4k; do idle "$kind"; done
     fi
     if [ -z "$ONLY" ] || [ "$ONLY" = broadcast ]; then
         for kind in plain ec; do

@@ -15,9 +15,10 @@ use mio_chat::config::{self, Config};
 use mio_chat::http::OriginPolicy;
 use mio_chat::logging::{self, LogFormat};
 use mio_chat::proxy::{Cidr, TrustedProxies};
-use mio_chat::redis::RedisUrl;
-use mio_chat::transport::TlsFiles;
+use mio_chat::redis::{RedisTls, RedisUrl};
+use mio_chat::transport::{self, TlsFiles};
 use mio_chat::Server;
+use rustls::pki_types::ServerName;
 
 /// A WebSocket chat server: every message to everyone, on one thread.
 ///
@@ -82,6 +83,15 @@ struct Args {
         requires = "redis"
     )]
     redis_password_file: Option<PathBuf>,
+    /// With a rediss:// URL: check Redis's certificate against the CA certificates (PEM) in
+    /// this file, for the URL's host.
+    #[arg(
+        long,
+        env = "MIO_CHAT_REDIS_CA",
+        value_name = "PATH",
+        requires = "redis"
+    )]
+    redis_ca: Option<PathBuf>,
     /// The Redis pub/sub channel that carries the room (processes on different channels are
     /// different rooms).
     #[arg(long, env = "MIO_CHAT_REDIS_CHANNEL", value_name = "NAME", default_value = config::DEFAULT_REDIS_CHANNEL)]
@@ -153,6 +163,18 @@ fn mask_credentials(url: &str) -> String {
     }
 }
 
+/// The TLS settings of a `rediss://` URL: `--redis-ca` is required (there is no system trust
+/// store in this build; Redis with TLS is nearly always behind a private CA anyway).
+fn redis_tls(url: &RedisUrl, ca: Option<&Path>) -> Result<RedisTls, String> {
+    let ca = ca.ok_or(
+        "--redis rediss://... needs --redis-ca PATH (the CA that signed Redis's certificate)",
+    )?;
+    let config = transport::client_config(ca, "--redis-ca")?;
+    let name = ServerName::try_from(url.host.clone())
+        .map_err(|e| format!("--redis: {}: {e}", url.host))?;
+    Ok(RedisTls { config, name })
+}
+
 /// The first line of `path`, without its line ending.
 fn read_password(path: &Path) -> Result<String, String> {
     let mut text = String::new();
@@ -187,6 +209,9 @@ fn config_from(args: Args) -> Result<Config, String> {
     let mut redis = args.redis.as_deref().map(parse_redis).transpose()?;
     if let (Some(url), Some(path)) = (redis.as_mut(), &args.redis_password_file) {
         url.password = Some(read_password(path)?);
+    }
+    if let Some(url) = redis.as_mut().filter(|url| url.secure) {
+        url.tls = Some(redis_tls(url, args.redis_ca.as_deref())?);
     }
     Ok(Config {
         addr: args.addr,

@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use mio::net::TcpStream;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ServerConfig, ServerConnection};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 
 use crate::connection::Connection;
 
@@ -280,4 +280,91 @@ fn first_byte(socket: &mut TcpStream) -> io::Result<Option<u8>> {
         Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// The client side, for `rediss://` (the Redis backplane) and `wss://` (`mio-chat-load`): TLS
+/// under a non-blocking socket, driven like the server's. Plaintext is taken only once the
+/// handshake is done; until then the caller keeps it.
+pub struct ClientTls(Box<ClientConnection>);
+
+impl ClientTls {
+    pub fn new(config: &Arc<ClientConfig>, name: ServerName<'static>) -> io::Result<ClientTls> {
+        let conn = ClientConnection::new(Arc::clone(config), name).map_err(io::Error::other)?;
+        Ok(ClientTls(Box::new(conn)))
+    }
+
+    /// Ciphertext waits for the socket.
+    pub fn wants_write(&self) -> bool {
+        self.0.wants_write()
+    }
+
+    pub fn is_handshaking(&self) -> bool {
+        self.0.is_handshaking()
+    }
+
+    /// Like `socket.read`: plaintext into `buf`, `Ok(0)` at the end (EOF or close_notify),
+    /// `WouldBlock` when nothing more has come. Handshake answers are written at once.
+    pub fn read(&mut self, socket: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.0.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            self.0.read_tls(socket)?; // WouldBlock ends the read; EOF shows on the next pass
+            self.0
+                .process_new_packets()
+                .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+            self.write_ciphertext(socket)?;
+        }
+    }
+
+    /// Encrypts `plaintext` (once the handshake is done) and writes; returns how much of it was
+    /// taken: 0 while handshaking or when the socket is full.
+    pub fn write(&mut self, socket: &mut TcpStream, plaintext: &[u8]) -> io::Result<usize> {
+        let mut taken = 0;
+        while self.write_ciphertext(socket)? && !self.0.is_handshaking() && taken < plaintext.len()
+        {
+            let end = plaintext.len().min(taken + TLS_CHUNK);
+            taken += self.0.writer().write(&plaintext[taken..end])?;
+        }
+        Ok(taken)
+    }
+
+    /// Writes the ciphertext waiting; false if the socket filled up first.
+    fn write_ciphertext(&mut self, socket: &mut TcpStream) -> io::Result<bool> {
+        while self.0.wants_write() {
+            match self.0.write_tls(socket) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Client TLS settings that trust the CA certificates (PEM) in `ca`; `flag` names the option
+/// in errors (`--redis-ca`, `--ca`).
+pub fn client_config(ca: &Path, flag: &str) -> Result<Arc<ClientConfig>, String> {
+    let fail = |e: &dyn std::fmt::Display| format!("{flag} {}: {e}", ca.display());
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| fail(&e))? {
+        roots
+            .add(cert.map_err(|e| fail(&e))?)
+            .map_err(|e| fail(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(fail(&"no certificate"));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS settings: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }

@@ -169,7 +169,8 @@ impl Client {
             Err(e) => return Err(Failure::Connect(e)),
         }
         if let Some(secure) = &target.tls {
-            self.tls = Some(Session::new(secure).map_err(Failure::Connect)?);
+            let session = Session::new(&secure.config, secure.name.clone());
+            self.tls = Some(session.map_err(Failure::Connect)?);
         }
         let Request { bytes, accept } = handshake::request(&target.host, &target.path);
         self.out.extend_from_slice(&bytes);

@@ -1,20 +1,15 @@
 //! `wss://`: the TLS settings of the targets (`--ca PATH` or `--insecure`) and one client's TLS
-//! session, driven without blocking like the server's (rustls's buffered `ClientConnection`, the
-//! `ring` provider). The WebSocket bytes above it do not change: [`crate::client::Client`] reads
-//! and writes plaintext through [`Session`].
+//! session ([`mio_chat::transport::ClientTls`]: rustls's buffered `ClientConnection` with the
+//! `ring` provider, driven without blocking). The WebSocket bytes above it do not change:
+//! [`crate::client::Client`] reads and writes plaintext through [`Session`].
 
-use std::io::{self, ErrorKind, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-use mio::net::TcpStream;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{ring, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
 use crate::target::Target;
 
@@ -53,29 +48,16 @@ fn client_config(ca: Option<&Path>, insecure: bool) -> Result<Arc<ClientConfig>,
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS settings: {e}"))?;
-    let mut config = match (ca, insecure) {
-        (Some(path), _) => {
-            let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| pem_error(path, e))? {
-                let cert = cert.map_err(|e| pem_error(path, e))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("--ca {}: {e}", path.display()))?;
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
-        (None, true) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth(),
-        (None, false) => return Err("a wss:// URL needs --ca PATH or --insecure".into()),
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
-fn pem_error(path: &Path, e: impl std::fmt::Display) -> String {
-    format!("--ca {}: {e}", path.display())
+    match (ca, insecure) {
+        (Some(path), _) => mio_chat::transport::client_config(path, "--ca"),
+        (None, true) => Ok(Arc::new(
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth(),
+        )),
+        (None, false) => Err("a wss:// URL needs --ca PATH or --insecure".into()),
+    }
 }
 
 /// `--insecure`: any certificate is accepted (the handshake's signatures are still checked, so
@@ -120,61 +102,5 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// One client's TLS session.
-pub struct Session(Box<ClientConnection>);
-
-impl Session {
-    pub fn new(secure: &Secure) -> io::Result<Session> {
-        let conn = ClientConnection::new(Arc::clone(&secure.config), secure.name.clone())
-            .map_err(io::Error::other)?;
-        Ok(Session(Box::new(conn)))
-    }
-
-    /// Ciphertext waits for the socket.
-    pub fn wants_write(&self) -> bool {
-        self.0.wants_write()
-    }
-
-    /// Like `socket.read`: plaintext into `buf`, `Ok(0)` at the end (EOF or close_notify).
-    pub fn read(&mut self, socket: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match self.0.reader().read(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(0),
-                Err(e) => return Err(e),
-            }
-            self.0.read_tls(socket)?; // WouldBlock ends the read; EOF shows on the next pass
-            self.0
-                .process_new_packets()
-                .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
-            self.write_ciphertext(socket)?; // handshake answers, at once
-        }
-    }
-
-    /// Encrypts `plaintext` (once the handshake is done) and writes; returns how much of it
-    /// was taken. Before the handshake completes nothing is taken.
-    pub fn write(&mut self, socket: &mut TcpStream, plaintext: &[u8]) -> io::Result<usize> {
-        let mut taken = 0;
-        while self.write_ciphertext(socket)? && !self.0.is_handshaking() && taken < plaintext.len()
-        {
-            let end = plaintext.len().min(taken + 16 * 1024);
-            taken += self.0.writer().write(&plaintext[taken..end])?;
-        }
-        Ok(taken)
-    }
-
-    /// Writes the ciphertext waiting; false if the socket filled up first.
-    fn write_ciphertext(&mut self, socket: &mut TcpStream) -> io::Result<bool> {
-        while self.0.wants_write() {
-            match self.0.write_tls(socket) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
-    }
-}
+/// One client's TLS session: the library's client side, shared with the Redis backplane.
+pub type Session = mio_chat::transport::ClientTls;

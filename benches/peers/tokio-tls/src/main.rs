@@ -4,7 +4,10 @@
 //! leave notices; `/echo` sends every message back, outside the room. Only here to be measured beside mio-chat (benches/tls.sh): idle memory per
 //! wss:// connection.
 //!
-//! Usage: tokio-tls-peer ADDR CERT.pem KEY.pem
+//! Usage: tokio-tls-peer ADDR CERT.pem KEY.pem [READ_BUFFER]
+//!
+//! READ_BUFFER sets tungstenite's per-connection read buffer (default 128 KiB, allocated when
+//! the connection opens): the one knob that changes this peer's idle memory most.
 
 use std::sync::Arc;
 
@@ -16,6 +19,7 @@ use tokio::sync::broadcast;
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::Request;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 fn frame(body: &str) -> String {
@@ -34,9 +38,12 @@ fn frame(body: &str) -> String {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, addr, cert, key] = &args[..] else {
-        return Err("usage: tokio-tls-peer ADDR CERT.pem KEY.pem".into());
+    let (addr, cert, key, read_buffer) = match &args[..] {
+        [_, addr, cert, key] => (addr, cert, key, None),
+        [_, addr, cert, key, size] => (addr, cert, key, Some(size.parse::<usize>()?)),
+        _ => return Err("usage: tokio-tls-peer ADDR CERT.pem KEY.pem [READ_BUFFER]".into()),
     };
+    let ws_config = read_buffer.map(|n| WebSocketConfig::default().read_buffer_size(n));
     let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_file(key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -54,7 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (socket, _) = listener.accept().await?;
         let (acceptor, room) = (acceptor.clone(), room.clone());
         tokio::spawn(async move {
-            let _ = serve(socket, acceptor, room).await;
+            let _ = serve(socket, acceptor, room, ws_config).await;
         });
     }
 }
@@ -63,15 +70,16 @@ async fn serve(
     socket: TcpStream,
     acceptor: TlsAcceptor,
     room: broadcast::Sender<Arc<str>>,
+    ws_config: Option<WebSocketConfig>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     socket.set_nodelay(true)?;
     let tls = acceptor.accept(socket).await?;
     let mut echo = false;
-    let ws = tokio_tungstenite::accept_hdr_async(tls, |request: &Request, response| {
+    let callback = |request: &Request, response| {
         echo = request.uri().path() == "/echo";
         Ok(response)
-    })
-    .await?;
+    };
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(tls, callback, ws_config).await?;
     let (mut sink, mut stream) = ws.split();
     if echo {
         // Like mio-chat's --echo: every message back, outside the room.
