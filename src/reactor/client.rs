@@ -64,6 +64,30 @@ impl Client {
         !self.conn.output().is_empty() || self.transport.wants_write()
     }
 
+    /// A TLS connection that cannot go on: after a TLS error it ends (its alert goes out as
+    /// the socket closes, in `reap`); plaintext HTTP on the TLS port is told, in the clear, to
+    /// use https (counted as a 400 when it ends, like any answer). False: read no more.
+    fn end_tls(
+        &mut self,
+        key: usize,
+        error: Option<rustls::Error>,
+        now: Instant,
+        events: &mut Sink,
+    ) -> bool {
+        match error {
+            Some(e) => {
+                debug!(token = key, peer:% = self.peer; "tls: {e}");
+                self.conn.abort(Ending::TlsFailed, now, events);
+            }
+            None => {
+                debug!(token = key, peer:% = self.peer; "plaintext HTTP on the TLS port");
+                self.transport = Transport::Plain;
+                self.conn = Connection::answered(now, USE_HTTPS);
+            }
+        }
+        false
+    }
+
     pub fn who(&self, key: usize) -> Who {
         Who {
             key,
@@ -115,18 +139,8 @@ impl Server {
                     }
                     return;
                 }
-                Ok(Input::TlsFailed(e)) => {
-                    debug!(token = key, peer:% = client.peer; "tls: {e}");
-                    client.conn.abort(Ending::TlsFailed, now, events);
-                    false // its alert goes out as the socket closes (`reap`)
-                }
-                Ok(Input::PlainHttp) => {
-                    debug!(token = key, peer:% = client.peer; "plaintext HTTP on the TLS port");
-                    client.transport = Transport::Plain;
-                    // Counted as a 400 when it ends, like any answer.
-                    client.conn = Connection::answered(now, USE_HTTPS);
-                    false
-                }
+                Ok(Input::TlsFailed(e)) => client.end_tls(key, Some(e), now, events),
+                Ok(Input::PlainHttp) => client.end_tls(key, None, now, events),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     debug!(token = key, peer:% = client.peer; "read: {e}");

@@ -176,6 +176,12 @@ impl Server {
     /// Runs the event loop until a graceful shutdown completes.
     pub fn run(mut self) -> io::Result<()> {
         info!("listening on {}", self.local_addr);
+        if let Some(files) = &self.config.tls {
+            info!(
+                "tls: https:// and wss:// only, with {}",
+                files.cert.display()
+            );
+        }
         if let Some(backplane) = &mut self.hub.backplane {
             backplane.start(self.poll.registry(), Instant::now());
         }
