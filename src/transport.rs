@@ -7,6 +7,9 @@
 //! advances with each read, a step at a time, however the bytes are split; its deadline is the
 //! connection's (`--handshake-timeout`, from the accept).
 //!
+//! The client side, [`ClientTls`], serves the Redis backplane's `rediss://` links and
+//! `mio-chat-load`'s `wss://` clients the same way.
+//!
 //! What TLS costs an idle client (measured in the README, section TLS): the `ServerConnection`
 //! itself, its traffic keys, and rustls's 4 KiB receive buffer, which rustls keeps once a record
 //! has been read. Outbound ciphertext is bounded to one record's worth per client: plaintext

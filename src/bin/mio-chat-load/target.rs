@@ -267,7 +267,15 @@ mod tests {
         assert_eq!((t.addr.port(), t.path.as_str()), (80, "/"));
         let t = parse_url("ws://[::1]:8080/ws").unwrap();
         assert!(t.addr.is_ipv6());
-        assert!(parse_url("wss://127.0.0.1/ws").is_err());
+        let t = parse_url("wss://127.0.0.1/ws").unwrap();
+        assert_eq!((t.addr.port(), t.wss), (443, true));
+        let mut secure = vec![t];
+        assert!(
+            crate::tls::secure(&mut secure, None, false).is_err(),
+            "--ca or --insecure"
+        );
+        crate::tls::secure(&mut secure, None, true).unwrap();
+        assert!(secure[0].tls.is_some());
         assert!(parse_url("http://127.0.0.1/ws").is_err());
         assert!(parse_url("ws:///ws").is_err());
     }
