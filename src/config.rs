@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::http::OriginPolicy;
 use crate::proxy::TrustedProxies;
 use crate::redis::RedisUrl;
+use crate::transport::TlsFiles;
 
 /// Everything the server can be told.
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ pub struct Config {
     pub reuse_port: bool,
     /// Peers whose `X-Forwarded-For` names the client (for the logs); nobody by default.
     pub trusted_proxies: TrustedProxies,
+    /// With `--tls-cert` and `--tls-key`: the listener speaks TLS (reloaded on SIGHUP).
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for Config {
@@ -59,6 +62,7 @@ impl Default for Config {
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
             reuse_port: false,
             trusted_proxies: TrustedProxies::default(),
+            tls: None,
         }
     }
 }

@@ -59,6 +59,9 @@ pub enum Ending {
     SlowConsumer,
     /// The server is shutting down.
     ShuttingDown,
+    /// The TLS handshake or a TLS record failed (garbage, no common version or cipher suite):
+    /// the peer was sent an alert.
+    TlsFailed,
 }
 
 /// What a connection needs to know from the world while it handles bytes.
@@ -142,8 +145,13 @@ impl Connection {
 
     /// A connection turned away at the door: it gets `status` and nothing else.
     pub fn refused(now: Instant, status: u16) -> Self {
+        Connection::answered(now, Response::status(status))
+    }
+
+    /// A connection that gets `response` whatever it asks (plain HTTP on the TLS port).
+    pub fn answered(now: Instant, response: Response) -> Self {
         let mut conn = Connection::new(now);
-        conn.respond(Response::status(status), now);
+        conn.respond(response, now);
         conn
     }
 

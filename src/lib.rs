@@ -11,7 +11,8 @@
 //!    client's fair share of the room.
 //! 6. [`metrics`] and [`logging`]: what an operator sees; [`proxy`]: who a client is behind a
 //!    reverse proxy.
-//! 7. [`backplane`], with [`redis`] and [`envelope`]: several processes as one room, through
+//! 7. [`transport`]: plaintext or TLS (rustls) between a socket and its connection.
+//! 8. [`backplane`], with [`redis`] and [`envelope`]: several processes as one room, through
 //!    Redis pub/sub (`--redis`).
 //!
 //! Everything but `reactor` is plain logic over bytes and can be tested without a socket.
@@ -34,6 +35,7 @@ pub mod reactor;
 pub mod redis;
 pub mod room;
 pub mod timers;
+pub mod transport;
 
 pub use config::Config;
 pub use reactor::{Server, StopHandle};

@@ -15,8 +15,10 @@ use mio_chat::config::{self, Config};
 use mio_chat::http::OriginPolicy;
 use mio_chat::logging::{self, LogFormat};
 use mio_chat::proxy::{Cidr, TrustedProxies};
-use mio_chat::redis::RedisUrl;
+use mio_chat::redis::{RedisTls, RedisUrl};
+use mio_chat::transport::{self, TlsFiles};
 use mio_chat::Server;
+use rustls::pki_types::ServerName;
 
 /// A WebSocket chat server: every message to everyone, on one thread.
 ///
@@ -81,6 +83,15 @@ struct Args {
         requires = "redis"
     )]
     redis_password_file: Option<PathBuf>,
+    /// With a rediss:// URL: check Redis's certificate against the CA certificates (PEM) in
+    /// this file, for the URL's host.
+    #[arg(
+        long,
+        env = "MIO_CHAT_REDIS_CA",
+        value_name = "PATH",
+        requires = "redis"
+    )]
+    redis_ca: Option<PathBuf>,
     /// The Redis pub/sub channel that carries the room (processes on different channels are
     /// different rooms).
     #[arg(long, env = "MIO_CHAT_REDIS_CHANNEL", value_name = "NAME", default_value = config::DEFAULT_REDIS_CHANNEL)]
@@ -108,6 +119,23 @@ struct Args {
         value_delimiter = ','
     )]
     trusted_proxy: Vec<Cidr>,
+    /// Speak TLS on the listener (https:// and wss://) with this certificate chain (PEM, the
+    /// server's certificate first). SIGHUP reloads it and the key.
+    #[arg(
+        long,
+        env = "MIO_CHAT_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, RSA or SEC1).
+    #[arg(
+        long,
+        env = "MIO_CHAT_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
     /// Log line format: plain text for people, or one JSON object per line for log shippers.
     #[arg(long, env = "MIO_CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     log_format: LogFormat,
@@ -142,6 +170,18 @@ fn mask_credentials(url: &str) -> String {
         Some(at) => format!("{}***{}", &url[..scheme_end], &url[scheme_end + at..]),
         None => url.to_string(),
     }
+}
+
+/// The TLS settings of a `rediss://` URL: `--redis-ca` is required (there is no system trust
+/// store in this build; Redis with TLS is nearly always behind a private CA anyway).
+fn redis_tls(url: &RedisUrl, ca: Option<&Path>) -> Result<RedisTls, String> {
+    let ca = ca.ok_or(
+        "--redis rediss://... needs --redis-ca PATH (the CA that signed Redis's certificate)",
+    )?;
+    let config = transport::client_config(ca, "--redis-ca")?;
+    let name = ServerName::try_from(url.host.clone())
+        .map_err(|e| format!("--redis: {}: {e}", url.host))?;
+    Ok(RedisTls { config, name })
 }
 
 /// The first line of `path`, without its line ending.
@@ -179,6 +219,9 @@ fn config_from(args: Args) -> Result<Config, String> {
     if let (Some(url), Some(path)) = (redis.as_mut(), &args.redis_password_file) {
         url.password = Some(read_password(path)?);
     }
+    if let Some(url) = redis.as_mut().filter(|url| url.secure) {
+        url.tls = Some(redis_tls(url, args.redis_ca.as_deref())?);
+    }
     Ok(Config {
         addr: args.addr,
         max_connections: max_connections(args.max_connections)?,
@@ -196,6 +239,10 @@ fn config_from(args: Args) -> Result<Config, String> {
         redis_timeout: args.redis_timeout,
         reuse_port: args.reuse_port,
         trusted_proxies: TrustedProxies(args.trusted_proxy),
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| TlsFiles { cert, key }),
     })
 }
 
@@ -218,6 +265,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            error!("{e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             error!("cannot listen on {addr}: {e}");
             ExitCode::FAILURE

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub messages_received: u64,
     pub frames_delivered: u64,
     pub bytes_written: u64,
+    /// TLS handshakes (or records) that failed: garbage, no common version or cipher suite.
+    tls_failed: u64,
     turns: u64,
     turn_buckets: [u64; TURN_BUCKETS.len()],
     turn_seconds: f64,
@@ -69,6 +71,7 @@ impl Default for Metrics {
             messages_received: 0,
             frames_delivered: 0,
             bytes_written: 0,
+            tls_failed: 0,
             turns: 0,
             turn_buckets: [0; TURN_BUCKETS.len()],
             turn_seconds: 0.0,
@@ -84,6 +87,7 @@ impl Metrics {
             Ending::Failed(code) => *self.dropped.entry(("protocol_error", code)).or_default() += 1,
             Ending::PingTimeout => *self.dropped.entry(("ping_timeout", 0)).or_default() += 1,
             Ending::SlowConsumer => *self.dropped.entry(("slow_consumer", 0)).or_default() += 1,
+            Ending::TlsFailed => self.tls_failed += 1,
             Ending::PeerLeft | Ending::ShuttingDown => {}
         }
     }
@@ -175,6 +179,13 @@ impl Metrics {
             "mio_chat_bytes_written_total",
             "Bytes written to client sockets.",
             self.bytes_written,
+        );
+        counter(
+            &mut out,
+            "mio_chat_tls_failures_total",
+            "TLS connections ended by a TLS error (a bad or plaintext ClientHello, no common \
+             version or cipher suite, a bad record); 0 without --tls-cert.",
+            self.tls_failed,
         );
         header(
             &mut out,

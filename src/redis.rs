@@ -10,12 +10,19 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 
 pub const DEFAULT_PORT: u16 = 6379;
 
-/// Where Redis is: `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`.
+/// Where Redis is: `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`, or `rediss://...` for TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisUrl {
+    /// `rediss://`: the links speak TLS, with [`RedisUrl::tls`] (set from `--redis-ca`).
+    pub secure: bool,
+    pub tls: Option<RedisTls>,
     pub host: String,
     pub port: u16,
     /// Sent with SELECT. Redis's pub/sub channels are shared by all databases, so this matters
@@ -27,9 +34,15 @@ pub struct RedisUrl {
 
 impl RedisUrl {
     pub fn parse(url: &str) -> Result<RedisUrl, String> {
-        let rest = url
-            .strip_prefix("redis://")
-            .ok_or_else(|| format!("{url}: expected redis://HOST[:PORT][/DB]"))?;
+        let (rest, secure) = match (url.strip_prefix("redis://"), url.strip_prefix("rediss://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => {
+                return Err(format!(
+                    "{url}: expected redis://HOST[:PORT][/DB] or rediss://"
+                ))
+            }
+        };
         let (authority, db) = match rest.split_once('/') {
             Some((authority, "")) => (authority, 0),
             Some((authority, db)) => (
@@ -51,6 +64,8 @@ impl RedisUrl {
         let (host, port) = split_host_port(host_port)
             .ok_or_else(|| format!("{url}: expected HOST or HOST:PORT"))?;
         Ok(RedisUrl {
+            secure,
+            tls: None,
             host: host.to_string(),
             port,
             db,
@@ -86,6 +101,22 @@ impl RedisUrl {
         replies
     }
 }
+
+/// The TLS settings of a `rediss://` backplane: the certificate is checked against `--redis-ca`
+/// for the URL's host.
+#[derive(Debug, Clone)]
+pub struct RedisTls {
+    pub config: Arc<ClientConfig>,
+    pub name: ServerName<'static>,
+}
+
+impl PartialEq for RedisTls {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.config, &other.config) && self.name == other.name
+    }
+}
+
+impl Eq for RedisTls {}
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port`.
 fn split_host_port(text: &str) -> Option<(&str, u16)> {

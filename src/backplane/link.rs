@@ -11,7 +11,9 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use crate::queue::OutQueue;
+use crate::redis::RedisTls;
 use crate::redis::{DecodeError, Limits, Reply, ReplyDecoder};
+use crate::transport::ClientTls;
 
 /// Bytes read from a link at a time (the event loop checks its batch in between).
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -23,6 +25,8 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 pub struct Link {
     pub token: Token,
     socket: Option<TcpStream>,
+    /// With `rediss://`: the TLS session the RESP bytes go through.
+    tls: Option<ClientTls>,
     /// TCP connected (the first WRITABLE event came without an error).
     pub connected: bool,
     pub input: Vec<u8>,
@@ -43,6 +47,7 @@ impl Link {
         Link {
             token,
             socket: None,
+            tls: None,
             connected: false,
             input: Vec::new(),
             decoder: ReplyDecoder::new(limits),
@@ -53,7 +58,15 @@ impl Link {
         }
     }
 
-    pub fn open(&mut self, addr: SocketAddr, registry: &Registry) -> io::Result<()> {
+    pub fn open(
+        &mut self,
+        addr: SocketAddr,
+        tls: Option<&RedisTls>,
+        registry: &Registry,
+    ) -> io::Result<()> {
+        if let Some(tls) = tls {
+            self.tls = Some(ClientTls::new(&tls.config, tls.name.clone())?);
+        }
         let mut socket = TcpStream::connect(addr)?;
         let keepalive = socket2::TcpKeepalive::new()
             .with_time(KEEPALIVE)
@@ -116,16 +129,14 @@ impl Link {
         if !self.connected {
             return Ok(()); // the connect's WRITABLE event will flush
         }
-        while !self.output.is_empty() {
-            match socket.write(self.output.pending()) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => self.output.consume(n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let want = !self.output.is_empty();
+        write_out(socket, self.tls.as_mut(), &mut self.output)?;
+        // While the TLS handshake goes on, WRITABLE stays asked for: the commands queued behind
+        // it go out as soon as a read completes it, and a full socket then needs the event.
+        let want = !self.output.is_empty()
+            || self
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.wants_write() || t.is_handshaking());
         if want != self.writable {
             let interest = if want {
                 Interest::READABLE | Interest::WRITABLE
@@ -146,11 +157,19 @@ impl Link {
         let start = self.input.len();
         self.input.resize(start + READ_CHUNK, 0);
         let result = loop {
-            match socket.read(&mut self.input[start..]) {
+            let read = match self.tls.as_mut() {
+                None => socket.read(&mut self.input[start..]),
+                Some(tls) => tls.read(socket, &mut self.input[start..]),
+            };
+            match read {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 other => break other,
             }
         };
+        if self.connected && self.tls.as_ref().is_some_and(|t| !t.is_handshaking()) {
+            // The read may have completed the handshake: what waited behind it goes now.
+            write_out(socket, self.tls.as_mut(), &mut self.output)?;
+        }
         match result {
             Ok(0) => {
                 self.input.truncate(start);
@@ -171,6 +190,31 @@ impl Link {
                     Err(e)
                 }
             }
+        }
+    }
+}
+
+/// Writes queued bytes (through TLS with `rediss://`) until done or the socket is full.
+fn write_out(
+    socket: &mut TcpStream,
+    mut tls: Option<&mut ClientTls>,
+    output: &mut OutQueue,
+) -> io::Result<()> {
+    loop {
+        let written = match tls.as_deref_mut() {
+            None if output.is_empty() => return Ok(()),
+            None => socket.write(output.pending()),
+            Some(tls) => match tls.write(socket, output.pending())? {
+                0 => return Ok(()), // handshaking, the socket is full, or all written
+                n => Ok(n),
+            },
+        };
+        match written {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => output.consume(n),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }

@@ -172,10 +172,11 @@ impl Backplane {
             return;
         };
         debug!("redis: connecting to {addr}");
+        let tls = self.url.tls.as_ref();
         let opened = self
             .subscriber
-            .open(addr, registry)
-            .and_then(|()| self.publisher.open(addr, registry));
+            .open(addr, tls, registry)
+            .and_then(|()| self.publisher.open(addr, tls, registry));
         if let Err(e) = opened {
             self.subscriber.close(registry);
             self.publisher.close(registry);

@@ -13,6 +13,7 @@ use super::client::Client;
 use super::Server;
 use crate::connection::{Connection, Ending};
 use crate::proxy::Peer;
+use crate::transport::Transport;
 
 /// Pause after `accept` fails for lack of resources (file descriptors, memory).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -85,6 +86,17 @@ impl Server {
             warn!(peer:% = peer; "could not register the connection: {e}");
             return;
         }
+        let transport = match &self.tls {
+            None => Transport::Plain,
+            Some(config) => match Transport::tls(config) {
+                Ok(transport) => transport,
+                Err(e) => {
+                    warn!(peer:% = peer; "could not start TLS: {e}");
+                    let _ = registry.deregister(&mut socket);
+                    return;
+                }
+            },
+        };
         let conn = if refused {
             // Counted as answered when it ends, like any other 503.
             Connection::refused(now, 503)
@@ -94,6 +106,7 @@ impl Server {
         self.next_id += 1;
         entry.insert(Client {
             socket,
+            transport,
             peer: Peer::Direct(peer),
             conn,
             id: self.next_id,

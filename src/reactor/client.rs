@@ -1,12 +1,13 @@
 //! Client I/O: reading a client's socket into its connection, writing its queued bytes, and
-//! keeping the loop's lists (flush, close, timers) in line with what happened to it.
+//! keeping the loop's lists (flush, close, timers) in line with what happened to it. Every read
+//! and write goes through the client's [`Transport`] (plaintext or TLS).
 //!
 //! Room bytes reach a socket in two places only: [`deliver`], called by the turn's flush point
 //! ([`Server::before_sleep`]) during the fan-out, and [`Server::write`], which the flush point
 //! calls for every client with queued bytes and the WRITABLE handler calls when a full socket
 //! drains.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::Shutdown;
 use std::time::Instant;
 
@@ -17,9 +18,18 @@ use mio::{Interest, Token};
 use super::hub::Who;
 use super::Server;
 use crate::connection::{Connection, Context, Ending, Sink};
-use crate::http;
+use crate::http::{self, Response};
 use crate::proxy::Peer;
 use crate::timers::Timer;
+use crate::transport::{Input, Transport};
+
+/// The answer to a plaintext HTTP request on the TLS port.
+const USE_HTTPS: Response = Response {
+    status: 400,
+    content_type: "text/plain; charset=utf-8",
+    extra_header: "",
+    body: "this port speaks TLS: use https:// (or wss://)\n",
+};
 
 /// One read buffer for all clients: idle clients hold no read buffer of their own.
 pub(super) const READ_CHUNK: usize = 64 * 1024;
@@ -29,6 +39,8 @@ const READ_BUDGET: usize = 256 * 1024;
 /// A socket and the state machine that speaks over it.
 pub(super) struct Client {
     pub socket: TcpStream,
+    /// Plaintext, or TLS on a `--tls-cert` listener.
+    pub transport: Transport,
     /// Who it is, for the logs: the TCP peer, or the client behind a trusted proxy.
     pub peer: Peer,
     pub conn: Connection,
@@ -47,6 +59,35 @@ pub(super) struct Client {
 }
 
 impl Client {
+    /// Bytes wait to be written: queued by the connection, or encrypted and held by TLS.
+    pub fn has_output(&self) -> bool {
+        !self.conn.output().is_empty() || self.transport.wants_write()
+    }
+
+    /// A TLS connection that cannot go on: after a TLS error it ends (its alert goes out as
+    /// the socket closes, in `reap`); plaintext HTTP on the TLS port is told, in the clear, to
+    /// use https (counted as a 400 when it ends, like any answer). False: read no more.
+    fn end_tls(
+        &mut self,
+        key: usize,
+        error: Option<rustls::Error>,
+        now: Instant,
+        events: &mut Sink,
+    ) -> bool {
+        match error {
+            Some(e) => {
+                debug!(token = key, peer:% = self.peer; "tls: {e}");
+                self.conn.abort(Ending::TlsFailed, now, events);
+            }
+            None => {
+                debug!(token = key, peer:% = self.peer; "plaintext HTTP on the TLS port");
+                self.transport = Transport::Plain;
+                self.conn = Connection::answered(now, USE_HTTPS);
+            }
+        }
+        false
+    }
+
     pub fn who(&self, key: usize) -> Who {
         Who {
             key,
@@ -78,17 +119,28 @@ impl Server {
                 degraded: hub.degraded(),
             };
             let events: &mut Sink = &mut |event| hub.on_event(who, event);
-            let more = match client.socket.read(&mut self.read_buf) {
-                Ok(0) => {
+            let more = match client
+                .transport
+                .read(&mut client.socket, &mut self.read_buf)
+            {
+                Ok(Input::Eof) => {
                     client.conn.peer_closed(now, events);
                     false // EOF: nothing more will come, however long we keep the socket
                 }
-                Ok(n) => {
+                Ok(Input::Data(n)) => {
                     client.conn.receive(&mut self.read_buf[..n], &cx, events);
                     budget = budget.saturating_sub(n);
                     true
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Ok(Input::WouldBlock) => {
+                    // A TLS handshake step may have left an answer to send.
+                    if client.transport.wants_write() {
+                        self.settle(key, now);
+                    }
+                    return;
+                }
+                Ok(Input::TlsFailed(e)) => client.end_tls(key, Some(e), now, events),
+                Ok(Input::PlainHttp) => client.end_tls(key, None, now, events),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     debug!(token = key, peer:% = client.peer; "read: {e}");
@@ -140,15 +192,9 @@ impl Server {
             return;
         };
         let mut failed = None;
-        while failed.is_none() && !client.conn.is_closed() && !client.conn.output().is_empty() {
-            match client.socket.write(client.conn.output().pending()) {
-                Ok(n) if n > 0 => {
-                    client.conn.sent(n);
-                    self.hub.metrics.bytes_written += n as u64;
-                }
-                Ok(_) => failed = Some(Ending::PeerLeft),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+        if !client.conn.is_closed() {
+            match client.transport.flush(&mut client.socket, &mut client.conn) {
+                Ok(n) => self.hub.metrics.bytes_written += n as u64,
                 Err(e) => {
                     debug!(token = key, peer:% = client.peer; "write: {e}");
                     failed = Some(Ending::PeerLeft);
@@ -167,7 +213,7 @@ impl Server {
     /// Asks for WRITABLE only while bytes wait, and sends our FIN once all is said.
     fn update_interest(&mut self, key: usize) -> Result<(), Ending> {
         let client = self.clients.get_mut(key).ok_or(Ending::PeerLeft)?;
-        let want_writable = !client.conn.output().is_empty();
+        let want_writable = client.has_output();
         if want_writable != client.writable {
             let interest = if want_writable {
                 Interest::READABLE | Interest::WRITABLE
@@ -181,7 +227,7 @@ impl Server {
             }
             client.writable = want_writable;
         }
-        if client.conn.should_half_close() && !client.half_closed {
+        if client.conn.should_half_close() && !client.half_closed && !client.has_output() {
             // Our FIN tells the peer we are done; closing only after theirs avoids a reset
             // that could destroy the answer still in flight.
             client.half_closed = true;
@@ -239,7 +285,7 @@ impl Server {
         if client.writable && client.conn.output().len() > self.config.max_outbound {
             return self.abort(key, Ending::SlowConsumer, now);
         }
-        let has_bytes = !client.writable && !client.conn.output().is_empty();
+        let has_bytes = !client.writable && client.has_output();
         let owes_fin = client.conn.should_half_close() && !client.half_closed;
         if !client.dirty && (has_bytes || owes_fin) {
             client.dirty = true;
@@ -293,6 +339,7 @@ impl Server {
                 continue; // listed twice
             }
             let mut client = self.clients.remove(key);
+            client.transport.last_words(&mut client.socket);
             if let Err(e) = self.poll.registry().deregister(&mut client.socket) {
                 debug!(token = key, peer:% = client.peer; "deregister: {e}");
             }
@@ -313,22 +360,19 @@ pub(super) fn deliver(
     bytes_written: &mut u64,
 ) -> Result<(), Ending> {
     let backlog = client.conn.output().len();
-    if backlog > 0 {
+    if backlog > 0 || client.transport.wants_write() {
         if backlog + frames.len() > max_outbound {
             return Err(Ending::SlowConsumer);
         }
         client.conn.queue(frames);
         return Ok(());
     }
-    match client.socket.write(frames) {
-        Ok(n) => {
-            *bytes_written += n as u64;
-            if n < frames.len() {
-                client.conn.queue(&frames[n..]);
+    match client.transport.deliver(&mut client.socket, frames) {
+        Ok((taken, written)) => {
+            *bytes_written += written as u64;
+            if taken < frames.len() {
+                client.conn.queue(&frames[taken..]);
             }
-        }
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
-            client.conn.queue(frames);
         }
         Err(e) => {
             debug!(peer:% = client.peer; "write: {e}");

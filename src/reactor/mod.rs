@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use rustls::ServerConfig;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -43,6 +44,7 @@ use crate::connection::{Ending, Phase};
 use crate::metrics::Gauges;
 use crate::pacing::Pacing;
 use crate::timers::Timers;
+use crate::transport;
 use accept::AcceptPause;
 use client::{deliver, Client, READ_CHUNK};
 use hub::Hub;
@@ -77,6 +79,9 @@ pub struct Server {
     signals: Option<Signals>,
     waker: Arc<Waker>,
     config: Config,
+    /// With `--tls-cert`: what new connections' TLS sessions start from. SIGHUP replaces it;
+    /// connections already open keep the `Arc` they started with.
+    tls: Option<Arc<ServerConfig>>,
     clients: Slab<Client>,
     /// The room, the backplane and the counters: what clients' events act on.
     hub: Hub,
@@ -102,6 +107,13 @@ pub struct Server {
 impl Server {
     /// Binds the listener; port 0 picks a free port (see [`Server::local_addr`]).
     pub fn bind(config: Config) -> io::Result<Server> {
+        let tls = match &config.tls {
+            Some(files) => Some(
+                transport::server_config(files)
+                    .map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?,
+            ),
+            None => None,
+        };
         let poll = Poll::new()?;
         let mut listener = accept::listen(config.addr, config.reuse_port)?;
         let local_addr = listener.local_addr()?;
@@ -124,6 +136,7 @@ impl Server {
             signals: None,
             waker,
             config,
+            tls,
             clients: Slab::new(),
             hub: Hub::new(backplane),
             pacing: Pacing::new(Instant::now()),
@@ -140,10 +153,11 @@ impl Server {
         })
     }
 
-    /// Makes SIGINT and SIGTERM start a graceful shutdown. The signals arrive through a pipe
-    /// registered in the same poll, so they are handled in the loop like any other event.
+    /// Makes SIGINT and SIGTERM start a graceful shutdown, and SIGHUP reload the TLS
+    /// certificate and key. The signals arrive through a pipe registered in the same poll, so
+    /// they are handled in the loop like any other event.
     pub fn stop_on_signals(mut self) -> io::Result<Server> {
-        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         self.poll
             .registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -162,6 +176,12 @@ impl Server {
     /// Runs the event loop until a graceful shutdown completes.
     pub fn run(mut self) -> io::Result<()> {
         info!("listening on {}", self.local_addr);
+        if let Some(files) = &self.config.tls {
+            info!(
+                "tls: https:// and wss:// only, with {}",
+                files.cert.display()
+            );
+        }
         if let Some(backplane) = &mut self.hub.backplane {
             backplane.start(self.poll.registry(), Instant::now());
         }
@@ -269,7 +289,7 @@ impl Server {
             };
             match deliver(client, frames, config.max_outbound, bytes_written) {
                 Ok(()) => {
-                    if !client.conn.output().is_empty() && !client.writable && !client.dirty {
+                    if client.has_output() && !client.writable && !client.dirty {
                         client.dirty = true;
                         dirty.push(key);
                     }
@@ -324,8 +344,34 @@ impl Server {
         let Some(signals) = self.signals.as_mut() else {
             return;
         };
-        if signals.pending().next().is_some() {
+        let (mut stop, mut reload) = (false, false);
+        for signal in signals.pending() {
+            match signal {
+                SIGHUP => reload = true,
+                _ => stop = true,
+            }
+        }
+        if reload {
+            self.reload_tls();
+        }
+        if stop {
             self.shut_down(now);
+        }
+    }
+
+    /// SIGHUP: reads the certificate and key again. New handshakes use the new pair; open
+    /// connections keep theirs. A pair that fails to load changes nothing, and the log says why.
+    fn reload_tls(&mut self) {
+        let Some(files) = &self.config.tls else {
+            info!("SIGHUP: no --tls-cert to reload");
+            return;
+        };
+        match transport::server_config(files) {
+            Ok(config) => {
+                self.tls = Some(config);
+                info!("tls: reloaded {}", files.cert.display());
+            }
+            Err(e) => warn!("tls: reload failed, keeping the previous certificate: {e}"),
         }
     }
 

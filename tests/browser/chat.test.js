@@ -9,9 +9,10 @@
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
+const os = require('node:os');
 const path = require('node:path');
 const {
-  RECONNECT_TIMEOUT, launchBrowser, withChat, withCluster, waitForState, entries, texts, waitForCount, waitForText, say,
+  makeCert, pagesFor, startServer, RECONNECT_TIMEOUT, launchBrowser, withChat, withCluster, waitForState, entries, texts, waitForCount, waitForText, say,
 } = require('./harness');
 
 const JOINED = 'New User Joined...';
@@ -282,3 +283,41 @@ async function writeSideBySide(a, b, file) {
     await page.close();
   }
 }
+
+// --tls-cert: the page over https:// opens its WebSocket on wss://, and two tabs chat through it.
+// Chromium is told to accept the self-signed certificate, as a user clicking through would.
+test('over https, the page uses wss:// and two tabs chat', async (t) => {
+  const tlsBrowser = await launchBrowser(['--ignore-certificate-errors']);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mio-chat-tls-'));
+  const { cert, key } = makeCert(dir);
+  const server = await startServer(0, { args: ['--tls-cert', cert, '--tls-key', key] });
+  const pages = pagesFor(tlsBrowser);
+  const url = `https://localhost:${server.port}/`;
+  const sockets = [];
+  const open = async () => {
+    const page = await pages.openOffline();
+    page.on('websocket', (ws) => sockets.push(ws.url()));
+    await page.goto(url);
+    await waitForState(page, 'online');
+    return page;
+  };
+  try {
+    const a = await open();
+    await waitForCount(a, 1, 'notice');
+    const b = await open();
+    await waitForCount(a, 2, 'notice');
+    await say(a, 'hello over TLS');
+    await waitForText(b, 'hello over TLS');
+    await say(b, 'and back', { click: true });
+    await waitForText(a, 'and back');
+    assert.deepEqual(sockets, [`wss://localhost:${server.port}/ws`, `wss://localhost:${server.port}/ws`]);
+  } catch (err) {
+    console.error(`-- server log for "${t.name}":\n${server.log.join('\n')}`);
+    throw err;
+  } finally {
+    for (const context of pages.contexts) await context.close();
+    await server.stop();
+    await tlsBrowser.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

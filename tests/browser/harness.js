@@ -5,7 +5,7 @@
 // `cargo build`, the browser and redis-server from the system.
 'use strict';
 
-const { spawn } = require('node:child_process');
+const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const net = require('node:net');
 const path = require('node:path');
@@ -33,8 +33,24 @@ const CHROMIUM = {
   ],
 };
 
-function launchBrowser() {
-  return chromium.launch(CHROMIUM);
+// `extraArgs`: more Chromium flags, e.g. --ignore-certificate-errors for a self-signed server.
+function launchBrowser(extraArgs = []) {
+  return chromium.launch({ ...CHROMIUM, args: [...CHROMIUM.args, ...extraArgs] });
+}
+
+// A self-signed ECDSA certificate for localhost and 127.0.0.1, made with the system's openssl
+// (the same command as the README's TLS section) in `dir`; returns the two file paths.
+function makeCert(dir) {
+  const cert = path.join(dir, 'cert.pem');
+  const key = path.join(dir, 'key.pem');
+  const made = spawnSync('openssl', [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+    '-days', '1', '-subj', '/CN=localhost',
+    '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
+    '-addext', 'basicConstraints=critical,CA:FALSE', '-keyout', key, '-out', cert,
+  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  if (made.status !== 0) throw new Error(`openssl failed: ${made.stderr}`);
+  return { cert, key };
 }
 
 // Every server still running, so that a crashed test run does not leave one behind.
@@ -393,6 +409,8 @@ async function say(page, text, { click = false } = {}) {
 }
 
 module.exports = {
+  makeCert,
+  pagesFor,
   TIMEOUT,
   RECONNECT_TIMEOUT,
   launchBrowser,

@@ -56,6 +56,13 @@ pub struct Common {
     /// status is non-zero.
     #[arg(long, global = true, default_value = "120", value_parser = mio_chat::config::parse_positive_secs)]
     pub timeout: Duration,
+    /// For wss:// URLs: check the server's certificate against the CA certificates (PEM) in
+    /// this file.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ca: Option<std::path::PathBuf>,
+    /// For wss:// URLs: accept any server certificate (a self-signed one, for a load test).
+    #[arg(long, global = true, conflicts_with = "ca")]
+    pub insecure: bool,
     /// Allow a target outside 127.0.0.0/8 and ::1.
     #[arg(long, global = true)]
     pub allow_remote: bool,

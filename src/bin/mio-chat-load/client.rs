@@ -9,7 +9,7 @@
 //! so keepalive never drops an idle client during `--hold`.
 
 use std::fmt;
-use std::io::{self, ErrorKind, Write};
+use std::io::{self, ErrorKind, Read, Write};
 
 use log::debug;
 use mio::net::TcpStream;
@@ -17,6 +17,8 @@ use mio_chat::frame::OpCode;
 
 use crate::chat::{body_of, envelope_inner, Notice};
 use crate::handshake::{self, HandshakeError, Request};
+use crate::target::Target;
+use crate::tls::Session;
 use crate::wire::{push_masked, Fixed, Inbox, Incoming, Masks, WireError};
 
 /// The largest message accepted from the server; the chat's own limit is 64 KiB of text,
@@ -95,6 +97,8 @@ impl fmt::Display for Failure {
 
 pub struct Client {
     pub socket: TcpStream,
+    /// With a `wss://` target: the TLS session the WebSocket bytes go through.
+    tls: Option<Session>,
     /// Position in the dial order, 0-based.
     pub index: u32,
     phase: Phase,
@@ -112,6 +116,7 @@ impl Client {
     pub fn new(socket: TcpStream, index: u32) -> Self {
         Client {
             socket,
+            tls: None,
             index,
             phase: Phase::Connecting,
             handshake: None,
@@ -127,12 +132,39 @@ impl Client {
     }
 
     pub fn has_output(&self) -> bool {
-        self.sent < self.out.len()
+        self.sent < self.out.len() || self.tls.as_ref().is_some_and(Session::wants_write)
+    }
+
+    /// Like `socket.read` (`Ok(0)` at the end), through TLS for a `wss://` target. The upgrade
+    /// request waits for the TLS handshake, and goes as soon as a read completes it.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_mut() else {
+            return self.socket.read(buf);
+        };
+        let n = tls.read(&mut self.socket, buf)?;
+        if self.has_output() && self.phase != Phase::Connecting {
+            while self.has_output() && self.write_some()? > 0 {}
+        }
+        Ok(n)
+    }
+
+    /// One write of queued bytes; `Ok(0)` only through TLS, when nothing could be taken yet.
+    fn write_some(&mut self) -> io::Result<usize> {
+        let pending = &self.out[self.sent..];
+        let n = match self.tls.as_mut() {
+            None => self.socket.write(pending)?,
+            Some(tls) => match tls.write(&mut self.socket, pending)? {
+                0 => return Err(ErrorKind::WouldBlock.into()),
+                n => n,
+            },
+        };
+        self.sent += n;
+        Ok(n)
     }
 
     /// Called on the first writable (or error) event: has `connect` finished? `Ok(false)` means
     /// not yet (a stale event, for instance one meant for an earlier client with this token).
-    pub fn finish_connect(&mut self, host: &str, path: &str) -> Result<bool, Failure> {
+    pub fn finish_connect(&mut self, target: &Target) -> Result<bool, Failure> {
         if let Some(e) = self.socket.take_error().map_err(Failure::Connect)? {
             return Err(Failure::Connect(e));
         }
@@ -141,7 +173,11 @@ impl Client {
             Err(e) if e.kind() == ErrorKind::NotConnected => return Ok(false),
             Err(e) => return Err(Failure::Connect(e)),
         }
-        let Request { bytes, accept } = handshake::request(host, path);
+        if let Some(secure) = &target.tls {
+            let session = Session::new(&secure.config, secure.name.clone());
+            self.tls = Some(session.map_err(Failure::Connect)?);
+        }
+        let Request { bytes, accept } = handshake::request(&target.host, &target.path);
         self.out.extend_from_slice(&bytes);
         self.handshake = Some((accept, Vec::new()));
         self.phase = Phase::Handshake;
@@ -261,9 +297,9 @@ impl Client {
     /// Writes queued bytes until they are all sent or the socket is full.
     pub fn flush(&mut self) -> Result<(), Failure> {
         while self.has_output() && self.phase != Phase::Connecting {
-            match self.socket.write(&self.out[self.sent..]) {
+            match self.write_some() {
                 Ok(0) => return Err(Failure::Eof(self.phase)),
-                Ok(n) => self.sent += n,
+                Ok(_) => {}
                 // Edge-triggered: the socket stays registered for WRITABLE, so an event
                 // comes when there is room again.
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),

@@ -14,7 +14,7 @@
 //! them at the cost of a branch, cheaper than re-registering each time a message is queued.
 
 use std::collections::BTreeMap;
-use std::io::{self, ErrorKind, Read};
+use std::io::{self, ErrorKind};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -333,7 +333,7 @@ impl Fleet {
                 return;
             }
             let (route, _) = route_for(&self.routes, client.index);
-            match client.finish_connect(&route.target.host, &route.target.path) {
+            match client.finish_connect(&route.target) {
                 Ok(true) => mark_dirty(&mut self.dirty, key, client),
                 Ok(false) => return,
                 Err(failure) => return self.fail(key, failure, observer),
@@ -353,7 +353,7 @@ impl Fleet {
             let Some(client) = self.clients.get_mut(key) else {
                 return;
             };
-            let n = match client.socket.read(&mut self.read_buf) {
+            let n = match client.read(&mut self.read_buf) {
                 Ok(0) => {
                     let failure = client.eof();
                     return self.fail(key, failure, observer);

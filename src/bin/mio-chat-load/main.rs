@@ -28,6 +28,7 @@ mod progress;
 mod report;
 mod scenario;
 mod target;
+mod tls;
 mod wire;
 
 use std::process::ExitCode;
@@ -74,7 +75,8 @@ fn start(args: &Args) -> Result<bool, String> {
         }
         Scenario::Merge(_) => (0, 0),
     };
-    let targets = target::parse_urls(&common.url)?;
+    let mut targets = target::parse_urls(&common.url)?;
+    tls::secure(&mut targets, common.ca.as_deref(), common.insecure)?;
     for target in &targets {
         target::check_local(&target.addr, common.allow_remote)?;
     }

@@ -26,13 +26,19 @@ pub struct Target {
     /// The `Host` header: the URL's host and port as written.
     pub host: String,
     pub path: String,
+    /// A `wss://` URL.
+    pub wss: bool,
+    /// With `wss://`: the TLS settings, from `--ca` or `--insecure` ([`crate::tls::secure`]).
+    pub tls: Option<crate::tls::Secure>,
 }
 
-/// Parses `ws://HOST[:PORT][/PATH]` and resolves the host.
+/// Parses `ws://HOST[:PORT][/PATH]` or `wss://...` and resolves the host.
 pub fn parse_url(url: &str) -> Result<Target, String> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| format!("{url}: only ws:// URLs are supported"))?;
+    let (rest, wss) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => return Err(format!("{url}: only ws:// and wss:// URLs are supported")),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -40,9 +46,9 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
     if authority.is_empty() {
         return Err(format!("{url}: no host"));
     }
-    // A bare host means port 80; `[::1]:8080` and `host:8080` name their own.
+    // A bare host means port 80 (443 for wss://); `[::1]:8080` and `host:8080` name their own.
     let with_port = if authority.ends_with(']') || !authority.contains(':') {
-        format!("{authority}:80")
+        format!("{authority}:{}", if wss { 443 } else { 80 })
     } else {
         authority.to_string()
     };
@@ -62,6 +68,8 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
         addr,
         host: authority.to_string(),
         path: path.to_string(),
+        wss,
+        tls: None,
     })
 }
 
@@ -259,7 +267,15 @@ mod tests {
         assert_eq!((t.addr.port(), t.path.as_str()), (80, "/"));
         let t = parse_url("ws://[::1]:8080/ws").unwrap();
         assert!(t.addr.is_ipv6());
-        assert!(parse_url("wss://127.0.0.1/ws").is_err());
+        let t = parse_url("wss://127.0.0.1/ws").unwrap();
+        assert_eq!((t.addr.port(), t.wss), (443, true));
+        let mut secure = vec![t];
+        assert!(
+            crate::tls::secure(&mut secure, None, false).is_err(),
+            "--ca or --insecure"
+        );
+        crate::tls::secure(&mut secure, None, true).unwrap();
+        assert!(secure[0].tls.is_some());
         assert!(parse_url("http://127.0.0.1/ws").is_err());
         assert!(parse_url("ws:///ws").is_err());
     }
