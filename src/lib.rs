@@ -7,7 +7,8 @@
 //! 2. [`connection`]: one client as a state machine over bytes (HTTP request → WebSocket → close).
 //! 3. [`http`] and [`frame`]: parsing the request head and WebSocket frames, without I/O.
 //! 4. [`room`] and [`message`]: who gets what, and the JSON every client receives.
-//! 5. [`queue`], [`timers`], [`config`]: outbound bytes, deadlines, settings.
+//! 5. [`queue`], [`timers`], [`config`], [`budget`]: outbound bytes, deadlines, settings, a
+//!    client's fair share of the room.
 //! 6. [`metrics`] and [`logging`]: what an operator sees; [`proxy`]: who a client is behind a
 //!    reverse proxy.
 //! 7. [`backplane`], with [`redis`] and [`envelope`]: several processes as one room, through
@@ -16,6 +17,7 @@
 //! Everything but `reactor` is plain logic over bytes and can be tested without a socket.
 
 pub mod backplane;
+pub mod budget;
 pub mod config;
 pub mod connection;
 pub mod envelope;
