@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::budget::FairShare;
 use crate::http::OriginPolicy;
 use crate::proxy::TrustedProxies;
 use crate::redis::RedisUrl;
@@ -36,6 +37,9 @@ pub struct Config {
     pub reuse_port: bool,
     /// Peers whose `X-Forwarded-For` names the client (for the logs); nobody by default.
     pub trusted_proxies: TrustedProxies,
+    /// What one client may make the room carry (messages and bytes per second, with bursts);
+    /// past it, its reads are held back (see `budget.rs`). Off for load tests.
+    pub fair_share: FairShare,
 }
 
 impl Default for Config {
@@ -53,6 +57,7 @@ impl Default for Config {
             redis_channel: DEFAULT_REDIS_CHANNEL.to_string(),
             reuse_port: false,
             trusted_proxies: TrustedProxies::default(),
+            fair_share: FairShare::default(),
         }
     }
 }

@@ -66,6 +66,10 @@ impl Hub {
             Event::Echoed => self.metrics.messages_received += 1,
             Event::MetricsRequested => self.metrics_requests.push(who.key),
             Event::Forwarded(chain) => self.forwarded.push((who.key, chain.into())),
+            Event::Throttled(held) => {
+                self.metrics.throttled(held);
+                debug!(token = who.key, peer:% = who.peer; "throttled for {held:?}");
+            }
             Event::Ended(ending) => {
                 self.metrics.ended(ending);
                 debug!(token = who.key, peer:% = who.peer; "ending: {ending:?}");
