@@ -239,13 +239,15 @@ impl Server {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
+        // Closed first: an aborted connection keeps its unsent bytes until it is reaped, and
+        // judging them again would abort it again, and again (a stack overflow, issue 11).
+        if client.conn.is_closed() {
+            return self.closed.push(key);
+        }
         // Its own replies (pongs, echoes) count too, once the socket has stopped taking bytes:
         // a client whose socket keeps up is written at the end of the turn, whatever it queued.
         if client.writable && client.conn.output().len() > self.config.max_outbound {
             return self.abort(key, Ending::SlowConsumer, now);
-        }
-        if client.conn.is_closed() {
-            return self.closed.push(key);
         }
         if client.conn.resumed() {
             self.unread.push(key);
