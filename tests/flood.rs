@@ -6,8 +6,9 @@
 //! fail), while they keep coming (none lost, none out of order).
 //!
 //! The budget is set through its environment variables, which an older server ignores: on a
-//! build without the budget the same test runs and fails on what it sees (the flooder's messages
-//! far past the bound, no throttle counted, the lazy reader dropped as a slow consumer).
+//! build without the budget the same test runs and fails on what it sees. Before the budget the
+//! flood killed the server (see the second test); with only that fixed, the room took 35,972 of
+//! the flooder's messages in 5.7 s where the budget allows 611.
 
 mod common;
 
