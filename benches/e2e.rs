@@ -15,6 +15,10 @@
 //! over both. The server column then counts the CPU time of every server process and of
 //! `redis-server` (from /proc), per million deliveries.
 //!
+//! The servers run with the per-client budget off (`MIO_CHAT_CLIENT_RATE=0`,
+//! `MIO_CHAT_CLIENT_BYTES_RATE=0`: variables, which an older `E2E_SERVER` ignores): a max-rate
+//! sender says thousands of messages a second, far past the default budget of 20.
+//!
 //! Every run gets a fresh server (so memory figures start from the same place) and its figures
 //! come from the load generator's `--json` report, which reads the server's memory and CPU time
 //! from /proc. A run that loses, duplicates or reorders anything fails the whole benchmark.
@@ -149,6 +153,8 @@ impl Server {
         let mut child = Command::new(server_binary())
             .args(["--addr", "127.0.0.1:0"])
             .args(args)
+            .env("MIO_CHAT_CLIENT_RATE", "0")
+            .env("MIO_CHAT_CLIENT_BYTES_RATE", "0")
             .env_remove("RUST_LOG")
             .stderr(Stdio::piped())
             .spawn()

@@ -7,7 +7,8 @@
 #
 # What it does:
 #   1. builds the release binaries (cargo build --release);
-#   2. starts the release server on a free port (target/release/mio-chat --addr 127.0.0.1:0),
+#   2. starts the release server on a free port (target/release/mio-chat --addr 127.0.0.1:0,
+#      with the per-client budget off: each sender says 50 messages a second, past its default),
 #      reads the port from its first stderr line (`listening on HOST:PORT`) and its PID from a
 #      pidfile written by the shell that execs it;
 #   3. samples the server's RSS (VmRSS) and open fd count (/proc/PID/fd) every second into a
@@ -101,7 +102,7 @@ SERVER=target/release/mio-chat
 LOAD=target/release/mio-chat-load
 
 # The shell writes its own PID, then becomes the server: the PID is the server's.
-RUST_LOG=info sh -c 'echo $$ > "$1"; exec "$2" --addr 127.0.0.1:0' sh \
+RUST_LOG=info sh -c 'echo $$ > "$1"; exec "$2" --addr 127.0.0.1:0 --client-rate 0 --client-bytes-rate 0' sh \
     "$DIR/server.pid" "$SERVER" 2>"$DIR/server.log" &
 PORT=''
 for _ in $(seq 100); do

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::budget::FairShare;
 use crate::http::OriginPolicy;
 use crate::proxy::TrustedProxies;
 use crate::redis::RedisUrl;
@@ -43,6 +44,9 @@ pub struct Config {
     pub trusted_proxies: TrustedProxies,
     /// With `--tls-cert` and `--tls-key`: the listener speaks TLS (reloaded on SIGHUP).
     pub tls: Option<TlsFiles>,
+    /// What one client may make the room carry (messages and bytes per second, with bursts);
+    /// past it, its reads are held back (see `budget.rs`). Off for load tests.
+    pub fair_share: FairShare,
 }
 
 impl Default for Config {
@@ -63,6 +67,7 @@ impl Default for Config {
             reuse_port: false,
             trusted_proxies: TrustedProxies::default(),
             tls: None,
+            fair_share: FairShare::default(),
         }
     }
 }

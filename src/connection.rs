@@ -17,9 +17,17 @@
 //!
 //! `Joined` and `Left` come in pairs by construction: `Left` follows every `Joined`, exactly once,
 //! whichever way the connection ends, even in the same read as its handshake.
+//!
+//! A chat client's messages are charged to its [`Budget`] as it says them (`--client-rate`,
+//! `--client-bytes-rate`). Once the budget is spent, the connection uses nothing more of its
+//! input until the budget allows the next message: what is left of the read waits in `input`,
+//! [`Connection::is_held`] tells the loop to stop reading the socket, and the instant of resuming
+//! is the connection's deadline, like any other. Its keepalive waits meanwhile: the silence is
+//! ours.
 
 use std::time::{Duration, Instant};
 
+use crate::budget::Budget;
 use crate::config::Config;
 use crate::frame::{self, close, Header, OpCode};
 use crate::http::{self, Decision, Response, Route};
@@ -86,6 +94,8 @@ pub enum Event<'a> {
     /// Its request came through a trusted proxy (`--trusted-proxy`) with this `X-Forwarded-For`
     /// chain, from which the loop tells who the client is (for the logs).
     Forwarded(&'a str),
+    /// Its budget is spent: its reads are held back for this long (for the metrics).
+    Throttled(Duration),
     /// It started to end, and why; once per connection.
     Ended(Ending),
     /// It is no longer a chat client; once, and only after `Joined`.
@@ -94,6 +104,16 @@ pub enum Event<'a> {
 
 /// Where a connection's events go (the event loop's handler, or a test's list).
 pub type Sink<'s> = dyn FnMut(Event) + 's;
+
+/// Whether the loop may read this client's socket, as its budget says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    Free,
+    /// The budget is spent: nothing more is read until the deadline.
+    Held,
+    /// The hold just ended: the loop must read the socket once (see [`Connection::resumed`]).
+    Resumed,
+}
 
 /// A message arriving in several frames.
 #[derive(Debug)]
@@ -124,6 +144,9 @@ pub struct Connection {
     ending_reported: bool,
     /// `Joined` has been reported and `Left` not yet.
     joined: bool,
+    reads: Reads,
+    /// What it has said lately, against `--client-rate` and `--client-bytes-rate`: 16 bytes.
+    budget: Budget,
 }
 
 impl Connection {
@@ -140,6 +163,8 @@ impl Connection {
             ending: None,
             ending_reported: false,
             joined: false,
+            reads: Reads::Free,
+            budget: Budget::default(),
         }
     }
 
@@ -166,6 +191,22 @@ impl Connection {
 
     pub fn is_closed(&self) -> bool {
         self.phase == Phase::Closed
+    }
+
+    /// Its budget is spent: the loop must not read its socket (TCP flow control then slows the
+    /// sender) until [`Connection::on_deadline`] lets it go.
+    pub fn is_held(&self) -> bool {
+        self.reads == Reads::Held
+    }
+
+    /// True once after a hold ends. The bytes that waited in the socket meanwhile will bring no
+    /// new readiness event (edge-triggered): the loop must read it without one.
+    pub fn resumed(&mut self) -> bool {
+        let resumed = self.reads == Reads::Resumed;
+        if resumed {
+            self.reads = Reads::Free;
+        }
+        resumed
     }
 
     pub fn ending(&self) -> Option<Ending> {
@@ -274,6 +315,7 @@ impl Connection {
     pub fn deadline(&self, config: &Config) -> Option<Instant> {
         match self.phase {
             Phase::Request => Some(self.since + config.handshake_timeout),
+            Phase::Open(_) if self.is_held() => Some(self.budget.resume_at(&config.fair_share)),
             Phase::Open(_) => config.ping_interval.map(|interval| {
                 let silent_intervals = if self.ping_outstanding { 2 } else { 1 };
                 self.last_heard + interval * silent_intervals
@@ -283,9 +325,19 @@ impl Connection {
         }
     }
 
-    /// Acts on timeouts: 408 for a slow request, pings and ping timeouts, closing timeouts.
-    pub fn on_deadline(&mut self, now: Instant, config: &Config, events: &mut Sink) {
-        self.act_on_deadline(now, config);
+    /// Acts on timeouts: 408 for a slow request, pings and ping timeouts, closing timeouts; and
+    /// the end of a hold, when it goes on with the input that waited.
+    pub fn on_deadline(&mut self, cx: &Context, events: &mut Sink) {
+        if self.is_held() {
+            let share = &cx.config.fair_share;
+            if self.budget.held_until(share, cx.now).is_none() {
+                self.reads = Reads::Resumed;
+                // As if the held bytes had just come; it also restarts the keepalive clock.
+                self.receive(&mut [], cx, events);
+            }
+            return;
+        }
+        self.act_on_deadline(cx.now, cx.config);
         self.report(events);
     }
 
@@ -340,6 +392,10 @@ impl Connection {
     fn enter(&mut self, phase: Phase, now: Instant) {
         self.phase = phase;
         self.since = now;
+        if self.is_held() && !matches!(phase, Phase::Open(_)) {
+            // Closing reads again (for the peer's Close); the rest reads nothing more.
+            self.reads = Reads::Resumed;
+        }
         if !self.accepts_input() {
             self.input = Vec::new();
             self.message = None;
@@ -349,7 +405,7 @@ impl Connection {
     /// Uses as many whole request heads and frames from `buf` as it holds; returns bytes used.
     fn process(&mut self, buf: &mut [u8], cx: &Context, events: &mut Sink) -> usize {
         let mut used = 0;
-        while used < buf.len() {
+        while used < buf.len() && !self.is_held() {
             let n = match self.phase {
                 Phase::Request => self.read_request(&buf[used..], cx, events),
                 Phase::Open(_) | Phase::Closing => self.read_frame(&mut buf[used..], cx, events),
@@ -503,7 +559,10 @@ impl Connection {
             None
         };
         match (route, text) {
-            (Route::Chat, Some(text)) => events(Event::Said(text)),
+            (Route::Chat, Some(text)) => {
+                events(Event::Said(text));
+                self.charge(text.len(), cx, events);
+            }
             (Route::Chat, None) => self.fail(
                 close::UNSUPPORTED_DATA,
                 "binary messages are not supported",
@@ -513,6 +572,18 @@ impl Connection {
                 frame::push_frame(self.output.buffer(), opcode, data);
                 events(Event::Echoed);
             }
+        }
+    }
+
+    /// Charges a message said to the budget, and holds the reads once it is spent. The echo
+    /// route is not charged: what it sends comes back to the sender alone, whose own socket
+    /// (and `--max-outbound`) already bounds it.
+    fn charge(&mut self, bytes: usize, cx: &Context, events: &mut Sink) {
+        let share = &cx.config.fair_share;
+        self.budget.charge(share, cx.now, bytes as u64);
+        if let Some(until) = self.budget.held_until(share, cx.now) {
+            self.reads = Reads::Held;
+            events(Event::Throttled(until - cx.now));
         }
     }
 
@@ -533,6 +604,7 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::{FairShare, Rate};
     use crate::message::{Message, JOINED};
     use crate::room::Broadcast;
 
@@ -557,9 +629,30 @@ mod tests {
             Event::Echoed => Event::Echoed,
             Event::MetricsRequested => Event::MetricsRequested,
             Event::Forwarded(_) => Event::Forwarded(""),
+            Event::Throttled(held) => Event::Throttled(held),
             Event::Ended(ending) => Event::Ended(ending),
             Event::Left => Event::Left,
         }
+    }
+
+    /// What a connection is told of the world at `now`.
+    fn at(now: Instant, config: &Config) -> Context<'_> {
+        Context {
+            now,
+            config,
+            degraded: false,
+        }
+    }
+
+    /// Puts what an event means for the room into `broadcast`, and the event into `events`.
+    fn record(broadcast: &mut Broadcast, events: &mut Vec<Event<'static>>, event: Event) {
+        match event {
+            Event::Joined => broadcast.joined(),
+            Event::Said(text) => broadcast.said(text),
+            Event::Left => broadcast.left(),
+            _ => {}
+        }
+        events.push(without_text(event));
     }
 
     struct Harness {
@@ -592,21 +685,15 @@ mod tests {
             };
             let (broadcast, events) = (&mut self.broadcast, &mut self.events);
             self.conn.receive(&mut bytes.to_vec(), &cx, &mut |event| {
-                match event {
-                    Event::Joined => broadcast.joined(),
-                    Event::Said(text) => broadcast.said(text),
-                    Event::Left => broadcast.left(),
-                    _ => {}
-                }
-                events.push(without_text(event));
+                record(broadcast, events, event)
             });
         }
 
         /// Runs one of the connection's other entry points, collecting its events.
         fn call(&mut self, act: impl FnOnce(&mut Connection, Instant, &Config, &mut Sink)) {
-            let events = &mut self.events;
-            act(&mut self.conn, self.now, &self.config, &mut |e| {
-                events.push(without_text(e))
+            let (broadcast, events) = (&mut self.broadcast, &mut self.events);
+            act(&mut self.conn, self.now, &self.config, &mut |event| {
+                record(broadcast, events, event)
             });
         }
 
@@ -618,7 +705,11 @@ mod tests {
         }
 
         fn open() -> Self {
-            let mut h = Harness::new(Config::default());
+            Harness::open_with(Config::default())
+        }
+
+        fn open_with(config: Config) -> Self {
+            let mut h = Harness::new(config);
             h.feed(REQUEST);
             h.take_output();
             h.broadcast = Broadcast::default();
@@ -722,6 +813,7 @@ mod tests {
         let mut h = Harness::open();
         h.call(|c, now, _, ev| c.go_away(now, ev));
         assert_eq!(h.close_code_sent(), close::GOING_AWAY);
+        h.broadcast = Broadcast::default(); // its leave notice
         h.feed(&client_frame(0x81, b"ignored while closing"));
         assert!(h.broadcast.is_empty());
         h.feed(&client_frame(0x88, &1001u16.to_be_bytes()));
@@ -734,11 +826,11 @@ mod tests {
         let interval = h.config.ping_interval.unwrap();
         let start = h.now;
         assert_eq!(h.conn.deadline(&h.config), Some(start + interval));
-        h.call(|c, _, config, ev| c.on_deadline(start + interval, config, ev));
+        h.call(|c, _, config, ev| c.on_deadline(&at(start + interval, config), ev));
         assert_eq!(h.take_output(), [0x89, 0]);
         assert!(h.events.is_empty());
         assert_eq!(h.conn.deadline(&h.config), Some(start + interval * 2));
-        h.call(|c, _, config, ev| c.on_deadline(start + interval * 2, config, ev));
+        h.call(|c, _, config, ev| c.on_deadline(&at(start + interval * 2, config), ev));
         assert_eq!(h.close_code_sent(), close::GOING_AWAY);
         assert_eq!(h.conn.phase(), Phase::Finishing);
         assert_eq!(h.events, [Event::Ended(Ending::PingTimeout), Event::Left]);
@@ -749,7 +841,7 @@ mod tests {
         let mut h = Harness::new(Config::default());
         h.feed(b"GET / HTTP/1.1\r\n");
         let deadline = h.conn.deadline(&h.config).unwrap();
-        h.call(|c, _, config, ev| c.on_deadline(deadline, config, ev));
+        h.call(|c, _, config, ev| c.on_deadline(&at(deadline, config), ev));
         assert_eq!(h.events, [Event::Ended(Ending::Answered(408))]);
         assert!(h.take_output().starts_with(b"HTTP/1.1 408 "));
         assert_eq!(h.conn.phase(), Phase::Finishing);
@@ -841,5 +933,98 @@ mod tests {
         h.feed(&[request.as_bytes(), &client_frame(0x81, b"e")].concat());
         h.call(|c, now, _, ev| c.peer_closed(now, ev));
         assert_eq!(h.events, [Event::Echoed, Event::Ended(Ending::PeerLeft)]);
+    }
+
+    /// A budget of `rate` messages a second, `burst` at once, and bytes as given.
+    fn budgeted(rate: (u64, u64), bytes: Option<(u64, u64)>) -> Config {
+        let bytes = bytes.and_then(|(per_second, burst)| Rate::new(per_second, burst));
+        Config {
+            fair_share: FairShare::new(Rate::new(rate.0, rate.1), bytes),
+            ..Config::default()
+        }
+    }
+
+    fn texts(n: usize) -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| client_frame(0x81, format!("m{i}").as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn a_client_past_its_budget_is_held_and_goes_on_at_its_deadline() {
+        let mut h = Harness::open_with(budgeted((10, 3), None));
+        let t0 = h.now;
+        h.feed(&texts(5));
+        let ms = Duration::from_millis;
+        let said_then_held = [vec![Event::Said(""); 3], vec![Event::Throttled(ms(100))]];
+        assert_eq!(h.events, said_then_held.concat());
+        assert!(h.conn.is_held() && !h.conn.resumed());
+        // The hold's end is the deadline, not the keepalive's.
+        assert_eq!(h.conn.deadline(&h.config), Some(t0 + ms(100)));
+        h.events.clear();
+        h.call(|c, _, config, ev| c.on_deadline(&at(t0 + ms(50), config), ev));
+        assert!(h.events.is_empty() && h.conn.is_held());
+        // Each deadline lets one more message go (the rate), until the input is used up.
+        for i in 1..=2 {
+            h.call(|c, _, config, ev| c.on_deadline(&at(t0 + ms(100 * i), config), ev));
+            assert_eq!(h.events, [Event::Said(""), Event::Throttled(ms(100))]);
+            assert!(h.conn.is_held() && !h.conn.resumed());
+            h.events.clear();
+        }
+        h.call(|c, _, config, ev| c.on_deadline(&at(t0 + ms(300), config), ev));
+        assert!(h.events.is_empty() && !h.conn.is_held());
+        assert!(
+            h.conn.resumed(),
+            "the loop is told to read the socket again"
+        );
+        assert!(!h.conn.resumed(), "once");
+        assert_eq!(h.broadcast.as_bytes().len(), 5 * chat_frame_len("m0"));
+        assert_eq!(h.conn.buffer_capacity(), 0, "nothing left waiting");
+    }
+
+    fn chat_frame_len(text: &str) -> usize {
+        let mut frame = Vec::new();
+        crate::message::push_chat_frame(&mut frame, text);
+        frame.len()
+    }
+
+    #[test]
+    fn a_held_client_is_not_pinged_or_dropped_for_the_silence_we_impose() {
+        // A byte a second: a 125-byte message owes 125 s, over two ping intervals.
+        let mut h = Harness::open_with(budgeted((1000, 1000), Some((1, 1))));
+        let t0 = h.now;
+        h.feed(&client_frame(0x81, &[b'a'; 125]));
+        h.feed(&texts(1));
+        let until = h.conn.deadline(&h.config).unwrap();
+        assert_eq!(until, t0 + Duration::from_secs(125));
+        h.events.clear();
+        h.call(|c, _, config, ev| c.on_deadline(&at(until, config), ev));
+        let held = Duration::from_secs(2);
+        assert_eq!(h.events, [Event::Said(""), Event::Throttled(held)]);
+        assert_eq!(h.conn.phase(), Phase::Open(Route::Chat));
+        assert!(h.take_output().is_empty(), "no ping, no close");
+    }
+
+    #[test]
+    fn shutting_down_ends_a_hold_and_the_echo_route_is_not_charged() {
+        let mut h = Harness::open_with(budgeted((1, 1), None));
+        h.feed(&texts(2));
+        assert!(h.conn.is_held());
+        h.call(|c, now, _, ev| c.go_away(now, ev));
+        assert!(
+            !h.conn.is_held() && h.conn.resumed(),
+            "reads go on for the peer's Close"
+        );
+        h.feed(&client_frame(0x88, &1001u16.to_be_bytes()));
+        assert_eq!(h.conn.phase(), Phase::Finishing);
+
+        let mut h = Harness::new(Config {
+            echo: true,
+            ..budgeted((1, 1), None)
+        });
+        let request = String::from_utf8_lossy(REQUEST).replace("/ws", "/echo");
+        h.feed(&[request.as_bytes(), &texts(50)].concat());
+        assert!(!h.conn.is_held());
+        assert_eq!(h.events, vec![Event::Echoed; 50]);
     }
 }

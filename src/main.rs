@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::Parser;
 use log::{error, warn};
+use mio_chat::budget::{FairShare, Rate};
 use mio_chat::config::{self, Config};
 use mio_chat::http::OriginPolicy;
 use mio_chat::logging::{self, LogFormat};
@@ -136,6 +137,21 @@ struct Args {
         requires = "tls_cert"
     )]
     tls_key: Option<PathBuf>,
+    /// Messages per second one client may make the room carry, sustained; past its budget its
+    /// reads are held back until the budget allows its next message (nobody is dropped);
+    /// 0 = no limit on messages (load tests).
+    #[arg(long, env = "MIO_CHAT_CLIENT_RATE", value_name = "MSGS_PER_S", default_value_t = Rate::DEFAULT_MESSAGES.per_second())]
+    client_rate: u64,
+    /// Messages one client may send at once, above --client-rate, before it is held back.
+    #[arg(long, env = "MIO_CHAT_CLIENT_BURST", value_name = "MSGS", default_value_t = Rate::DEFAULT_MESSAGES.burst(), value_parser = clap::value_parser!(u64).range(1..))]
+    client_burst: u64,
+    /// Bytes of text per second one client may make the room carry, sustained; 0 = no limit on
+    /// bytes (load tests: with --client-rate 0, no budget at all).
+    #[arg(long, env = "MIO_CHAT_CLIENT_BYTES_RATE", value_name = "BYTES_PER_S", default_value_t = Rate::DEFAULT_BYTES.per_second())]
+    client_bytes_rate: u64,
+    /// Bytes of text one client may send at once, above --client-bytes-rate.
+    #[arg(long, env = "MIO_CHAT_CLIENT_BYTES_BURST", value_name = "BYTES", default_value_t = Rate::DEFAULT_BYTES.burst(), value_parser = clap::value_parser!(u64).range(1..))]
+    client_bytes_burst: u64,
     /// Log line format: plain text for people, or one JSON object per line for log shippers.
     #[arg(long, env = "MIO_CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     log_format: LogFormat,
@@ -243,6 +259,11 @@ fn config_from(args: Args) -> Result<Config, String> {
             .tls_cert
             .zip(args.tls_key)
             .map(|(cert, key)| TlsFiles { cert, key }),
+        // A rate of 0 gives no `Rate`: that limit is off.
+        fair_share: FairShare::new(
+            Rate::new(args.client_rate, args.client_burst),
+            Rate::new(args.client_bytes_rate, args.client_bytes_burst),
+        ),
     })
 }
 

@@ -56,6 +56,9 @@ pub struct Metrics {
     pub bytes_written: u64,
     /// TLS handshakes (or records) that failed: garbage, no common version or cipher suite.
     tls_failed: u64,
+    /// Times a client's reads were held back for its budget, and the seconds of those holds.
+    throttled: u64,
+    throttled_seconds: f64,
     turns: u64,
     turn_buckets: [u64; TURN_BUCKETS.len()],
     turn_seconds: f64,
@@ -72,6 +75,8 @@ impl Default for Metrics {
             frames_delivered: 0,
             bytes_written: 0,
             tls_failed: 0,
+            throttled: 0,
+            throttled_seconds: 0.0,
             turns: 0,
             turn_buckets: [0; TURN_BUCKETS.len()],
             turn_seconds: 0.0,
@@ -90,6 +95,12 @@ impl Metrics {
             Ending::TlsFailed => self.tls_failed += 1,
             Ending::PeerLeft | Ending::ShuttingDown => {}
         }
+    }
+
+    /// Counts one hold of a client's reads (its budget was spent), for this long.
+    pub fn throttled(&mut self, held: Duration) {
+        self.throttled += 1;
+        self.throttled_seconds += held.as_secs_f64();
     }
 
     /// Records the busy time of one loop turn (from wake-up to the end of its work).
@@ -167,6 +178,23 @@ impl Metrics {
             "mio_chat_messages_received_total",
             "Chat messages received from clients.",
             self.messages_received,
+        );
+        counter(
+            &mut out,
+            "mio_chat_clients_throttled_total",
+            "Times a client's reads were held back because it spent its budget (--client-rate).",
+            self.throttled,
+        );
+        header(
+            &mut out,
+            "mio_chat_throttled_seconds_total",
+            "counter",
+            "Seconds of those holds: how long the clients over their budget were not read.",
+        );
+        let _ = writeln!(
+            out,
+            "mio_chat_throttled_seconds_total {}",
+            self.throttled_seconds
         );
         counter(
             &mut out,

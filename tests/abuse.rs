@@ -141,18 +141,6 @@ impl<'a> Memory<'a> {
     }
 }
 
-/// A `/metrics` sample, named with its labels exactly as exposed. Labelled counters appear
-/// only once they have counted something, so a missing one is 0.
-fn metric(server: &TestServer, series: &str) -> u64 {
-    let response = http_get(server, "/metrics");
-    assert_eq!(response.status, 200);
-    response
-        .body_text()
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0, |value| value.parse().expect("a number"))
-}
-
 /// A WebSocket on `/echo`, outside the chat room. A round trip on it takes at least one turn of
 /// the server's loop and opens no new socket: it is how a test lets the server act on what
 /// happened before, without sleeping and without adding sockets to count.

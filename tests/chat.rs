@@ -115,7 +115,7 @@ fn the_room_keeps_working_after_people_leave() {
 
 #[test]
 fn a_burst_of_messages_arrives_complete_and_in_order() {
-    let server = TestServer::start(&[]);
+    let server = TestServer::start(&NO_BUDGET);
     let mut a = join_chat(&server, &mut []);
     let mut b = join_chat(&server, &mut [&mut a]);
     for i in 0..500 {
@@ -137,7 +137,7 @@ fn concurrent_senders_and_receivers_all_see_one_order() {
     const PER_SENDER: usize = 150;
     const TOTAL: usize = SENDERS * PER_SENDER;
 
-    let server = TestServer::start(&[]);
+    let server = TestServer::start(&NO_BUDGET);
     // Everyone joins first (on this thread), so that every client's stream starts right
     // after the last join notice and all of them should see the same TOTAL messages.
     let mut clients: Vec<Ws> = Vec::new();

@@ -236,7 +236,7 @@ fn a_process_shutting_down_tells_the_others_its_clients_left() {
 #[test]
 fn a_slow_consumer_dropped_on_one_process_is_announced_on_all() {
     let Some(redis) = Redis::start() else { return };
-    let outbound = ["--max-outbound", "65536"];
+    let outbound = [&NO_BUDGET[..], &["--max-outbound", "65536"]].concat();
     let (a, b) = (node(&redis, &outbound), node(&redis, &outbound));
     let mut watcher = RawClient::join(&b);
     let _slow = join_without_reading(&a);

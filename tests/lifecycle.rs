@@ -202,7 +202,7 @@ fn plain_http_connections_count_too() {
 
 #[test]
 fn a_client_that_never_reads_is_dropped_and_the_others_get_everything() {
-    let server = TestServer::start(&["--max-outbound", "65536"]);
+    let server = TestServer::start(&[&NO_BUDGET[..], &["--max-outbound", "65536"]].concat());
     let mut watcher = RawClient::join(&server);
     let slow = join_without_reading(&server);
     watcher.expect_body(JOINED);
@@ -246,7 +246,7 @@ fn a_reset_connection_tells_the_others() {
 
 #[test]
 fn a_reset_while_messages_are_queued_for_it_tells_the_others() {
-    let server = TestServer::start(&[]);
+    let server = TestServer::start(&NO_BUDGET);
     let mut watcher = RawClient::join(&server);
     let doomed = join_without_reading(&server);
     watcher.expect_body(JOINED);
@@ -337,7 +337,7 @@ fn sigterm_exits_0_with_an_unfinished_http_request() {
 
 fn shutdown_with_unsent_bytes_pending(signal: libc::c_int) {
     // A large --max-outbound keeps the non-reading client connected with megabytes queued.
-    let server = TestServer::start(&["--max-outbound", "67108864"]);
+    let server = TestServer::start(&[&NO_BUDGET[..], &["--max-outbound", "67108864"]].concat());
     let mut watcher = RawClient::join(&server);
     let _slow = join_without_reading(&server);
     watcher.expect_body(JOINED);

@@ -266,8 +266,9 @@ impl World {
         let later = self.now + Duration::from_secs(3600);
         self.drive(key, |conn, cx, events| match end {
             End::PingTimeout => {
-                conn.on_deadline(later, cx.config, events);
-                conn.on_deadline(later, cx.config, events);
+                let cx = Context { now: later, ..*cx };
+                conn.on_deadline(&cx, events);
+                conn.on_deadline(&cx, events);
                 conn.abort(Ending::PeerLeft, later, events); // it never answers the close
             }
             End::SlowConsumer => conn.abort(Ending::SlowConsumer, cx.now, events),
@@ -376,6 +377,7 @@ fn owned(event: Event) -> Result<String, Event<'static>> {
         Event::Echoed => Err(Event::Echoed),
         Event::MetricsRequested => Err(Event::MetricsRequested),
         Event::Forwarded(_) => Err(Event::Forwarded("")),
+        Event::Throttled(held) => Err(Event::Throttled(held)),
         Event::Ended(ending) => Err(Event::Ended(ending)),
     }
 }

@@ -109,6 +109,8 @@ fn run(config: &Config, stream: &[u8], ops: &[Op]) -> Trace {
 
     for op in ops {
         match *op {
+            // The reactor reads nothing from a client whose budget is spent: its bytes wait.
+            Op::Feed(_) if conn.is_held() => {}
             Op::Feed(n) => {
                 let n = n.min(stream.len() - counts.fed);
                 let piece = &stream[counts.fed..counts.fed + n];
@@ -133,7 +135,12 @@ fn run(config: &Config, stream: &[u8], ops: &[Op]) -> Trace {
                     0 => conn.deadline(config).map_or(now, |due| due.max(now)),
                     _ => now + Duration::from_secs(secs.into()),
                 };
-                conn.on_deadline(now, config, &mut |e| count(e, &mut presence));
+                let cx = Context {
+                    now,
+                    config,
+                    degraded: false,
+                };
+                conn.on_deadline(&cx, &mut |e| count(e, &mut presence));
                 counts.deadlines += 1;
             }
             Op::PeerClosed => conn.peer_closed(now, &mut |e| count(e, &mut presence)),

@@ -6,6 +6,10 @@
 //! ([`Server::before_sleep`]) during the fan-out, and [`Server::write`], which the flush point
 //! calls for every client with queued bytes and the WRITABLE handler calls when a full socket
 //! drains.
+//!
+//! A client that has spent its budget (`--client-rate`, `--client-bytes-rate`) is not read: its
+//! connection says so ([`Connection::is_held`]) and arms the instant it may go on as its
+//! deadline; [`Server::settle`] puts it back on the unread list when the hold ends.
 
 use std::io::ErrorKind;
 use std::net::Shutdown;
@@ -99,7 +103,8 @@ impl Client {
 
 impl Server {
     /// Reads from one client until `WouldBlock`, EOF, or its budget for this turn runs out.
-    /// A batch too full to grow stops the reading: the flush point sends it first.
+    /// A batch too full to grow stops the reading: the flush point sends it first. A held client
+    /// is not read at all (its hold's end reads it).
     pub(super) fn read(&mut self, key: usize, now: Instant) {
         let mut budget = READ_BUDGET;
         loop {
@@ -109,7 +114,7 @@ impl Server {
             let Some(client) = self.clients.get_mut(key) else {
                 return;
             };
-            if client.conn.is_closed() {
+            if client.conn.is_closed() || client.conn.is_held() {
                 return;
             }
             let (who, hub) = (client.who(key), &mut self.hub);
@@ -262,21 +267,28 @@ impl Server {
             }
             client.timer_at = None;
             let (who, hub) = (client.who(timer.key), &mut self.hub);
+            let cx = Context {
+                now,
+                config: &self.config,
+                degraded: hub.degraded(),
+            };
             let events: &mut Sink = &mut |event| hub.on_event(who, event);
-            client.conn.on_deadline(now, &self.config, events);
+            client.conn.on_deadline(&cx, events);
             self.settle(timer.key, now);
         }
     }
 
     /// Brings the loop in line with what just happened to one client: the metrics page it asked
-    /// for, the outbound limit, the flush list, its timer, and the close list.
+    /// for, the outbound limit, the flush list, its timer, the close list, and the unread list
+    /// when a hold of its reads ended.
     pub(super) fn settle(&mut self, key: usize, now: Instant) {
         self.answer_metrics_requests();
         self.apply_forwarded();
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        // Closed first: an aborted client keeps its queue, and must not be aborted again.
+        // Closed first: an aborted connection keeps its unsent bytes until it is reaped, and
+        // judging them again would abort it again, and again (a stack overflow, issue 11).
         if client.conn.is_closed() {
             return self.closed.push(key);
         }
@@ -284,6 +296,9 @@ impl Server {
         // a client whose socket keeps up is written at the end of the turn, whatever it queued.
         if client.writable && client.conn.output().len() > self.config.max_outbound {
             return self.abort(key, Ending::SlowConsumer, now);
+        }
+        if client.conn.resumed() {
+            self.unread.push(key);
         }
         let has_bytes = !client.writable && client.has_output();
         let owes_fin = client.conn.should_half_close() && !client.half_closed;

@@ -5,7 +5,7 @@
 //! and the log. It is a struct of its own so that it can be borrowed beside the slab of clients:
 //! a client's connection hands its events here while the loop holds the client.
 
-use log::debug;
+use log::{debug, trace};
 
 use crate::backplane::Backplane;
 use crate::connection::Event;
@@ -76,6 +76,11 @@ impl Hub {
             Event::Echoed => self.metrics.messages_received += 1,
             Event::MetricsRequested => self.metrics_requests.push(who.key),
             Event::Forwarded(chain) => self.forwarded.push((who.key, chain.into())),
+            Event::Throttled(held) => {
+                self.metrics.throttled(held);
+                // Trace, not debug: a flooder held to its rate is held once per message.
+                trace!(token = who.key, peer:% = who.peer; "throttled for {held:?}");
+            }
             Event::Ended(ending) => {
                 self.metrics.ended(ending);
                 debug!(token = who.key, peer:% = who.peer; "ending: {ending:?}");

@@ -37,6 +37,10 @@ use tungstenite::Message;
 /// guard, not a wait: a working server answers in milliseconds.
 pub const GUARD: Duration = Duration::from_secs(15);
 
+/// Flags that turn the per-client budget off (`--client-rate 0 --client-bytes-rate 0`), for
+/// tests that pump more messages than a person could, about something else than the budget.
+pub const NO_BUDGET: [&str; 4] = ["--client-rate", "0", "--client-bytes-rate", "0"];
+
 /// The chat notices the server broadcasts (the `body` of a `{"type":1,...}` message).
 pub const JOINED: &str = "New User Joined...";
 pub const LEFT: &str = "User Disconnected...";
@@ -408,6 +412,23 @@ pub fn http_exchange(server: &TestServer, request: &[u8]) -> HttpResponse {
 pub fn http_get(server: &TestServer, path: &str) -> HttpResponse {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", server.host());
     http_exchange(server, request.as_bytes())
+}
+
+/// A `/metrics` sample, named with its labels exactly as exposed. Labelled counters appear
+/// only once they have counted something, so a missing one is 0.
+pub fn metric(server: &TestServer, series: &str) -> u64 {
+    metric_f64(server, series) as u64
+}
+
+/// Like [`metric`], for a sample that is not a whole number (seconds).
+pub fn metric_f64(server: &TestServer, series: &str) -> f64 {
+    let response = http_get(server, "/metrics");
+    assert_eq!(response.status, 200);
+    response
+        .body_text()
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.parse().expect("a number"))
 }
 
 // ---------------------------------------------------------------------------------------------
