@@ -51,6 +51,8 @@ pub enum Unusable {
     Malformed(String),
     /// A version this build does not know (a newer process in the cluster).
     Version(u32),
+    /// A message body longer than any client of this process may send (its length).
+    TooLarge(usize),
 }
 
 impl<'a> Envelope<'a> {

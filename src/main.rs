@@ -97,8 +97,9 @@ struct Args {
     /// different rooms).
     #[arg(long, env = "MIO_CHAT_REDIS_CHANNEL", value_name = "NAME", default_value = config::DEFAULT_REDIS_CHANNEL)]
     redis_channel: String,
-    /// Bytes of commands the Redis socket may leave unwritten before Redis counts as not keeping
-    /// up (an outage): Redis is judged like a client, by what its socket refused, not by bursts.
+    /// Bytes of commands the Redis socket may leave unwritten, and of our envelopes Redis may
+    /// hold without handing them back, before Redis counts as not keeping up (an outage): Redis
+    /// is judged like a client, by what its socket refused, not by bursts.
     #[arg(long, env = "MIO_CHAT_REDIS_MAX_UNSENT", value_name = "BYTES", default_value_t = config::DEFAULT_REDIS_MAX_UNSENT as u64, value_parser = clap::value_parser!(u64).range(1..))]
     redis_max_unsent: u64,
     /// Seconds our envelopes may take to come back through Redis, and Redis to answer the PING

@@ -356,3 +356,68 @@ fn a_paused_redis_is_an_outage_within_the_timeout_and_heals() {
     expect_body(&mut on_a, "after"); // not "while paused" a second time
     expect_body(&mut on_b, "after"); // the paused one never crossed: it was not said through Redis
 }
+
+/// A Redis user allowed only SUBSCRIBE and PUBLISH is refused PING (`-NOPERM`): that refusal is
+/// an answer, so Redis is alive, and the probe must not turn a quiet room into endless outages.
+#[test]
+fn a_user_without_ping_permission_is_not_an_endless_outage() {
+    let Some(redis) = Redis::start() else { return };
+    let acl = [
+        "ACL",
+        "SETUSER",
+        "chat",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+subscribe",
+        "+publish",
+    ];
+    assert!(redis_cli(&redis, &acl).contains("OK"));
+    let url = format!("redis://chat:pw@127.0.0.1:{}", redis.port);
+    let server = TestServer::start(&["--redis", &url, "--redis-timeout", "0.5"]);
+    server.wait_for_log("redis: subscribed");
+    let mut client = join_chat(&server, &mut []);
+    // Three probes refused: past the timeout more than once over.
+    wait_for_redis(&redis, |stats| rejected_pings(stats) >= 3);
+    send_text(&mut client, "still one room");
+    expect_body(&mut client, "still one room");
+    let metrics = http_get(&server, "/metrics").body_text();
+    assert!(
+        metrics.contains("\nmio_chat_redis_outages_total 0\n"),
+        "{metrics}"
+    );
+    assert!(!server.stderr_lines().iter().any(|l| l.contains("refused")));
+}
+
+fn redis_cli(redis: &Redis, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `rejected_calls` of PING in Redis's command statistics.
+fn rejected_pings(stats: &str) -> u64 {
+    stats
+        .lines()
+        .find(|l| l.starts_with("cmdstat_ping:"))
+        .and_then(|l| l.split("rejected_calls=").nth(1))
+        .and_then(|n| n.split(',').next()?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Asks Redis for its command statistics until `done` says so (or the guard runs out). Redis
+/// has no way to push them, so this polls; each poll is one round trip.
+fn wait_for_redis(redis: &Redis, done: impl Fn(&str) -> bool) {
+    let deadline = std::time::Instant::now() + GUARD;
+    while !done(&redis_cli(redis, &["INFO", "commandstats"])) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Redis never got there"
+        );
+        thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -155,7 +155,7 @@ impl World {
             history: Vec::new(),
             presence: Presence::default(),
             redis: FakeRedis {
-                ledger: Ledger::new("me".into()),
+                ledger: Ledger::new("me".into(), 1 << 16),
                 up: redis_up,
                 channel: VecDeque::new(),
             },

@@ -9,7 +9,11 @@
 //!   lost on the way (Redis keeps one connection's order): they land first, locally;
 //! - one that comes back after it was landed (late, or after an outage) is skipped by its number:
 //!   nothing is delivered twice;
-//! - on an outage every pending envelope lands locally, in order: a local message is never lost.
+//! - on an outage every pending envelope lands locally, in order: a local message is never lost;
+//! - what lands for one of ours is what we published, not what came back: the echo only
+//!   acknowledges it (anyone who can write to the channel can forge our node id);
+//! - another process's message longer than our `--max-message-size` is skipped and counted: no
+//!   client here could have sent it, and its copies could drop every reader as a slow consumer.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -49,6 +53,9 @@ fn landing(kind: Kind, local: Option<Member>, body: &str, through_redis: bool) -
     }
 }
 
+/// What a pending envelope costs beyond its body, for [`Ledger::pending_bytes`].
+const PENDING_OVERHEAD: usize = 64;
+
 /// What this process published and what it received, envelope by envelope.
 #[derive(Debug)]
 pub struct Ledger {
@@ -56,18 +63,25 @@ pub struct Ledger {
     next_seq: u64,
     /// Our envelopes not yet handed back by the subscription, oldest first.
     pending: VecDeque<Pending>,
+    /// Bytes of the bodies in `pending` (what Redis holds of ours without handing it back).
+    pending_bytes: usize,
+    /// The longest body that lands from another process (our `--max-message-size`).
+    max_body: usize,
     /// The last envelope's JSON (reused).
     scratch: Vec<u8>,
     stats: BackplaneStats,
 }
 
 impl Ledger {
-    /// A ledger for a process named `node` (see [`envelope::new_node_id`]).
-    pub fn new(node: String) -> Ledger {
+    /// A ledger for a process named `node` (see [`envelope::new_node_id`]) whose clients may
+    /// send messages of up to `max_body` bytes.
+    pub fn new(node: String, max_body: usize) -> Ledger {
         Ledger {
             node,
             next_seq: 0,
             pending: VecDeque::new(),
+            pending_bytes: 0,
+            max_body,
             scratch: Vec::new(),
             stats: BackplaneStats::default(),
         }
@@ -87,6 +101,11 @@ impl Ledger {
     /// Counts an outage (the links went down after being up).
     pub fn count_outage(&mut self) {
         self.stats.outages += 1;
+    }
+
+    /// Bytes of our envelopes in flight (their bodies, and a little for each).
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
     }
 
     /// When our oldest envelope still in flight was published.
@@ -112,6 +131,7 @@ impl Ledger {
             body: body.into(),
         }
         .write_to(&mut self.scratch);
+        self.pending_bytes += PENDING_OVERHEAD + body.len();
         self.pending.push_back(Pending {
             seq: self.next_seq,
             kind,
@@ -125,6 +145,7 @@ impl Ledger {
 
     /// Lands everything still pending, in order (the links broke: it would never come back).
     pub fn land_pending(&mut self, land: &mut dyn FnMut(Landing)) {
+        self.pending_bytes = 0;
         for pending in self.pending.drain(..) {
             land(pending.landing());
         }
@@ -137,6 +158,9 @@ impl Ledger {
             Err(unusable) => return self.skip(unusable),
         };
         if envelope.node != self.node {
+            if envelope.body.len() > self.max_body {
+                return self.skip(Unusable::TooLarge(envelope.body.len()));
+            }
             self.stats.received += 1;
             return land(landing(envelope.kind, None, &envelope.body, true));
         }
@@ -149,9 +173,10 @@ impl Ledger {
             let Some(pending) = self.pending.pop_front() else {
                 break;
             };
+            self.pending_bytes -= PENDING_OVERHEAD + pending.body.len();
             self.stats.received += 1;
             if pending.seq == envelope.seq {
-                return land(landing(envelope.kind, pending.joiner, &envelope.body, true));
+                return land(landing(pending.kind, pending.joiner, &pending.body, true));
             }
             debug!(
                 "redis: envelope {} never came back; delivered locally",
@@ -173,6 +198,9 @@ impl Ledger {
                 )
             }
             Unusable::Malformed(e) => format!("a message that is not an envelope ({e})"),
+            Unusable::TooLarge(n) => {
+                format!("a message of {n} bytes, over this process's --max-message-size")
+            }
         };
         if self.stats.unusable == 1 {
             warn!("redis: skipped {why}; further ones are counted in /metrics");
@@ -222,7 +250,7 @@ mod tests {
     }
 
     fn ledger() -> Ledger {
-        Ledger::new("me".into())
+        Ledger::new("me".into(), 1 << 16)
     }
 
     #[test]
@@ -292,5 +320,25 @@ mod tests {
         assert!(receive(&mut l, b"not json").is_empty());
         assert!(receive(&mut l, br#"{"v":9,"node":"x","seq":1,"kind":"join"}"#).is_empty());
         assert_eq!(l.stats().unusable, 2);
+    }
+
+    #[test]
+    fn what_lands_for_ours_is_what_we_published_not_the_echo() {
+        let mut l = ledger();
+        l.publish(Kind::Join, "", Some((3, 9)), Instant::now());
+        let forged = receive(&mut l, &envelope("me", 1, Kind::Message, "forged"));
+        assert_eq!(forged, ["join 3/9"]);
+        assert_eq!(l.pending_bytes(), 0);
+    }
+
+    #[test]
+    fn a_foreign_message_longer_than_ours_may_be_is_skipped_and_counted() {
+        let mut l = Ledger::new("me".into(), 10);
+        assert_eq!(
+            receive(&mut l, &envelope("other", 1, Kind::Message, "0123456789")),
+            ["say 0123456789"]
+        );
+        assert!(receive(&mut l, &envelope("other", 2, Kind::Message, "01234567890")).is_empty());
+        assert_eq!(l.stats().unusable, 1);
     }
 }

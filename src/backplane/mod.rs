@@ -38,7 +38,7 @@ use crate::redis::{self, Limits, RedisUrl, Reply};
 pub use ledger::Ledger;
 use link::Link;
 pub use link::READ_CHUNK;
-use outage::{Due, Liveness, Outages, MAX_BACKOFF};
+use outage::{Due, Liveness, Outages, Recovery, MAX_BACKOFF};
 
 /// Bytes read from the subscription in one turn before clients get their turn. The subscription
 /// carries the whole room's traffic, so it gets far more than one client's 256 KiB: reading it
@@ -88,6 +88,8 @@ pub struct Backplane {
     unread: bool,
     /// The publisher link too (its replies are read a budget at a time as well).
     publisher_unread: bool,
+    /// Bytes of the publisher's replies still to be read this turn (reset at each flush).
+    publisher_budget: usize,
     /// The PUBLISH command around each envelope (reused).
     command: Vec<u8>,
 }
@@ -111,13 +113,14 @@ impl Backplane {
             channel,
             subscriber: Link::new(tokens.0, Limits::for_payloads(max_payload)),
             publisher: Link::new(tokens.1, Limits::COMMAND_REPLIES),
-            ledger: Ledger::new(envelope::new_node_id()),
+            ledger: Ledger::new(envelope::new_node_id(), settings.max_message_size),
             outages: Outages::default(),
             addr: None,
             max_unsent: settings.max_unsent,
             liveness: Liveness::new(settings.timeout, Instant::now()),
             unread: false,
             publisher_unread: false,
+            publisher_budget: PUBLISHER_READ_BUDGET,
             command: Vec::new(),
         }
     }
@@ -334,7 +337,8 @@ impl Backplane {
     /// turn's budget.
     fn read_publisher_replies(&mut self) -> Result<(), Failure> {
         self.publisher_unread = false;
-        for _ in 0..PUBLISHER_READ_BUDGET / READ_CHUNK {
+        while self.publisher_budget > 0 {
+            self.publisher_budget = self.publisher_budget.saturating_sub(READ_CHUNK);
             let link = &mut self.publisher;
             if !link.read_chunk().map_err(|e| format!("publisher: {e}"))? {
                 return Ok(());
@@ -383,29 +387,65 @@ impl Backplane {
             .map_err(|e| format!("subscriber: {e}"))?;
         self.unread = more;
         let mut used = 0;
+        let landed = self.land_replies(&mut used, land, now);
+        // Trimmed even after a bad reply: what landed before it must not land again when the
+        // failure drains the subscription.
+        self.subscriber.input.drain(..used);
+        landed
+    }
+
+    /// Acts on each whole reply in the subscriber's input; `used` follows what was taken.
+    fn land_replies(
+        &mut self,
+        used: &mut usize,
+        land: &mut dyn FnMut(Landing),
+        now: Instant,
+    ) -> Result<(), Failure> {
         while let Some((reply, n)) = self
             .subscriber
-            .next_reply(used)
+            .next_reply(*used)
             .map_err(|e| format!("subscriber: {e}"))?
         {
-            let at = used;
-            used += n;
-            self.liveness.heard(now);
-            match reply {
-                Reply::Message { payload, .. } => {
-                    let payload = at + payload.start..at + payload.end;
-                    self.ledger.receive(&self.subscriber.input[payload], land);
-                }
-                Reply::Subscribed { .. } => self.subscriber.subscribed = true,
-                Reply::Pong => {}
-                Reply::Status if self.subscriber.preamble_replies > 0 => {
-                    self.subscriber.preamble_replies -= 1;
-                }
-                Reply::Error(e) => return Err(format!("Redis refused to subscribe: {e}")),
-                other => return Err(format!("subscriber: unexpected reply {other:?}")),
-            }
+            let at = *used;
+            *used += n;
+            self.on_subscriber_reply(reply, at, land, now)?;
         }
-        self.subscriber.input.drain(..used);
+        Ok(())
+    }
+
+    fn on_subscriber_reply(
+        &mut self,
+        reply: Reply,
+        at: usize,
+        land: &mut dyn FnMut(Landing),
+        now: Instant,
+    ) -> Result<(), Failure> {
+        // Replies come in order: once subscribed, an error can only answer our PING (a user
+        // without +ping is refused it), and a refusal proves Redis alive as well as a pong.
+        let answers_ping = self.liveness.awaiting_pong() && self.subscriber.subscribed;
+        self.liveness.heard(now);
+        match reply {
+            Reply::Message { payload, .. } => {
+                let payload = at + payload.start..at + payload.end;
+                self.ledger.receive(&self.subscriber.input[payload], land);
+            }
+            Reply::Subscribed { channel } if channel == self.channel.as_bytes() => {
+                self.subscriber.subscribed = true;
+            }
+            Reply::Subscribed { channel } => {
+                let channel = String::from_utf8_lossy(&channel);
+                return Err(format!(
+                    "subscriber: confirmed {channel:?}, not our channel"
+                ));
+            }
+            Reply::Pong => {}
+            Reply::Status if self.subscriber.preamble_replies > 0 => {
+                self.subscriber.preamble_replies -= 1;
+            }
+            Reply::Error(e) if answers_ping => debug!("redis: PING refused ({e}); Redis answers"),
+            Reply::Error(e) => return Err(format!("Redis refused to subscribe: {e}")),
+            other => return Err(format!("subscriber: unexpected reply {other:?}")),
+        }
         Ok(())
     }
 
@@ -450,6 +490,7 @@ impl Backplane {
     /// Writes what was published (at the end of a turn, like a client's flush), then judges
     /// Redis by what its socket refused, like a client.
     pub fn flush(&mut self, registry: &Registry, now: Instant, land: &mut dyn FnMut(Landing)) {
+        self.publisher_budget = PUBLISHER_READ_BUDGET; // a new turn
         if let Err(e) = self.publisher.flush(registry) {
             return self.fail(format!("publisher: write: {e}"), registry, now, land);
         }
@@ -458,6 +499,17 @@ impl Backplane {
             let why = format!(
                 "Redis has not taken {unsent} bytes of commands (--redis-max-unsent {}): \
                  it is not keeping up",
+                self.max_unsent
+            );
+            return self.fail(why, registry, now, land);
+        }
+        // Taken but not handed back counts as well: a Redis that swallows everything must not
+        // make this process hold it all until the deadline.
+        let held = self.ledger.pending_bytes();
+        if held > self.max_unsent {
+            let why = format!(
+                "Redis holds {held} bytes of our envelopes without handing them back \
+                 (--redis-max-unsent {})",
                 self.max_unsent
             );
             self.fail(why, registry, now, land);
@@ -471,13 +523,13 @@ impl Backplane {
             return;
         }
         self.liveness.reset(now);
-        if self.outages.up(now) {
-            info!("redis: back; the room spans every process again");
-        } else {
-            info!(
+        match self.outages.up(now) {
+            Recovery::First => info!(
                 "redis: subscribed to {:?}; the room spans every process",
                 self.channel
-            );
+            ),
+            Recovery::Back => info!("redis: back; the room spans every process again"),
+            Recovery::Again => debug!("redis: back again, within the same outage"),
         }
     }
 }

@@ -34,6 +34,17 @@ pub enum Due {
     GiveUp,
 }
 
+/// What coming up means for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Up for the first time (or after a long stable period): nothing was reported down.
+    First,
+    /// Back after an outage that was reported: say so, once.
+    Back,
+    /// Up again within the same outage (links flapping): already said.
+    Again,
+}
+
 /// How a failure should be reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Failure {
@@ -51,6 +62,8 @@ pub struct Outages {
     backoff: Duration,
     /// The current outage has been reported (once per outage, not once per attempt).
     reported: bool,
+    /// Its end has been reported too (once per outage, however often the links flap).
+    back_reported: bool,
 }
 
 impl Default for Outages {
@@ -59,6 +72,7 @@ impl Default for Outages {
             phase: Phase::Idle,
             backoff: FIRST_BACKOFF,
             reported: false,
+            back_reported: false,
         }
     }
 }
@@ -96,11 +110,17 @@ impl Outages {
         };
     }
 
-    /// Both links are ready. Returns whether this ends a reported outage ("back") rather than
-    /// being the first time up.
-    pub fn up(&mut self, now: Instant) -> bool {
+    /// Both links are ready: the first time, back after a reported outage, or again.
+    pub fn up(&mut self, now: Instant) -> Recovery {
         self.phase = Phase::Up { since: now };
-        self.reported
+        match (self.reported, self.back_reported) {
+            (false, _) => Recovery::First,
+            (true, false) => {
+                self.back_reported = true;
+                Recovery::Back
+            }
+            (true, true) => Recovery::Again,
+        }
     }
 
     /// The links failed (or could not be opened): schedule the next attempt.
@@ -118,6 +138,9 @@ impl Outages {
             new_outage: !self.reported,
             retry_in: self.backoff,
         };
+        if failure.new_outage {
+            self.back_reported = false;
+        }
         self.reported = true;
         self.phase = Phase::Down {
             retry_at: now + self.backoff,
@@ -170,6 +193,11 @@ impl Liveness {
         self.ping_sent.is_none() && now >= self.last_heard + self.timeout / 2
     }
 
+    /// A PING is waiting for its answer.
+    pub fn awaiting_pong(&self) -> bool {
+        self.ping_sent.is_some()
+    }
+
     pub fn pinged(&mut self, now: Instant) {
         self.ping_sent = Some(now);
     }
@@ -219,11 +247,15 @@ mod tests {
         let (mut o, t0) = (Outages::default(), Instant::now());
         o.down(t0);
         o.down(t0);
-        assert!(o.up(t0), "back after a reported outage");
+        assert_eq!(o.up(t0), Recovery::Back, "back after a reported outage");
         let brief = o.down(t0 + STABLE / 2);
         assert!(brief.was_up && !brief.new_outage);
         assert_eq!(brief.retry_in, FIRST_BACKOFF * 4, "the backoff goes on");
-        o.up(t0 + STABLE);
+        assert_eq!(
+            o.up(t0 + STABLE / 2),
+            Recovery::Again,
+            "flapping: said once"
+        );
         let later = o.down(t0 + STABLE * 3);
         assert!(later.was_up && later.new_outage);
         assert_eq!(later.retry_in, FIRST_BACKOFF);
