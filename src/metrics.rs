@@ -116,8 +116,20 @@ impl Metrics {
     /// The whole exposition, for one scrape.
     pub fn render(&self, gauges: Gauges) -> String {
         let mut out = String::with_capacity(4096);
+        self.render_connections(&mut out, &gauges);
+        self.render_traffic(&mut out);
+        self.render_turns(&mut out);
+        if let Some(backplane) = gauges.backplane {
+            render_backplane(&mut out, backplane);
+        }
+        self.render_process(&mut out);
+        out
+    }
+
+    /// Connections: by phase, the limit, accepted, answered and dropped.
+    fn render_connections(&self, out: &mut String, gauges: &Gauges) {
         header(
-            &mut out,
+            out,
             "mio_chat_connections",
             "gauge",
             "Open connections by phase.",
@@ -130,20 +142,20 @@ impl Metrics {
             let _ = writeln!(out, "mio_chat_connections{{state=\"{state}\"}} {n}");
         }
         header(
-            &mut out,
+            out,
             "mio_chat_max_connections",
             "gauge",
             "Open connections allowed (--max-connections); more get HTTP 503.",
         );
         let _ = writeln!(out, "mio_chat_max_connections {}", gauges.max_connections);
         counter(
-            &mut out,
+            out,
             "mio_chat_connections_accepted_total",
             "TCP connections accepted.",
             self.accepted,
         );
         header(
-            &mut out,
+            out,
             "mio_chat_http_responses_total",
             "counter",
             "Plain HTTP answers (pages, health checks, and refused upgrades) by status code.",
@@ -155,7 +167,7 @@ impl Metrics {
             );
         }
         header(
-            &mut out,
+            out,
             "mio_chat_clients_dropped_total",
             "counter",
             "WebSocket clients dropped by the server, by reason; protocol errors by close code.",
@@ -173,20 +185,24 @@ impl Metrics {
                 );
             }
         }
+    }
+
+    /// What the room carried, and what the budget and TLS turned away.
+    fn render_traffic(&self, out: &mut String) {
         counter(
-            &mut out,
+            out,
             "mio_chat_messages_received_total",
             "Chat messages received from clients.",
             self.messages_received,
         );
         counter(
-            &mut out,
+            out,
             "mio_chat_clients_throttled_total",
             "Times a client's reads were held back because it spent its budget (--client-rate).",
             self.throttled,
         );
         header(
-            &mut out,
+            out,
             "mio_chat_throttled_seconds_total",
             "counter",
             "Seconds of those holds: how long the clients over their budget were not read.",
@@ -197,26 +213,30 @@ impl Metrics {
             self.throttled_seconds
         );
         counter(
-            &mut out,
+            out,
             "mio_chat_frames_delivered_total",
             "Room frames queued for clients (messages and notices).",
             self.frames_delivered,
         );
         counter(
-            &mut out,
+            out,
             "mio_chat_bytes_written_total",
             "Bytes written to client sockets.",
             self.bytes_written,
         );
         counter(
-            &mut out,
+            out,
             "mio_chat_tls_failures_total",
             "TLS connections ended by a TLS error (a bad or plaintext ClientHello, no common \
              version or cipher suite, a bad record); 0 without --tls-cert.",
             self.tls_failed,
         );
+    }
+
+    /// The loop-turn histogram.
+    fn render_turns(&self, out: &mut String) {
         header(
-            &mut out,
+            out,
             "mio_chat_loop_turn_seconds",
             "histogram",
             "Busy time of one event-loop turn, from wake-up to the end of its work.",
@@ -236,21 +256,21 @@ impl Metrics {
         );
         let _ = writeln!(out, "mio_chat_loop_turn_seconds_sum {}", self.turn_seconds);
         let _ = writeln!(out, "mio_chat_loop_turn_seconds_count {}", self.turns);
-        if let Some(backplane) = gauges.backplane {
-            render_backplane(&mut out, backplane);
-        }
+    }
+
+    /// The process itself.
+    fn render_process(&self, out: &mut String) {
         let start = self
             .start_time
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         header(
-            &mut out,
+            out,
             "process_start_time_seconds",
             "gauge",
             "Start time of the process since the Unix epoch, in seconds.",
         );
         let _ = writeln!(out, "process_start_time_seconds {}", start.as_secs_f64());
-        out
     }
 }
 
