@@ -23,19 +23,20 @@
 //! come from the load generator's `--json` report, which reads the server's memory and CPU time
 //! from /proc. A run that loses, duplicates or reorders anything fails the whole benchmark.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::thread;
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
 #[allow(dead_code)] // shared with the tests, which use all of it
 #[path = "../tests/common/redis.rs"]
 mod redis;
+#[path = "common/server.rs"]
+mod server;
 #[allow(dead_code)] // redis.rs's way to skip outside CI where redis-server is missing
 #[path = "../tests/common/tool.rs"]
 mod tool;
 use redis::Redis;
+use server::Server;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_mio-chat");
 const LOAD: &str = env!("CARGO_BIN_EXE_mio-chat-load");
@@ -52,6 +53,12 @@ fn load_binary() -> String {
 fn server_binary() -> String {
     std::env::var("E2E_SERVER").unwrap_or_else(|_| SERVER.to_string())
 }
+
+/// Every server here runs with the per-client budget off: the senders say far more than a person.
+const NO_BUDGET: &[(&str, &str)] = &[
+    ("MIO_CHAT_CLIENT_RATE", "0"),
+    ("MIO_CHAT_CLIENT_BYTES_RATE", "0"),
+];
 
 /// One row of the matrix: a name and the load generator's arguments.
 struct Scenario {
@@ -141,43 +148,6 @@ const CLUSTER_SETUPS: &[Setup] = &[
     },
 ];
 
-/// A release server on a free port, stopped with SIGTERM when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    /// Starts one with `args`, and returns once it has logged a line containing `ready`.
-    fn start(args: &[&str], ready: &str) -> Server {
-        let mut child = Command::new(server_binary())
-            .args(["--addr", "127.0.0.1:0"])
-            .args(args)
-            .env("MIO_CHAT_CLIENT_RATE", "0")
-            .env("MIO_CHAT_CLIENT_BYTES_RATE", "0")
-            .env_remove("RUST_LOG")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start mio-chat");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let first = lines.next().and_then(Result::ok).unwrap_or_default();
-        let addr = first
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
-            .to_string();
-        let mut line = first;
-        while !line.contains(ready) {
-            line = match lines.next() {
-                Some(Ok(line)) => line,
-                _ => panic!("mio-chat exited before logging {ready:?}"),
-            };
-        }
-        // Keep draining its log so it never blocks on a full pipe.
-        thread::spawn(move || lines.for_each(drop));
-        Server { child, addr }
-    }
-}
-
 /// CPU seconds (user + system) a process has used so far, from /proc/PID/stat.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -192,14 +162,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SAFETY: kill only sends a signal to our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
 /// Runs one scenario once against fresh servers and returns the generator's JSON report, with
 /// `cluster_cpu_s` added: the CPU time of the servers and Redis during the run.
 fn run_once(scenario: &Scenario, setup: &Setup) -> Value {
@@ -212,7 +174,7 @@ fn run_once(scenario: &Scenario, setup: &Setup) -> Value {
         None => (vec![], "listening on"),
     };
     let servers: Vec<Server> = (0..setup.processes)
-        .map(|_| Server::start(&args, ready))
+        .map(|_| Server::start(&server_binary(), &args, NO_BUDGET, ready))
         .collect();
     let urls: Vec<String> = servers
         .iter()

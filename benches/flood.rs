@@ -8,7 +8,7 @@
 //! ```
 //!
 //! The readers are `mio-chat-load broadcast -n 100 --senders 10 --rate 10 --duration 10
-//! --size 64`: 100 clients, ten of them saying 10 messages a second each (100 a second into the
+//! --size 64 --generator 0/2`: 100 clients, ten of them saying 10 messages a second each (100 a second into the
 //! room; each sender well inside the default budget of 20 a second, as people are). Their p99
 //! latency is compared in three setups, each run against a fresh release server:
 //!
@@ -23,9 +23,9 @@
 //! the messages received (less the readers' own: the flooder's messages the room carried). The
 //! setups take turns run by run, so that a noisy machine spreads over all of them.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -48,6 +48,8 @@ const READERS: &[&str] = &[
     "10",
     "--size",
     "64",
+    "--generator",
+    "0/2",
 ];
 
 struct Setup {
@@ -74,49 +76,20 @@ const SETUPS: &[Setup] = &[
     },
 ];
 
-/// A release server on a free port, killed when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-}
+#[path = "common/server.rs"]
+mod server;
+use server::Server;
 
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(SERVER)
-            .args(["--addr", "127.0.0.1:0"])
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start mio-chat");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let first = lines.next().and_then(Result::ok).unwrap_or_default();
-        let addr = first
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
-            .to_string();
-        thread::spawn(move || lines.for_each(drop));
-        Server { child, addr }
-    }
-
-    /// One `/metrics` sample (0 if absent: labelled counters appear once they count).
-    fn metric(&self, series: &str) -> f64 {
-        let mut stream = TcpStream::connect(&self.addr).expect("connect for /metrics");
-        let request = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\n\r\n", self.addr);
-        stream.write_all(request.as_bytes()).expect("ask /metrics");
-        let mut page = String::new();
-        let _ = stream.read_to_string(&mut page);
-        page.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-            .map_or(0.0, |v| v.parse().unwrap_or(f64::NAN))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// One `/metrics` sample of `server` (0 if absent: labelled counters appear once they count).
+fn metric(server: &Server, series: &str) -> f64 {
+    let mut stream = TcpStream::connect(&server.addr).expect("connect for /metrics");
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+    stream.write_all(request.as_bytes()).expect("ask /metrics");
+    let mut page = String::new();
+    let _ = stream.read_to_string(&mut page);
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.parse().unwrap_or(f64::NAN))
 }
 
 /// One client writing masked text frames of `size` bytes as fast as its socket takes them.
@@ -162,7 +135,8 @@ impl Flooder {
     }
 }
 
-/// A text frame of `size` bytes of `f`, masked with a zero key (the payload stays as it is).
+/// A text frame of `size` bytes (a foreign stamp, then `f`), masked with a zero key (the payload
+/// stays as it is).
 fn masked_text(size: usize) -> Vec<u8> {
     let mut frame = vec![0x81];
     match size {
@@ -177,13 +151,19 @@ fn masked_text(size: usize) -> Vec<u8> {
         }
     }
     frame.extend_from_slice(&[0; 4]);
-    frame.resize(frame.len() + size, b'f');
+    frame.extend_from_slice(FOREIGN_STAMP);
+    frame.resize(frame.len() + size.saturating_sub(FOREIGN_STAMP.len()), b'f');
     frame
 }
 
+/// The flooder's messages carry a stamp of a sender no reader has: the readers run as generator
+/// 0 of 2 (`--generator 0/2`), so they count these as another generator's (`foreign`) instead of
+/// stopping at a stray message, and still check every message of their own.
+const FOREIGN_STAMP: &[u8] = b"s=4000000000 q=0 t=0 ";
+
 /// One run: the readers' report, with the server's counters added under `server_metrics`.
 fn run_once(setup: &Setup, flood_size: usize) -> Value {
-    let server = Server::start(setup.server_args);
+    let server = Server::start(SERVER, setup.server_args, &[], "listening on");
     let url = format!("ws://{}/ws", server.addr);
     let readers = Command::new(LOAD)
         .args(READERS)
@@ -212,9 +192,9 @@ fn run_once(setup: &Setup, flood_size: usize) -> Value {
         .and_then(Value::as_f64)
         .unwrap_or(0.0);
     report["server_metrics"] = serde_json::json!({
-        "slow_consumer_drops": server.metric("mio_chat_clients_dropped_total{reason=\"slow_consumer\"}"),
-        "throttled": server.metric("mio_chat_clients_throttled_total"),
-        "flood_per_s": (server.metric("mio_chat_messages_received_total") - sent) / flood_s,
+        "slow_consumer_drops": metric(&server, "mio_chat_clients_dropped_total{reason=\"slow_consumer\"}"),
+        "throttled": metric(&server, "mio_chat_clients_throttled_total"),
+        "flood_per_s": (metric(&server, "mio_chat_messages_received_total") - sent) / flood_s,
     });
     if let Some(flooder) = flooder {
         flooder.stop();
