@@ -755,6 +755,56 @@ pub fn next_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, DecodeError> {
     ReplyDecoder::new(Limits::LENIENT).next_reply(buf)
 }
 
+// ---- decoding a stream in pieces, for tests and fuzzing ------------------------------------
+
+/// A decoded reply with its place in the whole stream (message ranges made absolute), so
+/// decodings of differently cut streams compare equal.
+pub type Decoded = (usize, usize, Reply);
+
+/// Feeds `stream` to a new decoder as a link does: each piece ends at the next of `cuts`
+/// (and the last at the end); whole replies are taken and dropped from the front. Returns
+/// the replies, the error that stopped it if any, and the bytes examined. For tests and the
+/// `redis_reply` fuzz target, which compare streams cut differently.
+pub fn decode_in_pieces(
+    limits: Limits,
+    stream: &[u8],
+    cuts: impl IntoIterator<Item = usize>,
+) -> (Vec<Decoded>, Option<DecodeError>, u64) {
+    let mut decoder = ReplyDecoder::new(limits);
+    let (mut buf, mut offset, mut out) = (Vec::new(), 0, Vec::new());
+    let mut fed = 0;
+    for cut in cuts.into_iter().chain([stream.len()]) {
+        let cut = cut.clamp(fed, stream.len());
+        buf.extend_from_slice(&stream[fed..cut]);
+        fed = cut;
+        let mut used = 0;
+        loop {
+            match decoder.next_reply(&buf[used..]) {
+                Ok(Some((reply, n))) => {
+                    out.push(absolute(offset + used, n, reply));
+                    used += n;
+                }
+                Ok(None) => break,
+                Err(e) => return (out, Some(e), decoder.examined()),
+            }
+        }
+        buf.drain(..used);
+        offset += used;
+    }
+    (out, None, decoder.examined())
+}
+
+fn absolute(at: usize, used: usize, reply: Reply) -> Decoded {
+    let reply = match reply {
+        Reply::Message { channel, payload } => Reply::Message {
+            channel: at + channel.start..at + channel.end,
+            payload: at + payload.start..at + payload.end,
+        },
+        other => other,
+    };
+    (at, used, reply)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -857,55 +907,8 @@ mod tests {
 
     // ---- the reply decoder -------------------------------------------------------------------
 
-    /// A decoded reply with its place in the whole stream (message ranges made absolute), so
-    /// decodings of differently cut streams compare equal.
-    type Decoded = (usize, usize, Reply);
-
-    /// Feeds `stream` to a new decoder as a link does: each piece ends at the next of `cuts`
-    /// (and the last at the end); whole replies are taken and dropped from the front. Returns
-    /// the replies, the error that stopped it if any, and the bytes examined.
-    fn feed(
-        limits: Limits,
-        stream: &[u8],
-        cuts: impl IntoIterator<Item = usize>,
-    ) -> (Vec<Decoded>, Option<DecodeError>, u64) {
-        let mut decoder = ReplyDecoder::new(limits);
-        let (mut buf, mut offset, mut out) = (Vec::new(), 0, Vec::new());
-        let mut fed = 0;
-        for cut in cuts.into_iter().chain([stream.len()]) {
-            let cut = cut.clamp(fed, stream.len());
-            buf.extend_from_slice(&stream[fed..cut]);
-            fed = cut;
-            let mut used = 0;
-            loop {
-                match decoder.next_reply(&buf[used..]) {
-                    Ok(Some((reply, n))) => {
-                        out.push(absolute(offset + used, n, reply));
-                        used += n;
-                    }
-                    Ok(None) => break,
-                    Err(e) => return (out, Some(e), decoder.examined()),
-                }
-            }
-            buf.drain(..used);
-            offset += used;
-        }
-        (out, None, decoder.examined())
-    }
-
-    fn absolute(at: usize, used: usize, reply: Reply) -> Decoded {
-        let reply = match reply {
-            Reply::Message { channel, payload } => Reply::Message {
-                channel: at + channel.start..at + channel.end,
-                payload: at + payload.start..at + payload.end,
-            },
-            other => other,
-        };
-        (at, used, reply)
-    }
-
     fn whole(limits: Limits, stream: &[u8]) -> (Vec<Decoded>, Option<DecodeError>, u64) {
-        feed(limits, stream, [])
+        decode_in_pieces(limits, stream, [])
     }
 
     fn replies(stream: &[u8]) -> Vec<Reply> {
@@ -1037,12 +1040,16 @@ mod tests {
         let limits = Limits::for_payloads(64);
         let reference = whole(limits, STREAM);
         assert_eq!(
-            feed(limits, STREAM, 1..STREAM.len()),
+            decode_in_pieces(limits, STREAM, 1..STREAM.len()),
             reference,
             "byte by byte"
         );
         for cut in 0..=STREAM.len() {
-            assert_eq!(feed(limits, STREAM, [cut]), reference, "cut at {cut}");
+            assert_eq!(
+                decode_in_pieces(limits, STREAM, [cut]),
+                reference,
+                "cut at {cut}"
+            );
         }
         // Only line bytes and a bulk string's CRLF are examined, once each.
         let payloads: usize = [9, 4, 7, 4, 5, 4, 0, 7, 4, 0, 7].iter().sum();
@@ -1151,7 +1158,7 @@ mod tests {
             many.extend(vec![b'x'; 65_536]);
             many.extend_from_slice(b"\r\n");
         }
-        let (out, error, examined) = feed(limits, &many, (0..many.len()).step_by(4096));
+        let (out, error, examined) = decode_in_pieces(limits, &many, (0..many.len()).step_by(4096));
         assert!(out.is_empty());
         assert_eq!(
             error,
@@ -1230,7 +1237,7 @@ mod tests {
                     *cut %= stream.len() + 1;
                 }
                 cuts.sort_unstable();
-                prop_assert_eq!(feed(limits, &stream, cuts.iter().copied()), reference);
+                prop_assert_eq!(decode_in_pieces(limits, &stream, cuts.iter().copied()), reference);
             }
         }
     }

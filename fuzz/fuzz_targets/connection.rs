@@ -219,8 +219,15 @@ fn count(event: Event, (joined, left): &mut (u32, u32)) {
 /// At most one Joined; a Left only after it, once; and one as soon as the connection is not in
 /// the room any more.
 fn check_presence(conn: &Connection, (joined, left): (u32, u32)) {
-    assert!(joined <= 1 && left <= joined, "joined {joined}, left {left}");
-    assert_eq!(conn.in_room(), joined > left, "joined {joined}, left {left}");
+    assert!(
+        joined <= 1 && left <= joined,
+        "joined {joined}, left {left}"
+    );
+    assert_eq!(
+        conn.in_room(),
+        joined > left,
+        "joined {joined}, left {left}"
+    );
 }
 
 /// The connection cannot be made to write, broadcast or hold more than its input accounts for.

@@ -25,7 +25,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use mio_chat::envelope::Envelope;
-use mio_chat::redis::{next_reply, DecodeError, Limits, Reply, ReplyDecoder};
+use mio_chat::redis::{
+    decode_in_pieces, next_reply, DecodeError, Decoded, Limits, Reply, ReplyDecoder,
+};
 
 const HEADER: usize = 9;
 /// Enough for 32,768 nested `*1\r\n` (128 KiB) and for arrays past the real limits; more
@@ -33,7 +35,6 @@ const HEADER: usize = 9;
 const MAX_EXPANDED: usize = 512 << 10;
 
 /// A reply at its place in the stream, message ranges made absolute.
-type Decoded = (usize, usize, Reply);
 type Outcome = (Vec<Decoded>, Option<DecodeError>, u64);
 
 fuzz_target!(|data: &[u8]| {
@@ -64,7 +65,10 @@ fuzz_target!(|data: &[u8]| {
     let whole = feed(limits, &stream, &mut std::iter::empty());
     let mut cuts = Cuts::new(head[6], stream.len());
     let split = feed(limits, &stream, &mut cuts);
-    assert_eq!(whole, split, "cut into reads, the stream decodes differently");
+    assert_eq!(
+        whole, split,
+        "cut into reads, the stream decodes differently"
+    );
     assert!(whole.2 <= stream.len() as u64, "a byte examined twice");
 
     for (at, used, reply) in &whole.0 {
@@ -160,40 +164,7 @@ impl Iterator for Cuts {
     }
 }
 
-/// Feeds `stream` as a link does: a piece at a time, whole replies taken and dropped from the
-/// front. The replies, the error that stopped it, and the bytes examined.
+/// Feeds `stream` as a link does (see [`decode_in_pieces`]).
 fn feed(limits: Limits, stream: &[u8], cuts: &mut dyn Iterator<Item = usize>) -> Outcome {
-    let mut decoder = ReplyDecoder::new(limits);
-    let (mut buf, mut offset, mut out) = (Vec::new(), 0, Vec::new());
-    let mut fed = 0;
-    for cut in cuts.chain(std::iter::once(stream.len())) {
-        let cut = cut.clamp(fed, stream.len());
-        buf.extend_from_slice(&stream[fed..cut]);
-        fed = cut;
-        let mut used = 0;
-        loop {
-            match decoder.next_reply(&buf[used..]) {
-                Ok(Some((reply, n))) => {
-                    out.push(absolute(offset + used, n, reply));
-                    used += n;
-                }
-                Ok(None) => break,
-                Err(e) => return (out, Some(e), decoder.examined()),
-            }
-        }
-        buf.drain(..used);
-        offset += used;
-    }
-    (out, None, decoder.examined())
-}
-
-fn absolute(at: usize, used: usize, reply: Reply) -> Decoded {
-    let reply = match reply {
-        Reply::Message { channel, payload } => Reply::Message {
-            channel: at + channel.start..at + channel.end,
-            payload: at + payload.start..at + payload.end,
-        },
-        other => other,
-    };
-    (at, used, reply)
+    decode_in_pieces(limits, stream, cuts)
 }
