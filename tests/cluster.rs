@@ -418,6 +418,7 @@ fn wait_for_redis(redis: &Redis, done: impl Fn(&str) -> bool) {
             std::time::Instant::now() < deadline,
             "Redis never got there"
         );
+        // Only the pause between two polls: what ends the wait is Redis's own count.
         thread::sleep(std::time::Duration::from_millis(20));
     }
 }
