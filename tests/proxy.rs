@@ -1,4 +1,4 @@
-//! Behind a reverse proxy: the README's nginx server block, run in Debian's real `nginx` in front
+//! Behind a reverse proxy: the nginx server block of `docs/deployment.md`, run in Debian's real `nginx` in front
 //! of the server, carries a chat (join, message, leave), keeps `/metrics` internal and the
 //! Origin rule working; and `--trusted-proxy` decides whose `X-Forwarded-For` names the client
 //! in the logs (checked through nginx, and without it by sending the header ourselves).
@@ -31,21 +31,24 @@ fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
     guarded(socket.into())
 }
 
-/// The server block of the README's "Behind nginx" section.
-fn readme_server_block() -> String {
-    let readme = include_str!("../README.md");
-    let section = &readme[readme
+/// The server block of the "Behind nginx" section of `docs/deployment.md`.
+fn documented_server_block() -> String {
+    let page = include_str!("../docs/deployment.md");
+    let section = &page[page
         .find("## Behind nginx")
-        .expect("README: Behind nginx")..];
-    let start = section.find("```nginx\n").expect("README: an nginx block") + "```nginx\n".len();
+        .expect("docs/deployment.md: Behind nginx")..];
+    let start = section
+        .find("```nginx\n")
+        .expect("docs/deployment.md: an nginx block")
+        + "```nginx\n".len();
     let end = start
         + section[start..]
             .find("\n```")
-            .expect("README: the block's end");
+            .expect("docs/deployment.md: the block's end");
     section[start..end].to_string()
 }
 
-/// Debian's `nginx`, run as this user from a temporary directory with the README's block, in
+/// Debian's `nginx`, run as this user from a temporary directory with the documented block, in
 /// front of `upstream`; stopped (and its directory removed) when dropped.
 struct Nginx {
     child: Child,
@@ -60,7 +63,7 @@ impl Nginx {
         let port = common::redis::free_port();
         let dir = std::env::temp_dir().join(format!("mio-chat-nginx-{port}"));
         std::fs::create_dir_all(&dir).expect("nginx directory");
-        let block = readme_server_block()
+        let block = documented_server_block()
             .replace("server 127.0.0.1:8080;", &format!("server {upstream};"))
             .replace("listen 80;", &format!("listen 127.0.0.1:{port};"));
         assert!(block.contains(&upstream.to_string()) && block.contains(&port.to_string()));
@@ -110,7 +113,7 @@ impl Nginx {
     }
 }
 
-/// nginx.conf around the README's block: in the foreground, one process, everything it writes
+/// nginx.conf around the documented block: in the foreground, one process, everything it writes
 /// inside `dir`, and no keep-alive (each test request reads until nginx closes).
 fn config(dir: &std::path::Path, server_block: &str) -> String {
     let dir = dir.display();

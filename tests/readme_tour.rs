@@ -1,5 +1,6 @@
-//! Keeps the README's guided tour true: every file it names (`src/...`, `tests/...`, `docs/...`)
-//! exists, and every `Type::function` or `module::function` it names is defined in `src/`.
+//! Keeps the documentation true: every file the README and `docs/*.md` name (`src/...`,
+//! `tests/...`, `docs/...`) exists, and every `Type::function` or `module::function` they name is
+//! defined in `src/`.
 //!
 //! The index is built by reading the sources as text: for each `impl Type` (or `impl Trait for
 //! Type`) block, the `fn`s inside it; for each module file, its free `fn`s. It is not a parser,
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 /// Folders the tests and tools create as they run, not kept in the repository.
 const GENERATED: &[&str] = &["tests/browser/artifacts/"];
 
-/// Crates whose items the README may name; they are not this project's to check.
+/// Crates whose items the documentation may name; they are not this project's to check.
 const EXTERNAL: &[&str] = &[
     "mio",
     "std",
@@ -101,7 +102,27 @@ fn index() -> (
     (methods, modules)
 }
 
-/// The backticked spans of the README.
+/// The README and every page of `docs/`, as (path, text).
+fn documentation() -> Vec<(String, String)> {
+    let mut paths = vec![PathBuf::from("README.md")];
+    let mut pages: Vec<PathBuf> = fs::read_dir("docs")
+        .expect("docs/")
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "md"))
+        .collect();
+    pages.sort();
+    paths.extend(pages);
+    paths
+        .into_iter()
+        .map(|path| {
+            let text = fs::read_to_string(&path).expect("read a page");
+            (path.display().to_string(), text)
+        })
+        .collect()
+}
+
+/// The backticked spans of a page.
 fn code_spans(readme: &str) -> Vec<String> {
     readme
         .split('`')
@@ -112,33 +133,37 @@ fn code_spans(readme: &str) -> Vec<String> {
 }
 
 #[test]
-fn every_file_the_readme_names_exists() {
-    let readme = fs::read_to_string("README.md").expect("README.md");
-    let missing: Vec<String> = code_spans(&readme)
-        .into_iter()
-        .filter(|span| {
+fn every_file_the_documentation_names_exists() {
+    let missing: Vec<String> = documentation()
+        .iter()
+        .flat_map(|(page, text)| code_spans(text).into_iter().map(move |span| (page, span)))
+        .filter(|(_, span)| {
             ["src/", "tests/", "docs/", "benches/", "fuzz/"]
                 .iter()
                 .any(|dir| span.starts_with(dir))
                 && !span.contains(char::is_whitespace)
                 && !span.contains('*')
         })
-        .filter(|path| !GENERATED.contains(&path.as_str()))
-        .filter(|path| !Path::new(path.trim_end_matches('/')).exists())
+        .filter(|(_, path)| !GENERATED.contains(&path.as_str()))
+        .filter(|(_, path)| !Path::new(path.trim_end_matches('/')).exists())
+        .map(|(page, path)| format!("{page}: {path}"))
         .collect();
     assert!(
         missing.is_empty(),
-        "README names files that do not exist: {missing:?}"
+        "the documentation names files that do not exist: {missing:?}"
     );
 }
 
 #[test]
-fn every_function_the_readme_names_exists() {
-    let readme = fs::read_to_string("README.md").expect("README.md");
+fn every_function_the_documentation_names_exists() {
     let (methods, modules) = index();
     let mut checked = 0;
     let mut missing = Vec::new();
-    for span in code_spans(&readme) {
+    let pages = documentation();
+    let spans = pages
+        .iter()
+        .flat_map(|(page, text)| code_spans(text).into_iter().map(move |span| (page, span)));
+    for (page, span) in spans {
         let Some((owner, item)) = span.split_once("::") else {
             continue;
         };
@@ -156,16 +181,16 @@ fn every_function_the_readme_names_exists() {
         };
         checked += 1;
         if !table.get(owner).is_some_and(|fns| fns.contains(&item)) {
-            missing.push(format!("{owner}::{item}"));
+            missing.push(format!("{page}: {owner}::{item}"));
         }
     }
     assert!(
         missing.is_empty(),
-        "README names functions that do not exist: {missing:?}"
+        "the documentation names functions that do not exist: {missing:?}"
     );
     assert!(
         checked >= 20,
-        "the tour names only {checked} functions: is this test reading it?"
+        "the documentation names only {checked} functions: is this test reading it?"
     );
 }
 
