@@ -1,21 +1,20 @@
 //! mio-chat: a WebSocket chat server in one thread, on one hand-rolled `mio` event loop.
 //!
 //! Every text message a client sends goes to every client, in one order for all; everyone is
-//! told when someone joins or leaves. A reading order for the code:
+//! told when someone joins or leaves.
 //!
-//! 1. [`reactor`]: the event loop. Start here: it owns the sockets and shows the whole flow.
-//! 2. [`connection`]: one client as a state machine over bytes (HTTP request → WebSocket → close).
-//! 3. [`http`] and [`frame`]: parsing the request head and WebSocket frames, without I/O.
-//! 4. [`room`] and [`message`]: who gets what, and the JSON every client receives.
-//! 5. [`queue`], [`timers`], [`config`], [`budget`]: outbound bytes, deadlines, settings, a
-//!    client's fair share of the room.
-//! 6. [`metrics`] and [`logging`]: what an operator sees; [`proxy`]: who a client is behind a
-//!    reverse proxy.
-//! 7. [`transport`]: plaintext or TLS (rustls) between a socket and its connection.
-//! 8. [`backplane`], with [`redis`] and [`envelope`]: several processes as one room, through
-//!    Redis pub/sub (`--redis`).
+//! **Where to start reading:** `docs/tour.md`, the one guided tour. It gives a first-read path
+//! of about 700 lines in order, a diagram of one turn of the loop and one of a message's life,
+//! and chains of calls that answer the questions a first reader asks. `tests/readme_tour.rs`
+//! checks every chain against this code. Its entry point here is [`reactor`] ([`Server::run`]).
 //!
-//! Everything but `reactor` is plain logic over bytes and can be tested without a socket.
+//! **Where the I/O is:** the sockets are read and written in [`reactor`] (the listener, client
+//! sockets, signals), [`transport`] (client bytes, plaintext or through rustls) and
+//! [`backplane`] (the Redis sockets, and resolving Redis's name). [`transport::server_config`]
+//! reads the certificate files. The other modules are logic over bytes and values, testable
+//! without a socket: [`connection`] (one client as a state machine), [`http`], [`frame`],
+//! [`presence`], [`room`], [`message`], [`pacing`], [`queue`], [`timers`], [`budget`],
+//! [`config`], [`metrics`], [`proxy`], [`redis`] and [`envelope`]. [`logging`] writes to stderr.
 
 pub mod backplane;
 pub mod budget;

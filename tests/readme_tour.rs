@@ -1,10 +1,20 @@
-//! Keeps the documentation true: every file the README and `docs/*.md` name (`src/...`,
-//! `tests/...`, `docs/...`) exists, and every `Type::function` or `module::function` they name is
-//! defined in `src/`.
+//! Keeps the documentation true.
 //!
-//! The index is built by reading the sources as text: for each `impl Type` (or `impl Trait for
-//! Type`) block, the `fn`s inside it; for each module file, its free `fn`s. It is not a parser,
-//! only strict enough that a renamed or removed function makes this test fail.
+//! - Every file the README and `docs/*.md` name (`src/...`, `tests/...`, `docs/...`) exists, and
+//!   every `Type::function` or `module::function` they name is defined in `src/`.
+//! - Every link between the pages leads to a file that exists, and to a heading that exists.
+//! - The tour (`docs/tour.md`) holds as a chain: its ```` ```chain ```` blocks list steps, one
+//!   `src/file.rs: Type::function` (or `src/file.rs: function`) a line, and each step must be
+//!   defined in its file and call the next step's function. A renamed function or a re-routed
+//!   call breaks the chain, and the failure names the link that broke.
+//! - The tour's first-read path (its ```` ```reading ```` block) names code that exists, and adds
+//!   up to about 700 lines.
+//!
+//! The sources are read as text, not parsed. They are rustfmt-formatted (CI checks it), which
+//! makes the text regular enough: an `impl` block starts at column 0 with `impl` and ends at a
+//! `}` in column 0; a method starts at four spaces with `fn` (after `pub` and the like) and its
+//! body ends at the first line of exactly four spaces and `}`; a free function does the same at
+//! column 0.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -208,5 +218,446 @@ fn the_index_sees_what_it_should_and_not_what_it_should_not() {
     assert_eq!(
         impl_type("impl Default for Config {"),
         Some("Config".into())
+    );
+}
+
+// ---- The tour as a chain ------------------------------------------------------------------------
+
+const TOUR: &str = "docs/tour.md";
+
+/// The first-read path is "about 700 lines": this much either way still is.
+const READING_LINES: std::ops::RangeInclusive<usize> = 600..=800;
+
+/// What one step of the tour names in its file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Item {
+    /// `Type::function` (a method in an `impl Type` block) or `function` (a free function).
+    Fn { owner: Option<String>, name: String },
+    /// `struct Name` or `enum Name`: the definition, with its fields.
+    Type { kind: String, name: String },
+    /// `//!`: the lines on the file's role at its top.
+    ModuleDoc,
+}
+
+/// One line of a ```` ```chain ```` or ```` ```reading ```` block: `src/file.rs: item`.
+#[derive(Debug, Clone)]
+struct Step {
+    file: String,
+    item: Item,
+    /// Where the step is written, for the failure message: `docs/tour.md:LINE`.
+    line: usize,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let item = match &self.item {
+            Item::Fn {
+                owner: Some(o),
+                name,
+            } => format!("{o}::{name}"),
+            Item::Fn { owner: None, name } => name.clone(),
+            Item::Type { kind, name } => format!("{kind} {name}"),
+            Item::ModuleDoc => "//!".to_string(),
+        };
+        write!(f, "{TOUR}:{}: `{}: {item}`", self.line, self.file)
+    }
+}
+
+fn parse_step(text: &str, line: usize) -> Result<Step, String> {
+    let (file, item) = text
+        .split_once(": ")
+        .ok_or_else(|| format!("{TOUR}:{line}: `{text}` is not `src/file.rs: item`"))?;
+    let item = item.trim();
+    let word = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_alphanumeric() || c == '_');
+    let item = match item.split_once(' ') {
+        _ if item == "//!" => Item::ModuleDoc,
+        Some((kind @ ("struct" | "enum"), name)) if word(name) => Item::Type {
+            kind: kind.to_string(),
+            name: name.to_string(),
+        },
+        None => match item.split_once("::") {
+            Some((owner, name)) if word(owner) && word(name) => Item::Fn {
+                owner: Some(owner.to_string()),
+                name: name.to_string(),
+            },
+            None if word(item) => Item::Fn {
+                owner: None,
+                name: item.to_string(),
+            },
+            _ => return Err(format!("{TOUR}:{line}: cannot read the item `{item}`")),
+        },
+        _ => return Err(format!("{TOUR}:{line}: cannot read the item `{item}`")),
+    };
+    Ok(Step {
+        file: file.trim().to_string(),
+        item,
+        line,
+    })
+}
+
+/// The steps of every fenced block whose info string is `info`, block by block.
+fn fenced_steps(text: &str, info: &str) -> Result<Vec<Vec<Step>>, String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<Step>> = None;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        match &mut current {
+            None if trimmed == format!("```{info}") => current = Some(Vec::new()),
+            None => {}
+            Some(_) if trimmed == "```" => blocks.extend(current.take()),
+            Some(_) if trimmed.is_empty() || trimmed.starts_with('#') => {} // blank or a comment
+            Some(steps) => steps.push(parse_step(trimmed, i + 1)?),
+        }
+    }
+    Ok(blocks)
+}
+
+/// Where an item sits in a source text, as 0-based line numbers: `doc` is the first line of the
+/// doc comments and attributes above it, `def` its first line, `end` its last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    doc: usize,
+    def: usize,
+    end: usize,
+}
+
+/// Finds `item` in `source` (see the file's opening comment for the rules of the text).
+fn locate(source: &str, item: &Item) -> Option<Span> {
+    let lines: Vec<&str> = source.lines().collect();
+    if *item == Item::ModuleDoc {
+        let n = lines.iter().take_while(|l| l.starts_with("//!")).count();
+        return (n > 0).then_some(Span {
+            doc: 0,
+            def: 0,
+            end: n - 1,
+        });
+    }
+    let mut current: Option<String> = None;
+    for (i, line) in lines.iter().enumerate() {
+        if line.starts_with("impl") {
+            current = impl_type(line);
+            continue;
+        } else if *line == "}" {
+            current = None;
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        let found = match item {
+            Item::Fn { owner, name } => {
+                let wanted_indent = if owner.is_some() { 4 } else { 0 };
+                indent == wanted_indent
+                    && current.as_ref() == owner.as_ref()
+                    && fn_name(line).as_deref() == Some(name.as_str())
+            }
+            Item::Type { kind, name } => {
+                indent == 0 && current.is_none() && type_name(line, kind) == Some(name.as_str())
+            }
+            Item::ModuleDoc => false,
+        };
+        if found {
+            return Some(span_from(&lines, i, indent));
+        }
+    }
+    None
+}
+
+/// The name a line defines as a `kind` (`struct` or `enum`), after its visibility.
+fn type_name<'a>(line: &'a str, kind: &str) -> Option<&'a str> {
+    let rest = line
+        .split_once(&format!("{kind} "))
+        .filter(|(before, _)| before.split_whitespace().all(|w| w.starts_with("pub")))?
+        .1;
+    rest.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .next()
+}
+
+/// An item that starts at line `def` with `indent` spaces: its doc comments above, and its end.
+fn span_from(lines: &[&str], def: usize, indent: usize) -> Span {
+    let mut doc = def;
+    while doc > 0 {
+        let above = lines[doc - 1].trim_start();
+        if !(above.starts_with("///") || above.starts_with("#[")) {
+            break;
+        }
+        doc -= 1;
+    }
+    let closing = format!("{}}}", " ".repeat(indent));
+    let first = lines[def].trim_end();
+    let end = if first.ends_with(';') || (first.contains('{') && first.ends_with('}')) {
+        def // `struct Unit;`, `pub struct Tuple(u8);`, or a body on one line
+    } else {
+        (def + 1..lines.len())
+            .find(|&i| lines[i] == closing || lines[i].starts_with(&format!("{closing})")))
+            .unwrap_or(lines.len() - 1)
+    };
+    Span { doc, def, end }
+}
+
+/// The code of `text` without its `//` comments and the contents of its string literals, so that
+/// a comment or a message naming a function is not taken for a call of it.
+fn without_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let (mut in_string, mut escaped) = (false, false);
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if in_string => escaped = true,
+                '"' => {
+                    in_string = !in_string;
+                    out.push(c);
+                }
+                '/' if !in_string && chars.peek() == Some(&'/') => break,
+                _ if in_string => {}
+                _ => out.push(c),
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Whether `code` calls `name`: the word followed by `(` (a call), or preceded by `::` (a path,
+/// which is how a function is passed by name: `.and_then(Server::stop_on_signals)`).
+fn calls(code: &str, name: &str) -> bool {
+    let is_word = |c: char| c.is_alphanumeric() || c == '_';
+    code.match_indices(name).any(|(at, _)| {
+        let before = &code[..at];
+        let after = &code[at + name.len()..];
+        let whole_word = !before.chars().next_back().is_some_and(is_word)
+            && !after.chars().next().is_some_and(is_word);
+        whole_word && (after.trim_start().starts_with('(') || before.ends_with("::"))
+    })
+}
+
+/// The source text of the item a step names, or why it cannot be had.
+fn source_of(step: &Step) -> Result<(String, Span), String> {
+    let source = fs::read_to_string(&step.file)
+        .map_err(|e| format!("{step}: cannot read {}: {e}", step.file))?;
+    let span = locate(&source, &step.item)
+        .ok_or_else(|| format!("{step}: not defined in {}", step.file))?;
+    Ok((source, span))
+}
+
+/// Checks one chain: every step defined in its file and calling the next one. Returns every
+/// broken link, each said as "which step, and what it does not do".
+fn check_chain(chain: &[Step]) -> Vec<String> {
+    let mut broken = Vec::new();
+    for (i, step) in chain.iter().enumerate() {
+        let (source, span) = match source_of(step) {
+            Ok(found) => found,
+            Err(why) => {
+                broken.push(why);
+                continue;
+            }
+        };
+        let Some(next) = chain.get(i + 1) else {
+            continue;
+        };
+        let Item::Fn { name, .. } = &next.item else {
+            broken.push(format!(
+                "{next}: a chain's steps after the first are functions"
+            ));
+            continue;
+        };
+        let body: Vec<&str> = source.lines().collect();
+        let code = without_comments(&body[span.def..=span.end].join("\n"));
+        if !calls(&code, name) {
+            broken.push(format!(
+                "{step} does not call `{name}`, the next step ({next}): \
+                 the chain breaks here; was it renamed, or is it called from elsewhere now?"
+            ));
+        }
+    }
+    broken
+}
+
+#[test]
+fn the_tour_holds_as_a_chain_of_calls() {
+    let tour = fs::read_to_string(TOUR).expect("docs/tour.md");
+    let chains = fenced_steps(&tour, "chain").unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        chains.len() >= 8,
+        "{TOUR} has {} chain blocks: is this test reading it?",
+        chains.len()
+    );
+    let mut broken = Vec::new();
+    for chain in &chains {
+        assert!(chain.len() >= 2, "a chain of one step: {}", chain[0]);
+        broken.extend(check_chain(chain));
+    }
+    assert!(
+        broken.is_empty(),
+        "the tour's chains are broken:\n{}",
+        broken.join("\n")
+    );
+}
+
+#[test]
+fn the_first_read_path_names_code_that_exists_and_is_about_700_lines() {
+    let tour = fs::read_to_string(TOUR).expect("docs/tour.md");
+    let blocks = fenced_steps(&tour, "reading").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(blocks.len(), 1, "{TOUR} has one ```reading block");
+    let mut lines = 0;
+    let mut missing = Vec::new();
+    let mut seen = HashSet::new();
+    for step in &blocks[0] {
+        let key = (step.file.clone(), step.item.clone());
+        assert!(seen.insert(key), "named twice: {step}");
+        match source_of(step) {
+            Ok((_, span)) => lines += span.end - span.doc + 1,
+            Err(why) => missing.push(why),
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the first-read path:\n{}",
+        missing.join("\n")
+    );
+    assert!(
+        READING_LINES.contains(&lines),
+        "the first-read path is {lines} lines; {TOUR} promises about 700 ({READING_LINES:?})"
+    );
+}
+
+#[test]
+fn the_chain_checker_catches_what_it_must() {
+    let dir = std::env::temp_dir().join(format!("readme-tour-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("a.rs");
+    fs::write(
+        &file,
+        "//! A file.\n\nimpl Thing {\n    /// Calls b.\n    pub fn a(&self) {\n        \
+         // b() in a comment is no call\n        self.b(1);\n    }\n\n    fn b(&self, _: u8) {\n        \
+         let _ = \"c() in a string\";\n    }\n\n    fn c(&self) {}\n}\n\nfn free() {\n    \
+         Thing::a;\n}\n\npub(super) struct Fields {\n    x: u8,\n}\n",
+    )
+    .expect("write");
+    let path = file.display().to_string();
+    let step = |item: &str, line| parse_step(&format!("{path}: {item}"), line).expect("a step");
+    let chain = |items: &[&str]| -> Vec<Step> {
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, s)| step(s, i + 1))
+            .collect()
+    };
+    assert!(check_chain(&chain(&["Thing::a", "Thing::b"])).is_empty());
+    assert!(
+        check_chain(&chain(&["free", "Thing::a"])).is_empty(),
+        "a path counts"
+    );
+    let broken = check_chain(&chain(&["Thing::b", "Thing::a"]));
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert!(broken[0].contains("does not call `a`"), "{}", broken[0]);
+    let broken = check_chain(&chain(&["Thing::a", "Thing::nope"]));
+    assert!(
+        broken.iter().any(|b| b.contains("not defined")),
+        "{broken:?}"
+    );
+    let broken = check_chain(&chain(&["Thing::b", "Thing::c"]));
+    assert!(
+        broken.iter().any(|b| b.contains("does not call `c`")),
+        "strings: {broken:?}"
+    );
+    let broken = check_chain(&chain(&["free", "Other::a"]));
+    assert!(
+        broken.iter().any(|b| b.contains("not defined")),
+        "the owner: {broken:?}"
+    );
+    let source = fs::read_to_string(&file).expect("read");
+    let span = |item: &str| {
+        let span = locate(&source, &step(item, 1).item).expect(item);
+        (span.doc, span.def, span.end)
+    };
+    assert_eq!(
+        span("Thing::a"),
+        (3, 4, 7),
+        "doc comment, definition, closing brace"
+    );
+    assert_eq!(span("Thing::c"), (13, 13, 13), "a body on one line");
+    assert_eq!(span("struct Fields"), (20, 20, 22));
+    assert_eq!(span("//!"), (0, 0, 0));
+    assert!(parse_step("src/a.rs Thing::a", 1).is_err());
+    assert!(parse_step("src/a.rs: Thing::a()", 1).is_err());
+    fs::remove_dir_all(&dir).ok();
+}
+
+// ---- Links between pages ------------------------------------------------------------------------
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces as `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect::<String>()
+        .to_lowercase()
+}
+
+/// The anchors of a page's headings (not of lines in code blocks that start with `#`).
+fn anchors(text: &str) -> HashSet<String> {
+    let mut in_code = false;
+    let mut out = HashSet::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        } else if !in_code && line.starts_with('#') {
+            out.insert(anchor(line.trim_start_matches('#')));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_link_between_pages_resolves() {
+    let mut pages = documentation();
+    pages.push((
+        "CHANGELOG.md".into(),
+        fs::read_to_string("CHANGELOG.md").expect("CHANGELOG.md"),
+    ));
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for (page, text) in &pages {
+        for (at, _) in text.match_indices("](") {
+            let rest = &text[at + 2..];
+            let Some(target) = rest.split(')').next() else {
+                continue;
+            };
+            if target.contains("://") || target.starts_with("mailto:") || target.contains(' ') {
+                continue;
+            }
+            checked += 1;
+            let (path, fragment) = target.split_once('#').unwrap_or((target, ""));
+            let base = Path::new(page).parent().unwrap_or(Path::new(""));
+            let file = if path.is_empty() {
+                PathBuf::from(page)
+            } else {
+                base.join(path)
+            };
+            if !file.exists() {
+                broken.push(format!("{page}: {target}: no such file"));
+            } else if !fragment.is_empty() && file.extension().is_some_and(|e| e == "md") {
+                let text = fs::read_to_string(&file).expect("read a linked page");
+                if !anchors(&text).contains(fragment) {
+                    broken.push(format!("{page}: {target}: no such heading"));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+    assert!(
+        checked >= 30,
+        "only {checked} links: is this test reading the pages?"
+    );
+    assert_eq!(
+        anchor(" Fair share: one client cannot drown the room"),
+        "fair-share-one-client-cannot-drown-the-room"
+    );
+    assert_eq!(
+        anchor(" Several processes: Redis and SO_REUSEPORT"),
+        "several-processes-redis-and-so_reuseport"
     );
 }
