@@ -7,6 +7,8 @@
 //!   `src/file.rs: Type::function` (or `src/file.rs: function`) a line, and each step must be
 //!   defined in its file and call the next step's function. A renamed function or a re-routed
 //!   call breaks the chain, and the failure names the link that broke.
+//! - The flag tables of the README and `docs/configuration.md` have a row for every flag of
+//!   `mio-chat --help`, naming its environment variable, and no row for a flag it lacks.
 //! - The tour's first-read path (its ```` ```reading ```` block) names code that exists, and adds
 //!   up to about 700 lines.
 //!
@@ -521,19 +523,19 @@ fn the_first_read_path_names_code_that_exists_and_is_about_700_lines() {
     );
 }
 
+/// A source file for the chain checker to judge: a comment and a string name functions, and
+/// neither is a call.
+const FIXTURE: &str = "//! A file.\n\nimpl Thing {\n    /// Calls b.\n    pub fn a(&self) {\n        \
+     // b() in a comment is no call\n        self.b(1);\n    }\n\n    fn b(&self, _: u8) {\n        \
+     let _ = \"c() in a string\";\n    }\n\n    fn c(&self) {}\n}\n\nfn free() {\n    \
+     Thing::a;\n}\n\npub(super) struct Fields {\n    x: u8,\n}\n";
+
 #[test]
 fn the_chain_checker_catches_what_it_must() {
     let dir = std::env::temp_dir().join(format!("readme-tour-{}", std::process::id()));
     fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("a.rs");
-    fs::write(
-        &file,
-        "//! A file.\n\nimpl Thing {\n    /// Calls b.\n    pub fn a(&self) {\n        \
-         // b() in a comment is no call\n        self.b(1);\n    }\n\n    fn b(&self, _: u8) {\n        \
-         let _ = \"c() in a string\";\n    }\n\n    fn c(&self) {}\n}\n\nfn free() {\n    \
-         Thing::a;\n}\n\npub(super) struct Fields {\n    x: u8,\n}\n",
-    )
-    .expect("write");
+    fs::write(&file, FIXTURE).expect("write");
     let path = file.display().to_string();
     let step = |item: &str, line| parse_step(&format!("{path}: {item}"), line).expect("a step");
     let chain = |items: &[&str]| -> Vec<Step> {
@@ -659,5 +661,73 @@ fn every_link_between_pages_resolves() {
     assert_eq!(
         anchor(" Several processes: Redis and SO_REUSEPORT"),
         "several-processes-redis-and-so_reuseport"
+    );
+}
+
+// ---- The flag tables --------------------------------------------------------------------------
+
+/// The long flags `mio-chat --help` lists (without `--help` and `--version`).
+fn flags_of_the_binary() -> Vec<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mio-chat"))
+        .arg("--help")
+        .output()
+        .expect("run mio-chat --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let mut flags: Vec<String> = help
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .filter(|w| !matches!(*w, "--help" | "--version"))
+        .map(str::to_string)
+        .collect();
+    flags.sort();
+    flags.dedup();
+    flags
+}
+
+/// The row of a flag table in `page` that documents `flag`: its first cell lists flags, `flag`
+/// among them.
+fn row_of<'a>(page: &'a str, flag: &str) -> Option<&'a str> {
+    page.lines().find(|line| {
+        let first_cell = line.split('|').nth(1).unwrap_or("").trim_start();
+        line.starts_with('|')
+            && first_cell.starts_with("`--")
+            && (first_cell.contains(&format!("`{flag}`"))
+                || first_cell.contains(&format!("`{flag} ")))
+    })
+}
+
+#[test]
+fn the_flag_tables_name_every_flag_with_its_variable() {
+    let flags = flags_of_the_binary();
+    assert!(flags.len() >= 20, "only {flags:?}: is --help read?");
+    let mut missing = Vec::new();
+    for (path, prefix) in [("README.md", ""), ("docs/configuration.md", "MIO_CHAT_")] {
+        let page = fs::read_to_string(path).expect(path);
+        for flag in &flags {
+            let variable = format!("`{prefix}{}`", flag[2..].to_uppercase().replace('-', "_"));
+            match row_of(&page, flag) {
+                None => missing.push(format!("{path}: no row for {flag}")),
+                Some(row) if !row.contains(&variable) => missing.push(format!(
+                    "{path}: the row of {flag} does not name {variable}"
+                )),
+                Some(_) => {}
+            }
+        }
+        // And no row for a flag the binary does not have.
+        for line in page.lines().filter(|l| l.starts_with("| `--")) {
+            let named = line[3..].split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'));
+            if let Some(flag) = named.into_iter().find(|w| w.starts_with("--")) {
+                if !flags.iter().any(|f| f == flag) {
+                    missing.push(format!(
+                        "{path}: a row for {flag}, which mio-chat does not have"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the flag tables:\n{}",
+        missing.join("\n")
     );
 }
