@@ -31,6 +31,7 @@ use crate::budget::Budget;
 use crate::config::Config;
 use crate::frame::{self, close, Header, OpCode};
 use crate::http::{self, Decision, Response, Route};
+use crate::message::Version;
 use crate::queue::OutQueue;
 
 /// How long a closing connection may take to finish its closing handshake and hang up.
@@ -144,6 +145,8 @@ pub struct Connection {
     ending_reported: bool,
     /// `Joined` has been reported and `Left` not yet.
     joined: bool,
+    /// The chat frames its handshake asked for (one byte, in what was padding).
+    version: Version,
     reads: Reads,
     /// What it has said lately, against `--client-rate` and `--client-bytes-rate`: 16 bytes.
     budget: Budget,
@@ -163,6 +166,7 @@ impl Connection {
             ending: None,
             ending_reported: false,
             joined: false,
+            version: Version::V1,
             reads: Reads::Free,
             budget: Budget::default(),
         }
@@ -178,6 +182,11 @@ impl Connection {
         let mut conn = Connection::new(now);
         conn.respond(response, now);
         conn
+    }
+
+    /// The chat frames this client gets: version 1 unless its handshake asked for version 2.
+    pub fn version(&self) -> Version {
+        self.version
     }
 
     pub fn phase(&self) -> Phase {
@@ -445,9 +454,11 @@ impl Connection {
             Decision::Upgrade {
                 route,
                 accept_key,
+                version,
                 head_len,
             } => {
-                http::write_switching_protocols(self.output.buffer(), &accept_key);
+                http::write_switching_protocols(self.output.buffer(), &accept_key, version);
+                self.version = version;
                 self.enter(Phase::Open(route), cx.now);
                 if route == Route::Chat {
                     self.joined = true;

@@ -6,6 +6,8 @@
 
 use tungstenite::handshake::derive_accept_key;
 
+use crate::message::{Version, V2_PROTOCOL};
+
 /// Largest request head accepted; more gets 431.
 pub const MAX_HEAD: usize = 8 * 1024;
 /// Most header lines accepted; more gets 431.
@@ -169,10 +171,12 @@ pub enum Decision {
     Metrics,
     /// Say whether the process is healthy and close (see [`Response::health`]).
     Health,
-    /// Send `101 Switching Protocols` with this accept key; WebSocket frames start at `head_len`.
+    /// Send `101 Switching Protocols` with this accept key, naming the subprotocol of `version`
+    /// if it has one; WebSocket frames start at `head_len`.
     Upgrade {
         route: Route,
         accept_key: String,
+        version: Version,
         head_len: usize,
     },
 }
@@ -212,6 +216,10 @@ pub fn decide(buf: &[u8], origins: &OriginPolicy, echo: bool) -> Decision {
         Ok(key) => Decision::Upgrade {
             route,
             accept_key: derive_accept_key(key.as_bytes()),
+            version: match route {
+                Route::Chat => negotiate(&req),
+                Route::Echo => Version::V1, // echo has no frames of its own to version
+            },
             head_len,
         },
         Err(status) => Decision::Respond(Response::status(status)),
@@ -298,6 +306,25 @@ fn check_upgrade<'b>(
     Ok(key)
 }
 
+/// The chat frames a client gets: version 2 if any `Sec-WebSocket-Protocol` line offers
+/// [`V2_PROTOCOL`] (RFC 6455 §4.1: the client lists what it speaks, the server picks one or
+/// none); otherwise version 1, and the 101 names no subprotocol, as §4.2.2 requires when none is
+/// chosen. Tokens are case-sensitive (they are not HTTP tokens compared by name).
+fn negotiate(req: &httparse::Request) -> Version {
+    let offers_v2 = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("Sec-WebSocket-Protocol"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim() == V2_PROTOCOL);
+    if offers_v2 {
+        Version::V2
+    } else {
+        Version::V1
+    }
+}
+
 /// A Sec-WebSocket-Key is 16 random bytes in base64: 22 characters and `==`.
 fn is_valid_key(key: &str) -> bool {
     let b = key.as_bytes();
@@ -309,10 +336,14 @@ fn is_valid_key(key: &str) -> bool {
 }
 
 /// The server's half of the opening handshake.
-pub fn write_switching_protocols(out: &mut Vec<u8>, accept_key: &str) {
+pub fn write_switching_protocols(out: &mut Vec<u8>, accept_key: &str, version: Version) {
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n");
     out.extend_from_slice(b"Connection: Upgrade\r\nSec-WebSocket-Accept: ");
     out.extend_from_slice(accept_key.as_bytes());
+    if version == Version::V2 {
+        out.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
+        out.extend_from_slice(V2_PROTOCOL.as_bytes());
+    }
     out.extend_from_slice(b"\r\n\r\n");
 }
 
@@ -346,14 +377,71 @@ mod tests {
             Decision::Upgrade {
                 route,
                 accept_key,
+                version,
                 head_len,
             } => {
                 assert_eq!(route, Route::Chat);
                 assert_eq!(accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="); // RFC 6455 §1.3
+                assert_eq!(version, Version::V1);
                 assert_eq!(&req[head_len..], "first frame bytes");
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    fn version_of(request: &str, echo: bool) -> Version {
+        match decide(request.as_bytes(), &OriginPolicy::default(), echo) {
+            Decision::Upgrade { version, .. } => version,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn version_2_is_chosen_only_when_offered() {
+        let v = |extra: &str| version_of(&upgrade(extra), false);
+        assert_eq!(v(""), Version::V1, "no offer");
+        assert_eq!(v("Sec-WebSocket-Protocol: mio-chat.v2\r\n"), Version::V2);
+        assert_eq!(
+            v("Sec-WebSocket-Protocol: chat, mio-chat.v2 , superchat\r\n"),
+            Version::V2,
+            "one of several, spaces around it"
+        );
+        assert_eq!(
+            v("Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: mio-chat.v2\r\n"),
+            Version::V2,
+            "on a second header line"
+        );
+        for unknown in [
+            "chat, superchat",
+            "mio-chat.v3",
+            "MIO-CHAT.V2",
+            "mio-chat.v2x",
+            "",
+        ] {
+            let extra = format!("Sec-WebSocket-Protocol: {unknown}\r\n");
+            assert_eq!(v(&extra), Version::V1, "only unknown: {unknown:?}");
+        }
+        let echo = upgrade("Sec-WebSocket-Protocol: mio-chat.v2\r\n").replace("/ws", "/echo");
+        assert_eq!(version_of(&echo, true), Version::V1, "echo is unversioned");
+    }
+
+    #[test]
+    fn the_101_names_the_subprotocol_only_for_version_2() {
+        let mut v1 = Vec::new();
+        write_switching_protocols(&mut v1, "k", Version::V1);
+        assert_eq!(
+            v1,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Accept: k\r\n\r\n"
+        );
+        let mut v2 = Vec::new();
+        write_switching_protocols(&mut v2, "k", Version::V2);
+        assert_eq!(
+            v2,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Accept: k\r\n\
+              Sec-WebSocket-Protocol: mio-chat.v2\r\n\r\n"
+        );
     }
 
     #[test]
