@@ -17,6 +17,8 @@ const {
 
 const JOINED = 'New User Joined...';
 const LEFT = 'User Disconnected...';
+// How the page shows its own join (the protocol's version 2 tells it which join is its own).
+const YOU = 'You joined';
 
 // One browser for the whole file (it takes a second or two to start); each test gets fresh
 // contexts, which share no cookies, storage or sockets, and a fresh server.
@@ -58,8 +60,8 @@ test('two pages see the same messages, each once and in one order', (t) => withC
 
   const listA = await entries(a);
   const listB = await entries(b);
-  assert.deepEqual(listA.slice(0, 2), [{ kind: 'notice', text: JOINED }, { kind: 'notice', text: JOINED }]);
-  assert.deepEqual(listB[0], { kind: 'notice', text: JOINED });
+  assert.deepEqual(listA.slice(0, 2), [{ kind: 'notice', text: YOU }, { kind: 'notice', text: JOINED }]);
+  assert.deepEqual(listB[0], { kind: 'notice', text: YOU });
   assert.deepEqual(listB.slice(1), listA.slice(2), 'both pages show the same messages in the same order');
   const shown = listA.slice(2).map((e) => e.text);
   assert.deepEqual([...shown].sort(), [...sent, last].sort(), 'every message exactly once');
@@ -86,7 +88,7 @@ test('message text is shown as text, never run as HTML', (t) => withChat(browser
     await waitForText(page, 'after');
     assert.deepEqual((await texts(page, 'message')), [evil, 'after']);
     assert.equal(await page.locator('#messages img').count(), 0, 'no <img> element was made');
-    assert.equal(await page.locator('#messages li.message').first().evaluate((li) => li.children.length), 0);
+    assert.equal(await page.locator('#messages li.message .text').first().evaluate((span) => span.children.length), 0);
   }
   assert.deepEqual(dialogs, [], 'no dialog fired');
 }));
@@ -97,7 +99,7 @@ test('closing one page tells the other that a user left', (t) => withChat(browse
   await waitForCount(a, 2, 'notice');
   await b.close();
   await waitForText(a, LEFT);
-  assert.deepEqual(await texts(a, 'notice'), [JOINED, JOINED, LEFT]);
+  assert.deepEqual(await texts(a, 'notice'), [YOU, JOINED, LEFT]);
 }));
 
 test('the status shows connecting, then online, and Send works only when online', (t) => withChat(browser, t, async (chat) => {
@@ -138,10 +140,17 @@ test('pages reconnect by themselves after a server restart and chat again', (t) 
   await say(b, 'after the restart', { click: true });
   await waitForText(a, 'after the restart');
   await waitForText(b, 'after the restart');
-  // Whichever page came back first saw both joins, the other only its own: three new ones in all.
-  // Both were online before B spoke, so all of them came before B's message did.
+  // Whichever page came back first saw the other's join; each page's own rejoin shows as the end
+  // of its time offline, not as someone joining. Both were online before B spoke, so all of it
+  // came before B's message did.
   const joins = async (page) => (await texts(page, 'notice')).filter((n) => n === JOINED).length;
-  assert.equal((await joins(a)) - 2 + (await joins(b)) - 1, 3);
+  assert.equal((await joins(a)) - 1 + (await joins(b)), 1, 'one new join notice, of the page that came back second');
+  for (const page of [a, b]) {
+    const gaps = await texts(page, 'gap');
+    assert.equal(gaps.length, 1, 'one mark where the connection dropped and came back');
+    assert.match(gaps[0], /^You were offline from .+ to .+; messages sent meanwhile were not received\.$/);
+    assert.deepEqual(await texts(page, 'error'), ['Disconnected: the server is going away (restart or shutdown) (close code 1001).']);
+  }
   assert.deepEqual(await texts(a, 'message'), ['before', 'after the restart']);
   assert.deepEqual(await texts(b, 'message'), ['before', 'after the restart']);
 }));
@@ -246,6 +255,7 @@ async function chatAcross(a, openB) {
   const b = await openB();
   await waitForCount(b, 1, 'notice');
   await waitForCount(a, 2, 'notice');
+  assert.equal(await a.textContent('#online'), '2 online');
 
   const fromA = 'Hello from tab A!';
   const fromB = 'Hello back from tab B.';
@@ -254,8 +264,11 @@ async function chatAcross(a, openB) {
   await say(b, fromB, { click: true });
   for (const page of [a, b]) await waitForText(page, fromB);
   const messages = [{ kind: 'message', text: fromA }, { kind: 'message', text: fromB }];
-  assert.deepEqual(await entries(a), [{ kind: 'notice', text: JOINED }, { kind: 'notice', text: JOINED }, ...messages]);
-  assert.deepEqual(await entries(b), [{ kind: 'notice', text: JOINED }, ...messages]);
+  assert.deepEqual(await entries(a), [{ kind: 'notice', text: YOU }, { kind: 'notice', text: JOINED }, ...messages]);
+  assert.deepEqual(await entries(b), [{ kind: 'notice', text: YOU }, ...messages]);
+  // Each tab knows its own message, also when it came back through Redis.
+  assert.deepEqual(await mine(a), [fromA]);
+  assert.deepEqual(await mine(b), [fromB]);
 
   await b.close();
   await waitForText(a, LEFT);

@@ -133,6 +133,10 @@ async function startServer(port = 0, { args = [], waitFor = null } = {}) {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       return exited;
     },
+    // SIGSTOP: the server holds every connection open and answers nothing until killed.
+    pause() {
+      child.kill('SIGSTOP');
+    },
   };
   if (waitFor) {
     await server.waitForLog(waitFor).catch((err) => {
@@ -188,6 +192,10 @@ async function startRedisOn(port) {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       return exited;
     },
+    // SIGSTOP: the server holds every connection open and answers nothing until killed.
+    pause() {
+      child.kill('SIGSTOP');
+    },
   };
 }
 
@@ -237,7 +245,7 @@ function pagesFor(browser) {
 //   chat.server            the running server (replaced by chat.startAgain())
 //   chat.open(options)     a new page, in its own browser context (like a separate user), online
 //   chat.openOffline(options)  a new page, in its own browser context, not yet loaded
-//   chat.startAgain()      after chat.server.stop(): a new server on the same port
+//   chat.startAgain(args)  after chat.server.stop(): a new server on the same port, with `args`
 //   chat.startGate()       a gate (see startGate) in front of the server, closed at teardown
 // On failure every open page is saved to artifacts/ and the server's log is printed.
 async function withChat(browser, t, body) {
@@ -251,8 +259,8 @@ async function withChat(browser, t, body) {
     openOffline(options) {
       return pages.openOffline(options);
     },
-    async startAgain() {
-      chat.server = await startServer(chat.server.port);
+    async startAgain(args = []) {
+      chat.server = await startServer(chat.server.port, { args });
     },
     async startGate() {
       const gate = await startGate(chat.server.port);
@@ -377,9 +385,15 @@ function waitForState(page, state, timeout = TIMEOUT) {
   return page.waitForSelector(`#status[data-state="${state}"]`, { timeout });
 }
 
-// What #messages shows, oldest first, as { kind: 'message' | 'notice', text }.
+// What #messages shows, oldest first, as { kind: 'message' | 'notice' | 'gap' | 'error', text }
+// (the text without its time).
 function entries(page) {
-  return page.$$eval('#messages > li', (items) => items.map((li) => ({ kind: li.className, text: li.textContent })));
+  return page.$$eval('#messages > li', (items) => items.map((li) => ({ kind: li.className, text: li.querySelector('.text').textContent })));
+}
+
+// The texts of the messages the page shows as its own (data-mine), oldest first.
+function mine(page) {
+  return page.$$eval('#messages > li.message[data-mine] .text', (items) => items.map((s) => s.textContent));
 }
 
 function texts(page, kind) {
@@ -397,7 +411,7 @@ function waitForCount(page, count, kind = null, timeout = TIMEOUT) {
 // Waits until an entry with exactly this text is shown.
 function waitForText(page, text, timeout = TIMEOUT) {
   return page.waitForFunction(
-    (t) => [...document.querySelectorAll('#messages > li')].some((li) => li.textContent === t),
+    (t) => [...document.querySelectorAll('#messages > li .text')].some((s) => s.textContent === t),
     text, { timeout });
 }
 
@@ -421,6 +435,7 @@ module.exports = {
   withCluster,
   waitForState,
   entries,
+  mine,
   texts,
   waitForCount,
   waitForText,
