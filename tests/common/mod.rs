@@ -763,6 +763,11 @@ impl RawClient {
     /// correct 101 for [`SAMPLE_KEY`]. Bytes after the response head stay buffered: they are
     /// the first WebSocket frames.
     pub fn read_handshake_response(stream: TcpStream) -> RawClient {
+        RawClient::read_handshake(stream).0
+    }
+
+    /// [`RawClient::read_handshake_response`], with the 101's head for the caller to check.
+    pub fn read_handshake(stream: TcpStream) -> (RawClient, HttpResponse) {
         let mut client = RawClient {
             stream,
             buffer: Vec::new(),
@@ -788,7 +793,7 @@ impl RawClient {
             .header("Connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("upgrade")));
         assert_eq!(response.header("Sec-WebSocket-Accept"), Some(SAMPLE_ACCEPT));
-        client
+        (client, response)
     }
 
     pub fn stream(&self) -> &TcpStream {
