@@ -43,7 +43,7 @@ pub use ledger::Ledger;
 use link::Link;
 pub use link::READ_CHUNK;
 use outage::{Due, Liveness, Outages, Recovery, MAX_BACKOFF};
-use resolve::{Lookup, ResolverConfig, Start, Step};
+use resolve::{Datagram, Lookup, ResolverConfig, Start, Step};
 
 /// Bytes read from the subscription in one turn before clients get their turn. The subscription
 /// carries the whole room's traffic, so it gets far more than one client's 256 KiB: reading it
@@ -192,7 +192,7 @@ impl Backplane {
 
     /// An attempt: find where Redis is now, then open both links there.
     fn connect(&mut self, registry: &Registry, now: Instant) {
-        self.end_lookup(registry);
+        self.take_lookup(registry);
         match resolve::start(&self.url.host, &self.resolver, now) {
             Start::Found(ip) => self.open_links(ip, registry, now),
             Start::Query(lookup, send) => {
@@ -234,8 +234,8 @@ impl Backplane {
         self.outages.connecting(now);
     }
 
-    /// Acts on what the lookup asked for. `fresh` is a lookup just started (its socket is
-    /// opened here); otherwise the one in `self.lookup` goes on.
+    /// Acts on what the lookup asked for. `fresh` is a lookup just started; otherwise the one
+    /// in `self.lookup` goes on (or ends).
     fn lookup_step(
         &mut self,
         step: Step,
@@ -243,55 +243,47 @@ impl Backplane {
         registry: &Registry,
         now: Instant,
     ) {
-        match step {
-            Step::Send(send) => {
-                if let Some(lookup) = fresh {
-                    match self.resolver_socket(send.to, registry) {
-                        Ok(socket) => self.lookup = Some((lookup, socket)),
-                        Err(e) => return self.down(format!("resolver socket: {e}"), now),
-                    }
-                }
-                if let Some((_, socket)) = &self.lookup {
-                    // A datagram that could not go is a try without an answer: its deadline
-                    // moves the lookup on.
-                    if let Err(e) = socket.send_to(&send.bytes, send.to) {
-                        debug!("redis: query to {} not sent: {e}", send.to);
-                    }
-                }
-            }
-            Step::Found(ip) => {
-                self.end_lookup(registry);
-                self.open_links(ip, registry, now);
-            }
-            Step::Failed(why) => {
-                self.end_lookup(registry);
-                self.down(format!("cannot resolve {}: {why}", self.url.host), now);
+        let lookup = fresh.or_else(|| self.take_lookup(registry));
+        match (step, lookup) {
+            (Step::Send(send), Some(lookup)) => self.send_query(lookup, &send, registry, now),
+            (Step::Send(_), None) => {} // no lookup to go on with (cannot happen)
+            (Step::Found(ip), _) => self.open_links(ip, registry, now),
+            (Step::Failed(why), _) => {
+                self.down(format!("cannot resolve {}: {why}", self.url.host), now)
             }
         }
     }
 
-    /// A UDP socket on a fresh ephemeral port (one per lookup, so a forger must guess it too),
-    /// of the name servers' family.
-    fn resolver_socket(
-        &self,
-        server: SocketAddr,
-        registry: &Registry,
-    ) -> std::io::Result<UdpSocket> {
-        let any: SocketAddr = match server {
+    /// Sends one try of the lookup's query from a UDP socket of its own, in the loop: a fresh
+    /// ephemeral port (a forger must guess it as well as the query id) of the name server's
+    /// family. A datagram that could not go is a try without an answer: its deadline moves
+    /// the lookup on.
+    fn send_query(&mut self, lookup: Lookup, send: &Datagram, registry: &Registry, now: Instant) {
+        let any: SocketAddr = match send.to {
             SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
         };
-        let mut socket = UdpSocket::bind(any)?;
-        registry.register(&mut socket, self.resolver_token, Interest::READABLE)?;
-        Ok(socket)
+        let opened = UdpSocket::bind(any).and_then(|mut socket| {
+            registry.register(&mut socket, self.resolver_token, Interest::READABLE)?;
+            Ok(socket)
+        });
+        let socket = match opened {
+            Ok(socket) => socket,
+            Err(e) => return self.down(format!("resolver socket: {e}"), now),
+        };
+        if let Err(e) = socket.send_to(&send.bytes, send.to) {
+            debug!("redis: query to {} not sent: {e}", send.to);
+        }
+        self.lookup = Some((lookup, socket));
     }
 
-    fn end_lookup(&mut self, registry: &Registry) {
-        if let Some((_, mut socket)) = self.lookup.take() {
-            if let Err(e) = registry.deregister(&mut socket) {
-                debug!("redis: deregister the resolver socket: {e}");
-            }
+    /// Ends the lookup's try: its socket leaves the poll.
+    fn take_lookup(&mut self, registry: &Registry) -> Option<Lookup> {
+        let (lookup, mut socket) = self.lookup.take()?;
+        if let Err(e) = registry.deregister(&mut socket) {
+            debug!("redis: deregister the resolver socket: {e}");
         }
+        Some(lookup)
     }
 
     /// The resolver's socket is readable: the datagrams until `WouldBlock` (edge-triggered),

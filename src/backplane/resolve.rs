@@ -211,13 +211,13 @@ pub enum Start {
     /// An IP literal, or a name in the hosts file.
     Found(IpAddr),
     /// A DNS lookup is under way: send its first query.
-    Query(Box<Lookup>, Send),
+    Query(Box<Lookup>, Datagram),
     Failed(String),
 }
 
 /// A query to send: these bytes, to this name server, on UDP.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Send {
+pub struct Datagram {
     pub to: SocketAddr,
     pub bytes: Vec<u8>,
 }
@@ -225,7 +225,7 @@ pub struct Send {
 /// What a lookup asks for next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    Send(Send),
+    Send(Datagram),
     Found(IpAddr),
     Failed(String),
 }
@@ -266,7 +266,7 @@ pub struct Lookup {
 
 impl Lookup {
     /// A lookup of `name` and its first query.
-    pub fn new(name: &str, conf: ResolvConf, now: Instant) -> Result<(Lookup, Send), String> {
+    pub fn new(name: &str, conf: ResolvConf, now: Instant) -> Result<(Lookup, Datagram), String> {
         let candidates = conf.candidates(name);
         if !is_host_name(name) || candidates.iter().any(|c| !is_host_name(c)) {
             return Err(format!("{name:?} is not a valid host name"));
@@ -411,7 +411,7 @@ impl Lookup {
         self.server = self.conf.nameservers[self.tries % self.conf.nameservers.len()];
         self.deadline = now + self.conf.timeout;
         match query(self.id, self.asking(), self.qtype()) {
-            Ok(bytes) => Step::Send(Send {
+            Ok(bytes) => Step::Send(Datagram {
                 to: self.server,
                 bytes,
             }),
@@ -473,7 +473,7 @@ mod tests {
         ResolvConf::parse(text)
     }
 
-    fn lookup(name: &str, text: &str) -> (Lookup, Send, Instant) {
+    fn lookup(name: &str, text: &str) -> (Lookup, Datagram, Instant) {
         let now = Instant::now();
         let (lookup, send) = Lookup::new(name, conf(text), now).expect("lookup");
         (lookup, send, now)
