@@ -19,8 +19,8 @@
 //! at every attempt, without blocking); `ledger.rs` the pure bookkeeping (sequence
 //! numbers, the pending envelopes, what each envelope from the channel means); `outage.rs` the
 //! pure state and outage rules (backoff, a new outage or the same one, connect timeout). This
-//! file ties them to the two sockets. What the bytes mean is in [`crate::redis`] and
-//! [`crate::envelope`].
+//! file ties them to the two sockets (and, while a name is looked up, a UDP socket). What the
+//! bytes mean is in [`crate::redis`] and [`crate::envelope`].
 
 mod ledger;
 mod link;

@@ -681,12 +681,34 @@ mod tests {
     fn a_header_announcing_more_than_it_holds_is_refused_undecoded() {
         let (mut l, send, now) = lookup("redis.test", LINE);
         let mut reply = answer(&send.bytes, RCODE::NoError, vec![a([1, 2, 3, 4])]);
+        assert!(counts_fit(&reply));
         reply[6] = 0xff; // 65,280 more answers than the datagram holds
         reply[7] = 0xff;
+        assert!(
+            !counts_fit(&reply),
+            "refused before the decoder reserves room for them"
+        );
         assert!(matches!(
             l.on_datagram(server(), &reply, now),
             Some(Step::Send(_))
         ));
+    }
+
+    #[test]
+    fn a_server_failure_moves_to_the_next_server() {
+        let text = "nameserver [127.0.0.1]:1\nnameserver [127.0.0.1]:2";
+        let (mut l, send, now) = lookup("redis.test", text);
+        let from: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let failure = answer(&send.bytes, RCODE::ServerFailure, vec![a([6, 6, 6, 6])]);
+        let Some(Step::Send(next)) = l.on_datagram(from, &failure, now) else {
+            panic!("the next server should be asked");
+        };
+        assert_eq!(next.to.port(), 2);
+        assert_eq!(
+            l.asking(),
+            "redis.test",
+            "the same name, not the next candidate"
+        );
     }
 
     proptest! {
