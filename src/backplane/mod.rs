@@ -298,8 +298,10 @@ impl Backplane {
                 Ok((n, from)) => lookup.on_datagram(from, &buf[..n], now),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => None,
-                // An ICMP "port unreachable" from a server that is not there: its try is over.
-                Err(e) => Some(Step::Failed(format!("name server: {e}"))),
+                Err(e) => {
+                    debug!("redis: name server: {e}");
+                    Some(lookup.on_error(now))
+                }
             };
             if let Some(step) = step {
                 self.lookup_step(step, None, registry, now);

@@ -306,6 +306,12 @@ impl Lookup {
         (now >= self.deadline).then(|| self.retry(now))
     }
 
+    /// The socket reported an error for the query in flight (an ICMP "port unreachable" from a
+    /// name server that is not there): that try is over.
+    pub fn on_error(&mut self, now: Instant) -> Step {
+        self.retry(now)
+    }
+
     /// A datagram came from `from`: `None` when it is not the answer to the query in flight
     /// (another id, another sender: ignored, the query stays in flight), else what to do next.
     pub fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8], now: Instant) -> Option<Step> {
