@@ -15,21 +15,25 @@
 //! none is delivered twice: each envelope carries its sequence number, and one of ours that Redis
 //! hands back after it was delivered locally is recognised by it and skipped.
 //!
-//! The parts: `link.rs` is one socket to Redis; `ledger.rs` the pure bookkeeping (sequence
+//! The parts: `link.rs` is one socket to Redis; `resolve.rs` where Redis is (its name resolved
+//! at every attempt, without blocking); `ledger.rs` the pure bookkeeping (sequence
 //! numbers, the pending envelopes, what each envelope from the channel means); `outage.rs` the
 //! pure state and outage rules (backoff, a new outage or the same one, connect timeout). This
-//! file ties them to the two sockets. What the bytes mean is in [`crate::redis`] and
-//! [`crate::envelope`].
+//! file ties them to the two sockets (and, while a name is looked up, a UDP socket). What the
+//! bytes mean is in [`crate::redis`] and [`crate::envelope`].
 
 mod ledger;
 mod link;
 pub mod outage;
+pub mod resolve;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::io::ErrorKind;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use mio::{Registry, Token};
+use mio::net::UdpSocket;
+use mio::{Interest, Registry, Token};
 
 use crate::envelope::{self, Kind};
 use crate::metrics::BackplaneStats;
@@ -39,6 +43,7 @@ pub use ledger::Ledger;
 use link::Link;
 pub use link::READ_CHUNK;
 use outage::{Due, Liveness, Outages, Recovery, MAX_BACKOFF};
+use resolve::{Datagram, Lookup, ResolverConfig, Start, Step};
 
 /// Bytes read from the subscription in one turn before clients get their turn. The subscription
 /// carries the whole room's traffic, so it gets far more than one client's 256 KiB: reading it
@@ -52,6 +57,10 @@ const PUBLISHER_READ_BUDGET: usize = 1 << 20;
 /// The largest reply the subscription may carry, at least: an envelope from a process with a
 /// larger `--max-message-size` than ours is not a protocol error.
 const MIN_MAX_INPUT: usize = 16 << 20;
+/// Datagrams read from the resolver's socket in one event at most. Only one answer is awaited;
+/// more than this many is a flood, and the lookup is given up (a new socket, on a new port,
+/// comes with the next attempt).
+const MAX_DATAGRAMS: usize = 64;
 
 /// What is wrong, for the log.
 type Failure = String;
@@ -75,9 +84,14 @@ pub struct Backplane {
     publisher: Link,
     ledger: Ledger,
     outages: Outages,
-    /// Where Redis is: resolved at the first attempt that succeeds, then kept (resolving blocks
-    /// the loop, so it is not done on every reconnection).
+    /// Where Redis was found last (resolved again at every attempt: a change is logged).
     addr: Option<SocketAddr>,
+    /// Which files say how names resolve (see [`resolve`]).
+    resolver: ResolverConfig,
+    /// The DNS lookup under way, with its UDP socket in the loop (registered under
+    /// `resolver_token`); until it ends there are no links.
+    lookup: Option<(Lookup, UdpSocket)>,
+    resolver_token: Token,
     /// Past this many bytes of commands that the Redis socket has refused (not what one turn
     /// produced: a burst is written first), Redis is not keeping up, and the links are dropped,
     /// as a client that stopped reading would be (`--redis-max-unsent`).
@@ -99,7 +113,7 @@ impl Backplane {
     pub fn new(
         url: RedisUrl,
         channel: String,
-        tokens: (Token, Token),
+        tokens: (Token, Token, Token),
         settings: Settings,
     ) -> Backplane {
         // A JSON string may escape each byte into six (\u0000); a larger `--max-message-size`
@@ -116,6 +130,9 @@ impl Backplane {
             ledger: Ledger::new(envelope::new_node_id(), settings.max_message_size),
             outages: Outages::default(),
             addr: None,
+            resolver: ResolverConfig::from_env(),
+            lookup: None,
+            resolver_token: tokens.2,
             max_unsent: settings.max_unsent,
             liveness: Liveness::new(settings.timeout, Instant::now()),
             unread: false,
@@ -148,6 +165,9 @@ impl Backplane {
     /// The earliest moment [`Backplane::on_deadline`] has something to do: a retry, giving up
     /// on an attempt, or (while up) a PING to send or an answer overdue.
     pub fn next_deadline(&self) -> Option<Instant> {
+        if let Some((lookup, _)) = &self.lookup {
+            return Some(lookup.deadline());
+        }
         match self.is_up() {
             true => Some(self.liveness.next_deadline(self.ledger.oldest_pending())),
             false => self.outages.next_deadline(),
@@ -170,10 +190,29 @@ impl Backplane {
         self.connect(registry, now);
     }
 
+    /// An attempt: find where Redis is now, then open both links there.
     fn connect(&mut self, registry: &Registry, now: Instant) {
-        let Some(addr) = self.resolve(now) else {
-            return;
-        };
+        self.take_lookup(registry);
+        match resolve::start(&self.url.host, &self.resolver, now) {
+            Start::Found(ip) => self.open_links(ip, registry, now),
+            Start::Query(lookup, send) => {
+                debug!("redis: asking {} where {} is", send.to, lookup.asking());
+                self.lookup_step(Step::Send(send), Some(*lookup), registry, now);
+            }
+            Start::Failed(why) => {
+                self.down(format!("cannot resolve {}: {why}", self.url.host), now)
+            }
+        }
+    }
+
+    fn open_links(&mut self, ip: std::net::IpAddr, registry: &Registry, now: Instant) {
+        let addr = SocketAddr::new(ip, self.url.port);
+        match self.addr.replace(addr) {
+            Some(old) if old != addr => {
+                info!("redis: {} is now at {addr} (was {old})", self.url.host)
+            }
+            _ => {}
+        }
         debug!("redis: connecting to {addr}");
         let tls = self.url.tls.as_ref();
         let opened = self
@@ -195,22 +234,87 @@ impl Backplane {
         self.outages.connecting(now);
     }
 
-    /// The address to connect to. A host name waits for the resolver here, in the loop: at start,
-    /// and again only until it has once resolved.
-    fn resolve(&mut self, now: Instant) -> Option<SocketAddr> {
-        if self.addr.is_none() {
-            match (self.url.host.as_str(), self.url.port).to_socket_addrs() {
-                Ok(mut addrs) => self.addr = addrs.next(),
-                Err(e) => {
-                    self.down(format!("cannot resolve {}: {e}", self.url.address()), now);
-                    return None;
-                }
-            }
-            if self.addr.is_none() {
-                self.down(format!("{} has no address", self.url.address()), now);
+    /// Acts on what the lookup asked for. `fresh` is a lookup just started; otherwise the one
+    /// in `self.lookup` goes on (or ends).
+    fn lookup_step(
+        &mut self,
+        step: Step,
+        fresh: Option<Lookup>,
+        registry: &Registry,
+        now: Instant,
+    ) {
+        let lookup = fresh.or_else(|| self.take_lookup(registry));
+        match (step, lookup) {
+            (Step::Send(send), Some(lookup)) => self.send_query(lookup, &send, registry, now),
+            (Step::Send(_), None) => {} // no lookup to go on with (cannot happen)
+            (Step::Found(ip), _) => self.open_links(ip, registry, now),
+            (Step::Failed(why), _) => {
+                self.down(format!("cannot resolve {}: {why}", self.url.host), now)
             }
         }
-        self.addr
+    }
+
+    /// Sends one try of the lookup's query from a UDP socket of its own, in the loop: a fresh
+    /// ephemeral port (a forger must guess it as well as the query id) of the name server's
+    /// family. A datagram that could not go is a try without an answer: its deadline moves
+    /// the lookup on.
+    fn send_query(&mut self, lookup: Lookup, send: &Datagram, registry: &Registry, now: Instant) {
+        let any: SocketAddr = match send.to {
+            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let opened = UdpSocket::bind(any).and_then(|mut socket| {
+            registry.register(&mut socket, self.resolver_token, Interest::READABLE)?;
+            Ok(socket)
+        });
+        let socket = match opened {
+            Ok(socket) => socket,
+            Err(e) => return self.down(format!("resolver socket: {e}"), now),
+        };
+        if let Err(e) = socket.send_to(&send.bytes, send.to) {
+            debug!("redis: query to {} not sent: {e}", send.to);
+        }
+        self.lookup = Some((lookup, socket));
+    }
+
+    /// Ends the lookup's try: its socket leaves the poll.
+    fn take_lookup(&mut self, registry: &Registry) -> Option<Lookup> {
+        let (lookup, mut socket) = self.lookup.take()?;
+        if let Err(e) = registry.deregister(&mut socket) {
+            debug!("redis: deregister the resolver socket: {e}");
+        }
+        Some(lookup)
+    }
+
+    /// The resolver's socket is readable: the datagrams until `WouldBlock` (edge-triggered),
+    /// each offered to the lookup, within [`MAX_DATAGRAMS`].
+    fn read_answers(&mut self, registry: &Registry, now: Instant) {
+        let mut buf = [0u8; resolve::MAX_DATAGRAM];
+        for _ in 0..MAX_DATAGRAMS {
+            let Some((lookup, socket)) = self.lookup.as_mut() else {
+                return;
+            };
+            let step = match socket.recv_from(&mut buf) {
+                Ok((n, from)) => lookup.on_datagram(from, &buf[..n], now),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => None,
+                Err(e) => {
+                    debug!("redis: name server: {e}");
+                    Some(lookup.on_error(now))
+                }
+            };
+            if let Some(step) = step {
+                self.lookup_step(step, None, registry, now);
+            }
+        }
+        if self.lookup.is_some() {
+            self.lookup_step(
+                Step::Failed("flooded with datagrams".into()),
+                None,
+                registry,
+                now,
+            );
+        }
     }
 
     /// Both links closed (or never opened): schedule the next attempt, log the outage once.
@@ -271,6 +375,12 @@ impl Backplane {
         if self.is_up() {
             return self.check_alive(registry, now, land);
         }
+        if let Some((lookup, _)) = self.lookup.as_mut() {
+            if let Some(step) = lookup.on_timeout(now) {
+                self.lookup_step(step, None, registry, now);
+            }
+            return;
+        }
         match self.outages.due(now) {
             Some(Due::Retry) => self.connect(registry, now),
             Some(Due::GiveUp) => {
@@ -294,6 +404,9 @@ impl Backplane {
         now: Instant,
         land: &mut dyn FnMut(Landing),
     ) {
+        if token == self.resolver_token {
+            return self.read_answers(registry, now);
+        }
         if let Err(why) = self.handle(token, readable, writable, registry) {
             self.fail(why, registry, now, land);
         }
@@ -551,7 +664,7 @@ mod tests {
             max_message_size: 1 << 16,
             timeout: Duration::from_secs(2),
         };
-        Backplane::new(url, "room".into(), (Token(1), Token(2)), settings)
+        Backplane::new(url, "room".into(), (Token(1), Token(2), Token(3)), settings)
     }
 
     #[test]

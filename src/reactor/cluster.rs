@@ -1,4 +1,5 @@
-//! The backplane's two Redis sockets in this loop (`--redis`): their readiness events, reading
+//! The backplane's sockets in this loop (`--redis`: two Redis links, and a UDP socket while
+//! Redis's name is being resolved): their readiness events, reading
 //! the subscription a chunk at a time, and writing what was published. What the subscription
 //! hands back lands in the room through [`crate::presence::Presence::land`].
 

@@ -55,6 +55,7 @@ const SIGNALS: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const REDIS_SUBSCRIBER: Token = Token(usize::MAX - 3);
 const REDIS_PUBLISHER: Token = Token(usize::MAX - 4);
+const REDIS_RESOLVER: Token = Token(usize::MAX - 5);
 
 /// How long shutdown waits for closing handshakes and queued bytes.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
@@ -126,7 +127,7 @@ impl Server {
                 max_message_size: config.max_message_size,
                 timeout: config.redis_timeout,
             };
-            let tokens = (REDIS_SUBSCRIBER, REDIS_PUBLISHER);
+            let tokens = (REDIS_SUBSCRIBER, REDIS_PUBLISHER, REDIS_RESOLVER);
             Backplane::new(url, config.redis_channel.clone(), tokens, settings)
         });
         Ok(Server {
@@ -213,7 +214,9 @@ impl Server {
                 LISTENER => self.accept(now),
                 SIGNALS => self.on_signal(now),
                 WAKER => self.shut_down(now),
-                REDIS_SUBSCRIBER | REDIS_PUBLISHER => self.on_backplane_event(event, now),
+                REDIS_SUBSCRIBER | REDIS_PUBLISHER | REDIS_RESOLVER => {
+                    self.on_backplane_event(event, now)
+                }
                 Token(key) => {
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
                         self.read(key, now);

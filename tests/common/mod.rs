@@ -8,7 +8,8 @@
 //!   send exactly the bytes they want (bad frames, split writes, odd lengths) and read exactly
 //!   what the server sends back (unmasked frames, close codes, EOF).
 //! * [`fake_redis::FakeRedis`]: a Redis in the test code that can stall, pause, nest replies
-//!   deep or never end them (for the backplane); [`redis::Redis`] runs the real one.
+//!   deep or never end them (for the backplane); [`redis::Redis`] runs the real one;
+//!   [`cut_proxy::CutProxy`] sits between one process and Redis to cut and heal its link.
 //!
 //! Tests wait for events, never for time: every socket gets a read timeout ([`GUARD`]) only so
 //! that a broken server makes a test fail instead of hang.
@@ -16,6 +17,7 @@
 // Each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod cut_proxy;
 pub mod fake_redis;
 pub mod redis;
 pub mod slow;
