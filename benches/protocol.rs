@@ -55,8 +55,9 @@ fn encode_broadcast_frame(c: &mut Criterion) {
 fn fan_out_to_10k(c: &mut Criterion) {
     const CLIENTS: usize = 10_000;
     let mut room = Room::default();
+    let mut joining = Broadcast::default();
     for key in 0..CLIENTS {
-        room.join(key, 0);
+        room.join(key, message::Version::V1, &mut joining);
     }
     let mut queues: Vec<OutQueue> = (0..CLIENTS).map(|_| OutQueue::default()).collect();
     let mut group = c.benchmark_group("fan out one message");
@@ -66,7 +67,10 @@ fn fan_out_to_10k(c: &mut Criterion) {
             let mut busy = std::time::Duration::ZERO;
             for _ in 0..iterations {
                 let mut broadcast = Broadcast::default();
-                broadcast.said("s=3 q=17 t=123456789 hello everyone");
+                broadcast.said(
+                    message::MemberId::default(),
+                    "s=3 q=17 t=123456789 hello everyone",
+                );
                 let start = Instant::now();
                 room.fan_out(&mut broadcast, |key, frames| {
                     queues[key].push(frames);
@@ -139,7 +143,7 @@ fn decode_client_frames(c: &mut Criterion) {
                     let mut broadcast = Broadcast::default();
                     conn.receive(buf, &cx, &mut |event| {
                         if let Event::Said(text) = event {
-                            broadcast.said(text);
+                            broadcast.said(message::MemberId::default(), text);
                         }
                     });
                     black_box(broadcast.len())

@@ -84,8 +84,9 @@ pub struct Context<'a> {
 /// What a connection reports, in the order it happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event<'a> {
-    /// Its handshake completed on the chat route: it is a chat client now.
-    Joined,
+    /// Its handshake completed on the chat route: it is a chat client now, getting frames of
+    /// this version.
+    Joined(Version),
     /// It said this in the chat room.
     Said(&'a str),
     /// It sent a message on `/echo`, which went straight back to it (for the metrics).
@@ -462,7 +463,7 @@ impl Connection {
                 self.enter(Phase::Open(route), cx.now);
                 if route == Route::Chat {
                     self.joined = true;
-                    events(Event::Joined);
+                    events(Event::Joined(version));
                 }
                 head_len
             }
@@ -616,6 +617,7 @@ impl Connection {
 mod tests {
     use super::*;
     use crate::budget::{FairShare, Rate};
+    use crate::message::MemberId;
     use crate::message::{Message, JOINED};
     use crate::room::Broadcast;
 
@@ -636,7 +638,7 @@ mod tests {
     fn without_text(event: Event) -> Event<'static> {
         match event {
             Event::Said(_) => Event::Said(""),
-            Event::Joined => Event::Joined,
+            Event::Joined(v) => Event::Joined(v),
             Event::Echoed => Event::Echoed,
             Event::MetricsRequested => Event::MetricsRequested,
             Event::Forwarded(_) => Event::Forwarded(""),
@@ -658,9 +660,9 @@ mod tests {
     /// Puts what an event means for the room into `broadcast`, and the event into `events`.
     fn record(broadcast: &mut Broadcast, events: &mut Vec<Event<'static>>, event: Event) {
         match event {
-            Event::Joined => broadcast.joined(),
-            Event::Said(text) => broadcast.said(text),
-            Event::Left => broadcast.left(),
+            Event::Joined(_) => broadcast.joined(MemberId::default(), 1),
+            Event::Said(text) => broadcast.said(MemberId::default(), text),
+            Event::Left => broadcast.left(MemberId::default(), 1),
             _ => {}
         }
         events.push(without_text(event));
@@ -750,8 +752,8 @@ mod tests {
         let out = String::from_utf8(h.take_output()).unwrap();
         assert!(out.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         let mut expected = Broadcast::default();
-        expected.joined();
-        expected.said("hi");
+        expected.joined(MemberId::default(), 1);
+        expected.said(MemberId::default(), "hi");
         assert_eq!(h.broadcast.as_bytes(), expected.as_bytes());
     }
 
@@ -764,7 +766,7 @@ mod tests {
         h.feed(&bytes);
         assert_eq!(h.take_output(), [0x8A, 1, b'p']); // the pong, unmasked
         let mut expected = Broadcast::default();
-        expected.said("h\u{e9}llo");
+        expected.said(MemberId::default(), "h\u{e9}llo");
         assert_eq!(h.broadcast.as_bytes(), expected.as_bytes());
     }
 
@@ -909,7 +911,7 @@ mod tests {
                 for chunk in stream.chunks(piece) {
                     h.feed(chunk);
                 }
-                let mut expected = vec![Event::Joined];
+                let mut expected = vec![Event::Joined(Version::V1)];
                 expected.extend(std::iter::repeat_n(Event::Said(""), said));
                 expected.extend([Event::Ended(ending), Event::Left]);
                 assert_eq!(h.events, expected, "{frames:?} in pieces of {piece}");

@@ -5,13 +5,15 @@
 //! older ones:
 //!
 //! ```json
-//! {"v":1,"node":"5f0c9a2e41d7b386","seq":42,"kind":"message","body":"hello"}
-//! {"v":1,"node":"5f0c9a2e41d7b386","seq":43,"kind":"join"}
+//! {"v":1,"node":"5f0c9a2e41d7b386","seq":42,"kind":"message","member":17,"body":"hello"}
+//! {"v":1,"node":"5f0c9a2e41d7b386","seq":43,"kind":"join","member":18}
 //! ```
 //!
 //! `node` names the process that saw the event (a random id drawn at start), `seq` counts its
 //! envelopes from 1, so a process recognises its own envelopes when Redis hands them back, and in
-//! which order it sent them.
+//! which order it sent them. `member` names the client the event is about, by its connection id
+//! in that process (never reused while it lives): with `node`, who said it or came or went, for
+//! the protocol's version 2. An envelope without it (an older process) reads as member 0.
 
 use std::borrow::Cow;
 use std::hash::{BuildHasher, Hasher};
@@ -40,6 +42,8 @@ pub struct Envelope<'a> {
     pub node: Cow<'a, str>,
     pub seq: u64,
     pub kind: Kind,
+    #[serde(default)]
+    pub member: u64,
     #[serde(borrow, default, skip_serializing_if = "str::is_empty")]
     pub body: Cow<'a, str>,
 }
@@ -100,6 +104,7 @@ mod tests {
             node: Cow::Borrowed("ab12"),
             seq: 7,
             kind,
+            member: 3,
             body: Cow::Borrowed(body),
         }
     }
@@ -121,13 +126,22 @@ mod tests {
     fn the_wire_form_is_small_and_stable() {
         let mut out = Vec::new();
         envelope(Kind::Join, "").write_to(&mut out);
-        assert_eq!(out, br#"{"v":1,"node":"ab12","seq":7,"kind":"join"}"#);
+        assert_eq!(
+            out,
+            br#"{"v":1,"node":"ab12","seq":7,"kind":"join","member":3}"#
+        );
         out.clear();
         envelope(Kind::Message, "hi").write_to(&mut out);
         assert_eq!(
             out,
-            br#"{"v":1,"node":"ab12","seq":7,"kind":"message","body":"hi"}"#
+            br#"{"v":1,"node":"ab12","seq":7,"kind":"message","member":3,"body":"hi"}"#
         );
+    }
+
+    #[test]
+    fn an_envelope_without_a_member_reads_as_member_0() {
+        let older = br#"{"v":1,"node":"ab12","seq":7,"kind":"message","body":"hi"}"#;
+        assert_eq!(Envelope::parse(older).map(|e| e.member), Ok(0));
     }
 
     #[test]

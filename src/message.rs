@@ -60,7 +60,7 @@ pub enum Version {
 /// A member of the room as version 2 names it: the process that holds it (empty without Redis)
 /// and its connection id there, which is never reused while the process lives. Written as one
 /// JSON string, `"17"` or `"5f0c9a2e41d7b386.17"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MemberId<'a> {
     pub node: &'a str,
     pub id: u64,

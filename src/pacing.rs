@@ -72,14 +72,15 @@ pub fn is_full(batch: &Broadcast, members: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::MemberId;
 
     fn batch(notices: usize, chat: bool) -> Broadcast {
         let mut b = Broadcast::default();
         for _ in 0..notices {
-            b.joined();
+            b.joined(MemberId::default(), 1);
         }
         if chat {
-            b.said("hi");
+            b.said(MemberId::default(), "hi");
         }
         b
     }

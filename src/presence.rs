@@ -25,6 +25,9 @@
 //! with a fake Redis.
 
 use crate::envelope::Kind;
+use std::time::SystemTime;
+
+use crate::message::{self, MemberId, V2Frame, Version};
 use crate::room::{Broadcast, Room};
 
 /// A local client: its slab key and its id (keys are reused; ids are not).
@@ -32,23 +35,29 @@ pub type Member = (usize, u64);
 
 /// Where events go that every process must see: the Redis backplane, while it is up.
 pub trait Publish {
-    /// Sends one event of this process's clients; `joiner` names the client that joined.
-    fn publish(&mut self, kind: Kind, body: &str, joiner: Option<Member>);
+    /// Sends one event about `member`, one of this process's clients.
+    fn publish(&mut self, kind: Kind, body: &str, member: Member);
 }
 
 /// An event for the local room, handed back by Redis (or, in an outage, by the backplane's own
 /// record of what it had published).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Landing<'a> {
-    /// Someone joined. `local` is set when it is one of this process's clients; `through_redis`
-    /// says whether Redis handed it back (every subscribed process saw it) or the backplane
-    /// landed it itself when the link broke.
+    /// Someone joined: `who`. `local` is set when it is one of this process's clients;
+    /// `through_redis` says whether Redis handed it back (every subscribed process saw it) or
+    /// the backplane landed it itself when the link broke.
     Join {
         local: Option<Member>,
+        who: MemberId<'a>,
         through_redis: bool,
     },
-    Leave,
-    Message(&'a str),
+    Leave {
+        who: MemberId<'a>,
+    },
+    Message {
+        from: MemberId<'a>,
+        body: &'a str,
+    },
 }
 
 /// How a client's join notice went out; its leave notice must go the same way.
@@ -58,8 +67,9 @@ enum Announced {
     No,
     /// Into this process's batch only.
     Locally { id: u64 },
-    /// Published through Redis; a member here once Redis hands the join back.
-    ThroughRedis { id: u64 },
+    /// Published through Redis; a member here, getting frames of `version`, once Redis hands
+    /// the join back.
+    ThroughRedis { id: u64, version: Version },
 }
 
 /// The room, this turn's batch, and how every client in it was announced.
@@ -69,31 +79,75 @@ pub struct Presence {
     batch: Broadcast,
     /// `announced[key]`, for every client key that has ever joined.
     announced: Vec<Announced>,
+    /// This process's name in member ids (see [`MemberId`]): its node id with `--redis`, so
+    /// that ids agree with what Redis carries, else empty.
+    node: String,
+    /// `--max-message-size`, which version 2's `hello` tells each newcomer.
+    max_message_size: usize,
 }
 
 impl Presence {
-    /// A client completed its handshake on the chat route. With `redis`, its join is published
-    /// and it becomes a member when Redis hands it back; without, it is a member now, and gets
-    /// the batch from its own notice on.
-    pub fn join(&mut self, (key, id): Member, redis: Option<&mut dyn Publish>) {
+    /// An empty room of the process named `node` (empty without Redis), whose clients may send
+    /// messages of up to `max_message_size` bytes.
+    pub fn new(node: String, max_message_size: usize) -> Presence {
+        Presence {
+            node,
+            max_message_size,
+            ..Presence::default()
+        }
+    }
+
+    /// A client completed its handshake on the chat route, asking for frames of `version`. With
+    /// `redis`, its join is published and it becomes a member when Redis hands it back; without,
+    /// it is a member now, and gets the batch from its own notice on.
+    pub fn join(&mut self, (key, id): Member, version: Version, redis: Option<&mut dyn Publish>) {
         match redis {
             Some(redis) => {
-                self.record(key, Announced::ThroughRedis { id });
-                redis.publish(Kind::Join, "", Some((key, id)));
+                self.record(key, Announced::ThroughRedis { id, version });
+                redis.publish(Kind::Join, "", (key, id));
             }
             None => {
                 self.record(key, Announced::Locally { id });
-                self.room.join(key, self.batch.len());
-                self.batch.joined();
+                self.admit(key, id, version);
+                let who = MemberId {
+                    node: &self.node,
+                    id,
+                };
+                self.batch.joined(who, self.room.len());
             }
         }
     }
 
-    /// A client said `text`: through Redis when it is up, so every process sees one order.
-    pub fn said(&mut self, text: &str, redis: Option<&mut dyn Publish>) {
+    /// Makes `key` a member, at this point of the batch; a version 2 one is greeted first.
+    fn admit(&mut self, key: usize, id: u64, version: Version) {
+        self.room.join(key, version, &mut self.batch);
+        if version == Version::V2 {
+            let mut hello = Vec::new();
+            let hello_frame = V2Frame::Hello {
+                you: MemberId {
+                    node: &self.node,
+                    id,
+                },
+                max_message_size: self.max_message_size,
+                time: message::unix_millis(SystemTime::now()),
+            };
+            message::push_v2_frame(&mut hello, &hello_frame);
+            self.room.greet(key, hello.into_boxed_slice());
+        }
+    }
+
+    /// Client `(key, id)` said `text`: through Redis when it is up, so every process sees one
+    /// order.
+    pub fn said(&mut self, (key, id): Member, text: &str, redis: Option<&mut dyn Publish>) {
         match redis {
-            Some(redis) => redis.publish(Kind::Message, text, None),
-            None => self.batch.said(text),
+            Some(redis) => redis.publish(Kind::Message, text, (key, id)),
+            None => {
+                let from = MemberId {
+                    node: &self.node,
+                    id,
+                };
+                self.batch.said(from, text)
+            }
         }
     }
 
@@ -102,13 +156,20 @@ impl Presence {
     pub fn leave(&mut self, key: usize, redis: Option<&mut dyn Publish>) -> bool {
         let announced = self.announced.get_mut(key).map(std::mem::take);
         let was_member = self.room.leave(key);
+        let online = self.room.len();
+        let who = |id| MemberId {
+            node: &self.node,
+            id,
+        };
         match (announced, redis) {
-            (Some(Announced::Locally { .. }), _) => self.batch.left(),
-            (Some(Announced::ThroughRedis { .. }), Some(redis)) => {
-                redis.publish(Kind::Leave, "", None)
+            (Some(Announced::Locally { id }), _) => self.batch.left(who(id), online),
+            (Some(Announced::ThroughRedis { id, .. }), Some(redis)) => {
+                redis.publish(Kind::Leave, "", (key, id))
             }
             // Cut off from Redis: only this process can be told, and only if it saw the join.
-            (Some(Announced::ThroughRedis { .. }), None) if was_member => self.batch.left(),
+            (Some(Announced::ThroughRedis { id, .. }), None) if was_member => {
+                self.batch.left(who(id), online)
+            }
             _ => return false,
         }
         true
@@ -117,9 +178,9 @@ impl Presence {
     /// Everyone here leaves at once (shutdown): nobody here is told, since all of them are going;
     /// the other processes are, for the clients they were told about.
     pub fn leave_all(&mut self, mut redis: Option<&mut dyn Publish>) {
-        for announced in self.announced.drain(..) {
-            if let (Announced::ThroughRedis { .. }, Some(redis)) = (announced, redis.as_mut()) {
-                redis.publish(Kind::Leave, "", None);
+        for (key, announced) in self.announced.drain(..).enumerate() {
+            if let (Announced::ThroughRedis { id, .. }, Some(redis)) = (announced, redis.as_mut()) {
+                redis.publish(Kind::Leave, "", (key, id));
             }
         }
         self.room.clear();
@@ -131,27 +192,35 @@ impl Presence {
         match landing {
             Landing::Join {
                 local,
+                who,
                 through_redis,
             } => {
                 if let Some((key, id)) = local {
                     self.admit_echoed(key, id, through_redis);
                 }
-                self.batch.joined();
+                self.batch.joined(who, self.room.len());
             }
-            Landing::Leave => self.batch.left(),
-            Landing::Message(text) => self.batch.said(text),
+            Landing::Leave { who } => self.batch.left(who, self.room.len()),
+            Landing::Message { from, body } => self.batch.said(from, body),
         }
     }
 
     fn admit_echoed(&mut self, key: usize, id: u64, through_redis: bool) {
-        if self.announced.get(key) != Some(&Announced::ThroughRedis { id }) {
+        let Some(&Announced::ThroughRedis {
+            id: waiting,
+            version,
+        }) = self.announced.get(key)
+        else {
             return; // it left before its join came back: the others hear both, it needs neither
+        };
+        if waiting != id {
+            return; // a join of an earlier client with this key
         }
         if !through_redis {
             // Landed by the backplane itself when the link broke: the others may never hear it.
             self.record(key, Announced::Locally { id });
         }
-        self.room.join(key, self.batch.len());
+        self.admit(key, id, version);
     }
 
     fn record(&mut self, key: usize, announced: Announced) {
@@ -192,8 +261,12 @@ mod tests {
     struct Published(Vec<(Kind, String, Option<Member>)>);
 
     impl Publish for Published {
-        fn publish(&mut self, kind: Kind, body: &str, joiner: Option<Member>) {
-            self.0.push((kind, body.to_string(), joiner));
+        fn publish(&mut self, kind: Kind, body: &str, member: Member) {
+            self.0.push((
+                kind,
+                body.to_string(),
+                (kind == Kind::Join).then_some(member),
+            ));
         }
     }
 
@@ -215,10 +288,10 @@ mod tests {
     #[test]
     fn a_local_join_and_leave_in_one_turn_balance() {
         let mut p = Presence::default();
-        p.join((0, 1), None);
+        p.join((0, 1), Version::V1, None);
         fan_out(&mut p);
-        p.join((1, 2), None);
-        p.said("hi", None);
+        p.join((1, 2), Version::V1, None);
+        p.said((9, 9), "hi", None);
         assert!(
             p.leave(1, None),
             "a join in this very turn still gets its leave"
@@ -231,11 +304,12 @@ mod tests {
     #[test]
     fn a_join_through_redis_becomes_a_member_when_it_comes_back() {
         let (mut p, mut redis) = (Presence::default(), Published::default());
-        p.join((3, 9), Some(&mut redis));
+        p.join((3, 9), Version::V1, Some(&mut redis));
         assert_eq!(redis.0, [(Kind::Join, String::new(), Some((3, 9)))]);
         assert!(!p.is_member(3));
         p.land(Landing::Join {
             local: Some((3, 9)),
+            who: MemberId::default(),
             through_redis: true,
         });
         assert!(p.is_member(3));
@@ -251,7 +325,7 @@ mod tests {
     #[test]
     fn a_stale_or_departed_joiner_is_not_admitted_but_everyone_hears_the_join() {
         let (mut p, mut redis) = (Presence::default(), Published::default());
-        p.join((3, 9), Some(&mut redis));
+        p.join((3, 9), Version::V1, Some(&mut redis));
         assert!(
             p.leave(3, Some(&mut redis)),
             "published before the join came back"
@@ -259,23 +333,25 @@ mod tests {
         for local in [Some((3, 9)), Some((3, 8))] {
             p.land(Landing::Join {
                 local,
+                who: MemberId::default(),
                 through_redis: true,
             });
             assert!(!p.is_member(3));
         }
         let mut two_joins = Broadcast::default();
-        two_joins.joined();
-        two_joins.joined();
+        two_joins.joined(MemberId::default(), 0);
+        two_joins.joined(MemberId::default(), 0);
         assert_eq!(p.batch().as_bytes(), two_joins.as_bytes());
     }
 
     #[test]
     fn a_join_landed_in_an_outage_leaves_locally_even_once_redis_is_back() {
         let (mut p, mut redis) = (Presence::default(), Published::default());
-        p.join((0, 1), None);
-        p.join((4, 5), Some(&mut redis));
+        p.join((0, 1), Version::V1, None);
+        p.join((4, 5), Version::V1, Some(&mut redis));
         p.land(Landing::Join {
             local: Some((4, 5)),
+            who: MemberId::default(),
             through_redis: false,
         });
         fan_out(&mut p);
@@ -287,10 +363,11 @@ mod tests {
     #[test]
     fn a_member_through_redis_that_leaves_in_an_outage_is_told_here() {
         let (mut p, mut redis) = (Presence::default(), Published::default());
-        p.join((0, 1), None);
-        p.join((2, 3), Some(&mut redis));
+        p.join((0, 1), Version::V1, None);
+        p.join((2, 3), Version::V1, Some(&mut redis));
         p.land(Landing::Join {
             local: Some((2, 3)),
+            who: MemberId::default(),
             through_redis: true,
         });
         fan_out(&mut p);
@@ -301,9 +378,9 @@ mod tests {
     #[test]
     fn shutdown_publishes_a_leave_for_each_client_announced_through_redis() {
         let (mut p, mut redis) = (Presence::default(), Published::default());
-        p.join((0, 1), None);
-        p.join((1, 2), Some(&mut redis));
-        p.join((2, 3), Some(&mut redis));
+        p.join((0, 1), Version::V1, None);
+        p.join((1, 2), Version::V1, Some(&mut redis));
+        p.join((2, 3), Version::V1, Some(&mut redis));
         p.leave_all(Some(&mut redis));
         let leaves = redis.0.iter().filter(|(k, _, _)| *k == Kind::Leave).count();
         assert_eq!(leaves, 2);

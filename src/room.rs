@@ -14,10 +14,21 @@
 //! and its leave notice becomes the next batch, so removals never disturb the iteration.
 //!
 //! Who joins and leaves, and when, is decided in one place: [`crate::presence`].
+//!
+//! **Two versions, one encoding each.** Members get the protocol's version 1 (the tutorial's
+//! frames) unless they asked for version 2 ([`crate::message::V2Frame`]). The batch then holds
+//! each frame twice, once per version, and a member gets the batch of its version: still one
+//! encoding per frame per version, never one per member. Version 2 says "whose" by naming the
+//! member, not by a flag that would differ for the sender, which is what keeps its bytes the same
+//! for everyone. While no member speaks version 2, nothing of it is encoded: a room of the
+//! tutorial's clients costs what it always did.
 
-use crate::message::{self, JOINED, LEFT};
+use std::time::SystemTime;
 
-/// Frames waiting to go to every member, already encoded: encode once, copy many times.
+use crate::message::{self, MemberId, V2Frame, Version, JOINED, LEFT};
+
+/// Frames waiting to go to every member, already encoded: encode once per version, copy many
+/// times.
 #[derive(Debug, Default)]
 pub struct Broadcast {
     frames: Vec<u8>,
@@ -25,22 +36,39 @@ pub struct Broadcast {
     count: u64,
     /// The batch holds a chat message, not only join and leave notices.
     chat: bool,
+    /// The same frames in version 2, from the first one after a version 2 member joined.
+    v2: Vec<u8>,
+    v2_count: u64,
+    /// Encode version 2 too: the room has (or is taking in) a member that speaks it.
+    v2_on: bool,
 }
 
 impl Broadcast {
-    /// Someone joined: "New User Joined...".
-    pub fn joined(&mut self) {
-        self.push(JOINED);
+    /// `who` joined ("New User Joined..."); `online` members now.
+    pub fn joined(&mut self, who: MemberId, online: usize) {
+        self.push(JOINED, |time| V2Frame::Join {
+            id: who,
+            online,
+            time,
+        });
     }
 
-    /// Someone left: "User Disconnected...".
-    pub fn left(&mut self) {
-        self.push(LEFT);
+    /// `who` left ("User Disconnected..."); `online` members now.
+    pub fn left(&mut self, who: MemberId, online: usize) {
+        self.push(LEFT, |time| V2Frame::Leave {
+            id: who,
+            online,
+            time,
+        });
     }
 
-    /// Someone said `text`.
-    pub fn said(&mut self, text: &str) {
-        self.push(text);
+    /// `from` said `text`.
+    pub fn said(&mut self, from: MemberId, text: &str) {
+        self.push(text, |time| V2Frame::Message {
+            from,
+            body: text,
+            time,
+        });
         self.chat = true;
     }
 
@@ -49,23 +77,41 @@ impl Broadcast {
         !self.chat
     }
 
-    fn push(&mut self, body: &str) {
+    fn push<'a>(&mut self, body: &str, v2: impl FnOnce(u64) -> V2Frame<'a>) {
         message::push_chat_frame(&mut self.frames, body);
         self.count += 1;
+        if self.v2_on {
+            let time = message::unix_millis(SystemTime::now());
+            message::push_v2_frame(&mut self.v2, &v2(time));
+            self.v2_count += 1;
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
 
-    /// Bytes collected so far; a newcomer's place in the batch.
+    /// Bytes collected so far, in both versions (what the batch holds in memory).
     pub fn len(&self) -> usize {
-        self.frames.len()
+        self.frames.len() + self.v2.len()
     }
 
-    /// The encoded frames, for tests and tools.
+    /// The encoded frames of version 1, for tests and tools.
     pub fn as_bytes(&self) -> &[u8] {
         &self.frames
+    }
+
+    /// The encoded frames of version 2, for tests and tools.
+    pub fn v2_bytes(&self) -> &[u8] {
+        &self.v2
+    }
+
+    /// Where a newcomer speaking `version` finds its own join notice, about to be pushed.
+    fn place(&self, version: Version) -> usize {
+        match version {
+            Version::V1 => self.frames.len(),
+            Version::V2 => self.v2.len(),
+        }
     }
 }
 
@@ -84,6 +130,12 @@ pub struct Room {
     joined_at: Vec<usize>,
     /// The keys with a nonzero `joined_at`, to reset after the fan-out.
     newcomers: Vec<usize>,
+    /// `version[key]`: the frames a member gets.
+    version: Vec<Version>,
+    /// Members that get version 2.
+    v2_members: usize,
+    /// Version 2 newcomers' `hello` frames, each handed over just before its batch.
+    hellos: Vec<(usize, Box<[u8]>)>,
 }
 
 impl Room {
@@ -103,14 +155,22 @@ impl Room {
         &self.members
     }
 
-    /// Adds `key`, which gets the current batch from byte `from` on (its own join notice).
-    pub fn join(&mut self, key: usize, from: usize) {
+    /// Adds `key`, speaking `version`: it gets `batch` from its own join notice on, which the
+    /// caller pushes next.
+    pub fn join(&mut self, key: usize, version: Version, batch: &mut Broadcast) {
         if self.contains(key) {
             return;
         }
+        if version == Version::V2 {
+            batch.v2_on = true;
+            self.v2_members += 1;
+        }
+        let from = batch.place(version);
         if key >= self.joined_at.len() {
             self.joined_at.resize(key + 1, 0);
+            self.version.resize(key + 1, Version::V1);
         }
+        self.version[key] = version;
         if from > 0 {
             self.joined_at[key] = from;
             self.newcomers.push(key);
@@ -122,11 +182,17 @@ impl Room {
         self.position[key] = self.members.len() as u32;
     }
 
+    /// Gives member `key` the frame `hello` (its version 2 greeting) just before its batch.
+    pub fn greet(&mut self, key: usize, hello: Box<[u8]>) {
+        self.hellos.push((key, hello));
+    }
+
     /// Removes `key`; returns whether it was a member.
     pub fn leave(&mut self, key: usize) -> bool {
         if !self.contains(key) {
             return false;
         }
+        self.hellos.retain(|(k, _)| *k != key); // at most this batch's newcomers
         let index = self.position[key] as usize - 1;
         self.members.swap_remove(index);
         if let Some(&moved) = self.members.get(index) {
@@ -134,6 +200,9 @@ impl Room {
         }
         self.position[key] = 0;
         self.joined_at[key] = 0;
+        if self.version[key] == Version::V2 {
+            self.v2_members -= 1;
+        }
         true
     }
 
@@ -143,6 +212,9 @@ impl Room {
         self.position.clear();
         self.joined_at.clear();
         self.newcomers.clear();
+        self.version.clear();
+        self.v2_members = 0;
+        self.hellos.clear();
     }
 
     /// Delivers the batch in `broadcast` to every member, then empties it.
@@ -156,11 +228,20 @@ impl Room {
         broadcast: &mut Broadcast,
         mut deliver: impl FnMut(usize, &[u8]) -> bool,
     ) -> u64 {
-        let batch = std::mem::take(&mut broadcast.frames);
-        let frames = std::mem::take(&mut broadcast.count);
+        let v1 = (std::mem::take(&mut broadcast.frames), broadcast.count);
+        let v2 = (std::mem::take(&mut broadcast.v2), broadcast.v2_count);
+        broadcast.count = 0;
+        broadcast.v2_count = 0;
         broadcast.chat = false;
         let mut delivered = 0;
+        for (key, hello) in self.hellos.drain(..) {
+            deliver(key, &hello); // one that cannot take it cannot take the batch either
+        }
         for &key in &self.members {
+            let (batch, frames) = match self.version[key] {
+                Version::V1 => (&v1.0, v1.1),
+                Version::V2 => (&v2.0, v2.1),
+            };
             let from = self.joined_at[key];
             if deliver(key, &batch[from..]) {
                 delivered += if from == 0 {
@@ -175,12 +256,18 @@ impl Room {
                 *at = 0; // the next batch is theirs in full
             }
         }
-        // Keep the buffer for the next batch, unless an unusual one made it large.
-        if broadcast.frames.is_empty() && batch.capacity() <= KEEP_BATCH_CAPACITY {
-            broadcast.frames = batch;
-            broadcast.frames.clear();
-        }
+        broadcast.v2_on = self.v2_members > 0;
+        keep_buffer(&mut broadcast.frames, v1.0);
+        keep_buffer(&mut broadcast.v2, v2.0);
         delivered
+    }
+}
+
+/// Keeps a batch's buffer for the next batch, unless an unusual one made it large.
+fn keep_buffer(slot: &mut Vec<u8>, mut buffer: Vec<u8>) {
+    if slot.is_empty() && buffer.capacity() <= KEEP_BATCH_CAPACITY {
+        buffer.clear();
+        *slot = buffer;
     }
 }
 
@@ -213,6 +300,9 @@ mod tests {
     use super::*;
     use crate::message::Message;
     use std::collections::HashMap;
+
+    /// Someone, as version 2 would name it (these tests are about version 1's bytes).
+    const ID: MemberId = MemberId { node: "", id: 0 };
 
     /// Splits a run of encoded frames back into bodies (frames here are all short).
     fn bodies(mut bytes: &[u8]) -> Vec<String> {
@@ -260,16 +350,16 @@ mod tests {
     #[test]
     fn newcomer_gets_its_own_join_notice_and_leaver_gets_none() {
         let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
-        room.join(0, 0);
-        b.joined();
+        room.join(0, Version::V1, &mut b);
+        b.joined(ID, 1);
         room.fan_out(&mut b, |k, f| q.deliver(k, f));
-        room.join(1, 0);
-        b.joined();
+        room.join(1, Version::V1, &mut b);
+        b.joined(ID, 1);
         room.fan_out(&mut b, |k, f| q.deliver(k, f));
-        b.said("hi");
+        b.said(ID, "hi");
         room.fan_out(&mut b, |k, f| q.deliver(k, f));
         assert!(room.leave(0));
-        b.left();
+        b.left(ID, 1);
         room.fan_out(&mut b, |k, f| q.deliver(k, f));
         assert_eq!(q.bodies(0), [JOINED, JOINED, "hi"]);
         assert_eq!(q.bodies(1), [JOINED, "hi", LEFT]);
@@ -279,16 +369,16 @@ mod tests {
     #[test]
     fn a_newcomer_gets_the_batch_from_its_own_join_notice_on() {
         let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
-        room.join(0, 0);
-        b.said("before");
-        room.join(1, b.len());
-        b.joined();
-        b.said("after");
+        room.join(0, Version::V1, &mut b);
+        b.said(ID, "before");
+        room.join(1, Version::V1, &mut b);
+        b.joined(ID, 1);
+        b.said(ID, "after");
         let delivered = room.fan_out(&mut b, |k, f| q.deliver(k, f));
         assert_eq!(q.bodies(0), ["before", JOINED, "after"]);
         assert_eq!(q.bodies(1), [JOINED, "after"]);
         assert_eq!(delivered, 3 + 2);
-        b.said("next");
+        b.said(ID, "next");
         room.fan_out(&mut b, |k, f| q.deliver(k, f));
         assert_eq!(q.bodies(1), [JOINED, "after", "next"]);
     }
@@ -297,11 +387,11 @@ mod tests {
     fn a_member_that_cannot_take_the_batch_is_not_counted_and_stays_for_the_caller_to_end() {
         let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
         for key in 0..5 {
-            room.join(key, 0);
+            room.join(key, Version::V1, &mut b);
         }
         q.limit.insert(1, 10);
         q.limit.insert(3, 10);
-        b.said("this is longer than ten bytes");
+        b.said(ID, "this is longer than ten bytes");
         let mut refused = Vec::new();
         let delivered = room.fan_out(&mut b, |k, f| {
             let took = q.deliver(k, f);
@@ -319,11 +409,11 @@ mod tests {
 
     #[test]
     fn join_and_leave_keep_membership_exact() {
-        let mut room = Room::default();
+        let (mut room, mut b) = (Room::default(), Broadcast::default());
         for key in [5, 0, 9, 3] {
-            room.join(key, 0);
+            room.join(key, Version::V1, &mut b);
         }
-        room.join(9, 0); // twice is once
+        room.join(9, Version::V1, &mut b); // twice is once
         assert_eq!(room.len(), 4);
         assert!(room.leave(5));
         assert!(!room.leave(5));
@@ -334,5 +424,68 @@ mod tests {
         assert!(room.contains(9) && !room.contains(5));
         room.clear();
         assert!(room.is_empty() && !room.contains(9));
+    }
+
+    /// The `type`s of a run of version 2 frames, with the member each names.
+    fn v2_frames(mut bytes: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let len = bytes[1] as usize;
+            let v: serde_json::Value = serde_json::from_slice(&bytes[2..2 + len]).unwrap();
+            let who = v.get("id").or(v.get("from")).unwrap();
+            out.push(format!(
+                "{} {}",
+                v["type"].as_str().unwrap(),
+                who.as_str().unwrap()
+            ));
+            bytes = &bytes[2 + len..];
+        }
+        out
+    }
+
+    #[test]
+    fn each_member_gets_its_version_and_version_2_is_encoded_only_while_wanted() {
+        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
+        let (old, new) = (MemberId { node: "", id: 1 }, MemberId { node: "", id: 2 });
+        room.join(0, Version::V1, &mut b);
+        b.joined(old, 1);
+        b.said(old, "alone");
+        assert!(
+            b.v2_bytes().is_empty(),
+            "no version 2 member, nothing encoded"
+        );
+        room.join(1, Version::V2, &mut b);
+        b.joined(new, 2);
+        b.said(new, "hi");
+        let delivered = room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        assert_eq!(delivered, 4 + 2);
+        assert_eq!(q.bodies(0), [JOINED, "alone", JOINED, "hi"]);
+        assert_eq!(v2_frames(&q.got[&1]), ["join 2", "message 2"]);
+
+        assert!(room.leave(1));
+        b.left(new, 1);
+        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        b.said(old, "quiet again");
+        assert!(b.v2_bytes().is_empty(), "the last version 2 member left");
+        assert_eq!(b.len(), b.as_bytes().len());
+    }
+
+    #[test]
+    fn a_version_2_newcomer_starts_at_its_own_join() {
+        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
+        let (a, c) = (MemberId { node: "n", id: 1 }, MemberId { node: "n", id: 2 });
+        room.join(0, Version::V2, &mut b);
+        b.joined(a, 1);
+        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        b.said(a, "before");
+        room.join(1, Version::V2, &mut b);
+        b.joined(c, 2);
+        let delivered = room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        assert_eq!(delivered, 2 + 1);
+        assert_eq!(
+            v2_frames(&q.got[&0]),
+            ["join n.1", "message n.1", "join n.2"]
+        );
+        assert_eq!(v2_frames(&q.got[&1]), ["join n.2"]);
     }
 }

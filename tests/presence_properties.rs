@@ -107,10 +107,10 @@ struct FakeRedis {
 }
 
 impl Publish for FakeRedis {
-    fn publish(&mut self, kind: Kind, body: &str, joiner: Option<Member>) {
+    fn publish(&mut self, kind: Kind, body: &str, member: Member) {
         let envelope = self
             .ledger
-            .publish(kind, body, joiner, Instant::now())
+            .publish(kind, body, member, Instant::now())
             .to_vec();
         self.channel.push_back(envelope);
     }
@@ -175,15 +175,15 @@ impl World {
         let redis = self.redis.up.then_some(&mut self.redis as &mut dyn Publish);
         let reference = &mut self.reference;
         match event {
-            Event::Joined if key == self.watcher => reference.watcher_joined = true,
-            Event::Joined if reference.watcher_joined => reference.here.push(id),
+            Event::Joined(_) if key == self.watcher => reference.watcher_joined = true,
+            Event::Joined(_) if reference.watcher_joined => reference.here.push(id),
             Event::Said(text) if reference.watcher_joined => reference.said.push(text.into()),
             Event::Left => reference.here.retain(|&other| other != id),
             _ => {}
         }
         match event {
-            Event::Joined => self.presence.join((key, id), redis),
-            Event::Said(text) => self.presence.said(text, redis),
+            Event::Joined(v) => self.presence.join((key, id), v, redis),
+            Event::Said(text) => self.presence.said((key, id), text, redis),
             Event::Left => {
                 self.presence.leave(key, redis);
             }
@@ -372,7 +372,7 @@ impl World {
 fn owned(event: Event) -> Result<String, Event<'static>> {
     match event {
         Event::Said(text) => Ok(text.to_string()),
-        Event::Joined => Err(Event::Joined),
+        Event::Joined(v) => Err(Event::Joined(v)),
         Event::Left => Err(Event::Left),
         Event::Echoed => Err(Event::Echoed),
         Event::MetricsRequested => Err(Event::MetricsRequested),

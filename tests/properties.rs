@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use mio_chat::connection::{Connection, Context, Event, Phase};
 use mio_chat::http::{decide, Decision, OriginPolicy};
-use mio_chat::message::{Message, JOINED, LEFT};
+use mio_chat::message::{MemberId, Message, Version, JOINED, LEFT};
 use mio_chat::presence::Presence;
 use mio_chat::room::Broadcast;
 use mio_chat::Config;
@@ -189,9 +189,9 @@ impl Harness {
         // `receive` unmasks in place, so it gets a copy, like the reactor's read buffer.
         self.conn
             .receive(&mut bytes.to_vec(), &cx, &mut |event| match event {
-                Event::Joined => broadcast.joined(),
-                Event::Said(text) => broadcast.said(text),
-                Event::Left => broadcast.left(),
+                Event::Joined(_) => broadcast.joined(MemberId::default(), 1),
+                Event::Said(text) => broadcast.said(MemberId::default(), text),
+                Event::Left => broadcast.left(MemberId::default(), 1),
                 _ => {}
             });
     }
@@ -394,14 +394,14 @@ impl Real {
                 self.client_on.insert(*k, self.received.len());
                 self.received.push(Vec::new());
                 self.pending.push(0);
-                self.presence.join((*k, id), None);
+                self.presence.join((*k, id), Version::V1, None);
             }
             Op::Leave(k) => {
                 self.presence.leave(*k, None);
             }
             Op::Say(k, texts) if self.presence.is_member(*k) => {
                 for text in texts {
-                    self.presence.said(text, None);
+                    self.presence.said((*k, 0), text, None);
                 }
             }
             Op::Limit(k, limit) => {
@@ -495,7 +495,7 @@ impl Model {
 fn encoded_len(bodies: &[String]) -> usize {
     let mut b = Broadcast::default();
     for body in bodies {
-        b.said(body);
+        b.said(MemberId::default(), body);
     }
     b.as_bytes().len()
 }

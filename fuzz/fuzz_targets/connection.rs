@@ -25,7 +25,7 @@ use libfuzzer_sys::fuzz_target;
 use mio_chat::connection::{Connection, Context, Event, Phase, Sink};
 use mio_chat::frame::MAX_CONTROL_PAYLOAD;
 use mio_chat::http::{CHAT_PAGE, MAX_HEAD};
-use mio_chat::message::JOINED;
+use mio_chat::message::{MemberId, JOINED};
 use mio_chat::room::Broadcast;
 use mio_chat::Config;
 
@@ -197,8 +197,8 @@ fn feed(
     };
     let events: &mut Sink = &mut |event| {
         match event {
-            Event::Joined => broadcast.joined(),
-            Event::Said(text) => broadcast.said(text),
+            Event::Joined(_) => broadcast.joined(MemberId::default(), 1),
+            Event::Said(text) => broadcast.said(MemberId::default(), text),
             _ => {}
         }
         count(event, presence);
@@ -210,7 +210,7 @@ fn feed(
 /// Counts Joined and Left.
 fn count(event: Event, (joined, left): &mut (u32, u32)) {
     match event {
-        Event::Joined => *joined += 1,
+        Event::Joined(_) => *joined += 1,
         Event::Left => *left += 1,
         _ => {}
     }

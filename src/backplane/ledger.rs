@@ -21,6 +21,7 @@ use std::time::Instant;
 use log::{debug, warn};
 
 use crate::envelope::{self, Envelope, Kind, Unusable};
+use crate::message::MemberId;
 use crate::metrics::BackplaneStats;
 use crate::presence::{Landing, Member};
 
@@ -29,27 +30,40 @@ use crate::presence::{Landing, Member};
 struct Pending {
     seq: u64,
     kind: Kind,
-    joiner: Option<Member>,
+    /// The client it is about.
+    member: Member,
     body: String,
     /// When it was published: it must come back within the backplane's timeout.
     at: Instant,
 }
 
 impl Pending {
-    /// Landed by the backplane itself, after Redis failed to hand it back.
-    fn landing(&self) -> Landing<'_> {
-        landing(self.kind, self.joiner, &self.body, false)
+    /// How it lands here: `through_redis` if Redis handed it back, else by the backplane itself.
+    fn landing<'a>(&'a self, node: &'a str, through_redis: bool) -> Landing<'a> {
+        let who = MemberId {
+            node,
+            id: self.member.1,
+        };
+        let local = (self.kind == Kind::Join).then_some(self.member);
+        landing(self.kind, local, who, &self.body, through_redis)
     }
 }
 
-fn landing(kind: Kind, local: Option<Member>, body: &str, through_redis: bool) -> Landing<'_> {
+fn landing<'a>(
+    kind: Kind,
+    local: Option<Member>,
+    who: MemberId<'a>,
+    body: &'a str,
+    through_redis: bool,
+) -> Landing<'a> {
     match kind {
         Kind::Join => Landing::Join {
             local,
+            who,
             through_redis,
         },
-        Kind::Leave => Landing::Leave,
-        Kind::Message => Landing::Message(body),
+        Kind::Leave => Landing::Leave { who },
+        Kind::Message => Landing::Message { from: who, body },
     }
 }
 
@@ -114,13 +128,7 @@ impl Ledger {
     }
 
     /// Records one event of this process's clients and returns its envelope's JSON, to publish.
-    pub fn publish(
-        &mut self,
-        kind: Kind,
-        body: &str,
-        joiner: Option<Member>,
-        now: Instant,
-    ) -> &[u8] {
+    pub fn publish(&mut self, kind: Kind, body: &str, member: Member, now: Instant) -> &[u8] {
         self.next_seq += 1;
         self.scratch.clear();
         Envelope {
@@ -128,6 +136,7 @@ impl Ledger {
             node: self.node.as_str().into(),
             seq: self.next_seq,
             kind,
+            member: member.1,
             body: body.into(),
         }
         .write_to(&mut self.scratch);
@@ -135,7 +144,7 @@ impl Ledger {
         self.pending.push_back(Pending {
             seq: self.next_seq,
             kind,
-            joiner,
+            member,
             body: body.to_string(),
             at: now,
         });
@@ -147,7 +156,7 @@ impl Ledger {
     pub fn land_pending(&mut self, land: &mut dyn FnMut(Landing)) {
         self.pending_bytes = 0;
         for pending in self.pending.drain(..) {
-            land(pending.landing());
+            land(pending.landing(&self.node, false));
         }
     }
 
@@ -162,7 +171,11 @@ impl Ledger {
                 return self.skip(Unusable::TooLarge(envelope.body.len()));
             }
             self.stats.received += 1;
-            return land(landing(envelope.kind, None, &envelope.body, true));
+            let who = MemberId {
+                node: &envelope.node,
+                id: envelope.member,
+            };
+            return land(landing(envelope.kind, None, who, &envelope.body, true));
         }
         // Ours, back from Redis: everything before it in `pending` went out before it, so
         // anything older still there was lost on the way (it lands now, so nobody here misses it).
@@ -176,13 +189,13 @@ impl Ledger {
             self.pending_bytes -= PENDING_OVERHEAD + pending.body.len();
             self.stats.received += 1;
             if pending.seq == envelope.seq {
-                return land(landing(pending.kind, pending.joiner, &pending.body, true));
+                return land(pending.landing(&self.node, true));
             }
             debug!(
                 "redis: envelope {} never came back; delivered locally",
                 pending.seq
             );
-            land(pending.landing());
+            land(pending.landing(&self.node, false));
         }
     }
 
@@ -220,16 +233,20 @@ mod tests {
             Landing::Join {
                 local: Some((key, id)),
                 through_redis,
+                ..
             } => format!(
                 "join {key}/{id}{}",
                 if through_redis { "" } else { " here" }
             ),
-            Landing::Join { local: None, .. } => "join".into(),
-            Landing::Leave => "leave".into(),
-            Landing::Message(text) => format!("say {text}"),
+            Landing::Join {
+                local: None, who, ..
+            } => format!("join {}.{}", who.node, who.id),
+            Landing::Leave { who } => format!("leave {}.{}", who.node, who.id),
+            Landing::Message { from, body } => format!("say {body} from {}.{}", from.node, from.id),
         }
     }
 
+    /// An envelope as `node` would publish it about its member 7.
     fn envelope(node: &str, seq: u64, kind: Kind, body: &str) -> Vec<u8> {
         let mut out = Vec::new();
         Envelope {
@@ -237,6 +254,7 @@ mod tests {
             node: node.into(),
             seq,
             kind,
+            member: 7,
             body: body.into(),
         }
         .write_to(&mut out);
@@ -256,13 +274,13 @@ mod tests {
     #[test]
     fn publishing_numbers_envelopes_and_keeps_them_pending() {
         let mut l = ledger();
-        let join = String::from_utf8_lossy(l.publish(Kind::Join, "", Some((3, 9)), Instant::now()))
-            .into_owned();
-        let hi = String::from_utf8_lossy(l.publish(Kind::Message, "hi", None, Instant::now()))
+        let join =
+            String::from_utf8_lossy(l.publish(Kind::Join, "", (3, 9), Instant::now())).into_owned();
+        let hi = String::from_utf8_lossy(l.publish(Kind::Message, "hi", (3, 9), Instant::now()))
             .into_owned();
         assert!(join.contains(r#""seq":1,"kind":"join""#), "{join}");
         assert!(
-            hi.contains(r#""seq":2,"kind":"message","body":"hi""#),
+            hi.contains(r#""seq":2,"kind":"message","member":9,"body":"hi""#),
             "{hi}"
         );
         assert_eq!(l.stats().pending, 2);
@@ -271,11 +289,11 @@ mod tests {
     #[test]
     fn our_envelopes_land_when_they_come_back_with_their_joiner() {
         let mut l = ledger();
-        l.publish(Kind::Join, "", Some((3, 9)), Instant::now());
-        l.publish(Kind::Message, "hi", None, Instant::now());
+        l.publish(Kind::Join, "", (3, 9), Instant::now());
+        l.publish(Kind::Message, "hi", (3, 9), Instant::now());
         assert_eq!(
             receive(&mut l, &envelope("other", 5, Kind::Join, "")),
-            ["join"]
+            ["join other.7"]
         );
         assert_eq!(
             receive(&mut l, &envelope("me", 1, Kind::Join, "")),
@@ -283,7 +301,7 @@ mod tests {
         );
         assert_eq!(
             receive(&mut l, &envelope("me", 2, Kind::Message, "hi")),
-            ["say hi"]
+            ["say hi from me.9"]
         );
         assert_eq!(l.stats().pending, 0);
         assert!(receive(&mut l, &envelope("me", 2, Kind::Message, "hi")).is_empty());
@@ -292,11 +310,11 @@ mod tests {
     #[test]
     fn an_envelope_that_never_came_back_lands_before_the_next_one() {
         let mut l = ledger();
-        l.publish(Kind::Message, "one", None, Instant::now());
-        l.publish(Kind::Message, "two", None, Instant::now());
+        l.publish(Kind::Message, "one", (3, 9), Instant::now());
+        l.publish(Kind::Message, "two", (3, 9), Instant::now());
         assert_eq!(
             receive(&mut l, &envelope("me", 2, Kind::Message, "two")),
-            ["say one", "say two"]
+            ["say one from me.9", "say two from me.9"]
         );
         assert!(receive(&mut l, &envelope("me", 1, Kind::Message, "one")).is_empty());
     }
@@ -304,12 +322,15 @@ mod tests {
     #[test]
     fn an_outage_lands_everything_pending_in_order_once() {
         let mut l = ledger();
-        l.publish(Kind::Join, "", Some((1, 1)), Instant::now());
-        l.publish(Kind::Message, "in flight", None, Instant::now());
-        l.publish(Kind::Leave, "", None, Instant::now());
+        l.publish(Kind::Join, "", (1, 1), Instant::now());
+        l.publish(Kind::Message, "in flight", (1, 1), Instant::now());
+        l.publish(Kind::Leave, "", (1, 1), Instant::now());
         let mut got = Vec::new();
         l.land_pending(&mut |x| got.push(landed(x)));
-        assert_eq!(got, ["join 1/1 here", "say in flight", "leave"]);
+        assert_eq!(
+            got,
+            ["join 1/1 here", "say in flight from me.1", "leave me.1"]
+        );
         l.land_pending(&mut |_| panic!("nothing pending"));
         assert!(receive(&mut l, &envelope("me", 2, Kind::Message, "in flight")).is_empty());
     }
@@ -325,7 +346,7 @@ mod tests {
     #[test]
     fn what_lands_for_ours_is_what_we_published_not_the_echo() {
         let mut l = ledger();
-        l.publish(Kind::Join, "", Some((3, 9)), Instant::now());
+        l.publish(Kind::Join, "", (3, 9), Instant::now());
         let forged = receive(&mut l, &envelope("me", 1, Kind::Message, "forged"));
         assert_eq!(forged, ["join 3/9"]);
         assert_eq!(l.pending_bytes(), 0);
@@ -336,7 +357,7 @@ mod tests {
         let mut l = Ledger::new("me".into(), 10);
         assert_eq!(
             receive(&mut l, &envelope("other", 1, Kind::Message, "0123456789")),
-            ["say 0123456789"]
+            ["say 0123456789 from other.7"]
         );
         assert!(receive(&mut l, &envelope("other", 2, Kind::Message, "01234567890")).is_empty());
         assert_eq!(l.stats().unusable, 1);

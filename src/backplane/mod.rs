@@ -592,9 +592,10 @@ impl Backplane {
         }
     }
 
-    /// Publishes one event of this process's clients (only while [up](Backplane::is_up)).
-    pub fn publish(&mut self, kind: Kind, body: &str, joiner: Option<Member>) {
-        let envelope = self.ledger.publish(kind, body, joiner, Instant::now());
+    /// Publishes one event about `member`, one of this process's clients (only while
+    /// [up](Backplane::is_up)).
+    pub fn publish(&mut self, kind: Kind, body: &str, member: Member) {
+        let envelope = self.ledger.publish(kind, body, member, Instant::now());
         self.command.clear();
         redis::publish(&mut self.command, self.channel.as_bytes(), envelope);
         self.publisher.output.push(&self.command); // `push` reuses the space already written
@@ -648,8 +649,8 @@ impl Backplane {
 }
 
 impl Publish for Backplane {
-    fn publish(&mut self, kind: Kind, body: &str, joiner: Option<Member>) {
-        Backplane::publish(self, kind, body, joiner);
+    fn publish(&mut self, kind: Kind, body: &str, member: Member) {
+        Backplane::publish(self, kind, body, member);
     }
 }
 
@@ -670,8 +671,8 @@ mod tests {
     #[test]
     fn publishing_queues_pipelined_commands() {
         let mut b = backplane(1 << 20);
-        b.publish(Kind::Join, "", Some((3, 9)));
-        b.publish(Kind::Message, "hi", None);
+        b.publish(Kind::Join, "", (3, 9));
+        b.publish(Kind::Message, "hi", (3, 9));
         let sent = String::from_utf8_lossy(b.publisher.output.pending()).into_owned();
         assert_eq!(sent.matches("PUBLISH").count(), 2);
         assert_eq!(b.stats().pending, 2);
@@ -681,8 +682,8 @@ mod tests {
     fn an_outage_lands_everything_pending_and_backs_off() {
         let mut b = backplane(1 << 20);
         let poll = mio::Poll::new().expect("poll");
-        b.publish(Kind::Join, "", Some((1, 1)));
-        b.publish(Kind::Message, "in flight", None);
+        b.publish(Kind::Join, "", (1, 1));
+        b.publish(Kind::Message, "in flight", (1, 1));
         let mut got = 0;
         let now = Instant::now();
         b.fail("test".into(), poll.registry(), now, &mut |_| got += 1);
@@ -699,8 +700,8 @@ mod tests {
     #[test]
     fn a_burst_is_judged_by_what_the_socket_refused_not_by_its_size() {
         let mut b = backplane(1000);
-        b.publish(Kind::Message, &"x".repeat(600), None);
-        b.publish(Kind::Message, &"y".repeat(600), None);
+        b.publish(Kind::Message, &"x".repeat(600), (1, 1));
+        b.publish(Kind::Message, &"y".repeat(600), (1, 1));
         assert_eq!(b.stats().pending, 2, "published, whatever the bound");
         // No socket here, so nothing is taken: all of it counts as refused.
         let poll = mio::Poll::new().expect("poll");

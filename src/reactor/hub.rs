@@ -34,9 +34,11 @@ pub(super) struct Hub {
 }
 
 impl Hub {
-    pub fn new(backplane: Option<Backplane>) -> Hub {
+    /// `max_message_size` is `--max-message-size` (version 2 tells it to each newcomer).
+    pub fn new(backplane: Option<Backplane>, max_message_size: usize) -> Hub {
+        let node = backplane.as_ref().map_or("", |b| b.node()).to_string();
         Hub {
-            presence: Presence::default(),
+            presence: Presence::new(node, max_message_size),
             backplane,
             metrics: Metrics::default(),
             metrics_requests: Vec::new(),
@@ -68,10 +70,10 @@ impl Hub {
     pub fn on_event(&mut self, who: Who, event: Event) {
         let redis = redis(&mut self.backplane);
         match event {
-            Event::Joined => self.presence.join((who.key, who.id), redis),
+            Event::Joined(version) => self.presence.join((who.key, who.id), version, redis),
             Event::Said(text) => {
                 self.metrics.messages_received += 1;
-                self.presence.said(text, redis);
+                self.presence.said((who.key, who.id), text, redis);
             }
             Event::Echoed => self.metrics.messages_received += 1,
             Event::MetricsRequested => self.metrics_requests.push(who.key),

@@ -115,6 +115,7 @@ impl Server {
             ),
             None => None,
         };
+        let max_message_size = config.max_message_size;
         let poll = Poll::new()?;
         let mut listener = accept::listen(config.addr, config.reuse_port)?;
         let local_addr = listener.local_addr()?;
@@ -139,7 +140,7 @@ impl Server {
             config,
             tls,
             clients: Slab::new(),
-            hub: Hub::new(backplane),
+            hub: Hub::new(backplane, max_message_size),
             pacing: Pacing::new(Instant::now()),
             timers: Timers::default(),
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
