@@ -84,6 +84,9 @@ pub struct Presence {
     node: String,
     /// `--max-message-size`, which version 2's `hello` tells each newcomer.
     max_message_size: usize,
+    /// Members of other processes: joins minus leaves that Redis handed us since we subscribed.
+    /// It does not know who was there before that, nor who a crashed process took with it.
+    remote: usize,
 }
 
 impl Presence {
@@ -113,7 +116,7 @@ impl Presence {
                     node: &self.node,
                     id,
                 };
-                self.batch.joined(who, self.room.len());
+                self.batch.joined(who, self.online());
             }
         }
     }
@@ -156,7 +159,7 @@ impl Presence {
     pub fn leave(&mut self, key: usize, redis: Option<&mut dyn Publish>) -> bool {
         let announced = self.announced.get_mut(key).map(std::mem::take);
         let was_member = self.room.leave(key);
-        let online = self.room.len();
+        let online = self.online();
         let who = |id| MemberId {
             node: &self.node,
             id,
@@ -195,12 +198,18 @@ impl Presence {
                 who,
                 through_redis,
             } => {
-                if let Some((key, id)) = local {
-                    self.admit_echoed(key, id, through_redis);
+                match local {
+                    Some((key, id)) => self.admit_echoed(key, id, through_redis),
+                    None => self.remote += 1,
                 }
-                self.batch.joined(who, self.room.len());
+                self.batch.joined(who, self.online());
             }
-            Landing::Leave { who } => self.batch.left(who, self.room.len()),
+            Landing::Leave { who } => {
+                if who.node != self.node {
+                    self.remote = self.remote.saturating_sub(1);
+                }
+                self.batch.left(who, self.online())
+            }
             Landing::Message { from, body } => self.batch.said(from, body),
         }
     }
@@ -238,6 +247,12 @@ impl Presence {
     /// This turn's frames for the room, not yet fanned out.
     pub fn batch(&self) -> &Broadcast {
         &self.batch
+    }
+
+    /// The room's members as version 2's `online` counts them: this process's, and those of
+    /// other processes it heard join through Redis and not leave.
+    pub fn online(&self) -> usize {
+        self.room.len() + self.remote
     }
 
     /// Members of the room here (clients that receive its frames).
@@ -389,5 +404,39 @@ mod tests {
             !p.leave(0, None) && !p.leave(1, None),
             "nothing is owed after shutdown"
         );
+    }
+
+    #[test]
+    fn online_counts_members_here_and_those_heard_joining_elsewhere() {
+        let (mut p, mut redis) = (Presence::new("me".into(), 100), Published::default());
+        let other = |id| MemberId { node: "other", id };
+        p.join((0, 1), Version::V2, Some(&mut redis));
+        p.land(Landing::Join {
+            local: Some((0, 1)),
+            who: MemberId { node: "me", id: 1 },
+            through_redis: true,
+        });
+        for id in [5, 6] {
+            p.land(Landing::Join {
+                local: None,
+                who: other(id),
+                through_redis: true,
+            });
+        }
+        assert_eq!(p.online(), 3);
+        p.land(Landing::Leave { who: other(5) });
+        assert_eq!(p.online(), 2);
+        p.land(Landing::Leave { who: other(9) }); // joined before we listened
+        p.land(Landing::Leave { who: other(6) });
+        assert_eq!(p.online(), 1, "never below this process's own members");
+        let frames = String::from_utf8_lossy(p.batch().v2_bytes()).into_owned();
+        for expected in [
+            r#""type":"join","id":"me.1","online":1"#,
+            r#""type":"join","id":"other.6","online":3"#,
+            r#""type":"leave","id":"other.5","online":2"#,
+            r#""type":"leave","id":"other.6","online":1"#,
+        ] {
+            assert!(frames.contains(expected), "{expected} in {frames}");
+        }
     }
 }

@@ -12,7 +12,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const {
-  makeCert, pagesFor, startServer, RECONNECT_TIMEOUT, launchBrowser, withChat, withCluster, waitForState, entries, texts, waitForCount, waitForText, say,
+  makeCert, pagesFor, startServer, RECONNECT_TIMEOUT, launchBrowser, withChat, withCluster, waitForState, entries, mine, texts, waitForCount, waitForText, say,
 } = require('./harness');
 
 const JOINED = 'New User Joined...';
