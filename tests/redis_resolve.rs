@@ -273,3 +273,25 @@ fn redis_is_found_again_at_its_new_address() {
     says(&mut on_a, &mut [&mut on_b], "at the new address");
     says(&mut on_b, &mut [&mut on_a], "and back");
 }
+
+/// A UDP port of 127.0.0.1 where nothing listens: a query sent there is answered by an ICMP
+/// "port unreachable".
+fn closed_udp_port() -> u16 {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a free UDP port");
+    socket.local_addr().expect("its address").port()
+}
+
+#[test]
+fn a_name_server_that_is_not_there_is_passed_over_at_once() {
+    let dns = FakeDns::start(None);
+    // 30 s per try: only the refusal (not the deadline) can move the lookup on within the
+    // guard time, to the second name server.
+    let conf = format!(
+        "nameserver [127.0.0.1]:{}\nnameserver [127.0.0.1]:{}\noptions timeout:30 attempts:1\n",
+        closed_udp_port(),
+        dns.addr.port()
+    );
+    let files = ResolverFiles::new(&conf, "");
+    let _server = files.server(&format!("redis://redis.test:{}", free_port()));
+    dns.wait_for_queries(1);
+}

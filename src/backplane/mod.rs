@@ -57,8 +57,9 @@ const PUBLISHER_READ_BUDGET: usize = 1 << 20;
 /// The largest reply the subscription may carry, at least: an envelope from a process with a
 /// larger `--max-message-size` than ours is not a protocol error.
 const MIN_MAX_INPUT: usize = 16 << 20;
-/// Datagrams read from the resolver's socket in one event at most. Only one answer is awaited;
-/// more than this many is a flood, and the lookup is given up (a new socket, on a new port,
+/// Datagrams read from the resolver's socket in one event at most. Only one answer is awaited,
+/// and the socket is connected (only the name server's address gets through): more than this
+/// many is a flood, and the lookup is given up (a new socket, on a new port,
 /// comes with the next attempt).
 const MAX_DATAGRAMS: usize = 64;
 
@@ -245,7 +246,7 @@ impl Backplane {
     ) {
         let lookup = fresh.or_else(|| self.take_lookup(registry));
         match (step, lookup) {
-            (Step::Send(send), Some(lookup)) => self.send_query(lookup, &send, registry, now),
+            (Step::Send(send), Some(lookup)) => self.send_query(lookup, send, registry, now),
             (Step::Send(_), None) => {} // no lookup to go on with (cannot happen)
             (Step::Found(ip), _) => self.open_links(ip, registry, now),
             (Step::Failed(why), _) => {
@@ -254,27 +255,44 @@ impl Backplane {
         }
     }
 
-    /// Sends one try of the lookup's query from a UDP socket of its own, in the loop: a fresh
-    /// ephemeral port (a forger must guess it as well as the query id) of the name server's
-    /// family. A datagram that could not go is a try without an answer: its deadline moves
-    /// the lookup on.
-    fn send_query(&mut self, lookup: Lookup, send: &Datagram, registry: &Registry, now: Instant) {
+    /// Sends one try of the lookup's query from a UDP socket of its own, in the loop. A try
+    /// that cannot even be sent (no route to that name server, no socket to be had) is over at
+    /// once, as a refused one is: the next try goes out now rather than after a deadline
+    /// nothing can answer (the tries are bounded, so this ends).
+    fn send_query(
+        &mut self,
+        mut lookup: Lookup,
+        mut send: Datagram,
+        registry: &Registry,
+        now: Instant,
+    ) {
+        loop {
+            match self.query_socket(&send, registry) {
+                Ok(socket) => return self.lookup = Some((lookup, socket)),
+                Err(e) => debug!("redis: query to {} not sent: {e}", send.to),
+            }
+            match lookup.on_error(now) {
+                Step::Send(next) => send = next,
+                step => return self.lookup_step(step, None, registry, now),
+            }
+        }
+    }
+
+    /// A UDP socket connected to the name server, in the poll, with the query sent: a fresh
+    /// ephemeral port (a forger must guess it as well as the query id), of the server's family.
+    /// Connected, so that the kernel drops datagrams from anyone else and reports the server's
+    /// ICMP "port unreachable" as an error (an unconnected socket never sees it on Linux, and
+    /// each try would wait out its whole deadline).
+    fn query_socket(&self, send: &Datagram, registry: &Registry) -> std::io::Result<UdpSocket> {
         let any: SocketAddr = match send.to {
             SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
         };
-        let opened = UdpSocket::bind(any).and_then(|mut socket| {
-            registry.register(&mut socket, self.resolver_token, Interest::READABLE)?;
-            Ok(socket)
-        });
-        let socket = match opened {
-            Ok(socket) => socket,
-            Err(e) => return self.down(format!("resolver socket: {e}"), now),
-        };
-        if let Err(e) = socket.send_to(&send.bytes, send.to) {
-            debug!("redis: query to {} not sent: {e}", send.to);
-        }
-        self.lookup = Some((lookup, socket));
+        let mut socket = UdpSocket::bind(any)?;
+        socket.connect(send.to)?;
+        registry.register(&mut socket, self.resolver_token, Interest::READABLE)?;
+        socket.send(&send.bytes)?;
+        Ok(socket)
     }
 
     /// Ends the lookup's try: its socket leaves the poll.

@@ -306,8 +306,8 @@ impl Lookup {
         (now >= self.deadline).then(|| self.retry(now))
     }
 
-    /// The socket reported an error for the query in flight (an ICMP "port unreachable" from a
-    /// name server that is not there): that try is over.
+    /// The query in flight could not be sent, or its (connected) socket reported an error (an
+    /// ICMP "port unreachable" from a name server that is not there): that try is over.
     pub fn on_error(&mut self, now: Instant) -> Step {
         self.retry(now)
     }
