@@ -21,7 +21,7 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -142,12 +142,18 @@ impl ResolvConf {
 
     /// The names to ask for, in glibc's order: a name with at least `ndots` dots as it is first,
     /// then with each search domain; a shorter one with the search domains first; a name that
-    /// ends with a dot only as it is.
+    /// ends with a dot only as it is. A search domain that does not make a name DNS can be
+    /// asked about (too long, or not a host name) is skipped: the others, and the name itself,
+    /// are still asked.
     pub fn candidates(&self, name: &str) -> Vec<String> {
         if let Some(absolute) = name.strip_suffix('.') {
             return vec![absolute.to_string()];
         }
-        let searched = self.search.iter().map(|d| format!("{name}.{d}"));
+        let searched = self
+            .search
+            .iter()
+            .map(|d| format!("{name}.{d}"))
+            .filter(|candidate| is_host_name(candidate));
         if name.matches('.').count() >= self.ndots {
             std::iter::once(name.to_string()).chain(searched).collect()
         } else {
@@ -156,13 +162,36 @@ impl ResolvConf {
     }
 }
 
-/// `1.2.3.4`, `::1`, or OpenBSD's `[1.2.3.4]:5353` (a name server on another port than 53).
+/// `1.2.3.4`, `::1`, `fe80::1%eth0`, or OpenBSD's `[1.2.3.4]:5353` (a name server on another
+/// port than 53).
 fn nameserver(word: &str) -> Option<SocketAddr> {
-    if let Ok(ip) = word.parse::<IpAddr>() {
-        return Some(SocketAddr::new(ip, 53));
+    let (ip, port) = match word.strip_prefix('[') {
+        Some(bracketed) => {
+            let (ip, port) = bracketed.split_once("]:")?;
+            (ip, port.parse().ok()?)
+        }
+        None => (word, 53),
+    };
+    if let Ok(ip) = ip.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
     }
-    let (ip, port) = word.strip_prefix('[')?.split_once("]:")?;
-    Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?))
+    let (ip, scope) = ip.split_once('%')?;
+    let ip = ip.parse::<Ipv6Addr>().ok()?;
+    Some(SocketAddrV6::new(ip, port, 0, scope_id(scope)).into())
+}
+
+/// The interface a link-local address's `%scope` names, by name or number; an unknown one is
+/// no scope (0), as glibc reads it.
+fn scope_id(scope: &str) -> u32 {
+    if let Ok(index) = scope.parse() {
+        return index;
+    }
+    let Ok(name) = std::ffi::CString::new(scope) else {
+        return 0;
+    };
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the call, which only reads
+    // it (0 when there is no such interface).
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
 }
 
 /// A host name DNS can be asked about: dot-separated labels of letters, digits, `-` and `_`
@@ -193,6 +222,14 @@ pub fn hosts_lookup(text: &str, name: &str) -> Option<IpAddr> {
             .any(|alias| alias.eq_ignore_ascii_case(name))
             .then_some(ip)
     })
+}
+
+/// `localhost` and the names under it, which are the loopback by definition (RFC 6761): asked
+/// of no name server, where a search domain could make `localhost.corp.example` of it. The
+/// hosts file is read first, so its entry for `localhost` (`::1`, say) wins.
+fn is_localhost(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
 }
 
 /// A file's text, up to [`MAX_FILE`] bytes; a missing or unreadable file is an empty one (glibc
@@ -239,6 +276,9 @@ pub fn start(host: &str, config: &ResolverConfig, now: Instant) -> Start {
     if let Some(ip) = hosts_lookup(&read_small_file(&config.hosts), host) {
         return Start::Found(ip);
     }
+    if is_localhost(host) {
+        return Start::Found(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
     let conf = ResolvConf::parse(&read_small_file(&config.resolv_conf));
     match Lookup::new(host, conf, now) {
         Ok((lookup, send)) => Start::Query(Box::new(lookup), send),
@@ -267,10 +307,10 @@ pub struct Lookup {
 impl Lookup {
     /// A lookup of `name` and its first query.
     pub fn new(name: &str, conf: ResolvConf, now: Instant) -> Result<(Lookup, Datagram), String> {
-        let candidates = conf.candidates(name);
-        if !is_host_name(name) || candidates.iter().any(|c| !is_host_name(c)) {
+        if !is_host_name(name) {
             return Err(format!("{name:?} is not a valid host name"));
         }
+        let candidates = conf.candidates(name);
         let mut lookup = Lookup {
             candidates,
             candidate: 0,
@@ -715,6 +755,60 @@ mod tests {
             "redis.test",
             "the same name, not the next candidate"
         );
+    }
+
+    #[test]
+    fn a_search_domain_that_cannot_be_asked_is_skipped_not_fatal() {
+        // A search domain too long to append, or not a host name, is passed over (as glibc
+        // skips a name too long to query): the name itself is still asked.
+        let long = format!("{}.example", "a".repeat(63)).repeat(4);
+        let text = format!("{LINE}\nsearch {long} bad!domain ok.example\n");
+        let (l, send, _) = lookup("redis", &text);
+        assert_eq!(l.candidates, ["redis.ok.example", "redis"]);
+        assert_eq!(send.to, server());
+        let nowhere = ResolvConf::parse(&format!("search {long}"));
+        assert!(Lookup::new("redis", nowhere, Instant::now()).is_ok());
+        assert!(Lookup::new("bad name!", conf(LINE), Instant::now()).is_err());
+    }
+
+    #[test]
+    fn localhost_is_the_loopback_without_a_hosts_entry() {
+        // RFC 6761: `localhost` never goes to a name server (where a search domain could turn
+        // it into `localhost.corp.example`, someone else's machine).
+        let config = ResolverConfig {
+            resolv_conf: "/nonexistent".into(),
+            hosts: "/nonexistent".into(),
+        };
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        for host in ["localhost", "LocalHost.", "redis.localhost"] {
+            assert!(
+                matches!(start(host, &config, Instant::now()), Start::Found(ip) if ip == loopback),
+                "{host}"
+            );
+        }
+        assert!(matches!(
+            start("localhost.example", &config, Instant::now()),
+            Start::Query(..)
+        ));
+    }
+
+    #[test]
+    fn a_link_local_name_server_keeps_its_scope() {
+        let c = conf("nameserver fe80::1%1\nnameserver fe80::2%lo\nnameserver fe80::3%nosuchif0\nnameserver fe80::4%2\n");
+        let scoped = |ip: &str, scope| {
+            SocketAddr::from(SocketAddrV6::new(ip.parse().unwrap(), 53, 0, scope))
+        };
+        // By number, by interface name (the loopback is interface 1), unknown (no scope, kept
+        // as glibc keeps it); and three at most.
+        let expected = [
+            scoped("fe80::1", 1),
+            scoped("fe80::2", 1),
+            scoped("fe80::3", 0),
+        ];
+        assert_eq!(c.nameservers, expected);
+        let bracketed = conf("nameserver [fe80::1%1]:5353").nameservers;
+        let port = SocketAddr::from(SocketAddrV6::new("fe80::1".parse().unwrap(), 5353, 0, 1));
+        assert_eq!(bracketed, [port]);
     }
 
     proptest! {
