@@ -11,8 +11,8 @@
 //! What is followed of `resolv.conf` is what glibc follows for a plain lookup: up to three
 //! `nameserver`s (with OpenBSD's `[address]:port` form for a port other than 53), `search` and
 //! `domain`, `options ndots: timeout: attempts:`. IPv4 (A) is asked first, IPv6 (AAAA) when the
-//! name has no IPv4 address. Not done: TCP after a truncated answer (an answer that still holds
-//! an address is used), EDNS, DNSSEC, `rotate`.
+//! name has no IPv4 address. Not done: TCP after a truncated answer (one that still holds an
+//! address is used; one without is a try without an answer), EDNS, DNSSEC, `rotate`.
 //!
 //! The two files are read at every resolution. They are small local files (the page cache
 //! answers, in microseconds, not the network), a resolution comes at most once per connection
@@ -401,7 +401,12 @@ impl Lookup {
                 RData::AAAA(a) if self.ipv6 => Some(IpAddr::V6(Ipv6Addr::from(a.address))),
                 _ => None,
             });
-        address.map_or(Verdict::NoAddress, Verdict::Address)
+        match address {
+            Some(ip) => Verdict::Address(ip),
+            // Cut at 512 bytes (no TCP here): no word on whether the name has an address.
+            None if packet.has_flags(PacketFlag::TRUNCATION) => Verdict::Unusable,
+            None => Verdict::NoAddress,
+        }
     }
 
     fn qtype(&self) -> TYPE {
@@ -755,6 +760,26 @@ mod tests {
             "redis.test",
             "the same name, not the next candidate"
         );
+    }
+
+    #[test]
+    fn a_truncated_answer_without_an_address_is_no_word_on_the_name() {
+        // The server could not fit the records in 512 bytes: that says nothing about whether
+        // the name has an IPv4 address, so the same question is tried again (not AAAA, not the
+        // next search domain, which could be someone else's name).
+        let text = format!("{LINE}\nsearch s.example\noptions attempts:2\n");
+        let (mut l, send, now) = lookup("redis", &text);
+        let mut cut = answer(&send.bytes, RCODE::NoError, vec![]);
+        cut[2] |= 0x02; // TC
+        assert!(Packet::parse(&cut)
+            .unwrap()
+            .has_flags(PacketFlag::TRUNCATION));
+        let Some(Step::Send(again)) = l.on_datagram(server(), &cut, now) else {
+            panic!("the question should be asked again");
+        };
+        let asked = Packet::parse(&again.bytes).unwrap();
+        assert_eq!(asked.questions[0].qtype, QTYPE::TYPE(TYPE::A));
+        assert_eq!(l.asking(), "redis.s.example");
     }
 
     #[test]
