@@ -35,9 +35,11 @@ pub const HOSTS_VAR: &str = "MIO_CHAT_TEST_HOSTS";
 
 /// Bytes of either file read at most (a hosts file with a large block list is a few MiB).
 const MAX_FILE: u64 = 8 << 20;
-/// glibc's limits: three name servers, six search domains, `ndots` up to 15.
+/// glibc's limits: three name servers, `ndots` up to 15. Search domains: glibc has had no limit
+/// since 2.26; 32 is what Kubernetes writes at most, and keeps a hostile line from making a
+/// lookup of thousands of queries.
 const MAX_NAMESERVERS: usize = 3;
-const MAX_SEARCH: usize = 6;
+const MAX_SEARCH: usize = 32;
 const MAX_NDOTS: usize = 15;
 /// glibc's defaults (`RES_TIMEOUT`, `RES_DFLRETRY`) and caps for `timeout:` and `attempts:`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -310,12 +312,16 @@ impl Lookup {
         if !is_host_name(name) {
             return Err(format!("{name:?} is not a valid host name"));
         }
+        // `parse` always gives one, but the fields are public: no name server is an error.
+        let Some(&server) = conf.nameservers.first() else {
+            return Err("no name server to ask".into());
+        };
         let candidates = conf.candidates(name);
         let mut lookup = Lookup {
             candidates,
             candidate: 0,
             ipv6: false,
-            server: conf.nameservers[0],
+            server,
             conf,
             tries: 0,
             id: 0,
@@ -780,6 +786,41 @@ mod tests {
         let asked = Packet::parse(&again.bytes).unwrap();
         assert_eq!(asked.questions[0].qtype, QTYPE::TYPE(TYPE::A));
         assert_eq!(l.asking(), "redis.s.example");
+    }
+
+    #[test]
+    fn a_search_list_longer_than_six_is_followed() {
+        // glibc has had no limit on search domains since 2.26, and Kubernetes writes up to 32.
+        let domains: Vec<String> = (0..32).map(|i| format!("d{i}.example")).collect();
+        let c = conf(&format!("search {} extra.example\n", domains.join(" ")));
+        assert_eq!(c.search, domains, "32 at most, in order");
+    }
+
+    #[test]
+    fn a_late_answer_to_an_earlier_try_is_not_taken_for_the_current_one() {
+        let (mut l, first, now) = lookup("redis.test", LINE);
+        let Some(Step::Send(second)) = l.on_timeout(l.deadline()) else {
+            panic!("the deadline should bring a second try");
+        };
+        assert_ne!(
+            first.bytes[..2],
+            second.bytes[..2],
+            "each try has its own id"
+        );
+        let late = answer(&first.bytes, RCODE::NoError, vec![a([6, 6, 6, 6])]);
+        assert_eq!(l.on_datagram(server(), &late, now), None);
+        let current = answer(&second.bytes, RCODE::NoError, vec![a([10, 0, 0, 1])]);
+        assert_eq!(
+            l.on_datagram(server(), &current, now),
+            Some(Step::Found(IpAddr::from([10, 0, 0, 1])))
+        );
+    }
+
+    #[test]
+    fn a_conf_without_name_servers_is_an_error_not_a_panic() {
+        let mut none = conf(LINE);
+        none.nameservers.clear();
+        assert!(Lookup::new("redis.test", none, Instant::now()).is_err());
     }
 
     #[test]
