@@ -877,6 +877,21 @@ mod tests {
         assert_eq!(bracketed, [port]);
     }
 
+    /// The first words of `resolv.conf` and hosts lines that mean something, and some that do not
+    /// (`nameserver` twice: enough of them to pass the limit of three).
+    const KEYWORDS: &str = "nameserver|nameserver|search|domain|options|127.0.0.1|::1|#|;|";
+
+    /// What follows a first word: anything, or what the parser reads (addresses, options with
+    /// huge numbers, long search lists), so that the limits are reached.
+    fn line_rest() -> impl Strategy<Value = String> {
+        prop_oneof![
+            1 => any::<String>(),
+            3 => "([0-9]{1,2}\\.){3}[0-9]{1,2}|\\[::1\\]:[0-9]{1,6}|fe80::[0-9]%[a-z0-9]{0,4}",
+            1 => "(ndots|timeout|attempts):[0-9]{1,25}",
+            1 => "[a-z.]{1,70}( [a-z.]{1,70}){0,40}",
+        ]
+    }
+
     proptest! {
         /// Whatever bytes come back with the right id from the right server, the lookup answers
         /// with a step and never panics; the same for arbitrary resolv.conf and hosts text.
@@ -900,10 +915,18 @@ mod tests {
             let _ = l.on_datagram(server(), &reply, now);
         }
 
+        /// Lines that start with the words the parser looks for, then anything (NUL, control
+        /// characters, other lines' words, long runs): the parse stays within its limits.
         #[test]
-        fn any_config_text_parses(text in "\\PC{0,300}", name in "[a-z.]{0,20}") {
+        fn any_config_text_parses(
+            lines in proptest::collection::vec((KEYWORDS, line_rest()), 0..24),
+            name in "[a-z.]{0,20}",
+        ) {
+            let text: String = lines.iter().map(|(k, rest)| format!("{k} {rest}\n")).collect();
             let c = ResolvConf::parse(&text);
             prop_assert!(!c.nameservers.is_empty() && c.nameservers.len() <= MAX_NAMESERVERS);
+            prop_assert!(c.ndots <= MAX_NDOTS && (1..=MAX_ATTEMPTS).contains(&c.attempts));
+            prop_assert!(c.timeout >= Duration::from_secs(1) && c.timeout <= MAX_TIMEOUT);
             prop_assert!(c.candidates(&name).len() <= MAX_SEARCH + 1);
             let _ = hosts_lookup(&text, &name);
         }
