@@ -195,7 +195,7 @@ impl Backplane {
     fn connect(&mut self, registry: &Registry, now: Instant) {
         self.take_lookup(registry);
         match resolve::start(&self.url.host, &self.resolver, now) {
-            Start::Found(ip) => self.open_links(ip, registry, now),
+            Start::Found(addr) => self.open_links(addr, registry, now),
             Start::Query(lookup, send) => {
                 debug!("redis: asking {} where {} is", send.to, lookup.asking());
                 self.lookup_step(Step::Send(send), Some(*lookup), registry, now);
@@ -206,8 +206,10 @@ impl Backplane {
         }
     }
 
-    fn open_links(&mut self, ip: std::net::IpAddr, registry: &Registry, now: Instant) {
-        let addr = SocketAddr::new(ip, self.url.port);
+    /// Opens both links to `found` (its port is 0: the URL's goes in).
+    fn open_links(&mut self, found: SocketAddr, registry: &Registry, now: Instant) {
+        let mut addr = found;
+        addr.set_port(self.url.port);
         match self.addr.replace(addr) {
             Some(old) if old != addr => {
                 info!("redis: {} is now at {addr} (was {old})", self.url.host)
@@ -248,7 +250,7 @@ impl Backplane {
         match (step, lookup) {
             (Step::Send(send), Some(lookup)) => self.send_query(lookup, send, registry, now),
             (Step::Send(_), None) => {} // no lookup to go on with (cannot happen)
-            (Step::Found(ip), _) => self.open_links(ip, registry, now),
+            (Step::Found(ip), _) => self.open_links(SocketAddr::new(ip, 0), registry, now),
             (Step::Failed(why), _) => {
                 self.down(format!("cannot resolve {}: {why}", self.url.host), now)
             }

@@ -167,19 +167,24 @@ impl ResolvConf {
 /// `1.2.3.4`, `::1`, `fe80::1%eth0`, or OpenBSD's `[1.2.3.4]:5353` (a name server on another
 /// port than 53).
 fn nameserver(word: &str) -> Option<SocketAddr> {
-    let (ip, port) = match word.strip_prefix('[') {
+    match word.strip_prefix('[') {
         Some(bracketed) => {
             let (ip, port) = bracketed.split_once("]:")?;
-            (ip, port.parse().ok()?)
+            ip_literal(ip, port.parse().ok()?)
         }
-        None => (word, 53),
-    };
-    if let Ok(ip) = ip.parse::<IpAddr>() {
+        None => ip_literal(word, 53),
+    }
+}
+
+/// An IP address as text, a link-local IPv6 one with its `%zone` (interface name or number),
+/// as getaddrinfo reads it, at `port`.
+fn ip_literal(text: &str, port: u16) -> Option<SocketAddr> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
         return Some(SocketAddr::new(ip, port));
     }
-    let (ip, scope) = ip.split_once('%')?;
+    let (ip, zone) = text.split_once('%')?;
     let ip = ip.parse::<Ipv6Addr>().ok()?;
-    Some(SocketAddrV6::new(ip, port, 0, scope_id(scope)).into())
+    Some(SocketAddrV6::new(ip, port, 0, scope_id(zone)).into())
 }
 
 /// The interface a link-local address's `%scope` names, by name or number; an unknown one is
@@ -247,8 +252,9 @@ pub fn read_small_file(path: &Path) -> String {
 /// What [`start`] found.
 #[derive(Debug)]
 pub enum Start {
-    /// An IP literal, or a name in the hosts file.
-    Found(IpAddr),
+    /// An IP literal (a link-local one with its `%zone`), or a name in the hosts file: the
+    /// address with port 0, for the caller's port.
+    Found(SocketAddr),
     /// A DNS lookup is under way: send its first query.
     Query(Box<Lookup>, Datagram),
     Failed(String),
@@ -271,15 +277,15 @@ pub enum Step {
 
 /// Where `host` is: at once when it is an IP literal or in the hosts file, else by DNS.
 pub fn start(host: &str, config: &ResolverConfig, now: Instant) -> Start {
-    let literal = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = literal.parse::<IpAddr>() {
-        return Start::Found(ip);
+    let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    if let Some(addr) = ip_literal(bracketed.unwrap_or(host), 0) {
+        return Start::Found(addr);
     }
     if let Some(ip) = hosts_lookup(&read_small_file(&config.hosts), host) {
-        return Start::Found(ip);
+        return Start::Found(SocketAddr::new(ip, 0));
     }
     if is_localhost(host) {
-        return Start::Found(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        return Start::Found(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
     }
     let conf = ResolvConf::parse(&read_small_file(&config.resolv_conf));
     match Lookup::new(host, conf, now) {
@@ -624,10 +630,27 @@ mod tests {
             ("::1", IpAddr::from(Ipv6Addr::LOCALHOST)),
             ("[::1]", IpAddr::from(Ipv6Addr::LOCALHOST)),
         ] {
-            assert!(matches!(start(host, &config, now), Start::Found(found) if found == ip));
+            let at = SocketAddr::new(ip, 0);
+            assert!(matches!(start(host, &config, now), Start::Found(found) if found == at));
         }
         assert!(matches!(start("redis", &config, now), Start::Query(..)));
         assert!(matches!(start("bad name!", &config, now), Start::Failed(_)));
+    }
+
+    #[test]
+    fn a_link_local_literal_keeps_its_scope() {
+        // `redis://[fe80::1%lo]:6379`: what getaddrinfo accepts; the zone is the interface.
+        let config = ResolverConfig {
+            resolv_conf: "/nonexistent".into(),
+            hosts: "/nonexistent".into(),
+        };
+        let on_lo = SocketAddrV6::new("fe80::1".parse().unwrap(), 0, 0, 1);
+        for host in ["fe80::1%lo", "[fe80::1%1]"] {
+            let Start::Found(found) = start(host, &config, Instant::now()) else {
+                panic!("{host} is a literal");
+            };
+            assert_eq!(found, SocketAddr::from(on_lo), "{host}");
+        }
     }
 
     #[test]
@@ -845,7 +868,7 @@ mod tests {
             resolv_conf: "/nonexistent".into(),
             hosts: "/nonexistent".into(),
         };
-        let loopback = IpAddr::from([127, 0, 0, 1]);
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         for host in ["localhost", "LocalHost.", "redis.localhost"] {
             assert!(
                 matches!(start(host, &config, Instant::now()), Start::Found(ip) if ip == loopback),
