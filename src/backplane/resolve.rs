@@ -2,15 +2,16 @@
 //! every connection attempt (so a Redis that comes back elsewhere, a restarted container or a
 //! failover behind a DNS name, is found).
 //!
-//! Sans-I/O, like the connection: [`start`] answers at once for an IP literal or a name in the
-//! hosts file, or hands back a [`Lookup`] and the first query to send; the backplane sends it on
+//! Sans-I/O, like the connection: [`start`] answers at once for an IP literal, a name in the
+//! hosts file, or `localhost` (the loopback, never asked of DNS: RFC 6761), or hands back a [`Lookup`] and the first query to send; the backplane sends it on
 //! a UDP socket in the loop and gives the lookup each datagram ([`Lookup::on_datagram`]) and each
 //! expired deadline ([`Lookup::on_timeout`]), and the lookup says what to do next ([`Step`]).
 //! The DNS messages are encoded and decoded by the `simple-dns` crate.
 //!
 //! What is followed of `resolv.conf` is what glibc follows for a plain lookup: up to three
-//! `nameserver`s (with OpenBSD's `[address]:port` form for a port other than 53), `search` and
-//! `domain`, `options ndots: timeout: attempts:`. IPv4 (A) is asked first, IPv6 (AAAA) when the
+//! `nameserver`s (a link-local one with its `%zone`; OpenBSD's `[address]:port` form for a port
+//! other than 53), `search` and `domain` (32 domains at most; one that makes a name too long is
+//! skipped), `options ndots: timeout: attempts:`. IPv4 (A) is asked first, IPv6 (AAAA) when the
 //! name has no IPv4 address. Not done: TCP after a truncated answer (one that still holds an
 //! address is used; one without is a try without an answer), EDNS, DNSSEC, `rotate`.
 //!
