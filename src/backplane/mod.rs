@@ -196,8 +196,11 @@ impl Backplane {
         self.take_lookup(registry);
         match resolve::start(&self.url.host, &self.resolver, now) {
             Start::Found(addr) => self.open_links(addr, registry, now),
-            Start::Query(lookup, send) => {
+            Start::Query(mut lookup, send) => {
                 debug!("redis: asking {} where {} is", send.to, lookup.asking());
+                if let Some(last) = self.addr {
+                    lookup.prefer(last.ip());
+                }
                 self.lookup_step(Step::Send(send), Some(*lookup), registry, now);
             }
             Start::Failed(why) => {

@@ -311,6 +311,8 @@ pub struct Lookup {
     deadline: Instant,
     /// Query ids come from here (a random start: an off-path forger must guess them).
     ids: u64,
+    /// The address to keep when an answer still lists it (see [`Lookup::prefer`]).
+    preferred: Option<IpAddr>,
 }
 
 impl Lookup {
@@ -336,12 +338,20 @@ impl Lookup {
             ids: std::collections::hash_map::RandomState::new()
                 .build_hasher()
                 .finish(),
+            preferred: None,
         };
         match lookup.send(now) {
             Step::Send(send) => Ok((lookup, send)),
             Step::Failed(why) => Err(why),
             Step::Found(_) => Err("found without asking".into()),
         }
+    }
+
+    /// Keep `ip` (where Redis was found last) when an answer lists it among others: a name
+    /// with several addresses, served in rotating order, would otherwise move the links at
+    /// every attempt.
+    pub fn prefer(&mut self, ip: IpAddr) {
+        self.preferred = Some(ip);
     }
 
     /// When the query in flight has failed without an answer.
@@ -406,15 +416,18 @@ impl Lookup {
         }
         // A recursive server answers with the CNAME chain and its end; any address record in
         // the answer to our one question is the name's.
-        let address = packet
+        // A few at most (a 512-byte datagram): collected, to look for the preferred one.
+        let addresses: Vec<IpAddr> = packet
             .answers
             .iter()
-            .find_map(|record| match &record.rdata {
+            .filter_map(|record| match &record.rdata {
                 RData::A(a) if !self.ipv6 => Some(IpAddr::V4(Ipv4Addr::from(a.address))),
                 RData::AAAA(a) if self.ipv6 => Some(IpAddr::V6(Ipv6Addr::from(a.address))),
                 _ => None,
-            });
-        match address {
+            })
+            .collect();
+        let preferred = addresses.iter().find(|ip| Some(**ip) == self.preferred);
+        match preferred.or(addresses.first()).copied() {
             Some(ip) => Verdict::Address(ip),
             // Cut at 512 bytes (no TCP here): no word on whether the name has an address.
             None if packet.has_flags(PacketFlag::TRUNCATION) => Verdict::Unusable,
@@ -662,6 +675,31 @@ mod tests {
         assert_eq!(
             l.on_datagram(server(), &reply, now),
             Some(Step::Found(IpAddr::from([127, 0, 0, 2])))
+        );
+    }
+
+    #[test]
+    fn the_address_in_use_is_kept_while_the_name_still_has_it() {
+        // A name with several addresses comes back in rotating order: the one Redis was found
+        // at last is kept while it is listed (no flapping, no "now at" line per attempt), and
+        // left when it no longer is.
+        let records = || vec![a([10, 0, 0, 1]), a([10, 0, 0, 2])];
+        let (mut l, send, now) = lookup("redis.test", LINE);
+        l.prefer(IpAddr::from([10, 0, 0, 2]));
+        let reply = answer(&send.bytes, RCODE::NoError, records());
+        let kept = IpAddr::from([10, 0, 0, 2]);
+        assert_eq!(
+            l.on_datagram(server(), &reply, now),
+            Some(Step::Found(kept))
+        );
+
+        let (mut l, send, now) = lookup("redis.test", LINE);
+        l.prefer(IpAddr::from([10, 0, 0, 3]));
+        let reply = answer(&send.bytes, RCODE::NoError, records());
+        let first = IpAddr::from([10, 0, 0, 1]);
+        assert_eq!(
+            l.on_datagram(server(), &reply, now),
+            Some(Step::Found(first))
         );
     }
 
