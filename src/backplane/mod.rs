@@ -283,7 +283,7 @@ impl Backplane {
         }
     }
 
-    /// A UDP socket connected to the name server, in the poll, with the query sent: a fresh
+    /// A UDP socket connected to the name server, with the query sent, in the poll: a fresh
     /// ephemeral port (a forger must guess it as well as the query id), of the server's family.
     /// Connected, so that the kernel drops datagrams from anyone else and reports the server's
     /// ICMP "port unreachable" as an error (an unconnected socket never sees it on Linux, and
@@ -295,8 +295,10 @@ impl Backplane {
         };
         let mut socket = UdpSocket::bind(any)?;
         socket.connect(send.to)?;
-        registry.register(&mut socket, self.resolver_token, Interest::READABLE)?;
         socket.send(&send.bytes)?;
+        // Registered last, so that no failure drops a socket still in the poll (an error that
+        // came in between is reported by the registration itself: epoll checks at once).
+        registry.register(&mut socket, self.resolver_token, Interest::READABLE)?;
         Ok(socket)
     }
 
