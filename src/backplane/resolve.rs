@@ -886,6 +886,23 @@ mod tests {
     }
 
     #[test]
+    fn a_name_that_points_at_itself_is_refused_not_followed_forever() {
+        // The question's name is a compression pointer to itself (offset 12): a decoder that
+        // follows pointers without bound never returns, and the loop with it. A guard thread,
+        // not a sleep: the answer is expected at once.
+        let (mut l, send, now) = lookup("redis.test", LINE);
+        let mut reply = answer(&send.bytes, RCODE::NoError, vec![]);
+        reply.truncate(HEADER);
+        reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+        let (done, verdict) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(l.on_datagram(server(), &reply, now));
+        });
+        let step = verdict.recv_timeout(Duration::from_secs(10));
+        assert!(matches!(step, Ok(Some(Step::Send(_)))), "{step:?}");
+    }
+
+    #[test]
     fn a_search_domain_that_cannot_be_asked_is_skipped_not_fatal() {
         // A search domain too long to append, or not a host name, is passed over (as glibc
         // skips a name too long to query): the name itself is still asked.
