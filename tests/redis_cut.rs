@@ -48,6 +48,12 @@ fn cut_and_heal(how: Cut) {
     a.wait_for_log("serving this process's clients only");
     // A retried, and the proxy refused or held the attempt: the cut holds past A's first retry.
     proxy.wait_until("a retry met the cut", |c| c.refused + c.stalled >= 1);
+    if how == Cut::Stall {
+        // The held attempt (both links: two connections) hears nothing, and only A's connect
+        // timeout can end it (the heal would, by closing it): a second attempt comes once A
+        // has given up on the first.
+        proxy.wait_until("a stalled attempt given up", |c| c.stalled >= 3);
+    }
     assert_eq!(health(&a), "degraded");
     assert_eq!(health(&b), "ok");
     send_text(&mut on_a, "a alone");

@@ -26,6 +26,8 @@ use simple_dns::{Packet, ResourceRecord, CLASS, QTYPE, TYPE};
 struct DnsState {
     /// The address every A query gets; `None`: no answer at all (a server that never replies).
     answer: Option<Ipv4Addr>,
+    /// The answer goes out from another port of the same address (as a forger's would).
+    from_another_port: bool,
     queries: usize,
 }
 
@@ -40,24 +42,34 @@ impl FakeDns {
     fn start(answer: Option<Ipv4Addr>) -> FakeDns {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind the fake name server");
         let addr = socket.local_addr().expect("its address");
-        let state = Arc::new((Mutex::new(DnsState { answer, queries: 0 }), Condvar::new()));
+        let state = DnsState {
+            answer,
+            ..DnsState::default()
+        };
+        let state = Arc::new((Mutex::new(state), Condvar::new()));
         let shared = Arc::clone(&state);
+        let stranger = UdpSocket::bind("127.0.0.1:0").expect("bind the forger's socket");
         // The thread ends with the test process (the socket blocks in recv_from until then).
         thread::spawn(move || {
             let mut buf = [0u8; 512];
             while let Ok((n, from)) = socket.recv_from(&mut buf) {
-                let answer = {
+                let (answer, forged) = {
                     let mut s = shared.0.lock().unwrap();
                     s.queries += 1;
                     shared.1.notify_all();
-                    s.answer
+                    (s.answer, s.from_another_port)
                 };
+                let out = if forged { &stranger } else { &socket };
                 if let Some(reply) = answer.and_then(|ip| reply(&buf[..n], ip)) {
-                    let _ = socket.send_to(&reply, from);
+                    let _ = out.send_to(&reply, from);
                 }
             }
         });
         FakeDns { addr, state }
+    }
+
+    fn answer_from_another_port(&self) {
+        self.state.0.lock().unwrap().from_another_port = true;
     }
 
     fn answer_with(&self, ip: Ipv4Addr) {
@@ -272,4 +284,50 @@ fn redis_is_found_again_at_its_new_address() {
     }
     says(&mut on_a, &mut [&mut on_b], "at the new address");
     says(&mut on_b, &mut [&mut on_a], "and back");
+}
+
+/// A UDP port of 127.0.0.1 where nothing listens: a query sent there is answered by an ICMP
+/// "port unreachable".
+fn closed_udp_port() -> u16 {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a free UDP port");
+    socket.local_addr().expect("its address").port()
+}
+
+#[test]
+fn a_name_server_that_is_not_there_is_passed_over_at_once() {
+    let dns = FakeDns::start(None);
+    // 30 s per try: only the refusal (not the deadline) can move the lookup on within the
+    // guard time, to the second name server.
+    let conf = format!(
+        "nameserver [127.0.0.1]:{}\nnameserver [127.0.0.1]:{}\noptions timeout:30 attempts:1\n",
+        closed_udp_port(),
+        dns.addr.port()
+    );
+    let files = ResolverFiles::new(&conf, "");
+    let _server = files.server(&format!("redis://redis.test:{}", free_port()));
+    dns.wait_for_queries(1);
+}
+
+#[test]
+fn an_answer_from_another_port_is_not_taken() {
+    // The forged answer names a listener of the test's: the process must never connect there.
+    let decoy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the decoy");
+    decoy.set_nonblocking(true).expect("non-blocking decoy");
+    let dns = FakeDns::start(Some(Ipv4Addr::LOCALHOST));
+    dns.answer_from_another_port();
+    let files = ResolverFiles::for_dns(&dns, "options timeout:1 attempts:1");
+    let port = decoy.local_addr().unwrap().port();
+    let server = files.server(&format!("redis://redis.test:{port}"));
+    // The only try ends at its deadline: the answer that came was not the server's.
+    server.wait_for_log("cannot resolve redis.test");
+    assert_eq!(
+        dns.queries(),
+        1,
+        "the forged answer was sent for this one query"
+    );
+    let accepted = decoy.accept();
+    assert!(
+        matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "connected to the forged address: {accepted:?}"
+    );
 }

@@ -57,8 +57,9 @@ const PUBLISHER_READ_BUDGET: usize = 1 << 20;
 /// The largest reply the subscription may carry, at least: an envelope from a process with a
 /// larger `--max-message-size` than ours is not a protocol error.
 const MIN_MAX_INPUT: usize = 16 << 20;
-/// Datagrams read from the resolver's socket in one event at most. Only one answer is awaited;
-/// more than this many is a flood, and the lookup is given up (a new socket, on a new port,
+/// Datagrams read from the resolver's socket in one event at most. Only one answer is awaited,
+/// and the socket is connected (only the name server's address gets through): more than this
+/// many is a flood, and the lookup is given up (a new socket, on a new port,
 /// comes with the next attempt).
 const MAX_DATAGRAMS: usize = 64;
 
@@ -194,9 +195,12 @@ impl Backplane {
     fn connect(&mut self, registry: &Registry, now: Instant) {
         self.take_lookup(registry);
         match resolve::start(&self.url.host, &self.resolver, now) {
-            Start::Found(ip) => self.open_links(ip, registry, now),
-            Start::Query(lookup, send) => {
+            Start::Found(addr) => self.open_links(addr, registry, now),
+            Start::Query(mut lookup, send) => {
                 debug!("redis: asking {} where {} is", send.to, lookup.asking());
+                if let Some(last) = self.addr {
+                    lookup.prefer(last.ip());
+                }
                 self.lookup_step(Step::Send(send), Some(*lookup), registry, now);
             }
             Start::Failed(why) => {
@@ -205,8 +209,10 @@ impl Backplane {
         }
     }
 
-    fn open_links(&mut self, ip: std::net::IpAddr, registry: &Registry, now: Instant) {
-        let addr = SocketAddr::new(ip, self.url.port);
+    /// Opens both links to `found` (its port is 0: the URL's goes in).
+    fn open_links(&mut self, found: SocketAddr, registry: &Registry, now: Instant) {
+        let mut addr = found;
+        addr.set_port(self.url.port);
         match self.addr.replace(addr) {
             Some(old) if old != addr => {
                 info!("redis: {} is now at {addr} (was {old})", self.url.host)
@@ -245,36 +251,55 @@ impl Backplane {
     ) {
         let lookup = fresh.or_else(|| self.take_lookup(registry));
         match (step, lookup) {
-            (Step::Send(send), Some(lookup)) => self.send_query(lookup, &send, registry, now),
+            (Step::Send(send), Some(lookup)) => self.send_query(lookup, send, registry, now),
             (Step::Send(_), None) => {} // no lookup to go on with (cannot happen)
-            (Step::Found(ip), _) => self.open_links(ip, registry, now),
+            (Step::Found(ip), _) => self.open_links(SocketAddr::new(ip, 0), registry, now),
             (Step::Failed(why), _) => {
                 self.down(format!("cannot resolve {}: {why}", self.url.host), now)
             }
         }
     }
 
-    /// Sends one try of the lookup's query from a UDP socket of its own, in the loop: a fresh
-    /// ephemeral port (a forger must guess it as well as the query id) of the name server's
-    /// family. A datagram that could not go is a try without an answer: its deadline moves
-    /// the lookup on.
-    fn send_query(&mut self, lookup: Lookup, send: &Datagram, registry: &Registry, now: Instant) {
+    /// Sends one try of the lookup's query from a UDP socket of its own, in the loop. A try
+    /// that cannot even be sent (no route to that name server, no socket to be had) is over at
+    /// once, as a refused one is: the next try goes out now rather than after a deadline
+    /// nothing can answer (the tries are bounded, so this ends).
+    fn send_query(
+        &mut self,
+        mut lookup: Lookup,
+        mut send: Datagram,
+        registry: &Registry,
+        now: Instant,
+    ) {
+        loop {
+            match self.query_socket(&send, registry) {
+                Ok(socket) => return self.lookup = Some((lookup, socket)),
+                Err(e) => debug!("redis: query to {} not sent: {e}", send.to),
+            }
+            match lookup.on_error(now) {
+                Step::Send(next) => send = next,
+                step => return self.lookup_step(step, None, registry, now),
+            }
+        }
+    }
+
+    /// A UDP socket connected to the name server, with the query sent, in the poll: a fresh
+    /// ephemeral port (a forger must guess it as well as the query id), of the server's family.
+    /// Connected, so that the kernel drops datagrams from anyone else and reports the server's
+    /// ICMP "port unreachable" as an error (an unconnected socket never sees it on Linux, and
+    /// each try would wait out its whole deadline).
+    fn query_socket(&self, send: &Datagram, registry: &Registry) -> std::io::Result<UdpSocket> {
         let any: SocketAddr = match send.to {
             SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
         };
-        let opened = UdpSocket::bind(any).and_then(|mut socket| {
-            registry.register(&mut socket, self.resolver_token, Interest::READABLE)?;
-            Ok(socket)
-        });
-        let socket = match opened {
-            Ok(socket) => socket,
-            Err(e) => return self.down(format!("resolver socket: {e}"), now),
-        };
-        if let Err(e) = socket.send_to(&send.bytes, send.to) {
-            debug!("redis: query to {} not sent: {e}", send.to);
-        }
-        self.lookup = Some((lookup, socket));
+        let mut socket = UdpSocket::bind(any)?;
+        socket.connect(send.to)?;
+        socket.send(&send.bytes)?;
+        // Registered last, so that no failure drops a socket still in the poll (an error that
+        // came in between is reported by the registration itself: epoll checks at once).
+        registry.register(&mut socket, self.resolver_token, Interest::READABLE)?;
+        Ok(socket)
     }
 
     /// Ends the lookup's try: its socket leaves the poll.

@@ -2,17 +2,18 @@
 //! every connection attempt (so a Redis that comes back elsewhere, a restarted container or a
 //! failover behind a DNS name, is found).
 //!
-//! Sans-I/O, like the connection: [`start`] answers at once for an IP literal or a name in the
-//! hosts file, or hands back a [`Lookup`] and the first query to send; the backplane sends it on
+//! Sans-I/O, like the connection: [`start`] answers at once for an IP literal, a name in the
+//! hosts file, or `localhost` (the loopback, never asked of DNS: RFC 6761), or hands back a [`Lookup`] and the first query to send; the backplane sends it on
 //! a UDP socket in the loop and gives the lookup each datagram ([`Lookup::on_datagram`]) and each
 //! expired deadline ([`Lookup::on_timeout`]), and the lookup says what to do next ([`Step`]).
 //! The DNS messages are encoded and decoded by the `simple-dns` crate.
 //!
 //! What is followed of `resolv.conf` is what glibc follows for a plain lookup: up to three
-//! `nameserver`s (with OpenBSD's `[address]:port` form for a port other than 53), `search` and
-//! `domain`, `options ndots: timeout: attempts:`. IPv4 (A) is asked first, IPv6 (AAAA) when the
-//! name has no IPv4 address. Not done: TCP after a truncated answer (an answer that still holds
-//! an address is used), EDNS, DNSSEC, `rotate`.
+//! `nameserver`s (a link-local one with its `%zone`; OpenBSD's `[address]:port` form for a port
+//! other than 53), `search` and `domain` (32 domains at most; one that makes a name too long is
+//! skipped), `options ndots: timeout: attempts:`. IPv4 (A) is asked first, IPv6 (AAAA) when the
+//! name has no IPv4 address. Not done: TCP after a truncated answer (one that still holds an
+//! address is used; one without is a try without an answer), EDNS, DNSSEC, `rotate`.
 //!
 //! The two files are read at every resolution. They are small local files (the page cache
 //! answers, in microseconds, not the network), a resolution comes at most once per connection
@@ -21,7 +22,7 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -35,9 +36,11 @@ pub const HOSTS_VAR: &str = "MIO_CHAT_TEST_HOSTS";
 
 /// Bytes of either file read at most (a hosts file with a large block list is a few MiB).
 const MAX_FILE: u64 = 8 << 20;
-/// glibc's limits: three name servers, six search domains, `ndots` up to 15.
+/// glibc's limits: three name servers, `ndots` up to 15. Search domains: glibc has had no limit
+/// since 2.26; 32 is what Kubernetes writes at most, and keeps a hostile line from making a
+/// lookup of thousands of queries.
 const MAX_NAMESERVERS: usize = 3;
-const MAX_SEARCH: usize = 6;
+const MAX_SEARCH: usize = 32;
 const MAX_NDOTS: usize = 15;
 /// glibc's defaults (`RES_TIMEOUT`, `RES_DFLRETRY`) and caps for `timeout:` and `attempts:`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -142,12 +145,18 @@ impl ResolvConf {
 
     /// The names to ask for, in glibc's order: a name with at least `ndots` dots as it is first,
     /// then with each search domain; a shorter one with the search domains first; a name that
-    /// ends with a dot only as it is.
+    /// ends with a dot only as it is. A search domain that does not make a name DNS can be
+    /// asked about (too long, or not a host name) is skipped: the others, and the name itself,
+    /// are still asked.
     pub fn candidates(&self, name: &str) -> Vec<String> {
         if let Some(absolute) = name.strip_suffix('.') {
             return vec![absolute.to_string()];
         }
-        let searched = self.search.iter().map(|d| format!("{name}.{d}"));
+        let searched = self
+            .search
+            .iter()
+            .map(|d| format!("{name}.{d}"))
+            .filter(|candidate| is_host_name(candidate));
         if name.matches('.').count() >= self.ndots {
             std::iter::once(name.to_string()).chain(searched).collect()
         } else {
@@ -156,13 +165,41 @@ impl ResolvConf {
     }
 }
 
-/// `1.2.3.4`, `::1`, or OpenBSD's `[1.2.3.4]:5353` (a name server on another port than 53).
+/// `1.2.3.4`, `::1`, `fe80::1%eth0`, or OpenBSD's `[1.2.3.4]:5353` (a name server on another
+/// port than 53).
 fn nameserver(word: &str) -> Option<SocketAddr> {
-    if let Ok(ip) = word.parse::<IpAddr>() {
-        return Some(SocketAddr::new(ip, 53));
+    match word.strip_prefix('[') {
+        Some(bracketed) => {
+            let (ip, port) = bracketed.split_once("]:")?;
+            ip_literal(ip, port.parse().ok()?)
+        }
+        None => ip_literal(word, 53),
     }
-    let (ip, port) = word.strip_prefix('[')?.split_once("]:")?;
-    Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?))
+}
+
+/// An IP address as text, a link-local IPv6 one with its `%zone` (interface name or number),
+/// as getaddrinfo reads it, at `port`.
+fn ip_literal(text: &str, port: u16) -> Option<SocketAddr> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    let (ip, zone) = text.split_once('%')?;
+    let ip = ip.parse::<Ipv6Addr>().ok()?;
+    Some(SocketAddrV6::new(ip, port, 0, scope_id(zone)).into())
+}
+
+/// The interface a link-local address's `%scope` names, by name or number; an unknown one is
+/// no scope (0), as glibc reads it.
+fn scope_id(scope: &str) -> u32 {
+    if let Ok(index) = scope.parse() {
+        return index;
+    }
+    let Ok(name) = std::ffi::CString::new(scope) else {
+        return 0;
+    };
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the call, which only reads
+    // it (0 when there is no such interface).
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
 }
 
 /// A host name DNS can be asked about: dot-separated labels of letters, digits, `-` and `_`
@@ -195,6 +232,14 @@ pub fn hosts_lookup(text: &str, name: &str) -> Option<IpAddr> {
     })
 }
 
+/// `localhost` and the names under it, which are the loopback by definition (RFC 6761): asked
+/// of no name server, where a search domain could make `localhost.corp.example` of it. The
+/// hosts file is read first, so its entry for `localhost` (`::1`, say) wins.
+fn is_localhost(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
+}
+
 /// A file's text, up to [`MAX_FILE`] bytes; a missing or unreadable file is an empty one (glibc
 /// does the same), and what is not UTF-8 is replaced (it cannot name a host then).
 pub fn read_small_file(path: &Path) -> String {
@@ -208,8 +253,9 @@ pub fn read_small_file(path: &Path) -> String {
 /// What [`start`] found.
 #[derive(Debug)]
 pub enum Start {
-    /// An IP literal, or a name in the hosts file.
-    Found(IpAddr),
+    /// An IP literal (a link-local one with its `%zone`), or a name in the hosts file: the
+    /// address with port 0, for the caller's port.
+    Found(SocketAddr),
     /// A DNS lookup is under way: send its first query.
     Query(Box<Lookup>, Datagram),
     Failed(String),
@@ -232,12 +278,15 @@ pub enum Step {
 
 /// Where `host` is: at once when it is an IP literal or in the hosts file, else by DNS.
 pub fn start(host: &str, config: &ResolverConfig, now: Instant) -> Start {
-    let literal = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = literal.parse::<IpAddr>() {
-        return Start::Found(ip);
+    let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    if let Some(addr) = ip_literal(bracketed.unwrap_or(host), 0) {
+        return Start::Found(addr);
     }
     if let Some(ip) = hosts_lookup(&read_small_file(&config.hosts), host) {
-        return Start::Found(ip);
+        return Start::Found(SocketAddr::new(ip, 0));
+    }
+    if is_localhost(host) {
+        return Start::Found(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
     }
     let conf = ResolvConf::parse(&read_small_file(&config.resolv_conf));
     match Lookup::new(host, conf, now) {
@@ -262,20 +311,26 @@ pub struct Lookup {
     deadline: Instant,
     /// Query ids come from here (a random start: an off-path forger must guess them).
     ids: u64,
+    /// The address to keep when an answer still lists it (see [`Lookup::prefer`]).
+    preferred: Option<IpAddr>,
 }
 
 impl Lookup {
     /// A lookup of `name` and its first query.
     pub fn new(name: &str, conf: ResolvConf, now: Instant) -> Result<(Lookup, Datagram), String> {
-        let candidates = conf.candidates(name);
-        if !is_host_name(name) || candidates.iter().any(|c| !is_host_name(c)) {
+        if !is_host_name(name) {
             return Err(format!("{name:?} is not a valid host name"));
         }
+        // `parse` always gives one, but the fields are public: no name server is an error.
+        let Some(&server) = conf.nameservers.first() else {
+            return Err("no name server to ask".into());
+        };
+        let candidates = conf.candidates(name);
         let mut lookup = Lookup {
             candidates,
             candidate: 0,
             ipv6: false,
-            server: conf.nameservers[0],
+            server,
             conf,
             tries: 0,
             id: 0,
@@ -283,12 +338,20 @@ impl Lookup {
             ids: std::collections::hash_map::RandomState::new()
                 .build_hasher()
                 .finish(),
+            preferred: None,
         };
         match lookup.send(now) {
             Step::Send(send) => Ok((lookup, send)),
             Step::Failed(why) => Err(why),
             Step::Found(_) => Err("found without asking".into()),
         }
+    }
+
+    /// Keep `ip` (where Redis was found last) when an answer lists it among others: a name
+    /// with several addresses, served in rotating order, would otherwise move the links at
+    /// every attempt.
+    pub fn prefer(&mut self, ip: IpAddr) {
+        self.preferred = Some(ip);
     }
 
     /// When the query in flight has failed without an answer.
@@ -306,8 +369,8 @@ impl Lookup {
         (now >= self.deadline).then(|| self.retry(now))
     }
 
-    /// The socket reported an error for the query in flight (an ICMP "port unreachable" from a
-    /// name server that is not there): that try is over.
+    /// The query in flight could not be sent, or its (connected) socket reported an error (an
+    /// ICMP "port unreachable" from a name server that is not there): that try is over.
     pub fn on_error(&mut self, now: Instant) -> Step {
         self.retry(now)
     }
@@ -353,15 +416,23 @@ impl Lookup {
         }
         // A recursive server answers with the CNAME chain and its end; any address record in
         // the answer to our one question is the name's.
-        let address = packet
+        // A few at most (a 512-byte datagram): collected, to look for the preferred one.
+        let addresses: Vec<IpAddr> = packet
             .answers
             .iter()
-            .find_map(|record| match &record.rdata {
+            .filter_map(|record| match &record.rdata {
                 RData::A(a) if !self.ipv6 => Some(IpAddr::V4(Ipv4Addr::from(a.address))),
                 RData::AAAA(a) if self.ipv6 => Some(IpAddr::V6(Ipv6Addr::from(a.address))),
                 _ => None,
-            });
-        address.map_or(Verdict::NoAddress, Verdict::Address)
+            })
+            .collect();
+        let preferred = addresses.iter().find(|ip| Some(**ip) == self.preferred);
+        match preferred.or(addresses.first()).copied() {
+            Some(ip) => Verdict::Address(ip),
+            // Cut at 512 bytes (no TCP here): no word on whether the name has an address.
+            None if packet.has_flags(PacketFlag::TRUNCATION) => Verdict::Unusable,
+            None => Verdict::NoAddress,
+        }
     }
 
     fn qtype(&self) -> TYPE {
@@ -573,10 +644,27 @@ mod tests {
             ("::1", IpAddr::from(Ipv6Addr::LOCALHOST)),
             ("[::1]", IpAddr::from(Ipv6Addr::LOCALHOST)),
         ] {
-            assert!(matches!(start(host, &config, now), Start::Found(found) if found == ip));
+            let at = SocketAddr::new(ip, 0);
+            assert!(matches!(start(host, &config, now), Start::Found(found) if found == at));
         }
         assert!(matches!(start("redis", &config, now), Start::Query(..)));
         assert!(matches!(start("bad name!", &config, now), Start::Failed(_)));
+    }
+
+    #[test]
+    fn a_link_local_literal_keeps_its_scope() {
+        // `redis://[fe80::1%lo]:6379`: what getaddrinfo accepts; the zone is the interface.
+        let config = ResolverConfig {
+            resolv_conf: "/nonexistent".into(),
+            hosts: "/nonexistent".into(),
+        };
+        let on_lo = SocketAddrV6::new("fe80::1".parse().unwrap(), 0, 0, 1);
+        for host in ["fe80::1%lo", "[fe80::1%1]"] {
+            let Start::Found(found) = start(host, &config, Instant::now()) else {
+                panic!("{host} is a literal");
+            };
+            assert_eq!(found, SocketAddr::from(on_lo), "{host}");
+        }
     }
 
     #[test]
@@ -587,6 +675,31 @@ mod tests {
         assert_eq!(
             l.on_datagram(server(), &reply, now),
             Some(Step::Found(IpAddr::from([127, 0, 0, 2])))
+        );
+    }
+
+    #[test]
+    fn the_address_in_use_is_kept_while_the_name_still_has_it() {
+        // A name with several addresses comes back in rotating order: the one Redis was found
+        // at last is kept while it is listed (no flapping, no "now at" line per attempt), and
+        // left when it no longer is.
+        let records = || vec![a([10, 0, 0, 1]), a([10, 0, 0, 2])];
+        let (mut l, send, now) = lookup("redis.test", LINE);
+        l.prefer(IpAddr::from([10, 0, 0, 2]));
+        let reply = answer(&send.bytes, RCODE::NoError, records());
+        let kept = IpAddr::from([10, 0, 0, 2]);
+        assert_eq!(
+            l.on_datagram(server(), &reply, now),
+            Some(Step::Found(kept))
+        );
+
+        let (mut l, send, now) = lookup("redis.test", LINE);
+        l.prefer(IpAddr::from([10, 0, 0, 3]));
+        let reply = answer(&send.bytes, RCODE::NoError, records());
+        let first = IpAddr::from([10, 0, 0, 1]);
+        assert_eq!(
+            l.on_datagram(server(), &reply, now),
+            Some(Step::Found(first))
         );
     }
 
@@ -717,6 +830,147 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_truncated_answer_without_an_address_is_no_word_on_the_name() {
+        // The server could not fit the records in 512 bytes: that says nothing about whether
+        // the name has an IPv4 address, so the same question is tried again (not AAAA, not the
+        // next search domain, which could be someone else's name).
+        let text = format!("{LINE}\nsearch s.example\noptions attempts:2\n");
+        let (mut l, send, now) = lookup("redis", &text);
+        let mut cut = answer(&send.bytes, RCODE::NoError, vec![]);
+        cut[2] |= 0x02; // TC
+        assert!(Packet::parse(&cut)
+            .unwrap()
+            .has_flags(PacketFlag::TRUNCATION));
+        let Some(Step::Send(again)) = l.on_datagram(server(), &cut, now) else {
+            panic!("the question should be asked again");
+        };
+        let asked = Packet::parse(&again.bytes).unwrap();
+        assert_eq!(asked.questions[0].qtype, QTYPE::TYPE(TYPE::A));
+        assert_eq!(l.asking(), "redis.s.example");
+    }
+
+    #[test]
+    fn a_search_list_longer_than_six_is_followed() {
+        // glibc has had no limit on search domains since 2.26, and Kubernetes writes up to 32.
+        let domains: Vec<String> = (0..32).map(|i| format!("d{i}.example")).collect();
+        let c = conf(&format!("search {} extra.example\n", domains.join(" ")));
+        assert_eq!(c.search, domains, "32 at most, in order");
+    }
+
+    #[test]
+    fn a_late_answer_to_an_earlier_try_is_not_taken_for_the_current_one() {
+        let (mut l, first, now) = lookup("redis.test", LINE);
+        let Some(Step::Send(second)) = l.on_timeout(l.deadline()) else {
+            panic!("the deadline should bring a second try");
+        };
+        assert_ne!(
+            first.bytes[..2],
+            second.bytes[..2],
+            "each try has its own id"
+        );
+        let late = answer(&first.bytes, RCODE::NoError, vec![a([6, 6, 6, 6])]);
+        assert_eq!(l.on_datagram(server(), &late, now), None);
+        let current = answer(&second.bytes, RCODE::NoError, vec![a([10, 0, 0, 1])]);
+        assert_eq!(
+            l.on_datagram(server(), &current, now),
+            Some(Step::Found(IpAddr::from([10, 0, 0, 1])))
+        );
+    }
+
+    #[test]
+    fn a_conf_without_name_servers_is_an_error_not_a_panic() {
+        let mut none = conf(LINE);
+        none.nameservers.clear();
+        assert!(Lookup::new("redis.test", none, Instant::now()).is_err());
+    }
+
+    #[test]
+    fn a_name_that_points_at_itself_is_refused_not_followed_forever() {
+        // The question's name is a compression pointer to itself (offset 12): a decoder that
+        // follows pointers without bound never returns, and the loop with it. A guard thread,
+        // not a sleep: the answer is expected at once.
+        let (mut l, send, now) = lookup("redis.test", LINE);
+        let mut reply = answer(&send.bytes, RCODE::NoError, vec![]);
+        reply.truncate(HEADER);
+        reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+        let (done, verdict) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(l.on_datagram(server(), &reply, now));
+        });
+        let step = verdict.recv_timeout(Duration::from_secs(10));
+        assert!(matches!(step, Ok(Some(Step::Send(_)))), "{step:?}");
+    }
+
+    #[test]
+    fn a_search_domain_that_cannot_be_asked_is_skipped_not_fatal() {
+        // A search domain too long to append, or not a host name, is passed over (as glibc
+        // skips a name too long to query): the name itself is still asked.
+        let long = format!("{}.example", "a".repeat(63)).repeat(4);
+        let text = format!("{LINE}\nsearch {long} bad!domain ok.example\n");
+        let (l, send, _) = lookup("redis", &text);
+        assert_eq!(l.candidates, ["redis.ok.example", "redis"]);
+        assert_eq!(send.to, server());
+        let nowhere = ResolvConf::parse(&format!("search {long}"));
+        assert!(Lookup::new("redis", nowhere, Instant::now()).is_ok());
+        assert!(Lookup::new("bad name!", conf(LINE), Instant::now()).is_err());
+    }
+
+    #[test]
+    fn localhost_is_the_loopback_without_a_hosts_entry() {
+        // RFC 6761: `localhost` never goes to a name server (where a search domain could turn
+        // it into `localhost.corp.example`, someone else's machine).
+        let config = ResolverConfig {
+            resolv_conf: "/nonexistent".into(),
+            hosts: "/nonexistent".into(),
+        };
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        for host in ["localhost", "LocalHost.", "redis.localhost"] {
+            assert!(
+                matches!(start(host, &config, Instant::now()), Start::Found(ip) if ip == loopback),
+                "{host}"
+            );
+        }
+        assert!(matches!(
+            start("localhost.example", &config, Instant::now()),
+            Start::Query(..)
+        ));
+    }
+
+    #[test]
+    fn a_link_local_name_server_keeps_its_scope() {
+        let c = conf("nameserver fe80::1%1\nnameserver fe80::2%lo\nnameserver fe80::3%nosuchif0\nnameserver fe80::4%2\n");
+        let scoped = |ip: &str, scope| {
+            SocketAddr::from(SocketAddrV6::new(ip.parse().unwrap(), 53, 0, scope))
+        };
+        // By number, by interface name (the loopback is interface 1), unknown (no scope, kept
+        // as glibc keeps it); and three at most.
+        let expected = [
+            scoped("fe80::1", 1),
+            scoped("fe80::2", 1),
+            scoped("fe80::3", 0),
+        ];
+        assert_eq!(c.nameservers, expected);
+        let bracketed = conf("nameserver [fe80::1%1]:5353").nameservers;
+        let port = SocketAddr::from(SocketAddrV6::new("fe80::1".parse().unwrap(), 5353, 0, 1));
+        assert_eq!(bracketed, [port]);
+    }
+
+    /// The first words of `resolv.conf` and hosts lines that mean something, and some that do not
+    /// (`nameserver` twice: enough of them to pass the limit of three).
+    const KEYWORDS: &str = "nameserver|nameserver|search|domain|options|127.0.0.1|::1|#|;|";
+
+    /// What follows a first word: anything, or what the parser reads (addresses, options with
+    /// huge numbers, long search lists), so that the limits are reached.
+    fn line_rest() -> impl Strategy<Value = String> {
+        prop_oneof![
+            1 => any::<String>(),
+            3 => "([0-9]{1,2}\\.){3}[0-9]{1,2}|\\[::1\\]:[0-9]{1,6}|fe80::[0-9]%[a-z0-9]{0,4}",
+            1 => "(ndots|timeout|attempts):[0-9]{1,25}",
+            1 => "[a-z.]{1,70}( [a-z.]{1,70}){0,40}",
+        ]
+    }
+
     proptest! {
         /// Whatever bytes come back with the right id from the right server, the lookup answers
         /// with a step and never panics; the same for arbitrary resolv.conf and hosts text.
@@ -740,10 +994,18 @@ mod tests {
             let _ = l.on_datagram(server(), &reply, now);
         }
 
+        /// Lines that start with the words the parser looks for, then anything (NUL, control
+        /// characters, other lines' words, long runs): the parse stays within its limits.
         #[test]
-        fn any_config_text_parses(text in "\\PC{0,300}", name in "[a-z.]{0,20}") {
+        fn any_config_text_parses(
+            lines in proptest::collection::vec((KEYWORDS, line_rest()), 0..24),
+            name in "[a-z.]{0,20}",
+        ) {
+            let text: String = lines.iter().map(|(k, rest)| format!("{k} {rest}\n")).collect();
             let c = ResolvConf::parse(&text);
             prop_assert!(!c.nameservers.is_empty() && c.nameservers.len() <= MAX_NAMESERVERS);
+            prop_assert!(c.ndots <= MAX_NDOTS && (1..=MAX_ATTEMPTS).contains(&c.attempts));
+            prop_assert!(c.timeout >= Duration::from_secs(1) && c.timeout <= MAX_TIMEOUT);
             prop_assert!(c.candidates(&name).len() <= MAX_SEARCH + 1);
             let _ = hosts_lookup(&text, &name);
         }
