@@ -29,11 +29,13 @@ fn promtool(args: &[&str]) {
 }
 
 #[test]
+#[cfg_attr(not(any(ci, have_promtool)), ignore = "promtool is not installed")]
 fn the_alert_rules_are_valid() {
     promtool(&["check", "rules", RULES]);
 }
 
 #[test]
+#[cfg_attr(not(any(ci, have_promtool)), ignore = "promtool is not installed")]
 fn the_alert_rules_fire_on_their_test_series() {
     promtool(&["test", "rules", RULE_TESTS]);
 }

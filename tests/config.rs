@@ -133,6 +133,10 @@ fn assert_not_on_command_line(server: &TestServer) {
 }
 
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn a_redis_password_from_the_environment_is_not_on_the_command_line() {
     let Some(redis) = redis_with_password() else {
         return;
@@ -148,6 +152,10 @@ fn a_redis_password_from_the_environment_is_not_on_the_command_line() {
 }
 
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn a_redis_password_from_a_file_is_not_on_the_command_line() {
     let Some(redis) = redis_with_password() else {
         return;
