@@ -236,3 +236,32 @@ fn a_bad_redis_url_is_refused_without_showing_its_password() {
     assert!(stderr.contains("--redis"), "{stderr}");
     assert!(!stderr.contains(PASSWORD), "{stderr}");
 }
+
+/// A bad value from an environment variable is reported under the variable's name (the
+/// operator may never have typed the flag); a bad value typed on the command line, under the
+/// flag's, even when the variable is set too (the flag wins).
+#[test]
+fn a_bad_value_is_reported_under_the_name_it_came_from() {
+    for (variable, value) in [
+        ("MIO_CHAT_MAX_CONNECTIONS", "abc"),
+        ("MIO_CHAT_PING_INTERVAL", "soon"),
+        ("MIO_CHAT_ECHO", "maybe"),
+        ("MIO_CHAT_LOG_FORMAT", "xml"),
+    ] {
+        let stderr = refused_at_start(&[], |command| {
+            command.env(variable, value);
+        });
+        assert!(
+            stderr.contains(&format!("invalid value '{value}' for '{variable}")),
+            "{variable}={value}: {stderr}"
+        );
+    }
+    let stderr = refused_at_start(&["--max-connections", "x"], |command| {
+        command.env("MIO_CHAT_MAX_CONNECTIONS", "abc");
+    });
+    assert!(
+        stderr.contains("invalid value 'x' for '--max-connections"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("MIO_CHAT_MAX_CONNECTIONS"), "{stderr}");
+}
