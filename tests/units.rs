@@ -72,7 +72,7 @@ fn the_units_sandbox_rates_ok() {
     for path in staged("security") {
         let out = systemd_analyze(
             &["security", "--offline=true", "--no-pager"],
-            &[path.clone()],
+            std::slice::from_ref(&path),
         );
         let text = String::from_utf8_lossy(&out.stdout);
         let overall = text
