@@ -477,3 +477,51 @@ fn counter(out: &mut String, name: &str, help: &str, value: u64) {
     header(out, name, "counter", help);
     let _ = writeln!(out, "{name} {value}");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A certificate (PEM) that expires at midnight UTC on `year`-01-01.
+    fn expiring(year: i32) -> String {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn the_expiry_is_the_earliest_of_the_chain() {
+        let path = std::env::temp_dir().join(format!("mio-chat-expiry-{}.pem", std::process::id()));
+        // The leaf first, then a CA that runs out sooner: the chain is as good as its CA.
+        std::fs::write(&path, expiring(2040) + &expiring(2031)).unwrap();
+        let chain = certificate_expiry(&path);
+        std::fs::write(&path, expiring(2031)).unwrap();
+        let leaf = certificate_expiry(&path);
+        std::fs::write(&path, "no certificate here").unwrap();
+        let none = certificate_expiry(&path);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(chain, Ok(1_924_992_000)); // 2031-01-01T00:00:00Z
+        assert_eq!(leaf, Ok(1_924_992_000));
+        assert!(none.is_err());
+    }
+
+    #[test]
+    fn build_info_and_the_certificate_gauge_say_what_is_on() {
+        let mut metrics = Metrics::default();
+        let plain = metrics.render(Gauges::default());
+        assert!(
+            plain.contains("tls=\"false\",redis=\"false\"} 1\n"),
+            "{plain}"
+        );
+        assert!(!plain.contains("mio_chat_tls_certificate_expiry"));
+        metrics.tls_expiry = Some(1_924_992_000);
+        let gauges = Gauges {
+            backplane: Some(BackplaneStats::default()),
+            ..Gauges::default()
+        };
+        let on = metrics.render(gauges);
+        assert!(on.contains("tls=\"true\",redis=\"true\"} 1\n"), "{on}");
+        assert!(on.contains("\nmio_chat_tls_certificate_expiry_timestamp_seconds 1924992000\n"));
+    }
+}
