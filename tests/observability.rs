@@ -76,6 +76,25 @@ fn every_metric_family_passes_promtool_check_metrics() {
     promtool_check(&text);
 }
 
+/// With TLS on, the certificate's gauge too: from the library's renderer, with a certificate
+/// made for it (`tests/tls.rs` scrapes the gauge from a TLS server, before and after SIGHUP).
+#[test]
+#[cfg_attr(not(any(ci, have_promtool)), ignore = "promtool is not installed")]
+fn the_certificate_gauge_passes_promtool_check_metrics() {
+    let path = std::env::temp_dir().join(format!("mio-chat-obs-{}.pem", std::process::id()));
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("a certificate");
+    std::fs::write(&path, made.cert.pem()).expect("write the certificate");
+    let mut metrics = mio_chat::metrics::Metrics::default();
+    metrics.certificate_loaded(&path);
+    let _ = std::fs::remove_file(&path);
+    let text = metrics.render(mio_chat::metrics::Gauges::default());
+    assert!(
+        text.contains("\nmio_chat_tls_certificate_expiry_timestamp_seconds "),
+        "{text}"
+    );
+    promtool_check(&text);
+}
+
 /// The figures of the process, as every Prometheus client library names them: present, in
 /// their units, and following what the process does (descriptors for connections).
 #[test]
