@@ -34,7 +34,8 @@
 #      spike, not a leak; a leak lifts the whole tail. The max is printed either way.
 #
 # Environment (all optional):
-#   SOAK_SECONDS         duration of the broadcast, s (default 600; the first argument wins)
+#   SOAK_SECONDS         duration of the broadcast, s (default 600, at least 30; the first
+#                        argument wins)
 #   SOAK_CHURN_RATE      churn cycles per second (default 100)
 #   SOAK_RSS_MARGIN_PCT  allowed RSS growth, percent (default 10)
 #   SOAK_RSS_MARGIN_KIB  allowed RSS growth on top, KiB (default 1024)
@@ -69,8 +70,13 @@ if [[ $TAIL != median && $TAIL != max ]]; then
     echo "soak: SOAK_TAIL must be median or max (got '$TAIL')" >&2
     exit 2
 fi
-if ! [[ $DURATION =~ ^[0-9]+$ ]] || ((DURATION < 20)); then
-    echo "soak: DURATION must be a whole number of seconds, at least 20 (got '$DURATION')" >&2
+# The shortest run that can be judged: the churn runs DURATION less max(15 s, 10 %) less the
+# broadcast's join flood (a second or two), and the judgement needs 10 samples of it (one a
+# second), so 20 s gave about 4 and failed every time; 30 s gives about 13.
+MIN_DURATION=30
+if ! [[ $DURATION =~ ^[0-9]+$ ]] || ((DURATION < MIN_DURATION)); then
+    echo "soak: DURATION must be a whole number of seconds, at least $MIN_DURATION (the churn" \
+        "must run 10 s or more beside the broadcast to be judged; got '$DURATION')" >&2
     exit 2
 fi
 

@@ -3,6 +3,8 @@
 //! Every connection starts here. [`decide`] is called with the bytes received so far and says
 //! "read more", "answer this and close", or "switch to WebSocket". Plain HTTP answers one request
 //! per connection (`Connection: close`), which is all a chat page and a health check need.
+//! `HEAD` is answered for the plain `GET` routes (`/`, `/healthz`, `/metrics`) with the head
+//! alone, as health checkers often send it.
 
 use tungstenite::handshake::derive_accept_key;
 
@@ -32,6 +34,20 @@ pub struct Response {
     pub content_type: &'static str,
     pub extra_header: &'static str,
     pub body: &'static str,
+    pub part: Part,
+}
+
+/// How much of a [`Response`] is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Head and body (`GET`).
+    Whole,
+    /// The head alone, with the body's `Content-Length` (`HEAD`).
+    Head,
+    /// The head alone, without `Content-Length` (RFC 9110 §9.3.2 allows leaving it out): for
+    /// `HEAD` on pages whose body only the event loop knows (`/metrics`, `/healthz`), so that a
+    /// `HEAD` costs no rendering.
+    HeadWithoutLength,
 }
 
 impl Response {
@@ -50,7 +66,7 @@ impl Response {
             _ => "error\n",
         };
         let extra_header = match status {
-            405 => "Allow: GET\r\n",
+            405 => "Allow: GET, HEAD\r\n",
             426 => "Sec-WebSocket-Version: 13\r\n",
             _ => "",
         };
@@ -59,6 +75,24 @@ impl Response {
             content_type: "text/plain; charset=utf-8",
             extra_header,
             body,
+            part: Part::Whole,
+        }
+    }
+
+    /// The same answer to a `HEAD` request: its head alone.
+    fn head_only(self) -> Self {
+        Response {
+            part: Part::Head,
+            ..self
+        }
+    }
+
+    /// `HEAD` on a page the event loop renders: 200 and its content type, nothing else.
+    fn head_without_length(content_type: &'static str) -> Self {
+        Response {
+            content_type,
+            part: Part::HeadWithoutLength,
+            ..Response::status(200)
         }
     }
 
@@ -77,18 +111,26 @@ impl Response {
             content_type: "text/html; charset=utf-8",
             extra_header: "",
             body: CHAT_PAGE,
+            part: Part::Whole,
         }
     }
 
-    /// Appends the whole response, head and body, to `out`.
+    /// Appends the response (its [`Part`]) to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        write_response(
+        let length = match self.part {
+            Part::Whole | Part::Head => Some(self.body.len()),
+            Part::HeadWithoutLength => None,
+        };
+        write_head(
             out,
             self.status,
             self.content_type,
             self.extra_header,
-            self.body,
+            length,
         );
+        if self.part == Part::Whole {
+            out.extend_from_slice(self.body.as_bytes());
+        }
     }
 }
 
@@ -97,14 +139,25 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 
 /// Appends a complete `Connection: close` response to `out`.
 pub fn write_response(out: &mut Vec<u8>, status: u16, content_type: &str, extra: &str, body: &str) {
+    write_head(out, status, content_type, extra, Some(body.len()));
+    out.extend_from_slice(body.as_bytes());
+}
+
+/// Appends a `Connection: close` response head to `out`, with `Content-Length` if given.
+fn write_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    extra: &str,
+    length: Option<usize>,
+) {
+    let length = length.map_or(String::new(), |n| format!("Content-Length: {n}\r\n"));
     let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}\
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\n{length}{extra}\
          Cache-Control: no-store\r\nConnection: close\r\n\r\n",
         reason(status),
-        body.len(),
     );
     out.extend_from_slice(head.as_bytes());
-    out.extend_from_slice(body.as_bytes());
 }
 
 fn reason(status: u16) -> &'static str {
@@ -197,12 +250,17 @@ pub fn decide(buf: &[u8], origins: &OriginPolicy, echo: bool) -> Decision {
         Ok(httparse::Status::Partial) => return Decision::Respond(Response::status(431)),
         Err(_) => return Decision::Respond(Response::status(400)),
     };
-    if req.method != Some("GET") {
-        return Decision::Respond(Response::status(405));
-    }
+    let head = match req.method {
+        Some("GET") => false,
+        Some("HEAD") => true,
+        _ => return Decision::Respond(Response::status(405)),
+    };
     let Some((authority, path)) = split_target(req.path.unwrap_or("")) else {
         return Decision::Respond(Response::status(400));
     };
+    if head {
+        return Decision::Respond(answer_head(path, echo));
+    }
     let route = match path.split('?').next().unwrap_or("") {
         "" => return Decision::Respond(Response::page()), // `GET http://host HTTP/1.1`
         "/" => return Decision::Respond(Response::page()),
@@ -223,6 +281,22 @@ pub fn decide(buf: &[u8], origins: &OriginPolicy, echo: bool) -> Decision {
             head_len,
         },
         Err(status) => Decision::Respond(Response::status(status)),
+    }
+}
+
+/// The answer to `HEAD path`: the head of what `GET` would answer on the plain routes; the
+/// WebSocket routes take `GET` alone.
+fn answer_head(path: &str, echo: bool) -> Response {
+    match path.split('?').next().unwrap_or("") {
+        "" | "/" => Response::page().head_only(),
+        "/healthz" => Response::head_without_length("text/plain; charset=utf-8"),
+        "/metrics" => Response::head_without_length(METRICS_CONTENT_TYPE),
+        p if p == "/ws" || (echo && p == "/echo") => Response {
+            extra_header: "Allow: GET\r\n",
+            ..Response::status(405)
+        }
+        .head_only(),
+        _ => Response::status(404).head_only(),
     }
 }
 
@@ -474,6 +548,50 @@ mod tests {
         assert_eq!(status_of("GET /echo HTTP/1.1\r\n\r\n"), 404); // only with --echo
         assert_eq!(status_of("\x16\x03\x01 hello\r\n\r\n"), 400);
         assert_eq!(status_of("GET / HTTP/1.1\r\nBad Header\r\n\r\n"), 400);
+    }
+
+    /// What `decide` answers to `request`, as bytes on the wire.
+    fn wire(request: &str) -> String {
+        match decide(request.as_bytes(), &OriginPolicy::default(), false) {
+            Decision::Respond(response) => {
+                let mut out = Vec::new();
+                response.write_to(&mut out);
+                String::from_utf8(out).unwrap()
+            }
+            other => panic!("{request:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn head_gets_the_head_of_what_get_gets() {
+        for path in ["/", "/nope", "/?x=1"] {
+            let get = wire(&format!("GET {path} HTTP/1.1\r\n\r\n"));
+            let head = wire(&format!("HEAD {path} HTTP/1.1\r\n\r\n"));
+            let end = get.find("\r\n\r\n").unwrap() + 4;
+            assert!(end < get.len(), "GET {path} has a body");
+            assert_eq!(head, get[..end], "HEAD {path}");
+        }
+        // The pages the loop renders: 200, their type, no length, no body.
+        for (path, content_type) in [
+            ("/healthz", "text/plain; charset=utf-8"),
+            ("/metrics", METRICS_CONTENT_TYPE),
+        ] {
+            let head = wire(&format!("HEAD {path} HTTP/1.1\r\n\r\n"));
+            assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+            assert!(head.contains(&format!("Content-Type: {content_type}\r\n")));
+            assert!(!head.contains("Content-Length"), "{head}");
+            assert!(head.ends_with("\r\n\r\n"), "{head}");
+        }
+        // The WebSocket route takes GET alone; other methods get 405 with what is allowed.
+        let ws = wire("HEAD /ws HTTP/1.1\r\n\r\n");
+        assert!(
+            ws.starts_with("HTTP/1.1 405 ") && ws.contains("Allow: GET\r\n"),
+            "{ws}"
+        );
+        assert!(ws.ends_with("\r\n\r\n"), "{ws}");
+        let post = wire("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        assert!(post.contains("Allow: GET, HEAD\r\n"), "{post}");
+        assert!(wire("HEAD /echo HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
     }
 
     #[test]

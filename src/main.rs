@@ -1,6 +1,7 @@
 //! The `mio-chat` binary: read the flags (or their environment variables), set up logging, run
 //! the server until a signal.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::Read;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -9,7 +10,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use clap::Parser;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, Parser};
 use log::{error, warn};
 use mio_chat::budget::{FairShare, Rate};
 use mio_chat::config::{self, Config};
@@ -27,11 +29,14 @@ use rustls::pki_types::ServerName;
 /// Logs go to stderr; set RUST_LOG (default: info) to see more or less.
 /// Every flag can also be set from the environment variable named in [env: ...]; a flag given
 /// on the command line wins over its variable.
+///
+/// The defaults are `Config::default()`'s where the types allow (durations are written as
+/// text here; a test checks that no flags give `Config::default()`).
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
     /// Listen address; port 0 picks a free port (the first log line says which).
-    #[arg(long, env = "MIO_CHAT_ADDR", default_value = "127.0.0.1:8080", value_parser = parse_addr)]
+    #[arg(long, env = "MIO_CHAT_ADDR", default_value_t = Config::default().addr, value_parser = parse_addr)]
     addr: SocketAddr,
     /// Open connections (HTTP and WebSocket) at most; more get HTTP 503.
     /// [default: the open-file limit, raised to its hard maximum, less 300 (less half of it
@@ -39,10 +44,10 @@ struct Args {
     #[arg(long, env = "MIO_CHAT_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: Option<u64>,
     /// Largest text message accepted, in bytes; larger ones get close 1009.
-    #[arg(long, env = "MIO_CHAT_MAX_MESSAGE_SIZE", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "MIO_CHAT_MAX_MESSAGE_SIZE", default_value_t = Config::default().max_message_size as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_message_size: u64,
     /// Unsent bytes queued for one client before it is dropped as a slow consumer.
-    #[arg(long, env = "MIO_CHAT_MAX_OUTBOUND", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "MIO_CHAT_MAX_OUTBOUND", default_value_t = Config::default().max_outbound as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_outbound: u64,
     /// Seconds a connection has to send its HTTP request (fractions allowed; at most a day).
     #[arg(long, env = "MIO_CHAT_HANDSHAKE_TIMEOUT", default_value = "10", value_parser = config::parse_positive_secs)]
@@ -158,6 +163,49 @@ struct Args {
     log_format: LogFormat,
 }
 
+/// The flags (and their variables), parsed; on an error, clap's message and exit status 2.
+fn parse_args() -> Args {
+    Args::try_parse().unwrap_or_else(|e| name_the_variable(e, std::env::args_os()).exit())
+}
+
+/// clap names a bad value by its flag even when it came from the flag's environment variable,
+/// where an operator who never typed the flag would not look: such an error names the variable.
+/// The value came from the variable when the flag is not on the command line (which wins).
+fn name_the_variable(
+    mut error: clap::Error,
+    command_line: impl Iterator<Item = OsString>,
+) -> clap::Error {
+    if !matches!(
+        error.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return error;
+    }
+    let Some(ContextValue::String(shown)) = error.get(ContextKind::InvalidArg) else {
+        return error;
+    };
+    // `--max-connections <MAX_CONNECTIONS>`
+    let flag = shown.split(' ').next().unwrap_or_default().to_string();
+    let command = Args::command();
+    let arg = command.get_arguments().find(|arg| {
+        arg.get_long()
+            .is_some_and(|long| flag == format!("--{long}"))
+    });
+    let Some(variable) = arg.and_then(|arg| arg.get_env()) else {
+        return error;
+    };
+    let typed = command_line.skip(1).any(|word| {
+        word.to_str()
+            .is_some_and(|w| w == flag || w.starts_with(&format!("{flag}=")))
+    });
+    if typed || std::env::var_os(variable).is_none() {
+        return error;
+    }
+    let named = format!("{} (the variable of {flag})", variable.to_string_lossy());
+    error.insert(ContextKind::InvalidArg, ContextValue::String(named));
+    error
+}
+
 /// The longest password file read: a password, not a data file.
 const MAX_PASSWORD_FILE: u64 = 4096;
 
@@ -269,7 +317,7 @@ fn config_from(args: Args) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = parse_args();
     logging::init(args.log_format);
     let addr = args.addr;
     let config = match config_from(args) {
@@ -300,7 +348,36 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    use clap::FromArgMatches;
+
     use super::*;
+
+    /// `{config:#?}` without the budget's epoch (the instant it was made, not a setting).
+    fn settings(config: &Config) -> String {
+        let text = format!("{config:#?}");
+        let start = text.find("epoch: Instant {").expect("the budget's epoch");
+        let end = start + text[start..].find('}').expect("its end") + 1;
+        format!("{}{}", &text[..start], &text[end..])
+    }
+
+    /// The defaults are written in two places (clap's and `Config::default()`): no flags and no
+    /// variables must give `Config::default()`, except `--max-connections`, whose default
+    /// follows the open-file limit here. Compared through `Debug`, which shows every field.
+    #[test]
+    fn no_flags_give_the_default_config() {
+        // The variables of whoever runs the tests must not count.
+        let command = Args::command().mut_args(|arg| arg.env(None::<&'static str>));
+        let matches = command
+            .try_get_matches_from(["mio-chat"])
+            .expect("no flags");
+        let args = Args::from_arg_matches(&matches).expect("Args");
+        let config = config_from(args).expect("a config");
+        let expected = Config {
+            max_connections: config.max_connections,
+            ..Config::default()
+        };
+        assert_eq!(settings(&config), settings(&expected));
+    }
 
     #[test]
     fn a_bad_redis_url_is_reported_without_its_password() {

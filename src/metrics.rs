@@ -1,11 +1,15 @@
 //! Counters for `GET /metrics`, in the Prometheus text exposition format.
 //!
 //! The event loop owns a [`Metrics`] and bumps plain integers as things happen: no atomics, no
-//! locks, nothing but an add in the hot path. Formatting happens only when someone scrapes.
+//! locks, nothing but an add in the hot path. Formatting happens only when someone scrapes; so
+//! do the `process_*` figures, read from `/proc` then (see [`ProcessStats`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::pki_types::{pem::PemObject, CertificateDer};
 
 use crate::connection::Ending;
 
@@ -62,6 +66,9 @@ pub struct Metrics {
     turns: u64,
     turn_buckets: [u64; TURN_BUCKETS.len()],
     turn_seconds: f64,
+    /// With `--tls-cert`: when the certificates in use expire (the earliest of the chain), in
+    /// seconds since the epoch; set at start and by each SIGHUP that loads a new pair.
+    tls_expiry: Option<i64>,
 }
 
 impl Default for Metrics {
@@ -80,6 +87,7 @@ impl Default for Metrics {
             turns: 0,
             turn_buckets: [0; TURN_BUCKETS.len()],
             turn_seconds: 0.0,
+            tls_expiry: None,
         }
     }
 }
@@ -113,9 +121,24 @@ impl Metrics {
         }
     }
 
+    /// The certificate chain at `cert` was loaded (at start, or by SIGHUP): its expiry is what
+    /// the gauge shows from now on. The file is read a second time for this, right after the
+    /// load, as rustls keeps no parsed certificate to ask; a chain that cannot be parsed here
+    /// (rustls accepted it, so this should not happen) leaves the gauge out and says so.
+    pub fn certificate_loaded(&mut self, cert: &Path) {
+        self.tls_expiry = match certificate_expiry(cert) {
+            Ok(expiry) => Some(expiry),
+            Err(e) => {
+                log::warn!("tls: no expiry date for /metrics: {e}");
+                None
+            }
+        };
+    }
+
     /// The whole exposition, for one scrape.
     pub fn render(&self, gauges: Gauges) -> String {
         let mut out = String::with_capacity(4096);
+        self.render_build(&mut out, &gauges);
         self.render_connections(&mut out, &gauges);
         self.render_traffic(&mut out);
         self.render_turns(&mut out);
@@ -126,13 +149,45 @@ impl Metrics {
         out
     }
 
+    /// What is running: the version, whether TLS and Redis are on, and the certificate's expiry.
+    fn render_build(&self, out: &mut String, gauges: &Gauges) {
+        header(
+            out,
+            "mio_chat_build_info",
+            "gauge",
+            "Always 1; the labels say the version and whether TLS (--tls-cert) and the Redis \
+             backplane (--redis) are on.",
+        );
+        let _ = writeln!(
+            out,
+            "mio_chat_build_info{{version=\"{}\",tls=\"{}\",redis=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            self.tls_expiry.is_some(),
+            gauges.backplane.is_some()
+        );
+        if let Some(expiry) = self.tls_expiry {
+            header(
+                out,
+                "mio_chat_tls_certificate_expiry_timestamp_seconds",
+                "gauge",
+                "When the first certificate of --tls-cert's chain to expire does, in seconds \
+                 since the Unix epoch (the chain loaded at start or by the last good SIGHUP).",
+            );
+            let _ = writeln!(
+                out,
+                "mio_chat_tls_certificate_expiry_timestamp_seconds {expiry}"
+            );
+        }
+    }
+
     /// Connections: by phase, the limit, accepted, answered and dropped.
     fn render_connections(&self, out: &mut String, gauges: &Gauges) {
         header(
             out,
             "mio_chat_connections",
             "gauge",
-            "Open connections by phase.",
+            "Open connections by phase; the connection of the scrape that reads this counts as \
+             closing (its answer is written and the connection ends).",
         );
         for (state, n) in [
             ("handshaking", gauges.handshaking),
@@ -271,6 +326,105 @@ impl Metrics {
             "Start time of the process since the Unix epoch, in seconds.",
         );
         let _ = writeln!(out, "process_start_time_seconds {}", start.as_secs_f64());
+        match ProcessStats::read() {
+            Ok(stats) => stats.render(out),
+            Err(e) => log::warn!("/metrics: no process figures: {e}"),
+        }
+    }
+}
+
+/// The earliest expiry (seconds since the epoch) of the certificates in the PEM file `path`.
+pub fn certificate_expiry(path: &Path) -> Result<i64, String> {
+    let chain = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut earliest: Option<i64> = None;
+    for der in &chain {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let expiry = cert.validity().not_after.timestamp();
+        earliest = Some(earliest.map_or(expiry, |e| e.min(expiry)));
+    }
+    earliest.ok_or_else(|| format!("{}: no certificate", path.display()))
+}
+
+/// The figures every Prometheus client library exports for its process on Linux, under the
+/// same names, so that the usual dashboards work. Read from `/proc/self` at each scrape: a few
+/// small files, and one directory entry per open file descriptor for `process_open_fds` (the
+/// scrape's one cost that grows with the connections, as every client library pays it too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessStats {
+    /// User and system CPU time, in clock ticks.
+    pub cpu_ticks: u64,
+    pub ticks_per_second: u64,
+    pub resident_bytes: u64,
+    pub virtual_bytes: u64,
+    pub open_fds: u64,
+    /// The soft open-file limit; `None` when unlimited.
+    pub max_fds: Option<u64>,
+}
+
+impl ProcessStats {
+    #[cfg(target_os = "linux")]
+    pub fn read() -> Result<ProcessStats, String> {
+        use procfs::process::{LimitValue, Process};
+        let me = Process::myself().map_err(|e| e.to_string())?;
+        let stat = me.stat().map_err(|e| e.to_string())?;
+        let limits = me.limits().map_err(|e| e.to_string())?;
+        Ok(ProcessStats {
+            cpu_ticks: stat.utime + stat.stime,
+            ticks_per_second: procfs::ticks_per_second(),
+            resident_bytes: stat.rss * procfs::page_size(),
+            virtual_bytes: stat.vsize,
+            open_fds: me.fd_count().map_err(|e| e.to_string())? as u64,
+            max_fds: match limits.max_open_files.soft_limit {
+                LimitValue::Value(n) => Some(n),
+                LimitValue::Unlimited => None,
+            },
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn read() -> Result<ProcessStats, String> {
+        Err("process figures are read from /proc, which only Linux has".into())
+    }
+
+    fn render(&self, out: &mut String) {
+        header(
+            out,
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+        );
+        let cpu = self.cpu_ticks as f64 / self.ticks_per_second.max(1) as f64;
+        let _ = writeln!(out, "process_cpu_seconds_total {cpu}");
+        for (name, help, value) in [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                Some(self.resident_bytes),
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                Some(self.virtual_bytes),
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors (the scrape's own connection among them).",
+                Some(self.open_fds),
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors (the soft limit).",
+                self.max_fds,
+            ),
+        ] {
+            if let Some(value) = value {
+                header(out, name, "gauge", help);
+                let _ = writeln!(out, "{name} {value}");
+            }
+        }
     }
 }
 
@@ -322,4 +476,52 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
     header(out, name, "counter", help);
     let _ = writeln!(out, "{name} {value}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A certificate (PEM) that expires at midnight UTC on `year`-01-01.
+    fn expiring(year: i32) -> String {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn the_expiry_is_the_earliest_of_the_chain() {
+        let path = std::env::temp_dir().join(format!("mio-chat-expiry-{}.pem", std::process::id()));
+        // The leaf first, then a CA that runs out sooner: the chain is as good as its CA.
+        std::fs::write(&path, expiring(2040) + &expiring(2031)).unwrap();
+        let chain = certificate_expiry(&path);
+        std::fs::write(&path, expiring(2031)).unwrap();
+        let leaf = certificate_expiry(&path);
+        std::fs::write(&path, "no certificate here").unwrap();
+        let none = certificate_expiry(&path);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(chain, Ok(1_924_992_000)); // 2031-01-01T00:00:00Z
+        assert_eq!(leaf, Ok(1_924_992_000));
+        assert!(none.is_err());
+    }
+
+    #[test]
+    fn build_info_and_the_certificate_gauge_say_what_is_on() {
+        let mut metrics = Metrics::default();
+        let plain = metrics.render(Gauges::default());
+        assert!(
+            plain.contains("tls=\"false\",redis=\"false\"} 1\n"),
+            "{plain}"
+        );
+        assert!(!plain.contains("mio_chat_tls_certificate_expiry"));
+        metrics.tls_expiry = Some(1_924_992_000);
+        let gauges = Gauges {
+            backplane: Some(BackplaneStats::default()),
+            ..Gauges::default()
+        };
+        let on = metrics.render(gauges);
+        assert!(on.contains("tls=\"true\",redis=\"true\"} 1\n"), "{on}");
+        assert!(on.contains("\nmio_chat_tls_certificate_expiry_timestamp_seconds 1924992000\n"));
+    }
 }

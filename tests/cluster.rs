@@ -40,6 +40,10 @@ fn health(server: &TestServer) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn two_processes_are_one_room() {
     let Some(redis) = Redis::start() else { return };
     let (a, b) = (node(&redis, &[]), node(&redis, &[]));
@@ -64,6 +68,10 @@ fn two_processes_are_one_room() {
 }
 
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn three_processes_see_one_order() {
     let Some(redis) = Redis::start() else { return };
     let nodes = [node(&redis, &[]), node(&redis, &[]), node(&redis, &[])];
@@ -99,6 +107,10 @@ fn three_processes_see_one_order() {
 }
 
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn a_redis_outage_keeps_local_chat_and_heals_without_duplicates() {
     let Some(mut redis) = Redis::start() else {
         return;
@@ -143,6 +155,10 @@ fn a_redis_outage_keeps_local_chat_and_heals_without_duplicates() {
 }
 
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn redis_unreachable_at_start_is_degraded_then_joins() {
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}");
@@ -169,6 +185,10 @@ fn redis_unreachable_at_start_is_degraded_then_joins() {
 }
 
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn reuse_port_lets_processes_share_a_port_and_a_room() {
     let Some(redis) = Redis::start() else { return };
     let addr = format!("127.0.0.1:{}", free_port());
@@ -220,6 +240,10 @@ fn without_reuse_port_a_second_process_cannot_bind() {
 }
 
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn a_process_shutting_down_tells_the_others_its_clients_left() {
     let Some(redis) = Redis::start() else { return };
     let (mut a, b) = (node(&redis, &[]), node(&redis, &[]));
@@ -234,6 +258,10 @@ fn a_process_shutting_down_tells_the_others_its_clients_left() {
 }
 
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn a_slow_consumer_dropped_on_one_process_is_announced_on_all() {
     let Some(redis) = Redis::start() else { return };
     let outbound = [&NO_BUDGET[..], &["--max-outbound", "65536"]].concat();
@@ -255,6 +283,10 @@ fn a_slow_consumer_dropped_on_one_process_is_announced_on_all() {
 /// Redis is judged like a client, by what its socket refused: a burst of four 64 KiB messages
 /// that JSON escapes six times over (1.5 MiB of PUBLISH) is written, not taken for an outage.
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn a_burst_from_one_client_crosses_to_the_other_process_whole() {
     let Some(redis) = Redis::start() else { return };
     let (a, b) = (node(&redis, &[]), node(&redis, &[]));
@@ -279,6 +311,10 @@ fn a_burst_from_one_client_crosses_to_the_other_process_whole() {
 
 /// Twenty clients sending 64 KiB each at the same moment: all twenty cross.
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn twenty_large_messages_at_once_all_cross() {
     let Some(redis) = Redis::start() else { return };
     let (a, b) = (node(&redis, &[]), node(&redis, &[]));
@@ -308,6 +344,10 @@ fn twenty_large_messages_at_once_all_cross() {
 /// Shutdown publishes a leave for every client, even when their PUBLISH commands together pass
 /// the bound many times over (scaled down here: 3,000 bytes for 60 leaves of about 100 each).
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn shutdown_publishes_every_leave_past_the_bound() {
     let Some(redis) = Redis::start() else { return };
     let small = ["--redis-max-unsent", "3000", "--max-outbound", "3000"];
@@ -335,6 +375,10 @@ fn shutdown_publishes_every_leave_past_the_bound() {
 /// "degraded", the other notices when its PING goes unanswered; after SIGCONT both heal, and
 /// nothing arrives twice.
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn a_paused_redis_is_an_outage_within_the_timeout_and_heals() {
     let Some(redis) = Redis::start() else { return };
     let fast = ["--redis-timeout", "0.5"];
@@ -360,6 +404,10 @@ fn a_paused_redis_is_an_outage_within_the_timeout_and_heals() {
 /// A Redis user allowed only SUBSCRIBE and PUBLISH is refused PING (`-NOPERM`): that refusal is
 /// an answer, so Redis is alive, and the probe must not turn a quiet room into endless outages.
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn a_user_without_ping_permission_is_not_an_endless_outage() {
     let Some(redis) = Redis::start() else { return };
     let acl = [

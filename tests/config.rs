@@ -133,6 +133,10 @@ fn assert_not_on_command_line(server: &TestServer) {
 }
 
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn a_redis_password_from_the_environment_is_not_on_the_command_line() {
     let Some(redis) = redis_with_password() else {
         return;
@@ -148,6 +152,10 @@ fn a_redis_password_from_the_environment_is_not_on_the_command_line() {
 }
 
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn a_redis_password_from_a_file_is_not_on_the_command_line() {
     let Some(redis) = redis_with_password() else {
         return;
@@ -227,4 +235,33 @@ fn a_bad_redis_url_is_refused_without_showing_its_password() {
     });
     assert!(stderr.contains("--redis"), "{stderr}");
     assert!(!stderr.contains(PASSWORD), "{stderr}");
+}
+
+/// A bad value from an environment variable is reported under the variable's name (the
+/// operator may never have typed the flag); a bad value typed on the command line, under the
+/// flag's, even when the variable is set too (the flag wins).
+#[test]
+fn a_bad_value_is_reported_under_the_name_it_came_from() {
+    for (variable, value) in [
+        ("MIO_CHAT_MAX_CONNECTIONS", "abc"),
+        ("MIO_CHAT_PING_INTERVAL", "soon"),
+        ("MIO_CHAT_ECHO", "maybe"),
+        ("MIO_CHAT_LOG_FORMAT", "xml"),
+    ] {
+        let stderr = refused_at_start(&[], |command| {
+            command.env(variable, value);
+        });
+        assert!(
+            stderr.contains(&format!("invalid value '{value}' for '{variable}")),
+            "{variable}={value}: {stderr}"
+        );
+    }
+    let stderr = refused_at_start(&["--max-connections", "x"], |command| {
+        command.env("MIO_CHAT_MAX_CONNECTIONS", "abc");
+    });
+    assert!(
+        stderr.contains("invalid value 'x' for '--max-connections"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("MIO_CHAT_MAX_CONNECTIONS"), "{stderr}");
 }

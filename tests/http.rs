@@ -1,5 +1,6 @@
 //! Plain HTTP on the chat port: the startup line, the routes (/, /healthz, unknown paths),
-//! and the error statuses for wrong methods, malformed requests and oversized heads.
+//! `HEAD` on them, and the error statuses for wrong methods, malformed requests and oversized
+//! heads.
 //! Every response is one request per connection: `Connection: close`, a Content-Length,
 //! then the server closes (the helpers read until EOF and check the body length).
 
@@ -72,7 +73,7 @@ fn unknown_path_is_404() {
 }
 
 #[test]
-fn other_methods_are_405_with_allow_get() {
+fn other_methods_are_405_with_allow() {
     let server = TestServer::start(&[]);
     for (method, path) in [
         ("POST", "/"),
@@ -87,8 +88,77 @@ fn other_methods_are_405_with_allow_get() {
         );
         let response = http_exchange(&server, request.as_bytes());
         assert_eq!(response.status, 405, "{method} {path}");
-        assert_eq!(response.header("Allow"), Some("GET"), "{method} {path}");
+        assert_eq!(
+            response.header("Allow"),
+            Some("GET, HEAD"),
+            "{method} {path}"
+        );
     }
+}
+
+/// Sends `HEAD path` and reads until the server closes: the status, the headers, and every
+/// byte after the head (not `HttpResponse::parse`, which expects Content-Length bytes of body).
+fn head(server: &TestServer, path: &str) -> HttpResponse {
+    let mut stream = tcp_connect(server);
+    let request = format!("HEAD {path} HTTP/1.1\r\nHost: {}\r\n\r\n", server.host());
+    stream.write_all(request.as_bytes()).expect("send HEAD");
+    let raw = read_to_close(&mut stream);
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(end)) = response.parse(&raw) else {
+        panic!(
+            "HEAD {path}: no complete head in {:?}",
+            String::from_utf8_lossy(&raw)
+        );
+    };
+    HttpResponse {
+        status: response.code.expect("a status"),
+        headers: response
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect(),
+        body: raw[end..].to_vec(),
+    }
+}
+
+/// What health checkers often send: `HEAD` gets the status and headers of `GET`, and no body
+/// (the server closes right after the head). `/ws` takes `GET` alone.
+#[test]
+fn head_gets_the_status_and_no_body() {
+    let server = TestServer::start(&[]);
+    for (path, status) in [
+        ("/healthz", 200),
+        ("/", 200),
+        ("/metrics", 200),
+        ("/nope", 404),
+    ] {
+        let response = head(&server, path);
+        assert_eq!(response.status, status, "HEAD {path}");
+        assert!(
+            response.body.is_empty(),
+            "HEAD {path}: {:?}",
+            response.body_text()
+        );
+        let get = http_get(&server, path);
+        assert_eq!(response.header("Content-Type"), get.header("Content-Type"));
+        if let Some(length) = response.header("Content-Length") {
+            assert_eq!(
+                length.parse::<usize>().unwrap(),
+                get.body.len(),
+                "HEAD {path}"
+            );
+        }
+    }
+    let response = head(&server, "/ws");
+    assert_eq!(response.status, 405);
+    assert_eq!(response.header("Allow"), Some("GET"));
+    assert!(response.body.is_empty());
 }
 
 #[test]

@@ -228,16 +228,19 @@ macro_rules! endings {
             }
 
             #[test]
+            #[cfg_attr(not(any(ci, have_redis_server)), ignore = "redis-server is not installed")]
             fn in_one_write_balances_across_redis() {
                 balances_across_redis(super::$ending, Split::OneWrite);
             }
 
             #[test]
+            #[cfg_attr(not(any(ci, have_redis_server)), ignore = "redis-server is not installed")]
             fn in_two_writes_balances_across_redis() {
                 balances_across_redis(super::$ending, Split::TwoWrites);
             }
 
             #[test]
+            #[cfg_attr(not(any(ci, have_redis_server)), ignore = "redis-server is not installed")]
             fn byte_by_byte_balances_across_redis() {
                 balances_across_redis(super::$ending, Split::ByteByByte);
             }
@@ -310,6 +313,10 @@ fn many_clients_ending_in_their_first_read_leave_as_often_as_they_join() {
 
 /// The same across Redis: the clients end on A; watchers on B and A count.
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn many_clients_ending_in_their_first_read_leave_as_often_as_they_join_across_redis() {
     let Some(redis) = Redis::start() else { return };
     let (a, b) = (node(&redis), node(&redis));

@@ -167,6 +167,7 @@ fn server_behind_proxy(trusted: &[&str]) -> TestServer {
 }
 
 #[test]
+#[cfg_attr(not(any(ci, have_nginx)), ignore = "nginx is not installed")]
 fn two_clients_chat_through_nginx_and_are_logged_by_their_own_addresses() {
     let server = server_behind_proxy(&["127.0.0.1"]);
     let Some(nginx) = Nginx::start(server.addr()) else {
@@ -204,6 +205,7 @@ fn two_clients_chat_through_nginx_and_are_logged_by_their_own_addresses() {
 }
 
 #[test]
+#[cfg_attr(not(any(ci, have_nginx)), ignore = "nginx is not installed")]
 fn through_nginx_the_page_and_health_are_served_and_metrics_are_not() {
     let server = server_behind_proxy(&["127.0.0.1"]);
     let Some(nginx) = Nginx::start(server.addr()) else {
@@ -220,6 +222,7 @@ fn through_nginx_the_page_and_health_are_served_and_metrics_are_not() {
 }
 
 #[test]
+#[cfg_attr(not(any(ci, have_nginx)), ignore = "nginx is not installed")]
 fn the_origin_rule_holds_behind_nginx() {
     let server = server_behind_proxy(&["127.0.0.1"]);
     let Some(nginx) = Nginx::start(server.addr()) else {

@@ -82,6 +82,10 @@ fn tls_redis(files: &Files) -> Option<(Redis, String)> {
 }
 
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn two_processes_are_one_room_over_rediss() {
     let files = Files::new("room", true);
     let Some((_redis, url)) = tls_redis(&files) else {
@@ -107,6 +111,10 @@ fn two_processes_are_one_room_over_rediss() {
 }
 
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn a_redis_certificate_from_another_ca_is_refused() {
     let files = Files::new("served", true);
     let Some((_redis, url)) = tls_redis(&files) else {

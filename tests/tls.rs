@@ -346,3 +346,35 @@ fn a_bad_certificate_file_stops_the_start_with_a_reason() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--tls-cert"), "{stderr}");
 }
+
+/// Writes a leaf from `pki`'s CA that expires at midnight (UTC) on `year`-01-01.
+fn issue_expiring(pki: &Pki, year: i32) {
+    let mut params = CertificateParams::new(vec!["localhost".into()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(year, 1, 1);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &pki.ca).unwrap();
+    fs::write(pki.cert(), cert.pem()).unwrap();
+    fs::write(pki.key(), key.serialize_pem()).unwrap();
+}
+
+/// `/metrics` says when the certificate in use expires: the one loaded at start, the one a
+/// SIGHUP loaded, and still that one after a SIGHUP whose files do not load.
+#[test]
+fn the_expiry_gauge_follows_the_certificate_in_use() {
+    const GAUGE: &str = "mio_chat_tls_certificate_expiry_timestamp_seconds ";
+    let pki = Pki::new("expiry");
+    issue_expiring(&pki, 2031);
+    let server = pki.start(&[]);
+    assert_eq!(metric(&pki, &server, GAUGE), format!("{GAUGE}1924992000"));
+    assert!(metric(&pki, &server, "mio_chat_build_info").contains("tls=\"true\""));
+
+    issue_expiring(&pki, 2033);
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("tls: reloaded");
+    assert_eq!(metric(&pki, &server, GAUGE), format!("{GAUGE}1988150400"));
+
+    fs::write(pki.cert(), "not a certificate").unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("reload failed, keeping the previous certificate");
+    assert_eq!(metric(&pki, &server, GAUGE), format!("{GAUGE}1988150400"));
+}

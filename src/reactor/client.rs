@@ -33,6 +33,7 @@ const USE_HTTPS: Response = Response {
     content_type: "text/plain; charset=utf-8",
     extra_header: "",
     body: "this port speaks TLS: use https:// (or wss://)\n",
+    part: http::Part::Whole,
 };
 
 /// One read buffer for all clients: idle clients hold no read buffer of their own.

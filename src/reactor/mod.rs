@@ -131,6 +131,10 @@ impl Server {
             let tokens = (REDIS_SUBSCRIBER, REDIS_PUBLISHER, REDIS_RESOLVER);
             Backplane::new(url, config.redis_channel.clone(), tokens, settings)
         });
+        let mut hub = Hub::new(backplane, max_message_size);
+        if let Some(files) = &config.tls {
+            hub.metrics.certificate_loaded(&files.cert);
+        }
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -140,7 +144,7 @@ impl Server {
             config,
             tls,
             clients: Slab::new(),
-            hub: Hub::new(backplane, max_message_size),
+            hub,
             pacing: Pacing::new(Instant::now()),
             timers: Timers::default(),
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
@@ -373,6 +377,7 @@ impl Server {
         match transport::server_config(files) {
             Ok(config) => {
                 self.tls = Some(config);
+                self.hub.metrics.certificate_loaded(&files.cert);
                 info!("tls: reloaded {}", files.cert.display());
             }
             Err(e) => warn!("tls: reload failed, keeping the previous certificate: {e}"),
