@@ -73,6 +73,10 @@ fn cut_and_heal(how: Cut) {
 
 /// Refused: A's link closes, and its retries are reset at once.
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn a_refusing_cut_degrades_only_its_process_and_heals() {
     cut_and_heal(Cut::Refuse);
 }
@@ -80,6 +84,10 @@ fn a_refusing_cut_degrades_only_its_process_and_heals() {
 /// Stalled: A's link closes, and its retries connect and hear nothing until A's connect timeout
 /// gives up on them.
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn a_stalling_cut_degrades_only_its_process_and_heals() {
     cut_and_heal(Cut::Stall);
 }

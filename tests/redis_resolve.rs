@@ -245,6 +245,10 @@ fn an_unanswered_lookup_times_out_in_the_loop_and_is_retried() {
 }
 
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn a_name_in_the_hosts_file_needs_no_name_server() {
     let Some(redis) = Redis::start() else { return };
     let dns = FakeDns::start(None);
@@ -256,6 +260,10 @@ fn a_name_in_the_hosts_file_needs_no_name_server() {
 }
 
 #[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
 fn redis_is_found_again_at_its_new_address() {
     let Some(_) = common::tool::require("redis-server", "redis-server") else {
         return;
