@@ -42,6 +42,13 @@ enum Fault {
     Duplicate,
     /// The tenth chat message never.
     Drop,
+    /// The tenth chat message with a leading zero in its number, its padding cut by one
+    /// byte so that the length stays the same.
+    LeadingZero,
+    /// The 101 names an extension the client never asked for.
+    Extension,
+    /// The 101 names a subprotocol the client never asked for.
+    Subprotocol,
     /// After the tenth chat message, a text frame that is not the chat's JSON.
     NotChat,
     /// After the tenth chat message, a binary frame.
@@ -118,6 +125,11 @@ fn transform(plan: Plan, conn: usize, seen: &mut Seen, payload: &[u8], frame: &[
             let last = changed.len() - 1;
             changed[last] = if changed[last] == b'A' { b'B' } else { b'A' };
             chat(&mut out, std::str::from_utf8(&changed).unwrap());
+        }
+        Fault::LeadingZero if tenth => {
+            let mut forged = text.replacen(" q=", " q=0", 1);
+            forged.pop();
+            chat(&mut out, &forged);
         }
         Fault::Future if tenth => {
             let at = text.find(" t=").unwrap() + 3;
@@ -246,7 +258,16 @@ fn pipe_down(mut server: TcpStream, mut client: TcpStream, plan: Plan, conn: usi
             let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
                 continue;
             };
-            out.extend(buf.drain(..end + 4));
+            let mut head: Vec<u8> = buf.drain(..end + 4).collect();
+            if conn == plan.conn {
+                let extra: &[u8] = match plan.fault {
+                    Fault::Extension => b"Sec-WebSocket-Extensions: permessage-deflate\r\n",
+                    Fault::Subprotocol => b"Sec-WebSocket-Protocol: chat\r\n",
+                    _ => b"",
+                };
+                head.splice(end + 2..end + 2, extra.iter().copied());
+            }
+            out.extend(head);
             head_done = true;
         }
         while let Some((header, len)) = frame_at(&buf) {
@@ -429,6 +450,33 @@ fn a_number_never_sent_is_named() {
         t["deliveries"], t["expected_deliveries"],
         "not counted: {t}"
     );
+}
+
+#[test]
+fn a_leading_zero_with_the_padding_cut_to_match_is_changed() {
+    fails_with(BROADCAST, Fault::LeadingZero, 3, "changed");
+}
+
+/// A 101 naming what the client never asked for fails that connection, by the header's name.
+#[test]
+fn an_extension_or_subprotocol_not_asked_for_fails_the_connection() {
+    for (fault, header) in [
+        (Fault::Extension, "Sec-WebSocket-Extensions"),
+        (Fault::Subprotocol, "Sec-WebSocket-Protocol"),
+    ] {
+        let server = TestServer::start(&[]);
+        let proxy = Proxy::start(&server, Plan { fault, conn: 2 });
+        let (ok, report) = load(&proxy.url, CONNECT);
+        assert!(!ok, "{fault:?}: the run passed: {report}");
+        let failures = report["join"]["failures"].to_string();
+        assert!(
+            failures.contains(&format!("handshake: {header} not asked for")),
+            "{fault:?}: {failures}"
+        );
+        assert!(report["problems"]
+            .to_string()
+            .contains("1 of 5 connections failed"));
+    }
 }
 
 #[test]

@@ -148,6 +148,15 @@ impl Stamp {
         Some((stamp, padding))
     }
 
+    /// The length of the stamp as [`Padding::encode`] writes it (`s=… q=… t=… `, no leading
+    /// zeros): with it a receiver rebuilds the whole expected text, so that a stamp written
+    /// another way (`q=007`) with its padding cut to match is no longer the same length.
+    #[inline]
+    pub fn canonical_len(&self) -> usize {
+        let digits = |n: u64| n.checked_ilog10().map_or(1, |d| d as usize + 1);
+        "s= q= t= ".len() + digits(u64::from(self.sender)) + digits(self.seq) + digits(self.sent_ns)
+    }
+
     /// 64 bits that change whenever one of the three numbers does: each multiplied by its own
     /// odd constant (a bijection: a changed number changes its product, and its low 32 bits
     /// too, as long as the change is not a multiple of 2^32, which no change of one decimal
@@ -206,16 +215,19 @@ impl Padding {
         );
     }
 
-    /// Whether `padding`, what followed the stamp in a text of `text_len` bytes, is exactly
-    /// what [`Padding::encode`] writes after `stamp`.
+    /// Whether a text of `text_len` bytes whose stamp read as `stamp`, followed by `padding`,
+    /// is exactly what [`Padding::encode`] writes for `stamp`: the stamp in its one spelling
+    /// (its length is that of [`Stamp::canonical_len`]; the parser has checked its shape),
+    /// and every byte of the padding, whose length follows from the stamp rebuilt, not from
+    /// the one received.
     ///
     /// Every delivery comes through here, so it compares words, not bytes, and without an
     /// early exit (a loop LLVM can unroll, and no call to `memcmp` for a few dozen bytes).
     #[inline]
     pub fn intact(&self, stamp: &Stamp, text_len: usize, padding: &[u8]) -> bool {
-        let stamp_len = text_len - padding.len();
+        let stamp_len = stamp.canonical_len();
         let run = self.size.saturating_sub(stamp_len + CHECK_LEN);
-        if padding.len() != CHECK_LEN + run {
+        if text_len != stamp_len + padding.len() || padding.len() != CHECK_LEN + run {
             return false;
         }
         let h = stamp.mix();
@@ -456,6 +468,12 @@ mod tests {
         }
         assert!(!intact(&text.as_bytes()[..text.len() - 1]), "cut short");
         assert!(!intact(format!("{text}A").as_bytes()), "one too many");
+        // A number spelled with a leading zero, the padding cut by one to keep the length.
+        for field in ["s=", "q=", "t="] {
+            let padded = text.replacen(field, &format!("{field}0"), 1);
+            assert!(!intact(&padded.as_bytes()[..text.len()]), "{field}0");
+            assert!(!intact(padded.as_bytes()), "{field}0, padding as it was");
+        }
         // The same padding under another stamp: the numbers are checked too.
         let (_, rest) = Stamp::parse(&text).unwrap();
         for other in [
