@@ -72,6 +72,16 @@ enum Fault {
     LeaveDoubledFirst,
     /// The first leave notice never.
     LeaveLost,
+    /// At each stayer of [`CHURN`] (connections 0 to 2), the first short-lived client's join
+    /// notice held back until just after its leave notice: every stayer alike, the totals
+    /// right.
+    JoinAfterLeave,
+    /// A chat message nobody sent, right after the client's own join notice (in the flood).
+    StrayInFlood,
+    /// The last chat message again, just before the server's Close (after the run caught up).
+    DuplicateAtClose,
+    /// A hundred leave notices just before the server's Close.
+    LeavesAtClose,
 }
 
 /// A fault, and the connection it strikes (by the order connections reached the proxy).
@@ -90,6 +100,10 @@ struct Seen {
     /// A chat frame held back to be swapped with the next one from another sender.
     held: Option<(String, Vec<u8>)>,
     swapped: bool,
+    /// A join notice held back until the next leave notice.
+    held_join: Option<Vec<u8>>,
+    /// The last chat frame, to hand over again.
+    last_chat: Vec<u8>,
 }
 
 /// The chat body of a text frame's payload, if it is one.
@@ -115,6 +129,7 @@ fn transform(plan: Plan, conn: usize, seen: &mut Seen, payload: &[u8], frame: &[
         return out;
     }
     seen.chats += 1;
+    seen.last_chat = frame.to_vec();
     let tenth = mine && seen.chats == 10;
     match plan.fault {
         Fault::Swap if mine && seen.chats >= 10 && !seen.swapped => {
@@ -186,6 +201,24 @@ fn notice(plan: Plan, conn: usize, seen: &mut Seen, text: &str, frame: &[u8], ou
         seen.leaves += 1;
         (seen.leaves, false)
     };
+    // Stayer `conn` heard 3 - conn stayers' joins (its own and those after it); the next one
+    // is the first short-lived client's.
+    if plan.fault == Fault::JoinAfterLeave && conn < 3 {
+        if joined && count == 4 - conn {
+            seen.held_join = Some(frame.to_vec());
+            return;
+        }
+        out.extend_from_slice(frame);
+        if let (false, Some(held)) = (joined, seen.held_join.take()) {
+            out.extend(held);
+        }
+        return;
+    }
+    if plan.fault == Fault::StrayInFlood && conn == plan.conn && joined && count == 1 {
+        out.extend_from_slice(frame);
+        chat(out, "hello from nobody");
+        return;
+    }
     let times = match (plan.fault, joined, count) {
         (Fault::JoinLost, true, 2) if conn == 0 => 0,
         (Fault::JoinMoved, true, 2) if conn == 0 => 0,
@@ -274,6 +307,13 @@ fn pipe_down(mut server: TcpStream, mut client: TcpStream, plan: Plan, conn: usi
             let frame: Vec<u8> = buf.drain(..header + len).collect();
             if frame[0] & 0x0F == OpCode::Text as u8 && frame[0] & 0x80 != 0 {
                 out.extend(transform(plan, conn, &mut seen, &frame[header..], &frame));
+            } else if frame[0] & 0x0F == OpCode::Close as u8 && conn == plan.conn {
+                match plan.fault {
+                    Fault::DuplicateAtClose => out.extend_from_slice(&seen.last_chat),
+                    Fault::LeavesAtClose => (0..100).for_each(|_| chat(&mut out, LEFT)),
+                    _ => {}
+                }
+                out.extend(frame);
             } else {
                 out.extend(frame);
             }
@@ -545,6 +585,29 @@ fn a_watcher_losing_one_leave_and_doubling_another_is_caught() {
 #[test]
 fn a_lone_watcher_doubling_a_leave_before_losing_one_is_caught() {
     fails_with(CHURN_ALONE, Fault::LeaveDoubledFirst, 0, "extra notice");
+}
+
+#[test]
+fn a_join_notice_after_its_members_leave_at_every_stayer_is_caught() {
+    fails_with(CHURN, Fault::JoinAfterLeave, 0, "notice order");
+}
+
+#[test]
+fn a_chat_message_during_the_join_flood_is_stray() {
+    fails_with(CONNECT, Fault::StrayInFlood, 2, "stray message");
+    fails_with(BROADCAST, Fault::StrayInFlood, 2, "stray message");
+}
+
+#[test]
+fn a_second_copy_while_closing_is_duplicated() {
+    fails_with(CONNECT, Fault::DuplicateAtClose, 2, "duplicated");
+    fails_with(BROADCAST, Fault::DuplicateAtClose, 2, "duplicated");
+}
+
+#[test]
+fn a_hundred_leave_notices_while_closing_are_extra() {
+    fails_with(CONNECT, Fault::LeavesAtClose, 2, "extra notice");
+    fails_with(BROADCAST, Fault::LeavesAtClose, 2, "extra notice");
 }
 
 #[test]

@@ -106,6 +106,7 @@ fn start(args: &Args) -> Result<bool, String> {
         server: common.server_pid.map(|pid| Proc(Some(pid))),
         faults: Default::default(),
         generator: common.generator.unwrap_or(Generator::ALONE),
+        all_delivered: false,
     };
     run_scenario(args, &mut run, clients)
 }

@@ -17,7 +17,7 @@ use crate::check::Checker;
 use crate::faults::{Fault, Faults};
 use crate::fleet::Observer;
 use crate::report::{self, BroadcastReport, Latency, ServerLoad, Traffic};
-use crate::scenario::{join, Run};
+use crate::scenario::{join, Run, LINGER};
 
 /// How long after the last send the stragglers may take to arrive.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -226,6 +226,8 @@ fn send_and_check(run: &mut Run, plan: &Plan) -> io::Result<(Traffic, Faults)> {
     let mut text = String::with_capacity(plan.size + 32);
     // When the sending stopped, and so when the stragglers' time is up.
     let mut drain_end = None;
+    // When every message had arrived everywhere: the run listens [`LINGER`] longer.
+    let mut caught_up_at: Option<Instant> = None;
     loop {
         let now = Instant::now();
         // A rate sends exactly its schedule: a send due just before the stop still goes out,
@@ -242,7 +244,12 @@ fn send_and_check(run: &mut Run, plan: &Plan) -> io::Result<(Traffic, Faults)> {
             (false, Some(at)) => at,
             (false, None) => *drain_end.insert(now.min(stop_at) + DRAIN_GRACE),
         };
-        if !sending && (rx.check.caught_up(live()) || now >= drain_until) {
+        if !sending && caught_up_at.is_none() && rx.check.caught_up(live()) {
+            caught_up_at = Some(now);
+        }
+        let lingered = caught_up_at.is_some_and(|at| now >= at + LINGER);
+        if !sending && (lingered || now >= drain_until) {
+            run.all_delivered = caught_up_at.is_some();
             break;
         }
         if now >= run.deadline {
@@ -250,6 +257,9 @@ fn send_and_check(run: &mut Run, plan: &Plan) -> io::Result<(Traffic, Faults)> {
             break;
         }
         let mut wake = if sending { stop_at } else { drain_until }.min(run.deadline);
+        if let Some(at) = caught_up_at {
+            wake = wake.min(at + LINGER);
+        }
         if sending {
             for (s, sender) in senders.iter_mut().enumerate() {
                 let due = pace(plan, sender, &mut rx, s, now, stop_at);

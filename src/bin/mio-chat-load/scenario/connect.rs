@@ -18,7 +18,7 @@ use crate::check::Checker;
 use crate::faults::Fault;
 use crate::fleet::Observer;
 use crate::report::{self, ConnectReport, Latency, Memory, Probe};
-use crate::scenario::{join, Ending, Run};
+use crate::scenario::{join, Ending, Run, LINGER};
 
 /// How long the probe may take to reach everyone before what is missing counts as lost.
 const PROBE_GRACE: Duration = Duration::from_secs(10);
@@ -211,6 +211,16 @@ fn probe(run: &mut Run) -> io::Result<(Probe, ProbeWatch)> {
         |_, watch, _| watch.check.caught_up(watch.live(&open).into_iter()),
         |_, watch| format!("broadcast: {}/{receivers} received", watch.received),
     )?;
+    if ending == Ending::Done {
+        // Everyone has both: listen a little longer for a late second copy.
+        run.all_delivered = true;
+        run.run_until(
+            &mut watch,
+            Some(Instant::now() + LINGER),
+            |_, _, _| false,
+            |_, watch| format!("broadcast: {}/{receivers} received", watch.received),
+        )?;
+    }
     run.progress.finish();
     let live = watch.live(&open);
     watch.check.count_lost(&live);
