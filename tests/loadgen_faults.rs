@@ -82,6 +82,10 @@ enum Fault {
     DuplicateAtClose,
     /// A hundred leave notices just before the server's Close.
     LeavesAtClose,
+    /// No fault: what a correct server may do, at every connection. Every text message with
+    /// its JSON keys the other way round (`{"body":…,"type":1}`), cut into three fragments,
+    /// a ping before it and another between its fragments.
+    Legal,
 }
 
 /// A fault, and the connection it strikes (by the order connections reached the proxy).
@@ -119,6 +123,10 @@ fn chat(out: &mut Vec<u8>, text: &str) {
 /// The frames to send instead of one text frame (`frame` as it came), for connection `conn`.
 fn transform(plan: Plan, conn: usize, seen: &mut Seen, payload: &[u8], frame: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
+    if plan.fault == Fault::Legal {
+        legally(payload, &mut out);
+        return out;
+    }
     let Some(text) = body(payload) else {
         out.extend_from_slice(frame);
         return out;
@@ -174,6 +182,37 @@ fn transform(plan: Plan, conn: usize, seen: &mut Seen, payload: &[u8], frame: &[
         _ => out.extend_from_slice(frame),
     }
     out
+}
+
+/// A text message as a correct server may also send it (see [`Fault::Legal`]).
+fn legally(payload: &[u8], out: &mut Vec<u8>) {
+    let json: Value = serde_json::from_slice(payload).expect("the server sends JSON");
+    // serde_json's map keeps its keys sorted: "body" before "type".
+    let text = serde_json::to_vec(&json).unwrap();
+    let (a, rest) = text.split_at(text.len() / 3);
+    let (b, c) = rest.split_at(rest.len() / 2);
+    frame::push_frame(out, OpCode::Ping, b"are you there");
+    push_fragment(out, OpCode::Text as u8, false, a);
+    frame::push_frame(out, OpCode::Ping, b"");
+    push_fragment(out, OpCode::Continuation as u8, false, b);
+    push_fragment(out, OpCode::Continuation as u8, true, c);
+}
+
+/// An unmasked server frame, final or not.
+fn push_fragment(out: &mut Vec<u8>, opcode: u8, fin: bool, payload: &[u8]) {
+    out.push(if fin { 0x80 } else { 0 } | opcode);
+    match payload.len() {
+        n @ 0..=125 => out.push(n as u8),
+        n @ 126..=0xFFFF => {
+            out.push(126);
+            out.extend((n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend((n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
 }
 
 /// Holds a chat frame until one from another sender comes, then hands both over swapped.
@@ -430,6 +469,24 @@ fn the_healthy_server_passes_directly_and_through_the_proxy() {
         for args in [BROADCAST, CONNECT, CHURN, CHURN_ALONE] {
             let (ok, report) = load(&url, args);
             assert!(ok, "{args:?} via {url}: {}", report["problems"]);
+            assert_eq!(report["faults"], serde_json::json!({}), "{args:?}");
+        }
+    }
+}
+
+/// A server that fragments, pings and writes its JSON keys in another order is still correct.
+#[test]
+fn a_server_that_fragments_pings_and_reorders_keys_passes() {
+    let server = TestServer::start(&[]);
+    let plan = Plan {
+        fault: Fault::Legal,
+        conn: 0,
+    };
+    let proxy = Proxy::start(&server, plan);
+    for _ in 0..3 {
+        for args in [BROADCAST, CONNECT, CHURN, CHURN_ALONE] {
+            let (ok, report) = load(&proxy.url, args);
+            assert!(ok, "{args:?}: {}", report["problems"]);
             assert_eq!(report["faults"], serde_json::json!({}), "{args:?}");
         }
     }
