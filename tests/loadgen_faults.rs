@@ -82,6 +82,9 @@ enum Fault {
     DuplicateAtClose,
     /// A hundred leave notices just before the server's Close.
     LeavesAtClose,
+    /// Every chat message of another generator's senders (numbered from 1 000 000) never,
+    /// at every connection.
+    DropForeign,
     /// No fault: what a correct server may do, at every connection. Every text message with
     /// its JSON keys the other way round (`{"body":…,"type":1}`), cut into three fragments,
     /// a ping before it and another between its fragments.
@@ -134,6 +137,9 @@ fn transform(plan: Plan, conn: usize, seen: &mut Seen, payload: &[u8], frame: &[
     let mine = conn == plan.conn;
     if text == JOINED || text == LEFT {
         notice(plan, conn, seen, &text, frame, &mut out);
+        return out;
+    }
+    if plan.fault == Fault::DropForeign && text.starts_with("s=") && text[2..].find(' ') > Some(6) {
         return out;
     }
     seen.chats += 1;
@@ -490,6 +496,61 @@ fn a_server_that_fragments_pings_and_reorders_keys_passes() {
             assert_eq!(report["faults"], serde_json::json!({}), "{args:?}");
         }
     }
+}
+
+/// Generator 0 of 2 through a proxy that drops generator 1's messages, generator 1 straight to
+/// the server: each alone sees nothing wrong (generator 0 cannot know what it was not sent),
+/// `merge` does.
+#[test]
+fn another_generators_messages_never_delivered_fail_the_merge() {
+    let server = TestServer::start(&[]);
+    let plan = Plan {
+        fault: Fault::DropForeign,
+        conn: 0,
+    };
+    let proxy = Proxy::start(&server, plan);
+    let dir = std::env::temp_dir().join(format!("mio-chat-dropforeign-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let direct = server.url("/ws");
+    let runs: Vec<_> = [("0/2", proxy.url.as_str()), ("1/2", direct.as_str())]
+        .iter()
+        .map(|(g, url)| {
+            Command::new(LOAD)
+                .args(["broadcast", "-n", "3", "--senders", "1", "--rate", "100"])
+                .args(["--duration", "1", "--generator", g, "--url", url])
+                .args(["--json", "--quiet", "--timeout", "60"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start mio-chat-load")
+        })
+        .collect();
+    let mut files = Vec::new();
+    for (i, child) in runs.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "generator {i}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let file = dir.join(format!("g{i}.json"));
+        std::fs::write(&file, &out.stdout).unwrap();
+        files.push(file);
+    }
+    let out = Command::new(LOAD)
+        .args(["merge", "--json"])
+        .args(&files)
+        .output()
+        .unwrap();
+    let merged: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!out.status.success(), "{merged}");
+    assert!(merged["faults"].get("lost").is_some(), "{merged}");
+    let problems = merged["problems"].to_string();
+    assert!(
+        problems.contains("none of generator 1's") && problems.contains("generator 0's clients"),
+        "{problems}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

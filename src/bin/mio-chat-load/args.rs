@@ -82,7 +82,7 @@ pub struct Common {
     pub quiet: bool,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(serde::Serialize, Subcommand, Debug)]
 pub enum Scenario {
     /// Connect N clients and drain the join notices (N(N+1)/2 of them); time one broadcast to
     /// all; hold the connections; close them all.
@@ -107,14 +107,14 @@ pub enum Scenario {
     Merge(MergeArgs),
 }
 
-#[derive(ClapArgs, Debug)]
+#[derive(serde::Serialize, ClapArgs, Debug)]
 pub struct MergeArgs {
     /// The reports, one JSON object each (as `--json` prints it).
     #[arg(required = true, value_name = "REPORT.json")]
     pub reports: Vec<std::path::PathBuf>,
 }
 
-#[derive(ClapArgs, Debug)]
+#[derive(serde::Serialize, ClapArgs, Debug)]
 pub struct ConnectArgs {
     /// Clients to connect.
     #[arg(short = 'n', long = "clients", value_parser = clap::value_parser!(u32).range(1..))]
@@ -124,7 +124,7 @@ pub struct ConnectArgs {
     pub hold: Duration,
 }
 
-#[derive(ClapArgs, Debug)]
+#[derive(serde::Serialize, ClapArgs, Debug)]
 #[command(group(ArgGroup::new("pace").required(true).args(["rate", "window"])))]
 pub struct BroadcastArgs {
     /// Clients to connect; all of them receive.
@@ -148,7 +148,7 @@ pub struct BroadcastArgs {
     pub size: usize,
 }
 
-#[derive(ClapArgs, Debug)]
+#[derive(serde::Serialize, ClapArgs, Debug)]
 pub struct ChurnArgs {
     /// Background clients that stay connected throughout (they hear every notice too).
     #[arg(short = 'n', long = "clients", default_value_t = 0)]

@@ -91,7 +91,13 @@ fn start(args: &Args) -> Result<bool, String> {
             .rss_kib()
             .map_err(|e| format!("--server-pid {pid}: {e}"))?;
     }
-    let setup = Setup::new(&routes, common.max_inflight, fd_limit);
+    let generator = common.generator.unwrap_or(Generator::ALONE);
+    let mut setup = Setup::new(&routes, common.max_inflight, fd_limit);
+    setup.generator = report::GeneratorSetup {
+        index: generator.index,
+        of: generator.count,
+    };
+    setup.parameters = serde_json::to_value(&args.scenario).unwrap_or_default();
     let fleet = Fleet::new(routes, common.max_inflight as usize)
         .map_err(|e| format!("cannot create the event loop: {e}"))?;
     let now = Instant::now();
@@ -105,7 +111,7 @@ fn start(args: &Args) -> Result<bool, String> {
         progress: Progress::new(!common.quiet),
         server: common.server_pid.map(|pid| Proc(Some(pid))),
         faults: Default::default(),
-        generator: common.generator.unwrap_or(Generator::ALONE),
+        generator,
         all_delivered: false,
     };
     run_scenario(args, &mut run, clients)

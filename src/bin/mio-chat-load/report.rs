@@ -80,6 +80,27 @@ pub struct Setup {
     pub targets: Vec<TargetSetup>,
     pub max_inflight: u32,
     pub open_file_limit: u64,
+    /// Which generator of how many wrote this report (`--generator I/N`; 0 of 1 alone).
+    pub generator: GeneratorSetup,
+    /// The scenario and its flags, as parsed: the generators of one run give the same.
+    pub parameters: serde_json::Value,
+    /// The run's span on the wall clock, in milliseconds since 1970: the generators of one
+    /// run overlap.
+    pub started_unix_ms: u64,
+    pub ended_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct GeneratorSetup {
+    pub index: u32,
+    pub of: u32,
+}
+
+/// Milliseconds since 1970 on the wall clock (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,6 +133,10 @@ impl Setup {
                 .collect(),
             max_inflight,
             open_file_limit,
+            generator: GeneratorSetup { index: 0, of: 1 },
+            parameters: serde_json::Value::Null,
+            started_unix_ms: unix_ms(),
+            ended_unix_ms: 0,
         }
     }
 }
@@ -180,8 +205,12 @@ pub struct Traffic {
     /// Notices heard during the traffic (leave notices of lost clients; any other is a fault,
     /// unless other generators share the room).
     pub notices: u64,
-    /// Other generators' messages (`--generator`): counted, not checked.
+    /// Other generators' messages (`--generator`): checked in their senders' order from the
+    /// first each client saw.
     pub foreign: u64,
+    /// The same by the generator that sent them (index I of N; ours 0): what `merge` checks
+    /// against the others' `sent` and this report's `receivers`.
+    pub foreign_from: Vec<u64>,
     /// How long after the last send the last delivery came.
     pub drain_after_send_s: f64,
     pub latency: Latency,

@@ -171,7 +171,7 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<BroadcastReport> {
     let faults = run.take_faults(&mut problems);
     Ok(BroadcastReport {
         scenario: "broadcast",
-        setup: run.setup.clone(),
+        setup: run.final_setup(),
         join,
         traffic,
         server,
@@ -202,8 +202,7 @@ fn start_traffic(run: &Run, plan: &Plan, start: Instant) -> (Vec<Sender>, Receiv
         sender_of[sender.key] = Some(s as u32);
     }
     let rx = Receivers {
-        check: Checker::new(key_bound, count, plan.size)
-            .numbered_from(run.generator.first_sender(), run.generator.shared()),
+        check: Checker::new(key_bound, count, plan.size).numbered_as(run.generator),
         shared: run.generator.shared(),
         sender_of,
         echoes: vec![0; count],
@@ -359,6 +358,7 @@ fn summarize(
         order_violations: rx.check.order_violations,
         notices: rx.notices,
         foreign: rx.check.foreign,
+        foreign_from: rx.check.foreign_from.clone(),
         drain_after_send_s: last.saturating_duration_since(stop_at).as_secs_f64(),
         latency: Latency::of(&rx.latency),
     };

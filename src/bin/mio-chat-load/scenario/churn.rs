@@ -471,7 +471,7 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<ChurnReport> {
     let faults = run.take_faults(&mut problems);
     Ok(ChurnReport {
         scenario: "churn",
-        setup: run.setup.clone(),
+        setup: run.final_setup(),
         stayers,
         cycles,
         notices,

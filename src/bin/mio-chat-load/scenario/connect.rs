@@ -128,7 +128,7 @@ pub fn run(run: &mut Run, clients: usize, hold: Duration) -> io::Result<ConnectR
     let faults = run.take_faults(&mut problems);
     Ok(ConnectReport {
         scenario: "connect",
-        setup: run.setup.clone(),
+        setup: run.final_setup(),
         join,
         server_memory,
         probe,
@@ -174,8 +174,7 @@ fn probe(run: &mut Run) -> io::Result<(Probe, ProbeWatch)> {
     let open = run.fleet.open_clients();
     let key_bound = run.fleet.key_bound();
     let mut watch = ProbeWatch {
-        check: Checker::new(key_bound, 1, 0)
-            .numbered_from(run.generator.first_sender(), run.generator.shared()),
+        check: Checker::new(key_bound, 1, 0).numbered_as(run.generator),
         epoch: run.epoch,
         got: vec![None; key_bound],
         received: 0,

@@ -139,6 +139,13 @@ impl Run {
         })
     }
 
+    /// The run's setup as the report gives it: with the time it ended.
+    pub fn final_setup(&self) -> Setup {
+        let mut setup = self.setup.clone();
+        setup.ended_unix_ms = crate::report::unix_ms();
+        setup
+    }
+
     /// Every fault of the run, the fleet's included, for the report; each also as a line of
     /// `problems`.
     pub fn take_faults(&mut self, problems: &mut Vec<String>) -> Faults {
