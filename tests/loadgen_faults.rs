@@ -553,6 +553,44 @@ fn another_generators_messages_never_delivered_fail_the_merge() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Against a server that holds back a client past 20 messages a second, a sender at 300 a
+/// second leaves some of its messages in flight when the wait for them ends: late, not lost
+/// (nothing later of theirs came), and the report says what to check.
+#[test]
+fn messages_held_back_by_a_rate_limit_are_in_flight_not_lost() {
+    // The server reads the rest before it sees the Close: a few seconds' worth.
+    let server = TestServer::start(&["--client-rate", "20", "--client-burst", "1"]);
+    let args = [
+        "broadcast",
+        "-n",
+        "2",
+        "--senders",
+        "1",
+        "--rate",
+        "300",
+        "--duration",
+        "1",
+    ];
+    let (ok, report) = load(&server.url("/ws"), &args);
+    assert!(!ok, "{report}");
+    assert!(
+        report["faults"].get("in flight at the end").is_some(),
+        "{report}"
+    );
+    assert!(
+        report["faults"].get("lost").is_none(),
+        "{}",
+        report["faults"]
+    );
+    assert_eq!(report["traffic"]["lost"], 0);
+    assert!(report["traffic"]["in_flight_at_end"].as_u64() > Some(0));
+    let problems = report["problems"].to_string();
+    assert!(
+        problems.contains("--client-rate 0 --client-bytes-rate 0"),
+        "{problems}"
+    );
+}
+
 #[test]
 fn two_senders_swapped_for_one_client_is_reordered() {
     fails_with(BROADCAST, Fault::Swap, 3, "reordered");

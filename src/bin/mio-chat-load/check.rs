@@ -360,24 +360,40 @@ impl Checker {
         })
     }
 
-    /// Messages the clients in `keys` never got; recorded as the `lost` fault.
-    pub fn count_lost(&mut self, keys: &[usize]) -> u64 {
+    /// Messages the clients in `keys` never got, as (lost, in flight): those that can no
+    /// longer come, since a later one of their sender's arrived (the `lost` fault), and those
+    /// after the last that arrived, still in flight when the run ended (`in flight at the
+    /// end`).
+    pub fn count_lost(&mut self, keys: &[usize]) -> (u64, u64) {
         let s = self.senders;
-        let mut lost = 0;
+        let (mut lost, mut in_flight) = (0, 0);
         for &key in keys {
             let row = self.trackers.get(key * s..(key + 1) * s).unwrap_or(&[]);
             for (sender, (t, &n)) in row.iter().zip(&self.sent).enumerate() {
-                let missing = t.lost(n);
-                if missing > 0 && !self.faults.has(Fault::Lost) {
+                let (gaps, tail) = (t.gaps(n), t.unreached(n));
+                if gaps > 0 && !self.faults.has(Fault::Lost) {
                     self.faults.record(Fault::Lost, 0, || {
-                        format!("client {key} never got {missing} of sender {sender}'s {n}")
+                        format!(
+                            "client {key} never got {gaps} of sender {sender}'s {n}, though \
+                             later ones came"
+                        )
                     });
                 }
-                lost += missing;
+                if tail > 0 && !self.faults.has(Fault::InFlight) {
+                    self.faults.record(Fault::InFlight, 0, || {
+                        format!(
+                            "client {key} had not got sender {sender}'s last {tail} of {n} \
+                             when the run ended"
+                        )
+                    });
+                }
+                lost += gaps;
+                in_flight += tail;
             }
         }
         self.faults.set_count(Fault::Lost, lost);
-        lost
+        self.faults.set_count(Fault::InFlight, in_flight);
+        (lost, in_flight)
     }
 
     /// Compares the orders the clients in `keys` saw: those that saw as many messages as most
@@ -459,7 +475,7 @@ mod tests {
             }
         }
         assert!(c.caught_up(0..2));
-        assert_eq!(c.count_lost(&[0, 1]), 0);
+        assert_eq!(c.count_lost(&[0, 1]), (0, 0));
         c.compare_orders(&[0, 1]);
         assert!(c.faults.is_empty(), "{:?}", c.faults);
         assert_eq!(c.deliveries, 12);
@@ -581,8 +597,10 @@ mod tests {
             c.observe(0, &body, 20);
         }
         assert!(!c.caught_up(0..1));
-        assert_eq!(c.count_lost(&[0]), 1 + 2);
-        assert_eq!(c.faults.count(Fault::Lost), 3);
+        // Sender 0's 1 is lost (its 2 came); sender 1's 1 and 2 are still in flight.
+        assert_eq!(c.count_lost(&[0]), (1, 2));
+        assert_eq!(c.faults.count(Fault::Lost), 1);
+        assert_eq!(c.faults.count(Fault::InFlight), 2);
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub struct MergedReport {
     /// The generators' rates added up.
     pub deliveries_per_s: f64,
     pub lost: u64,
+    pub in_flight_at_end: u64,
     pub duplicates: u64,
     pub order_violations: u64,
     /// Deliveries of one generator's messages to another's clients: counted, not checked.
@@ -60,13 +61,14 @@ pub struct Across {
 }
 
 /// The counts of a broadcast report's `traffic` that add up.
-const SUMS: [&str; 9] = [
+const SUMS: [&str; 10] = [
     "senders",
     "sent",
     "receivers",
     "expected_deliveries",
     "deliveries",
     "lost",
+    "in_flight_at_end",
     "duplicates",
     "order_violations",
     "foreign",
@@ -102,7 +104,7 @@ pub fn merge(files: &[PathBuf]) -> Result<MergedReport, String> {
             problems.push(format!("{name}: {}", problem.as_str().unwrap_or_default()));
         }
     }
-    let [senders, sent, receivers, expected_deliveries, deliveries, lost, duplicates, order_violations, foreign] =
+    let [senders, sent, receivers, expected_deliveries, deliveries, lost, in_flight_at_end, duplicates, order_violations, foreign] =
         sums;
     Ok(MergedReport {
         scenario: "merge",
@@ -114,6 +116,7 @@ pub fn merge(files: &[PathBuf]) -> Result<MergedReport, String> {
         deliveries,
         deliveries_per_s: rate,
         lost,
+        in_flight_at_end,
         duplicates,
         order_violations,
         foreign,

@@ -199,7 +199,11 @@ pub struct Traffic {
     pub deliveries: u64,
     /// Deliveries over the time from the first send to the last delivery.
     pub deliveries_per_s: f64,
+    /// Messages that can no longer come: a later one of their sender's arrived.
     pub lost: u64,
+    /// Messages after the last of their sender's that arrived: still in flight when the
+    /// drain's wait ran out (the server fell behind: late, or lost at the very end).
+    pub in_flight_at_end: u64,
     pub duplicates: u64,
     pub order_violations: u64,
     /// Notices heard during the traffic (leave notices of lost clients; any other is a fault,
@@ -335,6 +339,12 @@ pub struct ChurnReport {
     /// Each fault found, by name: how often, and the first in words.
     pub faults: Faults,
     pub problems: Vec<String>,
+}
+
+/// `1 sender`, `2 senders`: a count with its noun in the right number.
+pub fn plural(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// Prints a report on stdout: as JSON, or as the readable lines `text` gives.
@@ -506,11 +516,12 @@ pub fn broadcast_text(r: &BroadcastReport) -> String {
         );
         let _ = writeln!(
             out,
-            "  deliveries   {}/{} ({:.0}/s); lost {}, duplicates {}, out of order {}, notices {}; last one {:.2} s after the last send",
+            "  deliveries   {}/{} ({:.0}/s); lost {}, in flight at the end {}, duplicates {}, out of order {}, notices {}; last one {:.2} s after the last send",
             t.deliveries,
             t.expected_deliveries,
             t.deliveries_per_s,
             t.lost,
+            t.in_flight_at_end,
             t.duplicates,
             t.order_violations,
             t.notices,

@@ -16,7 +16,7 @@ use crate::chat::{Notice, Stamp};
 use crate::check::Checker;
 use crate::faults::{Fault, Faults};
 use crate::fleet::Observer;
-use crate::report::{self, BroadcastReport, Latency, ServerLoad, Traffic};
+use crate::report::{self, plural, BroadcastReport, Latency, ServerLoad, Traffic};
 use crate::scenario::{join, Run, LINGER};
 
 /// How long after the last send the stragglers may take to arrive.
@@ -159,6 +159,19 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<BroadcastReport> {
         }
         if t.sent == 0 {
             problems.push("nothing was sent".into());
+        }
+        if t.in_flight_at_end > 0 {
+            problems.push(format!(
+                "{}: the server fell behind the senders (late, not known lost: nothing later of \
+                 their senders' came). A server that rate-limits its clients holds them back on \
+                 purpose; for mio-chat, run it with --client-rate 0 --client-bytes-rate 0 for a \
+                 load test, or lower --rate",
+                plural(
+                    t.in_flight_at_end,
+                    "message still in flight",
+                    "messages still in flight"
+                )
+            ));
         }
         traffic = Some(t);
     }
@@ -334,7 +347,7 @@ fn summarize(
     stop_at: Instant,
 ) -> (Traffic, Faults) {
     let sent: u64 = rx.check.sent_by().iter().sum();
-    let lost = rx.check.count_lost(live);
+    let (lost, in_flight_at_end) = rx.check.count_lost(live);
     rx.check.compare_orders(live);
     let last = rx.last_delivery.unwrap_or(start);
     let span = last.saturating_duration_since(start).as_secs_f64();
@@ -354,6 +367,7 @@ fn summarize(
             0.0
         },
         lost,
+        in_flight_at_end,
         duplicates: rx.check.duplicates,
         order_violations: rx.check.order_violations,
         notices: rx.notices,
