@@ -74,6 +74,19 @@ pub struct Common {
     /// [default: 0/1]
     #[arg(long, global = true, value_name = "I/N", value_parser = parse_generator)]
     pub generator: Option<Generator>,
+    /// A threshold (`broadcast` and `merge`): fail the run, with exit status 3, if the
+    /// deliveries' p99 latency is over MS milliseconds. Faults fail it with status 1 first.
+    #[arg(long, global = true, value_name = "MS", value_parser = parse_limit)]
+    pub max_p99: Option<f64>,
+    /// A threshold (`broadcast` and `merge`): fail the run, with exit status 3, if fewer than
+    /// this many deliveries a second were made.
+    #[arg(long, global = true, value_name = "PER_S", value_parser = parse_limit)]
+    pub min_rate: Option<f64>,
+    /// Also write the report as a self-contained HTML page (`broadcast` and `merge`): the
+    /// verdict, then charts of latency over time, the latency distribution, throughput and
+    /// connections (inline SVG: no script, nothing fetched).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
     /// Print the report as one JSON object.
     #[arg(long, global = true)]
     pub json: bool,
@@ -146,6 +159,11 @@ pub struct BroadcastArgs {
     /// Bytes of text per message (at least the stamp, about 30 bytes).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// Seconds over which the clients join, evenly spread (0: all at once, as fast as
+    /// --max-inflight allows). The sending starts once all have joined; the ramp is added to
+    /// --timeout.
+    #[arg(long, default_value = "0", value_parser = mio_chat::config::parse_secs)]
+    pub ramp_up: Duration,
 }
 
 #[derive(serde::Serialize, ClapArgs, Debug)]
@@ -209,6 +227,13 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
         _ => Err(format!("{s}: not a positive number of messages per second")),
+    }
+}
+
+fn parse_limit(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("{s}: not a number of 0 or more")),
     }
 }
 

@@ -21,11 +21,14 @@ use serde_json::Value;
 
 use crate::faults::Entry;
 use crate::report::{self, Latency};
+use crate::series::Second;
 
 /// The merged figures.
 #[derive(Debug, Serialize)]
 pub struct MergedReport {
     pub scenario: &'static str,
+    /// `--max-p99` and `--min-rate` against the merged figures (set after the merge).
+    pub thresholds: Vec<report::Threshold>,
     /// The reports merged, as given.
     pub reports: Vec<String>,
     pub senders: u64,
@@ -43,6 +46,9 @@ pub struct MergedReport {
     pub foreign: u64,
     /// For each pair of generators, what one's clients got of the other's messages.
     pub across: Vec<Across>,
+    /// The run second by second on the first generator's clock: counts and connections add
+    /// up; p50 and p99 are the highest of the generators' (percentiles do not add).
+    pub series: Vec<Second>,
     pub latency: Latency,
     pub faults: BTreeMap<String, Entry>,
     /// Each report's problems, prefixed with its name.
@@ -92,6 +98,7 @@ pub fn merge(files: &[PathBuf]) -> Result<MergedReport, String> {
     }
     one_run(&reports)?;
     let across = check_across(&reports, &mut faults, &mut problems);
+    let series = merge_series(&reports);
     for (name, json) in &reports {
         let traffic = &json["traffic"];
         for (sum, key) in sums.iter_mut().zip(SUMS) {
@@ -108,6 +115,7 @@ pub fn merge(files: &[PathBuf]) -> Result<MergedReport, String> {
         sums;
     Ok(MergedReport {
         scenario: "merge",
+        thresholds: Vec::new(),
         reports: files.iter().map(|f| f.display().to_string()).collect(),
         senders,
         sent,
@@ -121,6 +129,7 @@ pub fn merge(files: &[PathBuf]) -> Result<MergedReport, String> {
         order_violations,
         foreign,
         across,
+        series,
         latency: Latency::of(&hist),
         faults,
         problems,
@@ -244,6 +253,38 @@ fn check_across(
     across
 }
 
+/// The reports' time series on one clock: each second placed by its report's start.
+fn merge_series(reports: &[(String, Value)]) -> Vec<Second> {
+    let start = |json: &Value| json["setup"]["started_unix_ms"].as_u64().unwrap_or(0);
+    let first = reports.iter().map(|(_, j)| start(j)).min().unwrap_or(0);
+    let mut merged: Vec<Second> = Vec::new();
+    for (_, json) in reports {
+        let offset = (start(json) - first + 500) / 1000;
+        let seconds = json["series"].as_array().into_iter().flatten();
+        for s in seconds.filter_map(|s| serde_json::from_value::<Second>(s.clone()).ok()) {
+            let t_s = s.t_s + offset;
+            while merged.len() as u64 <= t_s {
+                let t_s = merged.len() as u64;
+                merged.push(Second {
+                    t_s,
+                    ..Second::default()
+                });
+            }
+            let m = &mut merged[t_s as usize];
+            m.sent += s.sent;
+            m.delivered += s.delivered;
+            m.connections += s.connections;
+            let highest = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            m.p50_ms = highest(m.p50_ms, s.p50_ms);
+            m.p99_ms = highest(m.p99_ms, s.p99_ms);
+        }
+    }
+    merged
+}
+
 /// A broadcast report's `traffic`, or why there is none.
 fn traffic_of(json: &Value) -> Result<&Value, String> {
     if json["scenario"] != "broadcast" {
@@ -289,8 +330,10 @@ pub fn text(r: &MergedReport) -> String {
     );
     let _ = writeln!(
         out,
-        "  traffic      {} senders, {} sent to {} receivers",
-        r.senders, r.sent, r.receivers
+        "  traffic      {}, {} sent to {}",
+        report::plural(r.senders, "sender", "senders"),
+        r.sent,
+        report::plural(r.receivers, "receiver", "receivers")
     );
     let _ = writeln!(
         out,
@@ -307,9 +350,11 @@ pub fn text(r: &MergedReport) -> String {
     let l = &r.latency;
     let _ = writeln!(
         out,
-        "  latency      p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms (of {} deliveries)",
-        l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count
+        "  latency      {} (of {})",
+        report::latency_text(l),
+        report::plural(l.count, "delivery", "deliveries")
     );
+    report::thresholds_line(&mut out, &r.thresholds);
     if r.problems.is_empty() {
         let _ = writeln!(out, "  result       OK");
     } else {

@@ -18,6 +18,7 @@ use crate::faults::{Fault, Faults};
 use crate::fleet::Observer;
 use crate::report::{self, plural, BroadcastReport, Latency, ServerLoad, Traffic};
 use crate::scenario::{join, Run, LINGER};
+use crate::series::Totals;
 
 /// How long after the last send the stragglers may take to arrive.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -45,6 +46,8 @@ pub struct Plan {
     pub pace: Pace,
     pub duration: Duration,
     pub size: usize,
+    /// Clients join spread over this long, not all at once.
+    pub ramp_up: Duration,
 }
 
 /// Everything the receiving side learns.
@@ -139,7 +142,7 @@ struct Sender {
 }
 
 pub fn run(run: &mut Run, plan: &Plan) -> io::Result<BroadcastReport> {
-    let join = join::connect_and_drain(run, plan.clients)?;
+    let join = join::connect_and_drain(run, plan.clients, plan.ramp_up)?;
     let mut problems = Vec::new();
     join::problems(&join, &mut problems);
     let mut traffic = None;
@@ -182,8 +185,11 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<BroadcastReport> {
     let close = run.close_all()?;
     run.check_end(&close, &mut problems);
     let faults = run.take_faults(&mut problems);
+    run.series.finish(Instant::now(), run.fleet.len(), None);
     Ok(BroadcastReport {
         scenario: "broadcast",
+        thresholds: Vec::new(),
+        series: std::mem::take(&mut run.series.seconds),
         setup: run.final_setup(),
         join,
         traffic,
@@ -286,6 +292,10 @@ fn send_and_check(run: &mut Run, plan: &Plan) -> io::Result<(Traffic, Faults)> {
                 }
             }
         }
+        if run.series.due(now) {
+            let totals = totals(&rx);
+            run.series.tick(now, run.fleet.len(), Some(totals));
+        }
         run.progress.tick(now, || {
             let phase = if sending { "sending" } else { "draining" };
             let sent: u64 = rx.check.sent_by().iter().sum();
@@ -302,8 +312,19 @@ fn send_and_check(run: &mut Run, plan: &Plan) -> io::Result<(Traffic, Faults)> {
         run.fleet.turn(Some(wait), &mut rx)?;
     }
     run.progress.finish();
+    run.series
+        .finish(Instant::now(), run.fleet.len(), Some(totals(&rx)));
     let live: Vec<usize> = keys.iter().copied().filter(|&k| !rx.gone[k]).collect();
     Ok(summarize(plan, rx, &live, &text, start, stop_at))
+}
+
+/// The traffic so far, for the time series.
+fn totals(rx: &Receivers) -> Totals<'_> {
+    Totals {
+        sent: rx.check.sent_by().iter().sum(),
+        delivered: rx.check.deliveries,
+        latency: &rx.latency,
+    }
 }
 
 /// How many messages sender `s` sends now, and how far each moves its schedule.

@@ -85,7 +85,7 @@ impl ProbeWatch {
 
 pub fn run(run: &mut Run, clients: usize, hold: Duration) -> io::Result<ConnectReport> {
     let rss_before = run.server.and_then(|p| p.rss_kib().ok());
-    let join = join::connect_and_drain(run, clients)?;
+    let join = join::connect_and_drain(run, clients, Duration::ZERO)?;
     let mut problems = Vec::new();
     join::problems(&join, &mut problems);
 

@@ -95,27 +95,18 @@ pub fn triangle(n: usize) -> u64 {
     n * (n + 1) / 2
 }
 
-/// Dials `clients` connections and waits for the join flood to drain.
-pub fn connect_and_drain(run: &mut Run, clients: usize) -> io::Result<Join> {
+/// Dials `clients` connections, spread evenly over `ramp` (all at once if zero), and waits for
+/// the join flood to drain. The ramp is added to the run's `--timeout`: it is asked for, not
+/// work.
+pub fn connect_and_drain(run: &mut Run, clients: usize, ramp: Duration) -> io::Result<Join> {
     let start = Instant::now();
     let mut counter = JoinCounter {
         shared: run.generator.shared(),
         ..JoinCounter::default()
     };
     let mut connected_at = None;
-    run.fleet.dial(clients);
-    let mut done = |fleet: &Fleet, counter: &JoinCounter, now: Instant| {
-        if !fleet.settled() {
-            return false;
-        }
-        let connected = *connected_at.get_or_insert(now);
-        // Everyone is open, so every join has happened: a flood that falls quiet short of
-        // its total has lost notices, and waiting longer would not bring them.
-        let last = counter.last_notice.unwrap_or(connected).max(connected);
-        let quiet = now.duration_since(last) >= QUIET;
-        let tally = &fleet.tally;
-        quiet || (tally.lost_after_open == 0 && counter.total >= triangle(tally.opened))
-    };
+    run.deadline += ramp;
+    let mut dialled = 0;
     let status = |fleet: &Fleet, counter: &JoinCounter| {
         let tally = &fleet.tally;
         format!(
@@ -127,11 +118,33 @@ pub fn connect_and_drain(run: &mut Run, clients: usize) -> io::Result<Join> {
             triangle(clients.saturating_sub(tally.failed() as usize))
         )
     };
-    // Falling quiet is no event: look again every so often, or the wait lasts until one comes
-    // (the server's next ping, say).
     loop {
-        let look_again = Some(Instant::now() + QUIET / 8);
-        let ending = run.run_until(&mut counter, look_again, &mut done, status)?;
+        // Client k is due at start + ramp × k / clients.
+        let due_at = |k: usize| start + ramp.mul_f64(k as f64 / clients.max(1) as f64);
+        let now = Instant::now();
+        let due = (dialled..clients).take_while(|&k| due_at(k) <= now).count();
+        run.fleet.dial(due);
+        dialled += due;
+        let all_dialled = dialled == clients;
+        let done = |fleet: &Fleet, counter: &JoinCounter, now: Instant| {
+            if !all_dialled || !fleet.settled() {
+                return false;
+            }
+            let connected = *connected_at.get_or_insert(now);
+            // Everyone is open, so every join has happened: a flood that falls quiet short of
+            // its total has lost notices, and waiting longer would not bring them.
+            let last = counter.last_notice.unwrap_or(connected).max(connected);
+            let quiet = now.duration_since(last) >= QUIET;
+            let tally = &fleet.tally;
+            quiet || (tally.lost_after_open == 0 && counter.total >= triangle(tally.opened))
+        };
+        // Falling quiet is no event: look again every so often, or the wait lasts until one
+        // comes (the server's next ping, say); and when the next client is due.
+        let mut look_again = Instant::now() + QUIET / 8;
+        if !all_dialled {
+            look_again = look_again.min(due_at(dialled));
+        }
+        let ending = run.run_until(&mut counter, Some(look_again), done, status)?;
         if ending != Ending::Expired {
             break;
         }

@@ -19,6 +19,7 @@ use crate::fleet::{Fleet, Observer};
 use crate::procfs::Proc;
 use crate::progress::Progress;
 use crate::report::{Close, Setup};
+use crate::series::Series;
 
 /// Closing handshakes may use what is left of `--timeout`, and at least this long: every close
 /// sends a leave notice to everyone still there, so closing N clients costs the server a flood
@@ -47,6 +48,8 @@ pub struct Run {
     pub faults: Faults,
     /// Whether other generators share the room (`--generator`), and our place among them.
     pub generator: Generator,
+    /// The run second by second (the traffic's counts and latencies, connections open).
+    pub series: Series,
     /// Every message sent had arrived at every client when the traffic ended: any chat
     /// message from then on is a second copy (or not ours at all).
     pub all_delivered: bool,
@@ -90,6 +93,9 @@ impl Run {
                 return Ok(Ending::TimedOut);
             }
             self.progress.tick(now, || status(&self.fleet, observer));
+            if self.series.due(now) {
+                self.series.tick(now, self.fleet.len(), None);
+            }
             let wake = [Some(self.deadline), until]
                 .into_iter()
                 .flatten()
