@@ -7,10 +7,20 @@ use clap::{ArgGroup, Args as ClapArgs, Parser, Subcommand};
 
 /// Load generator for mio-chat: many WebSocket clients on one thread, one mio event loop.
 ///
-/// Prints a report on stdout (one JSON object with --json) and exits non-zero if anything went
-/// wrong: failed connections; messages or notices lost, duplicated, reordered, changed, forged
-/// or extra (each fault by name in the report); server file descriptors not given back
-/// (churn); or the --timeout.
+/// Prints a report on stdout (one JSON object with --json; a self-contained HTML page with
+/// --html) and exits 1 if anything went wrong: failed connections (a 101 naming an extension or
+/// subprotocol not asked for included); messages or notices lost, duplicated, reordered,
+/// changed, forged or extra (each fault by name in the report); server file descriptors not
+/// given back (churn); or the --timeout. Exit 3: the server was right, but a threshold
+/// (--max-p99, --min-rate) failed.
+///
+/// What a verdict sees: every frame each client reads, from the 101 to the close, judged by
+/// the same rules in every phase, with a short linger after the last expected one. What it
+/// cannot see: whom a notice is about (notices are checked as counts and orders), messages
+/// sent before a client joined, and whether a message still in flight when the run ends is
+/// late or lost (reported as "in flight at the end"; against a rate-limiting server, lift the
+/// limit: mio-chat --client-rate 0 --client-bytes-rate 0). See docs/load-generator.md.
+///
 /// Set RUST_LOG=debug to see why individual clients failed.
 #[derive(Parser, Debug)]
 #[command(version)]
@@ -68,9 +78,11 @@ pub struct Common {
     pub allow_remote: bool,
     /// This generator's place among N that load one chat at once (0-based), for a load that
     /// one machine cannot make: its senders are numbered apart from the others', their
-    /// messages are counted but not checked, and in `connect` and `broadcast` the notices their
-    /// clients cause are not checked either (`churn` still counts every notice: the others'
-    /// clients must not come or go while it runs). `mio-chat-load merge` combines the reports.
+    /// messages are checked in each sender's order from the first one each client sees and
+    /// counted by generator (all generators of a run must use the same flags), and in
+    /// `connect` and `broadcast` the notices their clients cause are not checked (`churn`
+    /// still counts every notice: the others' clients must not come or go while it runs).
+    /// `mio-chat-load merge` combines the reports and checks them as one run.
     /// [default: 0/1]
     #[arg(long, global = true, value_name = "I/N", value_parser = parse_generator)]
     pub generator: Option<Generator>,
@@ -116,7 +128,11 @@ pub enum Scenario {
     /// Merges the `--json` reports of generators that ran `broadcast` against one chat at the
     /// same time (each with its own --generator I/N) into the report of one run: counts and
     /// rates add up, faults add up by name, percentiles come from the sum of the histograms.
-    /// Exits non-zero if any report found problems.
+    ///
+    /// Refuses reports that are not one run: they must be 0/N … N-1/N, each once, with the same
+    /// scenario and flags, and times that overlap. Checks that every generator's messages
+    /// reached every other generator's clients (at most sent × receivers). Exits 1 if any
+    /// report found problems or that check fails, 3 if only a threshold failed.
     Merge(MergeArgs),
 }
 

@@ -181,10 +181,13 @@ impl Checker {
     /// recording any fault.
     pub fn observe(&mut self, key: usize, body: &str, now_ns: u64) -> Option<Stamp> {
         let Some((stamp, padding)) = Stamp::parse(body) else {
-            let faults = &mut self.faults;
-            faults.record(Fault::Stray, 1, || {
-                format!("client {key} got {}", quote(body))
-            });
+            // A stamp spelled another way (`q=07`) is one of ours changed.
+            let fault = match Stamp::parse_leniently(body) {
+                Some(_) => Fault::Changed,
+                None => Fault::Stray,
+            };
+            self.faults
+                .record(fault, 1, || format!("client {key} got {}", quote(body)));
             return None;
         };
         let intact = padding.is_some_and(|p| self.padding.intact(&stamp, body.len(), p));
