@@ -55,6 +55,8 @@ enum Fault {
     Binary,
     /// After the tenth chat message, a chat message nobody sent.
     Stray,
+    /// After the tenth chat message, a leave notice, when nobody left.
+    LeaveInTraffic,
     /// The first chat message (connect's probe) twice.
     ProbeTwice,
     /// The first chat message (connect's probe) never.
@@ -182,6 +184,7 @@ fn transform(plan: Plan, conn: usize, seen: &mut Seen, payload: &[u8], frame: &[
                 Fault::NotChat => frame::push_frame(&mut out, OpCode::Text, b"{\"hello\":1}"),
                 Fault::Binary => frame::push_frame(&mut out, OpCode::Binary, &[1, 2, 3]),
                 Fault::Stray => chat(&mut out, "hello, everyone"),
+                Fault::LeaveInTraffic => chat(&mut out, LEFT),
                 _ => {}
             }
         }
@@ -704,6 +707,11 @@ fn a_message_nobody_sent_is_stray() {
 #[test]
 fn a_join_notice_during_the_traffic_is_extra() {
     fails_with(BROADCAST, Fault::LateJoin, 3, "extra notice");
+}
+
+#[test]
+fn a_leave_notice_during_the_traffic_when_nobody_left_is_extra() {
+    fails_with(BROADCAST, Fault::LeaveInTraffic, 3, "extra notice");
 }
 
 #[test]
