@@ -7,6 +7,8 @@
 //! reached the proxy). Each test runs the generator's binary through it with `--json` and
 //! checks its exit status and the fault's name in `faults` and `problems`.
 
+#![cfg(feature = "loadgen")] // runs the generator's binary
+
 mod common;
 
 use std::io::{self, Read, Write};

@@ -2,6 +2,8 @@
 //! `1/2`), their `--json` reports merged by `mio-chat-load merge`: the merged counts are the
 //! sums of theirs, and its percentiles are those of one histogram holding every sample of both.
 
+#![cfg(feature = "loadgen")] // runs the generator's binary
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,8 @@
 //! exit status, the per-second series, ramp-up, the progress line in a log, a run where nobody
 //! connected, and the HTML report, opened in Chromium (headless) as a user would open it.
 
+#![cfg(feature = "loadgen")] // runs the generator's binary
+
 mod common;
 
 use std::path::{Path, PathBuf};

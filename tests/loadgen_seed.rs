@@ -5,6 +5,8 @@
 //! Needs `go` and the seed's code beside the project; where either is missing the test says so
 //! and passes (see [`seed_server`]); in CI a missing `go` fails it.
 
+#![cfg(feature = "loadgen")] // runs the generator's binary
+
 mod common;
 
 use std::net::{TcpListener, TcpStream};

@@ -1,5 +1,13 @@
 //! `mio-chat-load`: a load generator for mio-chat, built like the server itself: one thread,
-//! one `mio::Poll`, every client a small state machine in a `Slab`.
+//! one `mio::Poll`, every client a small state machine in a `Slab`. What it checks, and what
+//! its verdict cannot see: docs/load-generator.md.
+//!
+//! It lives beside the server's code, in `loadgen/`: a `[[bin]]` of the same package behind
+//! the default feature `loadgen`, so that an embedder of the library (`default-features =
+//! false`) compiles neither it nor the dependencies only it needs (hdrhistogram, base64). Not
+//! a crate of its own in a workspace: the tests and benchmarks that run it find it as
+//! `CARGO_BIN_EXE_mio-chat-load`, which Cargo gives only to the package's own targets, and it
+//! speaks through the library's own frame and message code either way.
 //!
 //! A reading order:
 //! 1. [`args`]: the scenarios and their flags; [`target`]: where to connect (one server or the
