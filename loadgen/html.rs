@@ -242,11 +242,14 @@ const H: f64 = 220.0;
 const LEFT: f64 = 56.0;
 const BOTTOM: f64 = 30.0;
 
+/// One line of a chart: its name, its colour, its points (x, y).
+type Line<'a> = (&'a str, &'a str, &'a Vec<(f64, f64)>);
+
 /// One chart: (id, caption, x label, y label, x as percentiles) and its lines.
 fn chart(
     out: &mut String,
     (id, caption, x_label, y_label, percentiles): (&str, &str, &str, &str, bool),
-    lines: &[(&str, &str, &Vec<(f64, f64)>)],
+    lines: &[Line],
 ) {
     let all = || lines.iter().flat_map(|(_, _, p)| p.iter());
     let x_max = all().map(|p| p.0).fold(1.0, f64::max);
