@@ -40,6 +40,9 @@ enum Fault {
     UnknownSender,
     /// After the tenth chat message, sender 0's with a number it has not sent.
     NeverSent,
+    /// After the tenth chat message, one from sender 5 000 000: beyond the range of any of
+    /// two generators.
+    BeyondEveryGenerator,
     /// The tenth chat message twice.
     Duplicate,
     /// The tenth chat message never.
@@ -182,6 +185,7 @@ fn transform(plan: Plan, conn: usize, seen: &mut Seen, payload: &[u8], frame: &[
             out.extend_from_slice(frame);
             match fault {
                 Fault::UnknownSender => chat(&mut out, "s=999 q=0 t=1 AAAAAAAA"),
+                Fault::BeyondEveryGenerator => chat(&mut out, "s=5000000 q=0 t=1 AAAAAAAA"),
                 Fault::NeverSent => chat(&mut out, "s=0 q=999999999 t=1 AAAAAAAA"),
                 Fault::NotChat => frame::push_frame(&mut out, OpCode::Text, b"{\"hello\":1}"),
                 Fault::Binary => frame::push_frame(&mut out, OpCode::Binary, &[1, 2, 3]),
@@ -641,6 +645,18 @@ fn a_stamp_from_the_future_is_named() {
 #[test]
 fn a_message_from_an_unknown_sender_is_named() {
     fails_with(BROADCAST, Fault::UnknownSender, 3, "unknown sender");
+}
+
+/// As generator 0 of 2, a sender in its own range that it does not have, or beyond every
+/// generator's range, is unknown, not another generator's.
+#[test]
+fn with_several_generators_a_sender_outside_every_range_is_unknown() {
+    let mut args = BROADCAST.to_vec();
+    args.extend(["--generator", "0/2"]);
+    for fault in [Fault::UnknownSender, Fault::BeyondEveryGenerator] {
+        let report = fails_with(&args, fault, 3, "unknown sender");
+        assert_eq!(report["traffic"]["foreign"], 0, "{fault:?}");
+    }
 }
 
 #[test]
