@@ -146,6 +146,33 @@ fn a_run_where_nobody_connected_claims_nothing() {
     assert!(!text.contains("0.00 ms"), "{text}");
 }
 
+/// `--server-pid` naming a process that does not listen on the target is said; the server's
+/// own is not.
+#[test]
+fn a_server_pid_not_listening_on_the_target_is_said() {
+    let server = TestServer::start(&[]);
+    let run = |pid: u32| {
+        let out = Command::new(LOAD)
+            .args(["connect", "-n", "2", "--quiet", "--url", &server.url("/ws")])
+            .args(["--server-pid", &pid.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    assert!(!run(server.pid()).contains("not listening"));
+    // This test's own process holds no listening socket on the server's port.
+    let warned = run(std::process::id());
+    assert!(
+        warned.contains("is not listening on the target's port"),
+        "{warned}"
+    );
+}
+
 /// Chromium, or `None` after saying why not ([`tool::require`]'s rule: CI must have it).
 fn chromium() -> Option<PathBuf> {
     tool::require("chromium", "chromium")
