@@ -46,7 +46,8 @@ pub struct Common {
     )]
     pub url: Vec<String>,
     /// PID of the server, to report its memory and CPU use, and in `churn` its open file
-    /// descriptors (read from /proc). With several --url, the one server it names.
+    /// descriptors (read from /proc). With several --url, the one server it names. If that
+    /// process does not listen on the target's port (a proxy in front?), a warning says so.
     #[arg(long, global = true)]
     pub server_pid: Option<u32>,
     /// Spread clients over source addresses 127.0.0.1..127.0.0.K (with several --url, each
@@ -122,8 +123,9 @@ pub enum Scenario {
     /// once it has heard its own join notice: a share P of them abruptly (TCP reset, no Close
     /// frame), the rest with a closing handshake. The watcher must hear exactly one join and
     /// one leave notice per client, and the watcher and the background clients one and the same
-    /// sequence of notices; with --server-pid, the server's open files must come back to their
-    /// count before the churn (its RSS before and after is reported).
+    /// sequence of notices, each member's join before its leave; with --server-pid, the
+    /// server's open files must come back to their count before the churn (its RSS before and
+    /// after is reported).
     Churn(ChurnArgs),
     /// Merges the `--json` reports of generators that ran `broadcast` against one chat at the
     /// same time (each with its own --generator I/N) into the report of one run: counts and
