@@ -7,6 +7,8 @@
 //! reached the proxy). Each test runs the generator's binary through it with `--json` and
 //! checks its exit status and the fault's name in `faults` and `problems`.
 
+#![cfg(feature = "loadgen")] // runs the generator's binary
+
 mod common;
 
 use std::io::{self, Read, Write};
@@ -38,16 +40,28 @@ enum Fault {
     UnknownSender,
     /// After the tenth chat message, sender 0's with a number it has not sent.
     NeverSent,
+    /// After the tenth chat message, one from sender 5 000 000: beyond the range of any of
+    /// two generators.
+    BeyondEveryGenerator,
     /// The tenth chat message twice.
     Duplicate,
     /// The tenth chat message never.
     Drop,
+    /// The tenth chat message with a leading zero in its number, its padding cut by one
+    /// byte so that the length stays the same.
+    LeadingZero,
+    /// The 101 names an extension the client never asked for.
+    Extension,
+    /// The 101 names a subprotocol the client never asked for.
+    Subprotocol,
     /// After the tenth chat message, a text frame that is not the chat's JSON.
     NotChat,
     /// After the tenth chat message, a binary frame.
     Binary,
     /// After the tenth chat message, a chat message nobody sent.
     Stray,
+    /// After the tenth chat message, a leave notice, when nobody left.
+    LeaveInTraffic,
     /// The first chat message (connect's probe) twice.
     ProbeTwice,
     /// The first chat message (connect's probe) never.
@@ -65,6 +79,23 @@ enum Fault {
     LeaveDoubledFirst,
     /// The first leave notice never.
     LeaveLost,
+    /// At each stayer of [`CHURN`] (connections 0 to 2), the first short-lived client's join
+    /// notice held back until just after its leave notice: every stayer alike, the totals
+    /// right.
+    JoinAfterLeave,
+    /// A chat message nobody sent, right after the client's own join notice (in the flood).
+    StrayInFlood,
+    /// The last chat message again, just before the server's Close (after the run caught up).
+    DuplicateAtClose,
+    /// A hundred leave notices just before the server's Close.
+    LeavesAtClose,
+    /// Every chat message of another generator's senders (numbered from 1 000 000) never,
+    /// at every connection.
+    DropForeign,
+    /// No fault: what a correct server may do, at every connection. Every text message with
+    /// its JSON keys the other way round (`{"body":…,"type":1}`), cut into three fragments,
+    /// a ping before it and another between its fragments.
+    Legal,
 }
 
 /// A fault, and the connection it strikes (by the order connections reached the proxy).
@@ -83,6 +114,10 @@ struct Seen {
     /// A chat frame held back to be swapped with the next one from another sender.
     held: Option<(String, Vec<u8>)>,
     swapped: bool,
+    /// A join notice held back until the next leave notice.
+    held_join: Option<Vec<u8>>,
+    /// The last chat frame, to hand over again.
+    last_chat: Vec<u8>,
 }
 
 /// The chat body of a text frame's payload, if it is one.
@@ -98,6 +133,10 @@ fn chat(out: &mut Vec<u8>, text: &str) {
 /// The frames to send instead of one text frame (`frame` as it came), for connection `conn`.
 fn transform(plan: Plan, conn: usize, seen: &mut Seen, payload: &[u8], frame: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
+    if plan.fault == Fault::Legal {
+        legally(payload, &mut out);
+        return out;
+    }
     let Some(text) = body(payload) else {
         out.extend_from_slice(frame);
         return out;
@@ -107,7 +146,11 @@ fn transform(plan: Plan, conn: usize, seen: &mut Seen, payload: &[u8], frame: &[
         notice(plan, conn, seen, &text, frame, &mut out);
         return out;
     }
+    if plan.fault == Fault::DropForeign && text.starts_with("s=") && text[2..].find(' ') > Some(6) {
+        return out;
+    }
     seen.chats += 1;
+    seen.last_chat = frame.to_vec();
     let tenth = mine && seen.chats == 10;
     match plan.fault {
         Fault::Swap if mine && seen.chats >= 10 && !seen.swapped => {
@@ -118,6 +161,11 @@ fn transform(plan: Plan, conn: usize, seen: &mut Seen, payload: &[u8], frame: &[
             let last = changed.len() - 1;
             changed[last] = if changed[last] == b'A' { b'B' } else { b'A' };
             chat(&mut out, std::str::from_utf8(&changed).unwrap());
+        }
+        Fault::LeadingZero if tenth => {
+            let mut forged = text.replacen(" q=", " q=0", 1);
+            forged.pop();
+            chat(&mut out, &forged);
         }
         Fault::Future if tenth => {
             let at = text.find(" t=").unwrap() + 3;
@@ -137,16 +185,49 @@ fn transform(plan: Plan, conn: usize, seen: &mut Seen, payload: &[u8], frame: &[
             out.extend_from_slice(frame);
             match fault {
                 Fault::UnknownSender => chat(&mut out, "s=999 q=0 t=1 AAAAAAAA"),
+                Fault::BeyondEveryGenerator => chat(&mut out, "s=5000000 q=0 t=1 AAAAAAAA"),
                 Fault::NeverSent => chat(&mut out, "s=0 q=999999999 t=1 AAAAAAAA"),
                 Fault::NotChat => frame::push_frame(&mut out, OpCode::Text, b"{\"hello\":1}"),
                 Fault::Binary => frame::push_frame(&mut out, OpCode::Binary, &[1, 2, 3]),
                 Fault::Stray => chat(&mut out, "hello, everyone"),
+                Fault::LeaveInTraffic => chat(&mut out, LEFT),
                 _ => {}
             }
         }
         _ => out.extend_from_slice(frame),
     }
     out
+}
+
+/// A text message as a correct server may also send it (see [`Fault::Legal`]).
+fn legally(payload: &[u8], out: &mut Vec<u8>) {
+    let json: Value = serde_json::from_slice(payload).expect("the server sends JSON");
+    // serde_json's map keeps its keys sorted: "body" before "type".
+    let text = serde_json::to_vec(&json).unwrap();
+    let (a, rest) = text.split_at(text.len() / 3);
+    let (b, c) = rest.split_at(rest.len() / 2);
+    frame::push_frame(out, OpCode::Ping, b"are you there");
+    push_fragment(out, OpCode::Text as u8, false, a);
+    frame::push_frame(out, OpCode::Ping, b"");
+    push_fragment(out, OpCode::Continuation as u8, false, b);
+    push_fragment(out, OpCode::Continuation as u8, true, c);
+}
+
+/// An unmasked server frame, final or not.
+fn push_fragment(out: &mut Vec<u8>, opcode: u8, fin: bool, payload: &[u8]) {
+    out.push(if fin { 0x80 } else { 0 } | opcode);
+    match payload.len() {
+        n @ 0..=125 => out.push(n as u8),
+        n @ 126..=0xFFFF => {
+            out.push(126);
+            out.extend((n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend((n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
 }
 
 /// Holds a chat frame until one from another sender comes, then hands both over swapped.
@@ -174,6 +255,24 @@ fn notice(plan: Plan, conn: usize, seen: &mut Seen, text: &str, frame: &[u8], ou
         seen.leaves += 1;
         (seen.leaves, false)
     };
+    // Stayer `conn` heard 3 - conn stayers' joins (its own and those after it); the next one
+    // is the first short-lived client's.
+    if plan.fault == Fault::JoinAfterLeave && conn < 3 {
+        if joined && count == 4 - conn {
+            seen.held_join = Some(frame.to_vec());
+            return;
+        }
+        out.extend_from_slice(frame);
+        if let (false, Some(held)) = (joined, seen.held_join.take()) {
+            out.extend(held);
+        }
+        return;
+    }
+    if plan.fault == Fault::StrayInFlood && conn == plan.conn && joined && count == 1 {
+        out.extend_from_slice(frame);
+        chat(out, "hello from nobody");
+        return;
+    }
     let times = match (plan.fault, joined, count) {
         (Fault::JoinLost, true, 2) if conn == 0 => 0,
         (Fault::JoinMoved, true, 2) if conn == 0 => 0,
@@ -246,13 +345,29 @@ fn pipe_down(mut server: TcpStream, mut client: TcpStream, plan: Plan, conn: usi
             let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
                 continue;
             };
-            out.extend(buf.drain(..end + 4));
+            let mut head: Vec<u8> = buf.drain(..end + 4).collect();
+            if conn == plan.conn {
+                let extra: &[u8] = match plan.fault {
+                    Fault::Extension => b"Sec-WebSocket-Extensions: permessage-deflate\r\n",
+                    Fault::Subprotocol => b"Sec-WebSocket-Protocol: chat\r\n",
+                    _ => b"",
+                };
+                head.splice(end + 2..end + 2, extra.iter().copied());
+            }
+            out.extend(head);
             head_done = true;
         }
         while let Some((header, len)) = frame_at(&buf) {
             let frame: Vec<u8> = buf.drain(..header + len).collect();
             if frame[0] & 0x0F == OpCode::Text as u8 && frame[0] & 0x80 != 0 {
                 out.extend(transform(plan, conn, &mut seen, &frame[header..], &frame));
+            } else if frame[0] & 0x0F == OpCode::Close as u8 && conn == plan.conn {
+                match plan.fault {
+                    Fault::DuplicateAtClose => out.extend_from_slice(&seen.last_chat),
+                    Fault::LeavesAtClose => (0..100).for_each(|_| chat(&mut out, LEFT)),
+                    _ => {}
+                }
+                out.extend(frame);
             } else {
                 out.extend(frame);
             }
@@ -374,6 +489,117 @@ fn the_healthy_server_passes_directly_and_through_the_proxy() {
     }
 }
 
+/// A server that fragments, pings and writes its JSON keys in another order is still correct.
+#[test]
+fn a_server_that_fragments_pings_and_reorders_keys_passes() {
+    let server = TestServer::start(&[]);
+    let plan = Plan {
+        fault: Fault::Legal,
+        conn: 0,
+    };
+    let proxy = Proxy::start(&server, plan);
+    for _ in 0..3 {
+        for args in [BROADCAST, CONNECT, CHURN, CHURN_ALONE] {
+            let (ok, report) = load(&proxy.url, args);
+            assert!(ok, "{args:?}: {}", report["problems"]);
+            assert_eq!(report["faults"], serde_json::json!({}), "{args:?}");
+        }
+    }
+}
+
+/// Generator 0 of 2 through a proxy that drops generator 1's messages, generator 1 straight to
+/// the server: each alone sees nothing wrong (generator 0 cannot know what it was not sent),
+/// `merge` does.
+#[test]
+fn another_generators_messages_never_delivered_fail_the_merge() {
+    let server = TestServer::start(&[]);
+    let plan = Plan {
+        fault: Fault::DropForeign,
+        conn: 0,
+    };
+    let proxy = Proxy::start(&server, plan);
+    let dir = std::env::temp_dir().join(format!("mio-chat-dropforeign-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let direct = server.url("/ws");
+    let runs: Vec<_> = [("0/2", proxy.url.as_str()), ("1/2", direct.as_str())]
+        .iter()
+        .map(|(g, url)| {
+            Command::new(LOAD)
+                .args(["broadcast", "-n", "3", "--senders", "1", "--rate", "100"])
+                .args(["--duration", "1", "--generator", g, "--url", url])
+                .args(["--json", "--quiet", "--timeout", "60"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start mio-chat-load")
+        })
+        .collect();
+    let mut files = Vec::new();
+    for (i, child) in runs.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "generator {i}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let file = dir.join(format!("g{i}.json"));
+        std::fs::write(&file, &out.stdout).unwrap();
+        files.push(file);
+    }
+    let out = Command::new(LOAD)
+        .args(["merge", "--json"])
+        .args(&files)
+        .output()
+        .unwrap();
+    let merged: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!out.status.success(), "{merged}");
+    assert!(merged["faults"].get("lost").is_some(), "{merged}");
+    let problems = merged["problems"].to_string();
+    assert!(
+        problems.contains("none of generator 1's") && problems.contains("generator 0's clients"),
+        "{problems}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Against a server that holds back a client past 20 messages a second, a sender at 300 a
+/// second leaves some of its messages in flight when the wait for them ends: late, not lost
+/// (nothing later of theirs came), and the report says what to check.
+#[test]
+fn messages_held_back_by_a_rate_limit_are_in_flight_not_lost() {
+    // The server reads the rest before it sees the Close: a few seconds' worth.
+    let server = TestServer::start(&["--client-rate", "20", "--client-burst", "1"]);
+    let args = [
+        "broadcast",
+        "-n",
+        "2",
+        "--senders",
+        "1",
+        "--rate",
+        "300",
+        "--duration",
+        "1",
+    ];
+    let (ok, report) = load(&server.url("/ws"), &args);
+    assert!(!ok, "{report}");
+    assert!(
+        report["faults"].get("in flight at the end").is_some(),
+        "{report}"
+    );
+    assert!(
+        report["faults"].get("lost").is_none(),
+        "{}",
+        report["faults"]
+    );
+    assert_eq!(report["traffic"]["lost"], 0);
+    assert!(report["traffic"]["in_flight_at_end"].as_u64() > Some(0));
+    let problems = report["problems"].to_string();
+    assert!(
+        problems.contains("--client-rate 0 --client-bytes-rate 0"),
+        "{problems}"
+    );
+}
+
 #[test]
 fn two_senders_swapped_for_one_client_is_reordered() {
     fails_with(BROADCAST, Fault::Swap, 3, "reordered");
@@ -421,6 +647,18 @@ fn a_message_from_an_unknown_sender_is_named() {
     fails_with(BROADCAST, Fault::UnknownSender, 3, "unknown sender");
 }
 
+/// As generator 0 of 2, a sender in its own range that it does not have, or beyond every
+/// generator's range, is unknown, not another generator's.
+#[test]
+fn with_several_generators_a_sender_outside_every_range_is_unknown() {
+    let mut args = BROADCAST.to_vec();
+    args.extend(["--generator", "0/2"]);
+    for fault in [Fault::UnknownSender, Fault::BeyondEveryGenerator] {
+        let report = fails_with(&args, fault, 3, "unknown sender");
+        assert_eq!(report["traffic"]["foreign"], 0, "{fault:?}");
+    }
+}
+
 #[test]
 fn a_number_never_sent_is_named() {
     let report = fails_with(BROADCAST, Fault::NeverSent, 3, "never sent");
@@ -429,6 +667,33 @@ fn a_number_never_sent_is_named() {
         t["deliveries"], t["expected_deliveries"],
         "not counted: {t}"
     );
+}
+
+#[test]
+fn a_leading_zero_with_the_padding_cut_to_match_is_changed() {
+    fails_with(BROADCAST, Fault::LeadingZero, 3, "changed");
+}
+
+/// A 101 naming what the client never asked for fails that connection, by the header's name.
+#[test]
+fn an_extension_or_subprotocol_not_asked_for_fails_the_connection() {
+    for (fault, header) in [
+        (Fault::Extension, "Sec-WebSocket-Extensions"),
+        (Fault::Subprotocol, "Sec-WebSocket-Protocol"),
+    ] {
+        let server = TestServer::start(&[]);
+        let proxy = Proxy::start(&server, Plan { fault, conn: 2 });
+        let (ok, report) = load(&proxy.url, CONNECT);
+        assert!(!ok, "{fault:?}: the run passed: {report}");
+        let failures = report["join"]["failures"].to_string();
+        assert!(
+            failures.contains(&format!("handshake: {header} not asked for")),
+            "{fault:?}: {failures}"
+        );
+        assert!(report["problems"]
+            .to_string()
+            .contains("1 of 5 connections failed"));
+    }
 }
 
 #[test]
@@ -460,6 +725,11 @@ fn a_message_nobody_sent_is_stray() {
 #[test]
 fn a_join_notice_during_the_traffic_is_extra() {
     fails_with(BROADCAST, Fault::LateJoin, 3, "extra notice");
+}
+
+#[test]
+fn a_leave_notice_during_the_traffic_when_nobody_left_is_extra() {
+    fails_with(BROADCAST, Fault::LeaveInTraffic, 3, "extra notice");
 }
 
 #[test]
@@ -497,6 +767,29 @@ fn a_watcher_losing_one_leave_and_doubling_another_is_caught() {
 #[test]
 fn a_lone_watcher_doubling_a_leave_before_losing_one_is_caught() {
     fails_with(CHURN_ALONE, Fault::LeaveDoubledFirst, 0, "extra notice");
+}
+
+#[test]
+fn a_join_notice_after_its_members_leave_at_every_stayer_is_caught() {
+    fails_with(CHURN, Fault::JoinAfterLeave, 0, "notice order");
+}
+
+#[test]
+fn a_chat_message_during_the_join_flood_is_stray() {
+    fails_with(CONNECT, Fault::StrayInFlood, 2, "stray message");
+    fails_with(BROADCAST, Fault::StrayInFlood, 2, "stray message");
+}
+
+#[test]
+fn a_second_copy_while_closing_is_duplicated() {
+    fails_with(CONNECT, Fault::DuplicateAtClose, 2, "duplicated");
+    fails_with(BROADCAST, Fault::DuplicateAtClose, 2, "duplicated");
+}
+
+#[test]
+fn a_hundred_leave_notices_while_closing_are_extra() {
+    fails_with(CONNECT, Fault::LeavesAtClose, 2, "extra notice");
+    fails_with(BROADCAST, Fault::LeavesAtClose, 2, "extra notice");
 }
 
 #[test]

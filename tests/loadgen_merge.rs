@@ -2,6 +2,8 @@
 //! `1/2`), their `--json` reports merged by `mio-chat-load merge`: the merged counts are the
 //! sums of theirs, and its percentiles are those of one histogram holding every sample of both.
 
+#![cfg(feature = "loadgen")] // runs the generator's binary
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -117,6 +119,19 @@ fn two_generators_merge_into_one_run() {
         assert_eq!(latency[key].as_f64(), Some(want), "{key}");
     }
     assert_eq!(latency["max_ms"].as_f64(), Some(all.max() as f64 / 1000.0));
+
+    // The same report twice is not one run: refused, with the reason.
+    let out = Command::new(LOAD)
+        .args(["merge", "--json"])
+        .args([&files[0], &files[0]])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not one run") && stderr.contains("both generator 0/2"),
+        "{stderr}"
+    );
 
     // A failed generator fails the merge, named by its file.
     let mut bad = reports[1].clone();

@@ -9,6 +9,9 @@
 //! few checkpoints (the hash after its 1st, 2nd, … delivery, thinned out as the run goes on so
 //! that there are never more than [`MARKS`]).
 
+use std::collections::HashMap;
+
+use crate::args::{Generator, SENDER_STRIDE};
 use crate::chat::{Padding, Stamp};
 use crate::faults::{quote, Fault, Faults};
 use crate::order::{SeqTracker, Verdict};
@@ -95,8 +98,17 @@ pub struct Checker {
     first: u32,
     /// Whether other generators share the room: then their messages are counted, not faults.
     shared: bool,
+    /// The generators sharing the room: a sender outside all their ranges is unknown.
+    generators: u32,
     /// Other generators' messages seen.
     pub foreign: u64,
+    /// The same by the generator that sent them (ours stays 0): `merge` checks that every
+    /// generator's messages reached every other's clients.
+    pub foreign_from: Vec<u64>,
+    /// What each client (key) has seen of each foreign sender (its stamp number): the first
+    /// number seen, and the sequence from there. Whoever joined when, from the first one on
+    /// a sender's messages come once each and in order.
+    foreign_seen: HashMap<(usize, u32), (u64, SeqTracker)>,
     senders: usize,
     /// `trackers[key * senders + s]`: what client `key` has seen of sender `s`.
     trackers: Vec<SeqTracker>,
@@ -115,7 +127,10 @@ impl Checker {
         Checker {
             first: 0,
             shared: false,
+            generators: 1,
             foreign: 0,
+            foreign_from: vec![0],
+            foreign_seen: HashMap::new(),
             senders,
             trackers: vec![SeqTracker::default(); key_bound * senders],
             sent: vec![0; senders],
@@ -128,10 +143,12 @@ impl Checker {
         }
     }
 
-    /// Numbers our senders from `first` on; `shared`: other generators' messages are no fault.
-    pub fn numbered_from(mut self, first: u32, shared: bool) -> Checker {
-        self.first = first;
-        self.shared = shared;
+    /// Numbers our senders as `generator`'s; other generators' messages are checked as theirs.
+    pub fn numbered_as(mut self, generator: Generator) -> Checker {
+        self.first = generator.first_sender();
+        self.shared = generator.shared();
+        self.generators = generator.count;
+        self.foreign_from = vec![0; generator.count as usize];
         self
     }
 
@@ -164,14 +181,18 @@ impl Checker {
     /// recording any fault.
     pub fn observe(&mut self, key: usize, body: &str, now_ns: u64) -> Option<Stamp> {
         let Some((stamp, padding)) = Stamp::parse(body) else {
-            let faults = &mut self.faults;
-            faults.record(Fault::Stray, 1, || {
-                format!("client {key} got {}", quote(body))
-            });
+            // A stamp spelled another way (`q=07`) is one of ours changed.
+            let fault = match Stamp::parse_leniently(body) {
+                Some(_) => Fault::Changed,
+                None => Fault::Stray,
+            };
+            self.faults
+                .record(fault, 1, || format!("client {key} got {}", quote(body)));
             return None;
         };
-        let local = self.ours(key, &stamp)?;
-        if !padding.is_some_and(|p| self.padding.intact(&stamp, body.len(), p)) {
+        let intact = padding.is_some_and(|p| self.padding.intact(&stamp, body.len(), p));
+        let local = self.ours(key, &stamp, intact)?;
+        if !intact {
             let faults = &mut self.faults;
             faults.record(Fault::Changed, 1, || {
                 format!("client {key} got {}", quote(body))
@@ -224,18 +245,25 @@ impl Checker {
     }
 
     /// The stamp with our sender numbering from 0, if it is from a sender of ours and a number
-    /// that sender has sent; records the fault if not (another generator's is none).
-    fn ours(&mut self, key: usize, stamp: &Stamp) -> Option<Stamp> {
+    /// that sender has sent; records the fault if not (another generator's is checked as
+    /// such: [`Checker::theirs`]).
+    fn ours(&mut self, key: usize, stamp: &Stamp, intact: bool) -> Option<Stamp> {
         let (s, q) = (stamp.sender, stamp.seq);
         let local = s.wrapping_sub(self.first);
+        let generator = s / SENDER_STRIDE;
         match self.sent.get(local as usize) {
-            None if self.shared => self.foreign += 1,
-            None => self.faults.record(Fault::UnknownSender, 1, || {
-                format!(
-                    "client {key} got message {q} of sender {s}, of {} senders",
-                    self.senders
-                )
-            }),
+            None if self.shared && generator < self.generators && s >= self.first => {
+                // In another generator's range only if below ours or past our whole stride.
+                if s - self.first < SENDER_STRIDE {
+                    self.unknown(key, stamp);
+                } else {
+                    self.theirs(key, stamp, generator, intact);
+                }
+            }
+            None if self.shared && generator < self.generators => {
+                self.theirs(key, stamp, generator, intact)
+            }
+            None => self.unknown(key, stamp),
             Some(&sent) if q >= sent => self.faults.record(Fault::NeverSent, 1, || {
                 format!("client {key} got message {q} of sender {s}, which had sent {sent}")
             }),
@@ -247,6 +275,56 @@ impl Checker {
             }
         }
         None
+    }
+
+    #[cold]
+    fn unknown(&mut self, key: usize, stamp: &Stamp) {
+        let (s, q) = (stamp.sender, stamp.seq);
+        let (senders, generators) = (self.senders, self.generators);
+        self.faults.record(Fault::UnknownSender, 1, || {
+            format!(
+                "client {key} got message {q} of sender {s}, of {senders} senders here and \
+                 {generators} generator(s) in all"
+            )
+        });
+    }
+
+    /// Another generator's message at client `key`: counted by generator, checked byte for
+    /// byte (the generators of one run write texts of one size) and in its sender's order
+    /// from the first one this client saw.
+    #[cold]
+    fn theirs(&mut self, key: usize, stamp: &Stamp, generator: u32, intact: bool) {
+        self.foreign += 1;
+        if let Some(n) = self.foreign_from.get_mut(generator as usize) {
+            *n += 1;
+        }
+        let (s, q) = (stamp.sender, stamp.seq);
+        if !intact {
+            self.faults.record(Fault::Changed, 1, || {
+                format!("client {key} got message {q} of sender {s} (another generator's) changed")
+            });
+        }
+        let (first, tracker) = self
+            .foreign_seen
+            .entry((key, s))
+            .or_insert_with(|| (q, SeqTracker::default()));
+        let verdict = match q.checked_sub(*first) {
+            Some(offset) => tracker.observe(offset),
+            None => Verdict::Late,
+        };
+        let fault = match verdict {
+            Verdict::InOrder => return,
+            Verdict::Duplicate => Fault::Duplicated,
+            Verdict::Late => Fault::OutOfOrder,
+            Verdict::Skipped(_) => Fault::Lost,
+        };
+        let count = match verdict {
+            Verdict::Skipped(n) => n,
+            _ => 1,
+        };
+        self.faults.record(fault, count, || {
+            format!("client {key} got message {q} of sender {s} (another generator's): {verdict:?}")
+        });
     }
 
     /// Records a delivery that is not the next of its sender's; `None` if it is not to count.
@@ -285,24 +363,40 @@ impl Checker {
         })
     }
 
-    /// Messages the clients in `keys` never got; recorded as the `lost` fault.
-    pub fn count_lost(&mut self, keys: &[usize]) -> u64 {
+    /// Messages the clients in `keys` never got, as (lost, in flight): those that can no
+    /// longer come, since a later one of their sender's arrived (the `lost` fault), and those
+    /// after the last that arrived, still in flight when the run ended (`in flight at the
+    /// end`).
+    pub fn count_lost(&mut self, keys: &[usize]) -> (u64, u64) {
         let s = self.senders;
-        let mut lost = 0;
+        let (mut lost, mut in_flight) = (0, 0);
         for &key in keys {
             let row = self.trackers.get(key * s..(key + 1) * s).unwrap_or(&[]);
             for (sender, (t, &n)) in row.iter().zip(&self.sent).enumerate() {
-                let missing = t.lost(n);
-                if missing > 0 && !self.faults.has(Fault::Lost) {
+                let (gaps, tail) = (t.gaps(n), t.unreached(n));
+                if gaps > 0 && !self.faults.has(Fault::Lost) {
                     self.faults.record(Fault::Lost, 0, || {
-                        format!("client {key} never got {missing} of sender {sender}'s {n}")
+                        format!(
+                            "client {key} never got {gaps} of sender {sender}'s {n}, though \
+                             later ones came"
+                        )
                     });
                 }
-                lost += missing;
+                if tail > 0 && !self.faults.has(Fault::InFlight) {
+                    self.faults.record(Fault::InFlight, 0, || {
+                        format!(
+                            "client {key} had not got sender {sender}'s last {tail} of {n} \
+                             when the run ended"
+                        )
+                    });
+                }
+                lost += gaps;
+                in_flight += tail;
             }
         }
         self.faults.set_count(Fault::Lost, lost);
-        lost
+        self.faults.set_count(Fault::InFlight, in_flight);
+        (lost, in_flight)
     }
 
     /// Compares the orders the clients in `keys` saw: those that saw as many messages as most
@@ -384,7 +478,7 @@ mod tests {
             }
         }
         assert!(c.caught_up(0..2));
-        assert_eq!(c.count_lost(&[0, 1]), 0);
+        assert_eq!(c.count_lost(&[0, 1]), (0, 0));
         c.compare_orders(&[0, 1]);
         assert!(c.faults.is_empty(), "{:?}", c.faults);
         assert_eq!(c.deliveries, 12);
@@ -444,13 +538,14 @@ mod tests {
     #[test]
     fn other_generators_messages_are_counted_not_faults() {
         // Generator 1 of 2: its senders are 1_000_000 and up; sender 0 is generator 0's.
-        let mut c = Checker::new(1, 1, 64).numbered_from(1_000_000, true);
+        let mut c = Checker::new(1, 1, 64).numbered_as(Generator { index: 1, count: 2 });
         c.count_sent(0);
         let theirs = text(&c, 0, 5, 10);
         let ours = text(&c, 1_000_000, 0, 10);
         assert!(c.verified(&theirs, 20).is_none(), "not ours: the slow way");
         assert!(c.observe(0, &theirs, 20).is_none());
         assert_eq!(c.foreign, 1);
+        assert_eq!(c.foreign_from, [1, 0]);
         let stamp = c.verified(&ours, 20).expect("ours, intact");
         assert_eq!(stamp.sender, 0, "numbered from 0 inside");
         assert!(c.accept(0, stamp).is_some());
@@ -460,6 +555,41 @@ mod tests {
         alone.count_sent(0);
         alone.observe(0, &text(&alone, 7, 0, 10), 20);
         assert!(alone.faults.has(Fault::UnknownSender));
+        // Beyond every generator's range, or in ours past our senders: unknown.
+        for sender in [2_000_000, 1_000_001, 1_999_999] {
+            let mut c = Checker::new(1, 1, 64).numbered_as(Generator { index: 1, count: 2 });
+            c.count_sent(0);
+            c.observe(0, &text(&c, sender, 0, 10), 20);
+            assert!(c.faults.has(Fault::UnknownSender), "{sender}");
+            assert_eq!(c.foreign, 0);
+        }
+    }
+
+    #[test]
+    fn other_generators_messages_are_checked_in_their_order() {
+        let g = Generator { index: 0, count: 2 };
+        let cases: [(&[u64], Option<Fault>); 5] = [
+            (&[5, 6, 7], None),
+            (&[5, 6, 6], Some(Fault::Duplicated)),
+            (&[5, 7], Some(Fault::Lost)),
+            (&[5, 4], Some(Fault::OutOfOrder)),
+            (&[5, 7, 6], Some(Fault::OutOfOrder)),
+        ];
+        for (seqs, fault) in cases {
+            let mut c = Checker::new(1, 1, 64).numbered_as(g);
+            for &q in seqs {
+                let body = text(&c, 1_000_000, q, 10);
+                c.observe(0, &body, 20);
+            }
+            match fault {
+                None => assert!(c.faults.is_empty(), "{seqs:?}: {:?}", c.faults),
+                Some(f) => assert!(c.faults.has(f), "{seqs:?}: {:?}", c.faults),
+            }
+        }
+        let mut c = Checker::new(1, 1, 64).numbered_as(g);
+        let changed = text(&c, 1_000_000, 0, 10).replace("t=10 ", "t=11 ");
+        c.observe(0, &changed, 20);
+        assert!(c.faults.has(Fault::Changed));
     }
 
     #[test]
@@ -470,8 +600,10 @@ mod tests {
             c.observe(0, &body, 20);
         }
         assert!(!c.caught_up(0..1));
-        assert_eq!(c.count_lost(&[0]), 1 + 2);
-        assert_eq!(c.faults.count(Fault::Lost), 3);
+        // Sender 0's 1 is lost (its 2 came); sender 1's 1 and 2 are still in flight.
+        assert_eq!(c.count_lost(&[0]), (1, 2));
+        assert_eq!(c.faults.count(Fault::Lost), 1);
+        assert_eq!(c.faults.count(Fault::InFlight), 2);
     }
 
     #[test]

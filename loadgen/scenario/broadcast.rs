@@ -16,8 +16,9 @@ use crate::chat::{Notice, Stamp};
 use crate::check::Checker;
 use crate::faults::{Fault, Faults};
 use crate::fleet::Observer;
-use crate::report::{self, BroadcastReport, Latency, ServerLoad, Traffic};
-use crate::scenario::{join, Run};
+use crate::report::{self, plural, BroadcastReport, Latency, ServerLoad, Traffic};
+use crate::scenario::{join, Run, LINGER};
+use crate::series::Totals;
 
 /// How long after the last send the stragglers may take to arrive.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -45,6 +46,8 @@ pub struct Plan {
     pub pace: Pace,
     pub duration: Duration,
     pub size: usize,
+    /// Clients join spread over this long, not all at once.
+    pub ramp_up: Duration,
 }
 
 /// Everything the receiving side learns.
@@ -62,6 +65,8 @@ struct Receivers {
     /// Clients gone during the traffic (each one's leave notice is then due to the others).
     gone: Vec<bool>,
     gone_count: usize,
+    /// Leave notices each client (by key) heard during the traffic.
+    leaves: Vec<u64>,
     notices: u64,
     /// Other generators share the room: their clients' notices are no fault.
     shared: bool,
@@ -88,13 +93,25 @@ impl Observer for Receivers {
         true
     }
 
-    /// Nobody joins during the traffic, and nobody leaves unless a client was lost.
+    /// Nobody joins during the traffic, and nobody leaves unless a client was lost: a client
+    /// hears at most one leave notice per client lost.
     fn notice(&mut self, key: usize, notice: Notice, count: u64, _now: Instant) {
         self.notices += count;
-        if !self.shared && (notice == Notice::Joined || self.gone_count == 0) {
+        if self.shared {
+            return;
+        }
+        let leaves = match self.leaves.get_mut(key) {
+            Some(heard) if notice == Notice::Left => {
+                *heard += count;
+                *heard
+            }
+            _ => u64::MAX,
+        };
+        if leaves > self.gone_count as u64 {
             let body = notice.body();
+            let gone = self.gone_count;
             self.check.faults.record(Fault::ExtraNotice, count, || {
-                format!("client {key} got {body:?} during the traffic, when nobody came or went")
+                format!("client {key} got {body:?} during the traffic, when {gone} had left")
             });
         }
     }
@@ -139,7 +156,7 @@ struct Sender {
 }
 
 pub fn run(run: &mut Run, plan: &Plan) -> io::Result<BroadcastReport> {
-    let join = join::connect_and_drain(run, plan.clients)?;
+    let join = join::connect_and_drain(run, plan.clients, plan.ramp_up)?;
     let mut problems = Vec::new();
     join::problems(&join, &mut problems);
     let mut traffic = None;
@@ -160,6 +177,19 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<BroadcastReport> {
         if t.sent == 0 {
             problems.push("nothing was sent".into());
         }
+        if t.in_flight_at_end > 0 {
+            problems.push(format!(
+                "{}: the server fell behind the senders (late, not known lost: nothing later of \
+                 their senders' came). A server that rate-limits its clients holds them back on \
+                 purpose; for mio-chat, run it with --client-rate 0 --client-bytes-rate 0 for a \
+                 load test, or lower --rate",
+                plural(
+                    t.in_flight_at_end,
+                    "message still in flight",
+                    "messages still in flight"
+                )
+            ));
+        }
         traffic = Some(t);
     }
     let lost = run.fleet.tally.lost_after_open - join.lost_after_open;
@@ -169,9 +199,12 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<BroadcastReport> {
     let close = run.close_all()?;
     run.check_end(&close, &mut problems);
     let faults = run.take_faults(&mut problems);
+    run.series.finish(Instant::now(), run.fleet.len(), None);
     Ok(BroadcastReport {
         scenario: "broadcast",
-        setup: run.setup.clone(),
+        thresholds: Vec::new(),
+        series: std::mem::take(&mut run.series.seconds),
+        setup: run.final_setup(),
         join,
         traffic,
         server,
@@ -202,8 +235,7 @@ fn start_traffic(run: &Run, plan: &Plan, start: Instant) -> (Vec<Sender>, Receiv
         sender_of[sender.key] = Some(s as u32);
     }
     let rx = Receivers {
-        check: Checker::new(key_bound, count, plan.size)
-            .numbered_from(run.generator.first_sender(), run.generator.shared()),
+        check: Checker::new(key_bound, count, plan.size).numbered_as(run.generator),
         shared: run.generator.shared(),
         sender_of,
         echoes: vec![0; count],
@@ -212,6 +244,7 @@ fn start_traffic(run: &Run, plan: &Plan, start: Instant) -> (Vec<Sender>, Receiv
         latency: report::new_histogram(),
         gone: vec![false; key_bound],
         gone_count: 0,
+        leaves: vec![0; key_bound],
         notices: 0,
         last_delivery: None,
     };
@@ -226,6 +259,8 @@ fn send_and_check(run: &mut Run, plan: &Plan) -> io::Result<(Traffic, Faults)> {
     let mut text = String::with_capacity(plan.size + 32);
     // When the sending stopped, and so when the stragglers' time is up.
     let mut drain_end = None;
+    // When every message had arrived everywhere: the run listens [`LINGER`] longer.
+    let mut caught_up_at: Option<Instant> = None;
     loop {
         let now = Instant::now();
         // A rate sends exactly its schedule: a send due just before the stop still goes out,
@@ -242,7 +277,12 @@ fn send_and_check(run: &mut Run, plan: &Plan) -> io::Result<(Traffic, Faults)> {
             (false, Some(at)) => at,
             (false, None) => *drain_end.insert(now.min(stop_at) + DRAIN_GRACE),
         };
-        if !sending && (rx.check.caught_up(live()) || now >= drain_until) {
+        if !sending && caught_up_at.is_none() && rx.check.caught_up(live()) {
+            caught_up_at = Some(now);
+        }
+        let lingered = caught_up_at.is_some_and(|at| now >= at + LINGER);
+        if !sending && (lingered || now >= drain_until) {
+            run.all_delivered = caught_up_at.is_some();
             break;
         }
         if now >= run.deadline {
@@ -250,6 +290,9 @@ fn send_and_check(run: &mut Run, plan: &Plan) -> io::Result<(Traffic, Faults)> {
             break;
         }
         let mut wake = if sending { stop_at } else { drain_until }.min(run.deadline);
+        if let Some(at) = caught_up_at {
+            wake = wake.min(at + LINGER);
+        }
         if sending {
             for (s, sender) in senders.iter_mut().enumerate() {
                 let due = pace(plan, sender, &mut rx, s, now, stop_at);
@@ -263,6 +306,10 @@ fn send_and_check(run: &mut Run, plan: &Plan) -> io::Result<(Traffic, Faults)> {
                     }
                 }
             }
+        }
+        if run.series.due(now) {
+            let totals = totals(&rx);
+            run.series.tick(now, run.fleet.len(), Some(totals));
         }
         run.progress.tick(now, || {
             let phase = if sending { "sending" } else { "draining" };
@@ -280,8 +327,19 @@ fn send_and_check(run: &mut Run, plan: &Plan) -> io::Result<(Traffic, Faults)> {
         run.fleet.turn(Some(wait), &mut rx)?;
     }
     run.progress.finish();
+    run.series
+        .finish(Instant::now(), run.fleet.len(), Some(totals(&rx)));
     let live: Vec<usize> = keys.iter().copied().filter(|&k| !rx.gone[k]).collect();
     Ok(summarize(plan, rx, &live, &text, start, stop_at))
+}
+
+/// The traffic so far, for the time series.
+fn totals(rx: &Receivers) -> Totals<'_> {
+    Totals {
+        sent: rx.check.sent_by().iter().sum(),
+        delivered: rx.check.deliveries,
+        latency: &rx.latency,
+    }
 }
 
 /// How many messages sender `s` sends now, and how far each moves its schedule.
@@ -325,7 +383,7 @@ fn summarize(
     stop_at: Instant,
 ) -> (Traffic, Faults) {
     let sent: u64 = rx.check.sent_by().iter().sum();
-    let lost = rx.check.count_lost(live);
+    let (lost, in_flight_at_end) = rx.check.count_lost(live);
     rx.check.compare_orders(live);
     let last = rx.last_delivery.unwrap_or(start);
     let span = last.saturating_duration_since(start).as_secs_f64();
@@ -345,10 +403,12 @@ fn summarize(
             0.0
         },
         lost,
+        in_flight_at_end,
         duplicates: rx.check.duplicates,
         order_violations: rx.check.order_violations,
         notices: rx.notices,
         foreign: rx.check.foreign,
+        foreign_from: rx.check.foreign_from.clone(),
         drain_after_send_s: last.saturating_duration_since(stop_at).as_secs_f64(),
         latency: Latency::of(&rx.latency),
     };

@@ -1,8 +1,9 @@
 //! A live progress line on stderr, rewritten in place (`\r`) at most once a second, so that a
 //! long run shows it is alive without flooding a log. Short phases finish before the first
-//! line is due and print nothing.
+//! line is due and print nothing. When stderr is not a terminal (a log file, a CI job), each
+//! update is a line of its own: a `\r` there would pile every update onto one line.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 const EVERY: Duration = Duration::from_secs(1);
@@ -12,6 +13,8 @@ pub struct Progress {
     next_at: Instant,
     /// Length of the line on screen, to blank out the rest when a shorter one replaces it.
     width: usize,
+    /// Whether stderr is a terminal: the line is rewritten in place only there.
+    terminal: bool,
 }
 
 impl Progress {
@@ -20,6 +23,7 @@ impl Progress {
             enabled,
             next_at: Instant::now() + EVERY,
             width: 0,
+            terminal: std::io::stderr().is_terminal(),
         }
     }
 
@@ -40,9 +44,13 @@ impl Progress {
         }
         self.next_at = now + EVERY;
         let line = line();
+        let mut err = std::io::stderr().lock();
+        if !self.terminal {
+            let _ = writeln!(err, "{line}");
+            return;
+        }
         let pad = self.width.saturating_sub(line.len());
         self.width = line.len();
-        let mut err = std::io::stderr().lock();
         // A progress line that cannot be written is no reason to stop.
         let _ = write!(err, "\r{line}{:pad$}", "");
         let _ = err.flush();

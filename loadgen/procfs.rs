@@ -50,6 +50,40 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// Whether the process holds a socket listening on TCP `port` (its `/proc/PID/fd` links
+    /// against the LISTEN entries of `/proc/net/tcp` and `tcp6`). `None` if that cannot be
+    /// read (another user's process, say): then nothing is claimed.
+    pub fn listens_on(&self, port: u16) -> Option<bool> {
+        let mut inodes = Vec::new();
+        for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let table = std::fs::read_to_string(file).ok()?;
+            inodes.extend(listening_inodes(&table, port));
+        }
+        let fds = std::fs::read_dir(self.path("fd")).ok()?;
+        let held = fds.flatten().any(|fd| {
+            let link = std::fs::read_link(fd.path()).unwrap_or_default();
+            let link = link.to_string_lossy();
+            link.strip_prefix("socket:[")
+                .and_then(|rest| rest.strip_suffix(']'))
+                .and_then(|inode| inode.parse::<u64>().ok())
+                .is_some_and(|inode| inodes.contains(&inode))
+        });
+        Some(held)
+    }
+}
+
+/// The inodes of the sockets in LISTEN state (`0A`) on `port` in a `/proc/net/tcp` table.
+fn listening_inodes(table: &str, port: u16) -> impl Iterator<Item = u64> + '_ {
+    table.lines().skip(1).filter_map(move |line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local_port = fields.get(1)?.rsplit(':').next()?;
+        let listening = *fields.get(3)? == "0A";
+        let ours = u16::from_str_radix(local_port, 16).ok()? == port;
+        (listening && ours).then(|| fields.get(9)?.parse().ok())?
+    })
+}
+
 fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
@@ -101,6 +135,20 @@ mod tests {
         let stat = "4242 (a) b) c) S 1 4242 4242 0 -1 4194560 120 0 0 0 37 5 0 0 20 0 1 0";
         assert_eq!(cpu_ticks(stat), Some(42));
         assert_eq!(cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn listening_sockets_are_found_by_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4242 1\n\
+   1: 0100007F:1F90 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000  1000        0 4243 1\n";
+        assert_eq!(listening_inodes(table, 8080).collect::<Vec<_>>(), [4242]);
+        assert_eq!(listening_inodes(table, 8081).count(), 0);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(Proc(None).listens_on(port), Some(true));
+        drop(listener);
+        assert_eq!(Proc(None).listens_on(port), Some(false));
     }
 
     #[test]

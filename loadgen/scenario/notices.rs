@@ -19,10 +19,17 @@ pub struct NoticeTrail {
     /// Notices from the first leave notice on, and their order as a running hash.
     pub after: u64,
     hash: u64,
+    /// Every join and leave notice heard.
+    pub joins: u64,
+    pub leaves: u64,
 }
 
 impl NoticeTrail {
     pub fn push(&mut self, notice: Notice, count: u64) {
+        match notice {
+            Notice::Joined => self.joins += count,
+            Notice::Left => self.leaves += count,
+        }
         if self.after == 0 && notice == Notice::Joined {
             self.leading += count;
             return;

@@ -52,6 +52,19 @@ pub trait Observer {
     }
     /// `count` of the same notice arrived in a row at client `key`, read at `now`.
     fn notice(&mut self, _key: usize, _notice: Notice, _count: u64, _now: Instant) {}
+    /// The same, with how many clients had been dialled when it was read (a client dialled
+    /// later, with a dial index of `dialled` or more, was dialled after this notice arrived).
+    /// The fleet calls this one; only the join phase needs `dialled`.
+    fn notice_dialled(
+        &mut self,
+        key: usize,
+        notice: Notice,
+        count: u64,
+        now: Instant,
+        _dialled: u32,
+    ) {
+        self.notice(key, notice, count, now);
+    }
     /// An open client is gone: it failed, or its close completed.
     fn gone(&mut self, _key: usize) {}
 }
@@ -385,10 +398,12 @@ impl Fleet {
                     Event::Chat(body) => observer.chat(key, body, now),
                     Event::Envelope(inner) => {
                         if !observer.chat_as_is(key, inner, now) {
-                            unwrap_envelope(key, inner, now, observer, faults);
+                            unwrap_envelope((key, dialled), inner, now, observer, faults);
                         }
                     }
-                    Event::Notice(notice, count) => observer.notice(key, notice, count, now),
+                    Event::Notice(notice, count) => {
+                        observer.notice_dialled(key, notice, count, now, dialled)
+                    }
                     Event::NotChat(text) => faults.record(Fault::NotChat, 1, || {
                         format!("client {key} got the text {}", quote(text))
                     }),
@@ -476,7 +491,7 @@ impl Fleet {
 /// The slow way for a chat message the observer did not take as it stood: unescaped, then a
 /// notice or a chat message; not a valid JSON string, a fault.
 fn unwrap_envelope(
-    key: usize,
+    (key, dialled): (usize, u32),
     inner: &str,
     now: Instant,
     observer: &mut impl Observer,
@@ -484,7 +499,7 @@ fn unwrap_envelope(
 ) {
     match chat::unescape(inner) {
         Some(body) => match Notice::of_body(&body) {
-            Some(notice) => observer.notice(key, notice, 1, now),
+            Some(notice) => observer.notice_dialled(key, notice, 1, now, dialled),
             None => observer.chat(key, &body, now),
         },
         None => faults.record(Fault::NotChat, 1, || {

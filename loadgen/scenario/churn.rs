@@ -18,7 +18,11 @@
 //! run would cancel out in the totals, so two more checks: a leave notice may never come before
 //! the departure it announces (the watcher may not have heard more leaves than clients have been
 //! told to leave); and every client that stays, the watcher and the background clients, must
-//! hear one and the same sequence of notices ([`notices`](super::notices)).
+//! hear one and the same sequence of notices ([`notices`](super::notices)); and at every one
+//! of them, each member's join must come before its leave: from the start of the cycles, a
+//! stayer may never have heard more leave notices than join notices of the short-lived
+//! clients (plus the stayers lost meanwhile), or some leave came before its member's join,
+//! a fault the totals cannot see when it strikes every stayer alike.
 
 use std::cell::Cell;
 use std::io;
@@ -30,10 +34,8 @@ use crate::fleet::Observer;
 use crate::procfs::Proc;
 use crate::report::{ChurnReport, Cycles, NoticeCount, ServerFootprint, Stayers};
 use crate::scenario::notices::{self, NoticeTrail};
-use crate::scenario::{Ending, Run};
+use crate::scenario::{Ending, Run, LINGER};
 
-/// After the counts come out right, listen this much longer for a late duplicate.
-const LINGER: Duration = Duration::from_millis(250);
 /// How often the server's fd directory is read while waiting for it to shrink back.
 const FD_POLL: Duration = Duration::from_millis(50);
 /// How long the server keeps a closed connection's port from reuse (TIME_WAIT), for sizing
@@ -150,6 +152,10 @@ struct Churners {
     departed: u64,
     /// What each stayer (by key) heard, as an order.
     trails: Vec<Option<NoticeTrail>>,
+    /// Join notices each stayer (by key) had heard when the cycles began: those after are
+    /// the short-lived clients'. `None` outside the cycles (before, and once the stayers
+    /// close), when joins before leaves is not checked.
+    joins_before_cycles: Option<Vec<u64>>,
     faults: Faults,
     /// Another generator shares the room (`--generator`): its chat is no fault (its clients
     /// must still not come or go during the churn: every notice is counted).
@@ -175,6 +181,7 @@ impl Churners {
             to_leave: Vec::new(),
             departed: 0,
             trails: Vec::new(),
+            joins_before_cycles: None,
             faults: Faults::default(),
             shared: false,
         }
@@ -234,6 +241,37 @@ impl Churners {
         self.departed += 1;
     }
 
+    /// The cycles begin: from now on every stayer's leaves must follow their joins.
+    fn start_cycles(&mut self) {
+        let joins = self
+            .trails
+            .iter()
+            .map(|t| t.as_ref().map_or(0, |t| t.joins));
+        self.joins_before_cycles = Some(joins.collect());
+    }
+
+    /// At stayer `key`: no more leave notices than members it heard join since the cycles
+    /// began, or stayers lost (whose joins it heard before).
+    fn check_join_before_leave(&mut self, key: usize) {
+        let (Some(base), Some(Some(trail))) = (&self.joins_before_cycles, self.trails.get(key))
+        else {
+            return;
+        };
+        let joined = trail
+            .joins
+            .saturating_sub(base.get(key).copied().unwrap_or(0));
+        let allowed = joined + self.stayers_lost as u64;
+        if trail.leaves > allowed {
+            let left = trail.leaves;
+            self.faults.record(Fault::NoticeOrder, 1, || {
+                format!(
+                    "client {key} heard {left} leave notices when only {joined} clients had \
+                     joined: a leave came before its member's join"
+                )
+            });
+        }
+    }
+
     fn status(&self) -> String {
         format!(
             "notices: joins {}/{}, leaves {}/{}",
@@ -291,6 +329,7 @@ impl Observer for Churners {
     fn notice(&mut self, key: usize, notice: Notice, count: u64, _now: Instant) {
         if let Some(Some(trail)) = self.trails.get_mut(key) {
             trail.push(notice, count);
+            self.check_join_before_leave(key);
         }
         match self.role(key) {
             Some(Role::Watcher) => {
@@ -432,7 +471,7 @@ pub fn run(run: &mut Run, plan: &Plan) -> io::Result<ChurnReport> {
     let faults = run.take_faults(&mut problems);
     Ok(ChurnReport {
         scenario: "churn",
-        setup: run.setup.clone(),
+        setup: run.final_setup(),
         stayers,
         cycles,
         notices,
@@ -555,6 +594,7 @@ fn cycle(
     cycles: &mut Cycles,
 ) -> io::Result<(Instant, f64)> {
     obs.next_role = Role::Churn(Stage::Joining);
+    obs.start_cycles();
     let interval = Duration::from_secs_f64(1.0 / plan.rate);
     let start = Instant::now();
     let mut next_at = start;
@@ -729,6 +769,8 @@ fn poll_until(
 /// watcher has heard them leave.
 fn close_background(run: &mut Run, obs: &mut Churners, plan: &Plan) -> io::Result<()> {
     obs.closing_stayers = true;
+    // The stayers' own leaves follow joins heard before the cycles.
+    obs.joins_before_cycles = None;
     let keys: Vec<usize> = (0..obs.roles.len())
         .filter(|&key| obs.role(key) == Some(Role::Background))
         .collect();
@@ -869,6 +911,30 @@ mod tests {
         obs.gone(1);
         assert_eq!((obs.leaves_expected(), obs.stayers_lost), (3, 1));
         assert_eq!(obs.stayers_open, 1);
+    }
+
+    #[test]
+    fn a_leave_before_its_join_is_caught_at_any_stayer() {
+        let t = Instant::now();
+        let mut obs = Churners::new();
+        obs.opened(0, 0, t);
+        obs.notice(0, Joined, 1, t);
+        obs.next_role = Role::Background;
+        obs.opened(1, 0, t);
+        obs.notice(0, Joined, 1, t);
+        obs.notice(1, Joined, 1, t);
+        obs.start_cycles();
+        obs.departed = 2; // two short-lived clients have left, as far as the watcher knows
+                          // Join then leave, at both: fine. Then a leave first, at the background client.
+        for key in [0, 1] {
+            obs.notice(key, Joined, 1, t);
+            obs.notice(key, Left, 1, t);
+        }
+        assert!(obs.faults.is_empty(), "{:?}", obs.faults);
+        obs.notice(1, Left, 1, t);
+        assert!(obs.faults.has(Fault::NoticeOrder), "{:?}", obs.faults);
+        obs.notice(1, Joined, 1, t);
+        assert_eq!(obs.faults.count(Fault::NoticeOrder), 1);
     }
 
     #[test]

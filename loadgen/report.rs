@@ -23,7 +23,10 @@ pub fn new_histogram() -> Histogram<u64> {
 #[derive(Debug, Default, Serialize)]
 pub struct Latency {
     pub count: u64,
+    pub mean_ms: f64,
     pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p95_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
@@ -37,7 +40,10 @@ impl Latency {
         let ms = |us: u64| us as f64 / 1000.0;
         Latency {
             count: hist.len(),
+            mean_ms: hist.mean() / 1000.0,
             p50_ms: ms(hist.value_at_quantile(0.5)),
+            p90_ms: ms(hist.value_at_quantile(0.9)),
+            p95_ms: ms(hist.value_at_quantile(0.95)),
             p99_ms: ms(hist.value_at_quantile(0.99)),
             p999_ms: ms(hist.value_at_quantile(0.999)),
             max_ms: ms(hist.max()),
@@ -80,6 +86,27 @@ pub struct Setup {
     pub targets: Vec<TargetSetup>,
     pub max_inflight: u32,
     pub open_file_limit: u64,
+    /// Which generator of how many wrote this report (`--generator I/N`; 0 of 1 alone).
+    pub generator: GeneratorSetup,
+    /// The scenario and its flags, as parsed: the generators of one run give the same.
+    pub parameters: serde_json::Value,
+    /// The run's span on the wall clock, in milliseconds since 1970: the generators of one
+    /// run overlap.
+    pub started_unix_ms: u64,
+    pub ended_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct GeneratorSetup {
+    pub index: u32,
+    pub of: u32,
+}
+
+/// Milliseconds since 1970 on the wall clock (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,6 +139,10 @@ impl Setup {
                 .collect(),
             max_inflight,
             open_file_limit,
+            generator: GeneratorSetup { index: 0, of: 1 },
+            parameters: serde_json::Value::Null,
+            started_unix_ms: unix_ms(),
+            ended_unix_ms: 0,
         }
     }
 }
@@ -174,14 +205,22 @@ pub struct Traffic {
     pub deliveries: u64,
     /// Deliveries over the time from the first send to the last delivery.
     pub deliveries_per_s: f64,
+    /// Messages that can no longer come: a later one of their sender's arrived.
     pub lost: u64,
+    /// Messages after the last of their sender's that arrived: still in flight when the
+    /// drain's wait ran out (the server fell behind: late, or lost at the very end).
+    pub in_flight_at_end: u64,
     pub duplicates: u64,
     pub order_violations: u64,
     /// Notices heard during the traffic (leave notices of lost clients; any other is a fault,
     /// unless other generators share the room).
     pub notices: u64,
-    /// Other generators' messages (`--generator`): counted, not checked.
+    /// Other generators' messages (`--generator`): checked in their senders' order from the
+    /// first each client saw.
     pub foreign: u64,
+    /// The same by the generator that sent them (index I of N; ours 0): what `merge` checks
+    /// against the others' `sent` and this report's `receivers`.
+    pub foreign_from: Vec<u64>,
     /// How long after the last send the last delivery came.
     pub drain_after_send_s: f64,
     pub latency: Latency,
@@ -213,6 +252,10 @@ pub struct ConnectReport {
 #[derive(Debug, Serialize)]
 pub struct BroadcastReport {
     pub scenario: &'static str,
+    /// `--max-p99` and `--min-rate`, as the run fared (set after the run; empty if none).
+    pub thresholds: Vec<Threshold>,
+    /// The run second by second, from its start (connecting included) to its end.
+    pub series: Vec<crate::series::Second>,
     pub setup: Setup,
     pub join: Join,
     pub traffic: Option<Traffic>,
@@ -308,6 +351,70 @@ pub struct ChurnReport {
     pub problems: Vec<String>,
 }
 
+/// One threshold of the run (`--max-p99`, `--min-rate`) and how the run fared.
+#[derive(Debug, Clone, Serialize)]
+pub struct Threshold {
+    /// The flag, as given: `--max-p99`.
+    pub flag: &'static str,
+    pub limit: f64,
+    /// What the run measured (absent: nothing measured, which fails the threshold).
+    pub value: Option<f64>,
+    pub passed: bool,
+}
+
+/// The thresholds asked for, against the run's p99 (ms) and delivery rate (per second).
+pub fn thresholds(
+    max_p99: Option<f64>,
+    min_rate: Option<f64>,
+    latency: &Latency,
+    rate: f64,
+) -> Vec<Threshold> {
+    let p99 = (latency.count > 0).then_some(latency.p99_ms);
+    let mut out = Vec::new();
+    if let Some(limit) = max_p99 {
+        let passed = p99.is_some_and(|v| v <= limit);
+        out.push(Threshold {
+            flag: "--max-p99",
+            limit,
+            value: p99,
+            passed,
+        });
+    }
+    if let Some(limit) = min_rate {
+        out.push(Threshold {
+            flag: "--min-rate",
+            limit,
+            value: Some(rate),
+            passed: rate >= limit,
+        });
+    }
+    out
+}
+
+/// The thresholds' line of the readable report, if any were given.
+pub fn thresholds_line(out: &mut String, thresholds: &[Threshold]) {
+    if thresholds.is_empty() {
+        return;
+    }
+    let each: Vec<String> = thresholds
+        .iter()
+        .map(|t| {
+            let value = t
+                .value
+                .map_or("nothing measured".into(), |v| format!("{v:.2}"));
+            let verdict = if t.passed { "passed" } else { "FAILED" };
+            format!("{} {}: {value}, {verdict}", t.flag, t.limit)
+        })
+        .collect();
+    let _ = writeln!(out, "  thresholds   {}", each.join("; "));
+}
+
+/// `1 sender`, `2 senders`: a count with its noun in the right number.
+pub fn plural(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Prints a report on stdout: as JSON, or as the readable lines `text` gives.
 pub fn emit<R: Serialize>(report: &R, json: bool, text: impl FnOnce(&R) -> String) {
     if json {
@@ -383,7 +490,9 @@ fn join_lines(out: &mut String, join: &Join) {
         join.join_notices,
         join.join_notices_expected,
         secs(join.drain_s),
-        if join.join_counts_consistent {
+        if join.opened == 0 {
+            "; nobody connected"
+        } else if join.join_counts_consistent {
             "; every client got its own and all later ones"
         } else {
             "; per-client counts NOT consistent"
@@ -392,16 +501,20 @@ fn join_lines(out: &mut String, join: &Join) {
     if join.lost_after_open > 0 {
         let _ = writeln!(
             out,
-            "  lost         {} clients after their handshake",
-            join.lost_after_open
+            "  lost         {} after their handshake",
+            plural(join.lost_after_open as u64, "client", "clients")
         );
     }
 }
 
-fn latency_text(l: &Latency) -> String {
+/// The latency line; a dash when nothing was measured (a 0.00 ms would read as fast).
+pub fn latency_text(l: &Latency) -> String {
+    if l.count == 0 {
+        return "- (nothing delivered)".into();
+    }
     format!(
-        "p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-        l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
+        "p50 {:.2}, p90 {:.2}, p95 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2}, mean {:.2} ms",
+        l.p50_ms, l.p90_ms, l.p95_ms, l.p99_ms, l.p999_ms, l.max_ms, l.mean_ms
     )
 }
 
@@ -428,7 +541,7 @@ pub fn connect_text(r: &ConnectReport) -> String {
         &mut out,
         r.scenario,
         &r.setup,
-        &format!("{} clients", r.join.clients),
+        &plural(r.join.clients as u64, "client", "clients"),
     );
     join_lines(&mut out, &r.join);
     if let Some(m) = &r.server_memory {
@@ -466,22 +579,28 @@ pub fn broadcast_text(r: &BroadcastReport) -> String {
         &mut out,
         r.scenario,
         &r.setup,
-        &format!("{} clients", r.join.clients),
+        &plural(r.join.clients as u64, "client", "clients"),
     );
     join_lines(&mut out, &r.join);
     if let Some(t) = &r.traffic {
         let _ = writeln!(
             out,
-            "  traffic      {} senders, {}, {:.1} s, {}-byte texts: {} sent to {} receivers",
-            t.senders, t.pace, t.duration_s, t.message_bytes, t.sent, t.receivers
+            "  traffic      {}, {}, {:.1} s, {}-byte texts: {} sent to {}",
+            plural(t.senders as u64, "sender", "senders"),
+            t.pace,
+            t.duration_s,
+            t.message_bytes,
+            t.sent,
+            plural(t.receivers as u64, "receiver", "receivers")
         );
         let _ = writeln!(
             out,
-            "  deliveries   {}/{} ({:.0}/s); lost {}, duplicates {}, out of order {}, notices {}; last one {:.2} s after the last send",
+            "  deliveries   {}/{} ({:.0}/s); lost {}, in flight at the end {}, duplicates {}, out of order {}, notices {}; last one {:.2} s after the last send",
             t.deliveries,
             t.expected_deliveries,
             t.deliveries_per_s,
             t.lost,
+            t.in_flight_at_end,
             t.duplicates,
             t.order_violations,
             t.notices,
@@ -501,6 +620,7 @@ pub fn broadcast_text(r: &BroadcastReport) -> String {
             s.peak_rss_kib
         );
     }
+    thresholds_line(&mut out, &r.thresholds);
     tail_lines(
         &mut out,
         &r.close,

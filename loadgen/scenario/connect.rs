@@ -18,7 +18,7 @@ use crate::check::Checker;
 use crate::faults::Fault;
 use crate::fleet::Observer;
 use crate::report::{self, ConnectReport, Latency, Memory, Probe};
-use crate::scenario::{join, Ending, Run};
+use crate::scenario::{join, Ending, Run, LINGER};
 
 /// How long the probe may take to reach everyone before what is missing counts as lost.
 const PROBE_GRACE: Duration = Duration::from_secs(10);
@@ -85,7 +85,7 @@ impl ProbeWatch {
 
 pub fn run(run: &mut Run, clients: usize, hold: Duration) -> io::Result<ConnectReport> {
     let rss_before = run.server.and_then(|p| p.rss_kib().ok());
-    let join = join::connect_and_drain(run, clients)?;
+    let join = join::connect_and_drain(run, clients, Duration::ZERO)?;
     let mut problems = Vec::new();
     join::problems(&join, &mut problems);
 
@@ -128,7 +128,7 @@ pub fn run(run: &mut Run, clients: usize, hold: Duration) -> io::Result<ConnectR
     let faults = run.take_faults(&mut problems);
     Ok(ConnectReport {
         scenario: "connect",
-        setup: run.setup.clone(),
+        setup: run.final_setup(),
         join,
         server_memory,
         probe,
@@ -174,8 +174,7 @@ fn probe(run: &mut Run) -> io::Result<(Probe, ProbeWatch)> {
     let open = run.fleet.open_clients();
     let key_bound = run.fleet.key_bound();
     let mut watch = ProbeWatch {
-        check: Checker::new(key_bound, 1, 0)
-            .numbered_from(run.generator.first_sender(), run.generator.shared()),
+        check: Checker::new(key_bound, 1, 0).numbered_as(run.generator),
         epoch: run.epoch,
         got: vec![None; key_bound],
         received: 0,
@@ -211,6 +210,16 @@ fn probe(run: &mut Run) -> io::Result<(Probe, ProbeWatch)> {
         |_, watch, _| watch.check.caught_up(watch.live(&open).into_iter()),
         |_, watch| format!("broadcast: {}/{receivers} received", watch.received),
     )?;
+    if ending == Ending::Done {
+        // Everyone has both: listen a little longer for a late second copy.
+        run.all_delivered = true;
+        run.run_until(
+            &mut watch,
+            Some(Instant::now() + LINGER),
+            |_, _, _| false,
+            |_, watch| format!("broadcast: {}/{receivers} received", watch.received),
+        )?;
+    }
     run.progress.finish();
     let live = watch.live(&open);
     watch.check.count_lost(&live);

@@ -38,6 +38,10 @@ pub enum HandshakeError {
     /// A 101 without `Upgrade: websocket` or `Connection: upgrade`.
     NotAnUpgrade,
     WrongAccept,
+    /// A 101 that names an extension or a subprotocol (the header's name): we asked for
+    /// none, so the connection must fail (RFC 6455 §4.1, points 5 and 6 of the client's
+    /// checks): frames under an extension we do not speak would be misread.
+    NotAsked(&'static str),
 }
 
 impl fmt::Display for HandshakeError {
@@ -48,6 +52,7 @@ impl fmt::Display for HandshakeError {
             HandshakeError::TooLong => write!(f, "response head over {MAX_HEAD} bytes"),
             HandshakeError::NotAnUpgrade => write!(f, "101 without upgrade headers"),
             HandshakeError::WrongAccept => write!(f, "wrong Sec-WebSocket-Accept"),
+            HandshakeError::NotAsked(header) => write!(f, "{header} not asked for"),
         }
     }
 }
@@ -90,6 +95,15 @@ pub fn check_response(buf: &[u8], accept: &str) -> Result<Option<usize>, Handsha
     }
     if header("sec-websocket-accept").map(str::trim) != Some(accept) {
         return Err(HandshakeError::WrongAccept);
+    }
+    for name in ["Sec-WebSocket-Extensions", "Sec-WebSocket-Protocol"] {
+        let named = response
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case(name) && !h.value.trim_ascii().is_empty());
+        if named {
+            return Err(HandshakeError::NotAsked(name));
+        }
     }
     Ok(Some(head_len))
 }
@@ -154,6 +168,19 @@ mod tests {
             check_response(b"SSH-2.0-OpenSSH\r\n\r\n", ACCEPT),
             Err(HandshakeError::Malformed)
         );
+        for (header, value) in [
+            ("Sec-WebSocket-Extensions", "permessage-deflate"),
+            ("sec-websocket-protocol", "chat"),
+        ] {
+            let head =
+                response(ACCEPT).replace("\r\n\r\n", &format!("\r\n{header}: {value}\r\n\r\n"));
+            let err = check_response(head.as_bytes(), ACCEPT).unwrap_err();
+            assert!(matches!(err, HandshakeError::NotAsked(_)), "{header}");
+            assert!(err
+                .to_string()
+                .to_lowercase()
+                .contains(&header.to_lowercase()));
+        }
         let endless = vec![b'a'; MAX_HEAD + 1];
         let mut long = b"HTTP/1.1 101 OK\r\nX: ".to_vec();
         long.extend_from_slice(&endless);

@@ -13,12 +13,13 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use crate::args::Generator;
-use crate::chat::Notice;
-use crate::faults::{Fault, Faults};
+use crate::chat::{Notice, Stamp};
+use crate::faults::{quote, Fault, Faults};
 use crate::fleet::{Fleet, Observer};
 use crate::procfs::Proc;
 use crate::progress::Progress;
 use crate::report::{Close, Setup};
+use crate::series::Series;
 
 /// Closing handshakes may use what is left of `--timeout`, and at least this long: every close
 /// sends a leave notice to everyone still there, so closing N clients costs the server a flood
@@ -26,6 +27,10 @@ use crate::report::{Close, Setup};
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// The same after a timeout: the run is over, only be polite briefly.
 const CLOSE_GRACE_AFTER_TIMEOUT: Duration = Duration::from_secs(2);
+/// After everything expected has arrived, every phase listens this much longer before it
+/// moves on, so that a late duplicate or stray is seen (and judged) in the phase it belongs
+/// to rather than missed.
+pub const LINGER: Duration = Duration::from_millis(250);
 
 /// Everything a scenario works with.
 pub struct Run {
@@ -43,6 +48,11 @@ pub struct Run {
     pub faults: Faults,
     /// Whether other generators share the room (`--generator`), and our place among them.
     pub generator: Generator,
+    /// The run second by second (the traffic's counts and latencies, connections open).
+    pub series: Series,
+    /// Every message sent had arrived at every client when the traffic ended: any chat
+    /// message from then on is a second copy (or not ours at all).
+    pub all_delivered: bool,
 }
 
 /// Why [`Run::run_until`] returned.
@@ -83,6 +93,9 @@ impl Run {
                 return Ok(Ending::TimedOut);
             }
             self.progress.tick(now, || status(&self.fleet, observer));
+            if self.series.due(now) {
+                self.series.tick(now, self.fleet.len(), None);
+            }
             let wake = [Some(self.deadline), until]
                 .into_iter()
                 .flatten()
@@ -111,6 +124,9 @@ impl Run {
         self.deadline = self.deadline.max(end);
         let mut closing_watch = Closing {
             shared: self.generator.shared(),
+            all_delivered: self.all_delivered,
+            closing,
+            leaves: Vec::new(),
             faults: Faults::default(),
         };
         self.run_until(
@@ -127,6 +143,13 @@ impl Run {
             clean: self.fleet.tally.closed_clean - clean_before,
             close_s: start.elapsed().as_secs_f64(),
         })
+    }
+
+    /// The run's setup as the report gives it: with the time it ended.
+    pub fn final_setup(&self) -> Setup {
+        let mut setup = self.setup.clone();
+        setup.ended_unix_ms = crate::report::unix_ms();
+        setup
     }
 
     /// Every fault of the run, the fleet's included, for the report; each also as a line of
@@ -154,18 +177,61 @@ impl Run {
     }
 }
 
-/// The observer while everyone closes: leave notices come in numbers that depend on who
-/// closes first, but nobody joins (unless other generators share the room).
+/// The observer while everyone closes, which judges what still arrives by the rules of the
+/// traffic (unless other generators share the room, whose clients may still chat, come and
+/// go): nobody joins; a client hears at most one leave notice for each of the others; and
+/// nobody sends, so a chat message is a second copy of one that had arrived (when all had),
+/// or one nobody sent.
 struct Closing {
     shared: bool,
+    all_delivered: bool,
+    /// Clients closing: each may hear the others leave, `closing - 1` notices at most.
+    closing: usize,
+    /// Leave notices heard while closing, by client key.
+    leaves: Vec<u64>,
     faults: Faults,
 }
 
 impl Observer for Closing {
+    fn chat(&mut self, key: usize, body: &str, _now: Instant) {
+        if self.shared {
+            return;
+        }
+        match Stamp::parse(body) {
+            Some((stamp, _)) if self.all_delivered => {
+                self.faults.record(Fault::Duplicated, 1, || {
+                    format!(
+                        "client {key} got message {} of sender {} again while closing",
+                        stamp.seq, stamp.sender
+                    )
+                })
+            }
+            // Not every message had arrived: this may be a late one, and the run has failed.
+            Some(_) => {}
+            None => self.faults.record(Fault::Stray, 1, || {
+                format!("client {key} got {} while closing", quote(body))
+            }),
+        }
+    }
+
     fn notice(&mut self, key: usize, notice: Notice, count: u64, _now: Instant) {
-        if notice == Notice::Joined && !self.shared {
+        if self.shared {
+            return;
+        }
+        if notice == Notice::Joined {
             self.faults.record(Fault::ExtraNotice, count, || {
                 format!("client {key} got a join notice while everyone was closing")
+            });
+            return;
+        }
+        if self.leaves.len() <= key {
+            self.leaves.resize(key + 1, 0);
+        }
+        self.leaves[key] += count;
+        let (heard, most) = (self.leaves[key], self.closing.saturating_sub(1) as u64);
+        if heard > most {
+            self.faults.record(Fault::ExtraNotice, count, || {
+                format!("client {key} heard {heard} leave notices while {most} others closed")
             });
         }
     }

@@ -133,13 +133,27 @@ impl Stamp {
     /// ends the text).
     ///
     /// Every delivery comes through here, so the fields are read off the bytes in one pass:
-    /// `s=`, `q=` and `t=` each followed by decimal digits (no sign, at least one, no overflow),
-    /// separated by single spaces; after the last one, a space or the end of the text.
+    /// `s=`, `q=` and `t=` each followed by decimal digits (no sign, at least one, no overflow,
+    /// no leading zero), separated by single spaces; after the last one, a space or the end of
+    /// the text. A stamp has one spelling, the one [`Padding::encode`] writes: with it, the
+    /// stamp's length, and so the padding's, follows from its numbers, and a receiver that
+    /// checks the padding has checked the whole text as rebuilt from the numbers.
     pub fn parse(text: &str) -> Option<(Stamp, Option<&[u8]>)> {
+        Stamp::parse_as(text, true)
+    }
+
+    /// The same, but numbers may have leading zeros: only to name what an unreadable text is
+    /// (a stamp of ours, changed; or something else).
+    pub fn parse_leniently(text: &str) -> Option<(Stamp, Option<&[u8]>)> {
+        Stamp::parse_as(text, false)
+    }
+
+    #[inline]
+    fn parse_as(text: &str, strict: bool) -> Option<(Stamp, Option<&[u8]>)> {
         let rest = text.as_bytes();
-        let (sender, rest) = field(rest, b"s=")?;
-        let (seq, rest) = field(rest?, b"q=")?;
-        let (sent_ns, padding) = field(rest?, b"t=")?;
+        let (sender, rest) = field(rest, b"s=", strict)?;
+        let (seq, rest) = field(rest?, b"q=", strict)?;
+        let (sent_ns, padding) = field(rest?, b"t=", strict)?;
         let stamp = Stamp {
             sender: u32::try_from(sender).ok()?,
             seq,
@@ -207,7 +221,9 @@ impl Padding {
     }
 
     /// Whether `padding`, what followed the stamp in a text of `text_len` bytes, is exactly
-    /// what [`Padding::encode`] writes after `stamp`.
+    /// what [`Padding::encode`] writes after `stamp`. With the stamp read by
+    /// [`Stamp::parse`] (its one spelling), that is the whole text as rebuilt from the
+    /// stamp's numbers: the padding's length follows from them too.
     ///
     /// Every delivery comes through here, so it compares words, not bytes, and without an
     /// early exit (a loop LLVM can unroll, and no call to `memcmp` for a few dozen bytes).
@@ -266,13 +282,17 @@ fn differences(a: &[u8], b: &[u8]) -> u64 {
 
 /// Reads `name` and a number at the start of `text`. Returns the number and what follows the
 /// space after it, or `None` in its place if the number ends the text; the whole answer is
-/// `None` if `text` does not start so.
-fn field<'a>(text: &'a [u8], name: &[u8]) -> Option<(u64, Option<&'a [u8]>)> {
+/// `None` if `text` does not start so (`strict`: nor if the number has a leading zero).
+#[inline]
+fn field<'a>(text: &'a [u8], name: &[u8], strict: bool) -> Option<(u64, Option<&'a [u8]>)> {
     let digits = text.strip_prefix(name)?;
     let (len, value) = match by_words(digits) {
         Some(fast) => fast,
         None => by_bytes(digits)?,
     };
+    if strict && len > 1 && digits[0] == b'0' {
+        return None;
+    }
     match digits[len..] {
         [] => Some((value, None)),
         [b' ', ref rest @ ..] => Some((value, Some(rest))),
@@ -456,6 +476,12 @@ mod tests {
         }
         assert!(!intact(&text.as_bytes()[..text.len() - 1]), "cut short");
         assert!(!intact(format!("{text}A").as_bytes()), "one too many");
+        // A number spelled with a leading zero, the padding cut by one to keep the length.
+        for field in ["s=", "q=", "t="] {
+            let padded = text.replacen(field, &format!("{field}0"), 1);
+            assert!(!intact(&padded.as_bytes()[..text.len()]), "{field}0");
+            assert!(!intact(padded.as_bytes()), "{field}0, padding as it was");
+        }
         // The same padding under another stamp: the numbers are checked too.
         let (_, rest) = Stamp::parse(&text).unwrap();
         for other in [
@@ -506,6 +532,9 @@ mod tests {
             "s=1 q=2 x=3 ",
             "s=4294967296 q=1 t=1 ",
             "s=1 q=2 t=000000000000000000001 ",
+            // Leading zeros: a stamp has one spelling.
+            "s=01 q=002 t=3 ",
+            "s=0 q=0 t=00 ",
         ] {
             assert_eq!(Stamp::decode(text), None, "{text:?}");
         }
@@ -516,14 +545,19 @@ mod tests {
             seq: 2,
             sent_ns: 3,
         };
-        for text in [
-            "s=1 q=2 t=3",
-            "s=1 q=2 t=3 ",
-            "s=1 q=2 t=3 ü\"x",
-            "s=01 q=002 t=3 ",
-        ] {
+        for text in ["s=1 q=2 t=3", "s=1 q=2 t=3 ", "s=1 q=2 t=3 ü\"x"] {
             assert_eq!(Stamp::decode(text), Some(stamp), "{text:?}");
         }
+        let lenient = Stamp::parse_leniently("s=01 q=002 t=3 ").map(|(s, _)| s);
+        assert_eq!(lenient, Some(stamp), "read leniently, to name the fault");
+        assert_eq!(
+            Stamp::decode("s=0 q=0 t=0 "),
+            Some(Stamp {
+                sender: 0,
+                seq: 0,
+                sent_ns: 0
+            })
+        );
         // Around the largest numbers: 19 digits, and 20 up to u64::MAX but not past it.
         for seq in [
             u64::MAX,
@@ -560,7 +594,7 @@ mod tests {
 
     proptest::proptest! {
         /// Byte for byte the old decoder's answer, except where this one is stricter on
-        /// purpose: no `+` sign, and no numbers over 20 digits (leading zeros).
+        /// purpose: no `+` sign, no leading zeros (so no numbers over 20 digits either).
         #[test]
         fn decodes_as_split_and_parse_did(
             text in proptest::prop_oneof![
@@ -572,7 +606,10 @@ mod tests {
         ) {
             let expected = decode_by_split(&text);
             let stricter = text.contains('+')
-                || text.as_bytes().split(|b| !b.is_ascii_digit()).any(|d| d.len() > 20);
+                || text
+                    .as_bytes()
+                    .split(|b| !b.is_ascii_digit())
+                    .any(|d| d.len() > 20 || (d.len() > 1 && d[0] == b'0'));
             if stricter {
                 proptest::prop_assert!(expected.is_some() || Stamp::decode(&text).is_none());
             } else {

@@ -1,5 +1,13 @@
 //! `mio-chat-load`: a load generator for mio-chat, built like the server itself: one thread,
-//! one `mio::Poll`, every client a small state machine in a `Slab`.
+//! one `mio::Poll`, every client a small state machine in a `Slab`. What it checks, and what
+//! its verdict cannot see: docs/load-generator.md.
+//!
+//! It lives beside the server's code, in `loadgen/`: a `[[bin]]` of the same package behind
+//! the default feature `loadgen`, so that an embedder of the library (`default-features =
+//! false`) compiles neither it nor the dependencies only it needs (hdrhistogram, base64). Not
+//! a crate of its own in a workspace: the tests and benchmarks that run it find it as
+//! `CARGO_BIN_EXE_mio-chat-load`, which Cargo gives only to the package's own targets, and it
+//! speaks through the library's own frame and message code either way.
 //!
 //! A reading order:
 //! 1. [`args`]: the scenarios and their flags; [`target`]: where to connect (one server or the
@@ -21,12 +29,14 @@ mod client;
 mod faults;
 mod fleet;
 mod handshake;
+mod html;
 mod merge;
 mod order;
 mod procfs;
 mod progress;
 mod report;
 mod scenario;
+mod series;
 mod target;
 mod tls;
 mod wire;
@@ -45,12 +55,34 @@ use crate::report::Setup;
 use crate::scenario::broadcast::{Pace, Plan};
 use crate::scenario::Run;
 
+/// How a run ended, as its exit status: 0 passed, 1 problems found (or the run could not
+/// start), 2 a usage error (clap's), 3 only thresholds failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Passed,
+    Problems,
+    Thresholds,
+}
+
+impl Verdict {
+    fn of(problems: &[String], thresholds: &[report::Threshold]) -> Verdict {
+        if !problems.is_empty() {
+            Verdict::Problems
+        } else if thresholds.iter().any(|t| !t.passed) {
+            Verdict::Thresholds
+        } else {
+            Verdict::Passed
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     match start(&args) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(Verdict::Passed) => ExitCode::SUCCESS,
+        Ok(Verdict::Problems) => ExitCode::FAILURE,
+        Ok(Verdict::Thresholds) => ExitCode::from(3),
         Err(message) => {
             eprintln!("mio-chat-load: {message}");
             ExitCode::FAILURE
@@ -58,13 +90,26 @@ fn main() -> ExitCode {
     }
 }
 
-/// Checks that the run can work at all, then runs it; `Ok(false)` if it found problems.
-fn start(args: &Args) -> Result<bool, String> {
+/// Checks that the run can work at all, then runs it.
+fn start(args: &Args) -> Result<Verdict, String> {
     let common = &args.common;
+    let gated = common.max_p99.is_some() || common.min_rate.is_some() || common.html.is_some();
+    if gated && !matches!(args.scenario, Scenario::Broadcast(_) | Scenario::Merge(_)) {
+        return Err("--max-p99, --min-rate and --html apply to broadcast and merge".into());
+    }
     if let Scenario::Merge(m) = &args.scenario {
-        let merged = merge::merge(&m.reports)?;
+        let mut merged = merge::merge(&m.reports)?;
+        merged.thresholds = report::thresholds(
+            common.max_p99,
+            common.min_rate,
+            &merged.latency,
+            merged.deliveries_per_s,
+        );
         report::emit(&merged, common.json, merge::text);
-        return Ok(merged.problems.is_empty());
+        if let Some(path) = &common.html {
+            html::write(path, &html::of_merge(&merged))?;
+        }
+        return Ok(Verdict::of(&merged.problems, &merged.thresholds));
     }
     // Sockets open at once, and ports taken over the run (churn reuses them).
     let (clients, ports) = match &args.scenario {
@@ -87,11 +132,27 @@ fn start(args: &Args) -> Result<bool, String> {
     target::check_fd_budget(clients, fd_limit)?;
     let routes = target::plan_routes(targets, ports, common.sources)?;
     if let Some(pid) = common.server_pid {
-        Proc(Some(pid))
+        let server = Proc(Some(pid));
+        server
             .rss_kib()
             .map_err(|e| format!("--server-pid {pid}: {e}"))?;
+        let ports: Vec<u16> = routes.iter().map(|r| r.target.addr.port()).collect();
+        let listening = ports.iter().map(|&port| server.listens_on(port));
+        if listening.clone().all(|l| l == Some(false)) {
+            eprintln!(
+                "mio-chat-load: warning: --server-pid {pid} is not listening on the target's \
+                 port ({ports:?}): its memory and CPU are that process's, not the server's \
+                 (a proxy in front? then name the server behind it)"
+            );
+        }
     }
-    let setup = Setup::new(&routes, common.max_inflight, fd_limit);
+    let generator = common.generator.unwrap_or(Generator::ALONE);
+    let mut setup = Setup::new(&routes, common.max_inflight, fd_limit);
+    setup.generator = report::GeneratorSetup {
+        index: generator.index,
+        of: generator.count,
+    };
+    setup.parameters = serde_json::to_value(&args.scenario).unwrap_or_default();
     let fleet = Fleet::new(routes, common.max_inflight as usize)
         .map_err(|e| format!("cannot create the event loop: {e}"))?;
     let now = Instant::now();
@@ -105,20 +166,22 @@ fn start(args: &Args) -> Result<bool, String> {
         progress: Progress::new(!common.quiet),
         server: common.server_pid.map(|pid| Proc(Some(pid))),
         faults: Default::default(),
-        generator: common.generator.unwrap_or(Generator::ALONE),
+        generator,
+        all_delivered: false,
+        series: series::Series::new(now),
     };
     run_scenario(args, &mut run, clients)
 }
 
-/// Runs the scenario asked for; `Ok(false)` if it found problems.
-fn run_scenario(args: &Args, run: &mut Run, clients: usize) -> Result<bool, String> {
+/// Runs the scenario asked for.
+fn run_scenario(args: &Args, run: &mut Run, clients: usize) -> Result<Verdict, String> {
     let common = &args.common;
     let failed = |e: std::io::Error| format!("the event loop failed: {e}");
     match &args.scenario {
         Scenario::Connect(c) => {
             let report = scenario::connect::run(run, clients, c.hold).map_err(failed)?;
             report::emit(&report, common.json, report::connect_text);
-            Ok(report.problems.is_empty())
+            Ok(Verdict::of(&report.problems, &[]))
         }
         Scenario::Broadcast(b) => {
             let pace = match (b.rate, b.window) {
@@ -135,10 +198,23 @@ fn run_scenario(args: &Args, run: &mut Run, clients: usize) -> Result<bool, Stri
                 pace,
                 duration: b.duration,
                 size: b.size,
+                ramp_up: b.ramp_up,
             };
-            let report = scenario::broadcast::run(run, &plan).map_err(failed)?;
+            let mut report = scenario::broadcast::run(run, &plan).map_err(failed)?;
+            if let Some(t) = &report.traffic {
+                report.thresholds = report::thresholds(
+                    common.max_p99,
+                    common.min_rate,
+                    &t.latency,
+                    t.deliveries_per_s,
+                );
+            }
             report::emit(&report, common.json, report::broadcast_text);
-            Ok(report.problems.is_empty())
+            if let Some(path) = &common.html {
+                let none = report::Latency::default();
+                html::write(path, &html::of_broadcast(&report, &none))?;
+            }
+            Ok(Verdict::of(&report.problems, &report.thresholds))
         }
         Scenario::Churn(c) => {
             let plan = scenario::churn::Plan {
@@ -151,7 +227,7 @@ fn run_scenario(args: &Args, run: &mut Run, clients: usize) -> Result<bool, Stri
             };
             let report = scenario::churn::run(run, &plan).map_err(failed)?;
             report::emit(&report, common.json, report::churn_text);
-            Ok(report.problems.is_empty())
+            Ok(Verdict::of(&report.problems, &[]))
         }
         Scenario::Merge(_) => Err("merge reads reports, it does not run".into()),
     }

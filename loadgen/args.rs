@@ -7,10 +7,20 @@ use clap::{ArgGroup, Args as ClapArgs, Parser, Subcommand};
 
 /// Load generator for mio-chat: many WebSocket clients on one thread, one mio event loop.
 ///
-/// Prints a report on stdout (one JSON object with --json) and exits non-zero if anything went
-/// wrong: failed connections; messages or notices lost, duplicated, reordered, changed, forged
-/// or extra (each fault by name in the report); server file descriptors not given back
-/// (churn); or the --timeout.
+/// Prints a report on stdout (one JSON object with --json; a self-contained HTML page with
+/// --html) and exits 1 if anything went wrong: failed connections (a 101 naming an extension or
+/// subprotocol not asked for included); messages or notices lost, duplicated, reordered,
+/// changed, forged or extra (each fault by name in the report); server file descriptors not
+/// given back (churn); or the --timeout. Exit 3: the server was right, but a threshold
+/// (--max-p99, --min-rate) failed.
+///
+/// What a verdict sees: every frame each client reads, from the 101 to the close, judged by
+/// the same rules in every phase, with a short linger after the last expected one. What it
+/// cannot see: whom a notice is about (notices are checked as counts and orders), messages
+/// sent before a client joined, and whether a message still in flight when the run ends is
+/// late or lost (reported as "in flight at the end"; against a rate-limiting server, lift the
+/// limit: mio-chat --client-rate 0 --client-bytes-rate 0). See docs/load-generator.md.
+///
 /// Set RUST_LOG=debug to see why individual clients failed.
 #[derive(Parser, Debug)]
 #[command(version)]
@@ -36,7 +46,8 @@ pub struct Common {
     )]
     pub url: Vec<String>,
     /// PID of the server, to report its memory and CPU use, and in `churn` its open file
-    /// descriptors (read from /proc). With several --url, the one server it names.
+    /// descriptors (read from /proc). With several --url, the one server it names. If that
+    /// process does not listen on the target's port (a proxy in front?), a warning says so.
     #[arg(long, global = true)]
     pub server_pid: Option<u32>,
     /// Spread clients over source addresses 127.0.0.1..127.0.0.K (with several --url, each
@@ -68,12 +79,27 @@ pub struct Common {
     pub allow_remote: bool,
     /// This generator's place among N that load one chat at once (0-based), for a load that
     /// one machine cannot make: its senders are numbered apart from the others', their
-    /// messages are counted but not checked, and in `connect` and `broadcast` the notices their
-    /// clients cause are not checked either (`churn` still counts every notice: the others'
-    /// clients must not come or go while it runs). `mio-chat-load merge` combines the reports.
+    /// messages are checked in each sender's order from the first one each client sees and
+    /// counted by generator (all generators of a run must use the same flags), and in
+    /// `connect` and `broadcast` the notices their clients cause are not checked (`churn`
+    /// still counts every notice: the others' clients must not come or go while it runs).
+    /// `mio-chat-load merge` combines the reports and checks them as one run.
     /// [default: 0/1]
     #[arg(long, global = true, value_name = "I/N", value_parser = parse_generator)]
     pub generator: Option<Generator>,
+    /// A threshold (`broadcast` and `merge`): fail the run, with exit status 3, if the
+    /// deliveries' p99 latency is over MS milliseconds. Faults fail it with status 1 first.
+    #[arg(long, global = true, value_name = "MS", value_parser = parse_limit)]
+    pub max_p99: Option<f64>,
+    /// A threshold (`broadcast` and `merge`): fail the run, with exit status 3, if fewer than
+    /// this many deliveries a second were made.
+    #[arg(long, global = true, value_name = "PER_S", value_parser = parse_limit)]
+    pub min_rate: Option<f64>,
+    /// Also write the report as a self-contained HTML page (`broadcast` and `merge`): the
+    /// verdict, then charts of latency over time, the latency distribution, throughput and
+    /// connections (inline SVG: no script, nothing fetched).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
     /// Print the report as one JSON object.
     #[arg(long, global = true)]
     pub json: bool,
@@ -82,7 +108,7 @@ pub struct Common {
     pub quiet: bool,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(serde::Serialize, Subcommand, Debug)]
 pub enum Scenario {
     /// Connect N clients and drain the join notices (N(N+1)/2 of them); time one broadcast to
     /// all; hold the connections; close them all.
@@ -97,24 +123,29 @@ pub enum Scenario {
     /// once it has heard its own join notice: a share P of them abruptly (TCP reset, no Close
     /// frame), the rest with a closing handshake. The watcher must hear exactly one join and
     /// one leave notice per client, and the watcher and the background clients one and the same
-    /// sequence of notices; with --server-pid, the server's open files must come back to their
-    /// count before the churn (its RSS before and after is reported).
+    /// sequence of notices, each member's join before its leave; with --server-pid, the
+    /// server's open files must come back to their count before the churn (its RSS before and
+    /// after is reported).
     Churn(ChurnArgs),
     /// Merges the `--json` reports of generators that ran `broadcast` against one chat at the
     /// same time (each with its own --generator I/N) into the report of one run: counts and
     /// rates add up, faults add up by name, percentiles come from the sum of the histograms.
-    /// Exits non-zero if any report found problems.
+    ///
+    /// Refuses reports that are not one run: they must be 0/N … N-1/N, each once, with the same
+    /// scenario and flags, and times that overlap. Checks that every generator's messages
+    /// reached every other generator's clients (at most sent × receivers). Exits 1 if any
+    /// report found problems or that check fails, 3 if only a threshold failed.
     Merge(MergeArgs),
 }
 
-#[derive(ClapArgs, Debug)]
+#[derive(serde::Serialize, ClapArgs, Debug)]
 pub struct MergeArgs {
     /// The reports, one JSON object each (as `--json` prints it).
     #[arg(required = true, value_name = "REPORT.json")]
     pub reports: Vec<std::path::PathBuf>,
 }
 
-#[derive(ClapArgs, Debug)]
+#[derive(serde::Serialize, ClapArgs, Debug)]
 pub struct ConnectArgs {
     /// Clients to connect.
     #[arg(short = 'n', long = "clients", value_parser = clap::value_parser!(u32).range(1..))]
@@ -124,7 +155,7 @@ pub struct ConnectArgs {
     pub hold: Duration,
 }
 
-#[derive(ClapArgs, Debug)]
+#[derive(serde::Serialize, ClapArgs, Debug)]
 #[command(group(ArgGroup::new("pace").required(true).args(["rate", "window"])))]
 pub struct BroadcastArgs {
     /// Clients to connect; all of them receive.
@@ -146,9 +177,14 @@ pub struct BroadcastArgs {
     /// Bytes of text per message (at least the stamp, about 30 bytes).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// Seconds over which the clients join, evenly spread (0: all at once, as fast as
+    /// --max-inflight allows). The sending starts once all have joined; the ramp is added to
+    /// --timeout.
+    #[arg(long, default_value = "0", value_parser = mio_chat::config::parse_secs)]
+    pub ramp_up: Duration,
 }
 
-#[derive(ClapArgs, Debug)]
+#[derive(serde::Serialize, ClapArgs, Debug)]
 pub struct ChurnArgs {
     /// Background clients that stay connected throughout (they hear every notice too).
     #[arg(short = 'n', long = "clients", default_value_t = 0)]
@@ -209,6 +245,13 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
         _ => Err(format!("{s}: not a positive number of messages per second")),
+    }
+}
+
+fn parse_limit(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("{s}: not a number of 0 or more")),
     }
 }
 

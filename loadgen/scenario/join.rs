@@ -9,9 +9,13 @@
 //!   whose counts differ by one, which a black box cannot tell from the two having joined the
 //!   other way round;
 //! - except where the order of joins is known: against one server, a client dialled after
-//!   another had opened joined after it, so must hear fewer notices. With `--max-inflight 1`
-//!   every join is ordered so, and the counts must be N, N-1, …, 1 in dial order: then any moved
-//!   notice shows.
+//!   another had heard its own join notice joined after it, so must hear fewer notices. Its own
+//!   join notice, not its 101: a server may answer the upgrade before it adds the client to the
+//!   room (the tutorial's Go server does), and only the notice says the client is in. (The
+//!   first join notice a client hears is its own: the room sends a newcomer nothing before.)
+//!   With `--max-inflight 1` against a server that joins before it answers, every join is
+//!   ordered so, and the counts must be N, N-1, …, 1 in dial order: then any moved notice
+//!   shows.
 //!
 //! Once every client is open and the total is still short, the flood counts as drained after
 //! [`QUIET`] without a notice, and what is missing is reported as lost (not as a timeout).
@@ -20,7 +24,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use crate::chat::Notice;
-use crate::faults::{Fault, Faults};
+use crate::faults::{quote, Fault, Faults};
 use crate::fleet::{Fleet, Observer};
 use crate::report::Join;
 use crate::scenario::{Ending, Run};
@@ -31,27 +35,50 @@ const QUIET: Duration = Duration::from_secs(2);
 struct JoinCounter {
     /// Join notices heard, by client key.
     heard: Vec<u64>,
-    /// Clients dialled when each client (by key) opened.
-    dialled_at_open: Vec<u32>,
+    /// Clients dialled when each client (by key) heard its own join notice (`u32::MAX`, "no
+    /// claim", until it has).
+    dialled_at_join: Vec<u32>,
     total: u64,
     /// Leave notices: nobody leaves during the flood unless a client is lost.
     leaves: u64,
     last_notice: Option<Instant>,
+    /// Other generators share the room: their chat may come at any time.
+    shared: bool,
+    /// Chat messages during the flood, before anyone of ours sent one.
+    faults: Faults,
 }
 
 impl Observer for JoinCounter {
-    fn opened(&mut self, key: usize, dialled: u32, _now: Instant) {
-        if self.heard.len() <= key {
-            self.heard.resize(key + 1, 0);
-            self.dialled_at_open.resize(key + 1, 0);
+    fn chat(&mut self, key: usize, body: &str, _now: Instant) {
+        if !self.shared {
+            self.faults.record(Fault::Stray, 1, || {
+                format!("client {key} got {} during the join flood", quote(body))
+            });
         }
-        self.heard[key] = 0; // the key may have belonged to a client that failed
-        self.dialled_at_open[key] = dialled;
     }
 
-    fn notice(&mut self, key: usize, notice: Notice, count: u64, now: Instant) {
+    fn opened(&mut self, key: usize, _dialled: u32, _now: Instant) {
+        if self.heard.len() <= key {
+            self.heard.resize(key + 1, 0);
+            self.dialled_at_join.resize(key + 1, u32::MAX);
+        }
+        self.heard[key] = 0; // the key may have belonged to a client that failed
+        self.dialled_at_join[key] = u32::MAX;
+    }
+
+    fn notice_dialled(
+        &mut self,
+        key: usize,
+        notice: Notice,
+        count: u64,
+        now: Instant,
+        dialled: u32,
+    ) {
         if notice == Notice::Joined {
             if let Some(heard) = self.heard.get_mut(key) {
+                if *heard == 0 {
+                    self.dialled_at_join[key] = dialled;
+                }
                 *heard += count;
             }
             self.total += count;
@@ -68,24 +95,18 @@ pub fn triangle(n: usize) -> u64 {
     n * (n + 1) / 2
 }
 
-/// Dials `clients` connections and waits for the join flood to drain.
-pub fn connect_and_drain(run: &mut Run, clients: usize) -> io::Result<Join> {
+/// Dials `clients` connections, spread evenly over `ramp` (all at once if zero), and waits for
+/// the join flood to drain. The ramp is added to the run's `--timeout`: it is asked for, not
+/// work.
+pub fn connect_and_drain(run: &mut Run, clients: usize, ramp: Duration) -> io::Result<Join> {
     let start = Instant::now();
-    let mut counter = JoinCounter::default();
-    let mut connected_at = None;
-    run.fleet.dial(clients);
-    let mut done = |fleet: &Fleet, counter: &JoinCounter, now: Instant| {
-        if !fleet.settled() {
-            return false;
-        }
-        let connected = *connected_at.get_or_insert(now);
-        // Everyone is open, so every join has happened: a flood that falls quiet short of
-        // its total has lost notices, and waiting longer would not bring them.
-        let last = counter.last_notice.unwrap_or(connected).max(connected);
-        let quiet = now.duration_since(last) >= QUIET;
-        let tally = &fleet.tally;
-        quiet || (tally.lost_after_open == 0 && counter.total >= triangle(tally.opened))
+    let mut counter = JoinCounter {
+        shared: run.generator.shared(),
+        ..JoinCounter::default()
     };
+    let mut connected_at = None;
+    run.deadline += ramp;
+    let mut dialled = 0;
     let status = |fleet: &Fleet, counter: &JoinCounter| {
         let tally = &fleet.tally;
         format!(
@@ -97,11 +118,33 @@ pub fn connect_and_drain(run: &mut Run, clients: usize) -> io::Result<Join> {
             triangle(clients.saturating_sub(tally.failed() as usize))
         )
     };
-    // Falling quiet is no event: look again every so often, or the wait lasts until one comes
-    // (the server's next ping, say).
     loop {
-        let look_again = Some(Instant::now() + QUIET / 8);
-        let ending = run.run_until(&mut counter, look_again, &mut done, status)?;
+        // Client k is due at start + ramp × k / clients.
+        let due_at = |k: usize| start + ramp.mul_f64(k as f64 / clients.max(1) as f64);
+        let now = Instant::now();
+        let due = (dialled..clients).take_while(|&k| due_at(k) <= now).count();
+        run.fleet.dial(due);
+        dialled += due;
+        let all_dialled = dialled == clients;
+        let done = |fleet: &Fleet, counter: &JoinCounter, now: Instant| {
+            if !all_dialled || !fleet.settled() {
+                return false;
+            }
+            let connected = *connected_at.get_or_insert(now);
+            // Everyone is open, so every join has happened: a flood that falls quiet short of
+            // its total has lost notices, and waiting longer would not bring them.
+            let last = counter.last_notice.unwrap_or(connected).max(connected);
+            let quiet = now.duration_since(last) >= QUIET;
+            let tally = &fleet.tally;
+            quiet || (tally.lost_after_open == 0 && counter.total >= triangle(tally.opened))
+        };
+        // Falling quiet is no event: look again every so often, or the wait lasts until one
+        // comes (the server's next ping, say); and when the next client is due.
+        let mut look_again = Instant::now() + QUIET / 8;
+        if !all_dialled {
+            look_again = look_again.min(due_at(dialled));
+        }
+        let ending = run.run_until(&mut counter, Some(look_again), done, status)?;
         if ending != Ending::Expired {
             break;
         }
@@ -122,6 +165,7 @@ fn summary(
     let tally = &run.fleet.tally;
     let open = run.fleet.open_clients();
     let shared = run.generator.shared();
+    run.faults.merge(&counter.faults);
     // Across the processes of a cluster, one client's handshake finishing before another's
     // starts does not order their joins: each process hands its joins to the backplane in
     // its own time.
@@ -194,13 +238,17 @@ fn check_counts(
             });
             return false;
         }
-        // Someone placed before this client was dialled only after it had opened.
-        let opened_when = counter.dialled_at_open.get(key).copied().unwrap_or(0);
-        if causal && latest_dial.is_some_and(|dial| dial >= opened_when) {
+        // Someone placed before this client was dialled only after it had joined.
+        let joined_when = counter
+            .dialled_at_join
+            .get(key)
+            .copied()
+            .unwrap_or(u32::MAX);
+        if causal && latest_dial.is_some_and(|dial| dial >= joined_when) {
             faults.record(Fault::NoticeOrder, 1, || {
                 format!(
                     "client {key} heard {count} join notices, as if it had joined after a \
-                     client dialled once it was open"
+                     client dialled once it had heard its own join notice"
                 )
             });
             return false;
@@ -228,12 +276,12 @@ pub fn problems(join: &Join, out: &mut Vec<String>) {
 mod tests {
     use super::*;
 
-    /// Three clients (keys 0, 1, 2 in dial order) with these counts, each opened when
-    /// `dialled` clients had been dialled.
+    /// Three clients (keys 0, 1, 2 in dial order) with these counts, each hearing its own
+    /// join notice when `dialled` clients had been dialled.
     fn checked(counts: [u64; 3], dialled: [u32; 3], causal: bool) -> Faults {
         let counter = JoinCounter {
             heard: counts.to_vec(),
-            dialled_at_open: dialled.to_vec(),
+            dialled_at_join: dialled.to_vec(),
             total: counts.iter().sum(),
             ..JoinCounter::default()
         };
@@ -256,6 +304,29 @@ mod tests {
         assert!(checked([3, 1, 1], all_at_once, true).has(Fault::Lost));
         assert!(checked([3, 3, 1], all_at_once, true).has(Fault::ExtraNotice));
         assert!(checked([3, 3, 0], all_at_once, true).has(Fault::NoticeOrder));
+        // Opened one at a time but joined later (the 101 before the join): no claim.
+        let unknown = [u32::MAX; 3];
+        assert!(checked([2, 3, 1], unknown, true).is_empty());
+    }
+
+    /// Only a client's own (first) join notice dates its join; the 101 does not.
+    #[test]
+    fn a_join_is_dated_by_the_clients_own_join_notice() {
+        let t = Instant::now();
+        let mut c = JoinCounter::default();
+        c.opened(0, 1, t);
+        c.opened(1, 2, t); // client 1 dialled and open before client 0 heard a thing
+        c.notice_dialled(1, Notice::Joined, 1, t, 2);
+        c.notice_dialled(0, Notice::Joined, 2, t, 2);
+        assert_eq!(c.dialled_at_join, [2, 2]);
+        let open = [(0, 0), (1, 1)];
+        let mut faults = Faults::default();
+        assert!(
+            check_counts(&c, &open, (false, true), &mut faults),
+            "{faults:?}"
+        );
+        c.notice_dialled(1, Notice::Joined, 1, t, 3);
+        assert_eq!(c.dialled_at_join[1], 2, "the first one dates it");
     }
 
     #[test]

@@ -13,6 +13,9 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 pub enum Fault {
     /// A message, notice or probe that never came, though something sent after it did.
     Lost,
+    /// Messages sent but not delivered when the run ended, with nothing later of their
+    /// sender's delivered either: still in flight (the server fell behind), or lost at the end.
+    InFlight,
     /// The same message twice at one client.
     Duplicated,
     /// One sender's messages out of their sending order at one client.
@@ -43,6 +46,7 @@ impl Fault {
     pub fn name(self) -> &'static str {
         match self {
             Fault::Lost => "lost",
+            Fault::InFlight => "in flight at the end",
             Fault::Duplicated => "duplicated",
             Fault::OutOfOrder => "out of order",
             Fault::Reordered => "reordered",

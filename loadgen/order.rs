@@ -65,14 +65,26 @@ impl SeqTracker {
         self.next >= sent
     }
 
-    /// Messages not received out of the first `sent`.
+    /// Messages not received out of the first `sent`: [`SeqTracker::gaps`] and
+    /// [`SeqTracker::unreached`] together.
+    #[cfg(test)]
     pub fn lost(&self, sent: u64) -> u64 {
-        let gaps: u64 = self
-            .missing
+        self.gaps(sent) + self.unreached(sent)
+    }
+
+    /// Messages that can no longer come: skipped, and a later one of the sender's has arrived
+    /// (the server keeps each sender's order).
+    pub fn gaps(&self, sent: u64) -> u64 {
+        self.missing
             .iter()
             .map(|r| r.end.min(sent).saturating_sub(r.start))
-            .sum();
-        gaps + sent.saturating_sub(self.next)
+            .sum()
+    }
+
+    /// Messages after the last one that arrived: still in flight, as far as this receiver can
+    /// tell (late, or lost: only more time would say).
+    pub fn unreached(&self, sent: u64) -> u64 {
+        sent.saturating_sub(self.next)
     }
 }
 
@@ -100,6 +112,11 @@ mod tests {
         assert_eq!(t.observe(2), Verdict::Late);
         assert_eq!(t.observe(2), Verdict::Duplicate);
         assert_eq!(t.lost(4), 1, "1 is still missing");
+        assert_eq!(
+            (t.gaps(6), t.unreached(6)),
+            (1, 2),
+            "1 lost; 4 and 5 in flight"
+        );
     }
 
     #[test]
