@@ -115,6 +115,9 @@ impl Server {
             dirty: false,
             half_closed: false,
             refused,
+            batch_tail: 0,
+            read_turn: 0,
+            read_spent: 0,
         });
         self.refusing += usize::from(refused);
         debug!(token = key, peer:% = peer; "accepted");

@@ -38,7 +38,7 @@ const USE_HTTPS: Response = Response {
 /// One read buffer for all clients: idle clients hold no read buffer of their own.
 pub(super) const READ_CHUNK: usize = 64 * 1024;
 /// Bytes read from one client per turn before the others get theirs (fairness).
-const READ_BUDGET: usize = 256 * 1024;
+pub(super) const READ_BUDGET: usize = 256 * 1024;
 
 /// A socket and the state machine that speaks over it.
 pub(super) struct Client {
@@ -60,6 +60,14 @@ pub(super) struct Client {
     pub half_closed: bool,
     /// Only here to be told 503.
     pub refused: bool,
+    /// What is left unsent of one batch that was written straight to this client with nothing
+    /// queued ahead of it: a client that keeps up is never dropped for the size of one batch, so
+    /// `--max-outbound` bounds only what is queued on top of this (see [`Client::over_limit`]).
+    pub batch_tail: usize,
+    /// The turn in which [`Client::read_spent`] was counted.
+    pub read_turn: u32,
+    /// Bytes read from this client in turn `read_turn`, against [`READ_BUDGET`].
+    pub read_spent: u32,
 }
 
 impl Client {
@@ -92,6 +100,26 @@ impl Client {
         false
     }
 
+    /// Whether queueing `more` bytes would pass `max_outbound`, the tail of a batch that it
+    /// was keeping up with aside.
+    pub fn over_limit(&self, more: usize, max_outbound: usize) -> bool {
+        self.conn.output().len() + more > max_outbound.saturating_add(self.batch_tail)
+    }
+
+    /// Bytes sent: the batch's tail is owed only while some of it is still queued.
+    fn sent(&mut self) {
+        self.batch_tail = self.batch_tail.min(self.conn.output().len());
+    }
+
+    /// What this client may still be read in turn `turn` ([`READ_BUDGET`] a turn).
+    fn read_budget(&mut self, turn: u32) -> usize {
+        if self.read_turn != turn {
+            self.read_turn = turn;
+            self.read_spent = 0;
+        }
+        READ_BUDGET.saturating_sub(self.read_spent as usize)
+    }
+
     pub fn who(&self, key: usize) -> Who {
         Who {
             key,
@@ -102,11 +130,11 @@ impl Client {
 }
 
 impl Server {
-    /// Reads from one client until `WouldBlock`, EOF, or its budget for this turn runs out.
-    /// A batch too full to grow stops the reading: the flush point sends it first. A held client
-    /// is not read at all (its hold's end reads it).
+    /// Reads from one client until `WouldBlock`, EOF, or its budget for this turn runs out
+    /// ([`READ_BUDGET`] a turn, however often the turn comes back to it: its readiness event,
+    /// then the unread list). A batch too full to grow stops the reading: the flush point sends
+    /// it first. A held client is not read at all (its hold's end reads it).
     pub(super) fn read(&mut self, key: usize, now: Instant) {
-        let mut budget = READ_BUDGET;
         loop {
             if self.batch_is_full(now) {
                 return self.unread.push(key);
@@ -117,6 +145,12 @@ impl Server {
             if client.conn.is_closed() || client.conn.is_held() {
                 return;
             }
+            let budget = client.read_budget(self.turns);
+            if budget == 0 {
+                // Edge-triggered: no new event will come for bytes already waiting.
+                return self.unread.push(key);
+            }
+            let buf = &mut self.read_buf[..budget.min(READ_CHUNK)];
             let (who, hub) = (client.who(key), &mut self.hub);
             let cx = Context {
                 now,
@@ -124,17 +158,14 @@ impl Server {
                 degraded: hub.degraded(),
             };
             let events: &mut Sink = &mut |event| hub.on_event(who, event);
-            let more = match client
-                .transport
-                .read(&mut client.socket, &mut self.read_buf)
-            {
+            let more = match client.transport.read(&mut client.socket, buf) {
                 Ok(Input::Eof) => {
                     client.conn.peer_closed(now, events);
                     false // EOF: nothing more will come, however long we keep the socket
                 }
                 Ok(Input::Data(n)) => {
-                    client.conn.receive(&mut self.read_buf[..n], &cx, events);
-                    budget = budget.saturating_sub(n);
+                    client.read_spent += n as u32; // at most READ_BUDGET a turn
+                    client.conn.receive(&mut buf[..n], &cx, events);
                     true
                 }
                 Ok(Input::WouldBlock) => {
@@ -156,10 +187,6 @@ impl Server {
             self.settle(key, now);
             if !more || self.clients.get(key).is_none_or(|c| c.conn.is_closed()) {
                 return;
-            }
-            if budget == 0 {
-                // Edge-triggered: no new event will come for bytes already waiting.
-                return self.unread.push(key);
             }
         }
     }
@@ -199,7 +226,10 @@ impl Server {
         let mut failed = None;
         if !client.conn.is_closed() {
             match client.transport.flush(&mut client.socket, &mut client.conn) {
-                Ok(n) => self.hub.metrics.bytes_written += n as u64,
+                Ok(n) => {
+                    self.hub.metrics.bytes_written += n as u64;
+                    client.sent();
+                }
                 Err(e) => {
                     debug!(token = key, peer:% = client.peer; "write: {e}");
                     failed = Some(Ending::PeerLeft);
@@ -294,7 +324,7 @@ impl Server {
         }
         // Its own replies (pongs, echoes) count too, once the socket has stopped taking bytes:
         // a client whose socket keeps up is written at the end of the turn, whatever it queued.
-        if client.writable && client.conn.output().len() > self.config.max_outbound {
+        if client.writable && client.over_limit(0, self.config.max_outbound) {
             return self.abort(key, Ending::SlowConsumer, now);
         }
         if client.conn.resumed() {
@@ -366,17 +396,17 @@ impl Server {
 
 /// Hands one batch to one member. When nothing is queued ahead of it, the batch is written
 /// straight from the room's buffer, so a client that keeps up never gets a copy; only what its
-/// socket cannot take now is queued. A client with a backlog gets the batch queued behind it,
-/// unless that would pass `max_outbound`: then it is a slow consumer, and is dropped.
+/// socket cannot take now is queued, whatever its size (the client's `batch_tail`). A client
+/// with a backlog gets the batch queued behind it, unless that would pass `max_outbound`: then
+/// it is a slow consumer, and is dropped.
 pub(super) fn deliver(
     client: &mut Client,
     frames: &[u8],
     max_outbound: usize,
     bytes_written: &mut u64,
 ) -> Result<(), Ending> {
-    let backlog = client.conn.output().len();
-    if backlog > 0 || client.transport.wants_write() {
-        if backlog + frames.len() > max_outbound {
+    if !client.conn.output().is_empty() || client.transport.wants_write() {
+        if client.over_limit(frames.len(), max_outbound) {
             return Err(Ending::SlowConsumer);
         }
         client.conn.queue(frames);
@@ -387,6 +417,7 @@ pub(super) fn deliver(
             *bytes_written += written as u64;
             if taken < frames.len() {
                 client.conn.queue(&frames[taken..]);
+                client.batch_tail = frames.len() - taken;
             }
         }
         Err(e) => {

@@ -24,6 +24,8 @@ mod accept;
 mod client;
 mod cluster;
 mod hub;
+#[cfg(test)]
+mod tests;
 
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
@@ -98,10 +100,15 @@ pub struct Server {
     /// Members that could not take the batch during a fan-out, ended right after it.
     dropped: Vec<(usize, Ending)>,
     next_id: u64,
+    /// Counts turns (wrapping), for the per-turn read budget of each client.
+    turns: u32,
     refusing: usize,
     /// Accepting is paused after failures (out of file descriptors): see `accept.rs`.
     accept_pause: AcceptPause,
     stopping_at: Option<Instant>,
+    /// A shutdown began this turn: everyone is sent away at the flush point, once the turn's
+    /// batch (what was read before the stop) has gone out.
+    going_away: bool,
 }
 
 impl Server {
@@ -147,9 +154,11 @@ impl Server {
             closed: Vec::new(),
             dropped: Vec::new(),
             next_id: 0,
+            turns: 0,
             refusing: 0,
             accept_pause: AcceptPause::default(),
             stopping_at: None,
+            going_away: false,
         })
     }
 
@@ -208,6 +217,7 @@ impl Server {
 
     /// One turn of the loop: all that the ready events and the due deadlines ask for.
     fn turn(&mut self, events: &Events, now: Instant) {
+        self.turns = self.turns.wrapping_add(1);
         for event in events.iter() {
             match event.token() {
                 LISTENER => self.accept(now),
@@ -224,6 +234,11 @@ impl Server {
                 }
             }
         }
+        self.end_turn(now);
+    }
+
+    /// The rest of a turn, once the ready events are handled.
+    fn end_turn(&mut self, now: Instant) {
         self.read_backplane(now);
         self.read_unread(now);
         self.fire_timers(now);
@@ -239,6 +254,9 @@ impl Server {
     fn before_sleep(&mut self, now: Instant) {
         loop {
             self.fan_out(now);
+            if self.going_away {
+                self.send_everyone_away(now);
+            }
             self.write_dirty(now);
             self.flush_backplane(now);
             let presence = &self.hub.presence;
@@ -388,8 +406,14 @@ impl Server {
             }
         }
         self.stopping_at = Some(now + SHUTDOWN_GRACE);
-        // Everyone here leaves at once; the other processes are told (the loop waits for the
-        // publisher to drain before it stops).
+        self.going_away = true;
+    }
+
+    /// Shutdown, at the flush point after the turn's fan-out: everyone here leaves at once (the
+    /// other processes are told; the loop waits for the publisher to drain before it stops), and
+    /// every connection is sent away (close 1001 for WebSocket clients).
+    fn send_everyone_away(&mut self, now: Instant) {
+        self.going_away = false;
         self.hub.leave_all();
         let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
         for key in keys {
