@@ -5,8 +5,8 @@
 //! - a leaver stops being a member before its leave notice goes out, so only the others get it;
 //! - a message goes to every member, the sender included.
 //!
-//! Frames meant for everyone collect in a [`Broadcast`] during a turn of the event loop;
-//! [`Room::fan_out`] then hands the same bytes to every member, in one piece: one copy per member
+//! Frames meant for everyone collect in a [`Batch`] during a turn of the event loop;
+//! [`Room::hand_out`] then hands the same bytes to every member, in one piece: one copy per member
 //! per turn, however many messages the turn brought. Every member receives the batch in the same
 //! order, so all clients see one order. A member that joined while the batch was collecting gets
 //! it from its own join notice on, exactly as if the batch had gone out at that moment. A member
@@ -19,7 +19,7 @@ use crate::message::{self, JOINED, LEFT};
 
 /// Frames waiting to go to every member, already encoded: encode once, copy many times.
 #[derive(Debug, Default)]
-pub struct Broadcast {
+pub struct Batch {
     frames: Vec<u8>,
     /// How many frames `frames` holds (for the delivery count).
     count: u64,
@@ -27,7 +27,7 @@ pub struct Broadcast {
     chat: bool,
 }
 
-impl Broadcast {
+impl Batch {
     /// Someone joined: "New User Joined...".
     pub fn joined(&mut self) {
         self.push(JOINED);
@@ -151,9 +151,9 @@ impl Room {
     /// (its backlog would pass its limit, its socket failed) stays a member here: the caller ends
     /// it, and its leave goes through [`crate::presence::Presence::leave`] like any other, into
     /// the next batch. Returns how many frames were handed over in all (frames × members).
-    pub fn fan_out(
+    pub fn hand_out(
         &mut self,
-        broadcast: &mut Broadcast,
+        broadcast: &mut Batch,
         mut deliver: impl FnMut(usize, &[u8]) -> bool,
     ) -> u64 {
         let batch = std::mem::take(&mut broadcast.frames);
@@ -259,18 +259,18 @@ mod tests {
 
     #[test]
     fn newcomer_gets_its_own_join_notice_and_leaver_gets_none() {
-        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
+        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Batch::default());
         room.join(0, 0);
         b.joined();
-        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        room.hand_out(&mut b, |k, f| q.deliver(k, f));
         room.join(1, 0);
         b.joined();
-        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        room.hand_out(&mut b, |k, f| q.deliver(k, f));
         b.said("hi");
-        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        room.hand_out(&mut b, |k, f| q.deliver(k, f));
         assert!(room.leave(0));
         b.left();
-        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        room.hand_out(&mut b, |k, f| q.deliver(k, f));
         assert_eq!(q.bodies(0), [JOINED, JOINED, "hi"]);
         assert_eq!(q.bodies(1), [JOINED, "hi", LEFT]);
         assert!(b.is_empty());
@@ -278,24 +278,24 @@ mod tests {
 
     #[test]
     fn a_newcomer_gets_the_batch_from_its_own_join_notice_on() {
-        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
+        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Batch::default());
         room.join(0, 0);
         b.said("before");
         room.join(1, b.len());
         b.joined();
         b.said("after");
-        let delivered = room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        let delivered = room.hand_out(&mut b, |k, f| q.deliver(k, f));
         assert_eq!(q.bodies(0), ["before", JOINED, "after"]);
         assert_eq!(q.bodies(1), [JOINED, "after"]);
         assert_eq!(delivered, 3 + 2);
         b.said("next");
-        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        room.hand_out(&mut b, |k, f| q.deliver(k, f));
         assert_eq!(q.bodies(1), [JOINED, "after", "next"]);
     }
 
     #[test]
     fn a_member_that_cannot_take_the_batch_is_not_counted_and_stays_for_the_caller_to_end() {
-        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
+        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Batch::default());
         for key in 0..5 {
             room.join(key, 0);
         }
@@ -303,7 +303,7 @@ mod tests {
         q.limit.insert(3, 10);
         b.said("this is longer than ten bytes");
         let mut refused = Vec::new();
-        let delivered = room.fan_out(&mut b, |k, f| {
+        let delivered = room.hand_out(&mut b, |k, f| {
             let took = q.deliver(k, f);
             if !took {
                 refused.push(k);

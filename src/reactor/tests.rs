@@ -80,8 +80,8 @@ impl Peer {
         let mut stream = TcpStream::connect(server.local_addr()).expect("connect");
         stream.set_read_timeout(Some(GUARD)).expect("timeout");
         stream.write_all(REQUEST).expect("handshake");
-        let members = server.hub.presence.members();
-        while server.hub.presence.members() == members {
+        let members = server.room.members();
+        while server.room.members() == members {
             step(server);
         }
         let key = server
@@ -188,10 +188,10 @@ fn a_client_is_read_one_budget_a_turn() {
     });
     wait_readable(&mut server, b.key);
     let now = Instant::now();
-    let before = server.hub.metrics.messages_received;
+    let before = server.room.metrics.messages_received;
     // Within one turn, the turn comes back to it again and again (its readiness event, then the
     // unread list), each time with bytes waiting in its socket: the writer has 4 MB to send.
-    let counted = |server: &Server| (server.hub.metrics.messages_received - before) as usize;
+    let counted = |server: &Server| (server.room.metrics.messages_received - before) as usize;
     for _ in 0..2000 {
         let mut peek = [0; 1];
         while server.clients[b.key].socket.peek(&mut peek).is_err() {
@@ -202,7 +202,7 @@ fn a_client_is_read_one_budget_a_turn() {
             break;
         }
     }
-    let read = (server.hub.metrics.messages_received - before) as usize * frames;
+    let read = (server.room.metrics.messages_received - before) as usize * frames;
     assert!(
         read <= super::client::READ_BUDGET,
         "{read} bytes read from one client in one turn"
