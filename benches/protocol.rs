@@ -15,7 +15,7 @@ use mio_chat::http::{self, OriginPolicy};
 use mio_chat::message;
 use mio_chat::queue::OutQueue;
 use mio_chat::redis::{self, Limits, Reply, ReplyDecoder};
-use mio_chat::room::{Broadcast, Room};
+use mio_chat::room::{Batch, Room};
 
 const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost:8080\r\nUpgrade: websocket\r\n\
     Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -55,7 +55,7 @@ fn encode_broadcast_frame(c: &mut Criterion) {
 fn fan_out_to_10k(c: &mut Criterion) {
     const CLIENTS: usize = 10_000;
     let mut room = Room::default();
-    let mut joining = Broadcast::default();
+    let mut joining = Batch::default();
     for key in 0..CLIENTS {
         room.join(key, message::Version::V1, &mut joining);
     }
@@ -66,13 +66,13 @@ fn fan_out_to_10k(c: &mut Criterion) {
         b.iter_custom(|iterations| {
             let mut busy = std::time::Duration::ZERO;
             for _ in 0..iterations {
-                let mut broadcast = Broadcast::default();
+                let mut broadcast = Batch::default();
                 broadcast.said(
                     message::MemberId::default(),
                     "s=3 q=17 t=123456789 hello everyone",
                 );
                 let start = Instant::now();
-                room.fan_out(&mut broadcast, |key, frames| {
+                room.hand_out(&mut broadcast, |key, frames| {
                     queues[key].push(frames);
                     true
                 });
@@ -140,7 +140,7 @@ fn decode_client_frames(c: &mut Criterion) {
             b.iter_batched_ref(
                 || stream.clone(),
                 |buf| {
-                    let mut broadcast = Broadcast::default();
+                    let mut broadcast = Batch::default();
                     conn.receive(buf, &cx, &mut |event| {
                         if let Event::Said(text) = event {
                             broadcast.said(message::MemberId::default(), text);

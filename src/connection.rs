@@ -9,11 +9,19 @@
 //!     └─ plain HTTP answer, error status, 408 ──────────────────────────────────────────┘
 //! ```
 //!
-//! Like rustls, it reports what happened as values, [`Event`]s, handed to the caller's sink as
-//! they happen: it joined the room, it said this, it asked for the metrics page, it left the room,
-//! it ended and why. It does not know whether the room is here or spans processes through Redis:
-//! the event loop decides that, in one place. Replies meant for this peer alone (the handshake,
-//! pongs, close frames, echoes) go into its own [`OutQueue`].
+//! It reports what happened as values, [`Event`]s (it joined the room, it said this, it left the
+//! room, it ended and why), but not as a returned list: each call that can cause events
+//! (`receive`, `peer_closed`, `on_deadline`, `abort`, `go_away`, `answer_metrics`) takes a sink,
+//! `&mut dyn FnMut(Event)`, and calls it synchronously, in order, while it runs. A `Said` text
+//! borrows the caller's read buffer (unmasked in place), so the room encodes it without a copy;
+//! a returned `Vec` would have to own every text and allocate on every read of the hot path. The
+//! event loop's sink is `RoomCore::on_event`; a test's sink collects the events in a `Vec`.
+//! It does not know whether the room is here or spans processes through Redis: the room core
+//! decides that, in one place. What it needs from the loop and cannot say as an event, it holds
+//! until asked, as the loop asks [`Connection::resumed`]: a `/metrics` request
+//! ([`Connection::wants_metrics`]) and a proxy's `X-Forwarded-For` chain
+//! ([`Connection::take_forwarded_for`]). Replies meant for this peer alone (the handshake, pongs,
+//! close frames, echoes) go into its own [`OutQueue`].
 //!
 //! `Joined` and `Left` come in pairs by construction: `Left` follows every `Joined`, exactly once,
 //! whichever way the connection ends, even in the same read as its handshake.
@@ -91,11 +99,6 @@ pub enum Event<'a> {
     Said(&'a str),
     /// It sent a message on `/echo`, which went straight back to it (for the metrics).
     Echoed,
-    /// It asked for `/metrics`, which only the event loop can count: the loop queues the page.
-    MetricsRequested,
-    /// Its request came through a trusted proxy (`--trusted-proxy`) with this `X-Forwarded-For`
-    /// chain, from which the loop tells who the client is (for the logs).
-    Forwarded(&'a str),
     /// Its budget is spent: its reads are held back for this long (for the metrics).
     Throttled(Duration),
     /// It started to end, and why; once per connection.
@@ -149,6 +152,13 @@ pub struct Connection {
     /// The chat frames its handshake asked for (one byte, in what was padding).
     version: Version,
     reads: Reads,
+    /// It asked for `/metrics`, which only the event loop can render: held until the loop asks
+    /// ([`Connection::wants_metrics`]) and answers ([`Connection::answer_metrics`]).
+    wants_metrics: bool,
+    /// The `X-Forwarded-For` chain of a request through a trusted proxy (`--trusted-proxy`),
+    /// held until the loop takes it ([`Connection::take_forwarded_for`]) to tell who the client
+    /// is, for the logs.
+    forwarded_for: Option<Box<str>>,
     /// What it has said lately, against `--client-rate` and `--client-bytes-rate`: 16 bytes.
     budget: Budget,
 }
@@ -169,6 +179,8 @@ impl Connection {
             joined: false,
             version: Version::V1,
             reads: Reads::Free,
+            wants_metrics: false,
+            forwarded_for: None,
             budget: Budget::default(),
         }
     }
@@ -232,11 +244,23 @@ impl Connection {
         self.output.push(bytes);
     }
 
-    /// The event loop's answer to [`Event::MetricsRequested`]: the whole HTTP response.
+    /// It asked for `/metrics` and has not been answered (the loop renders the page once for
+    /// all that ask in a turn).
+    pub fn wants_metrics(&self) -> bool {
+        self.wants_metrics
+    }
+
+    /// The event loop's answer to a `/metrics` request: the whole HTTP response.
     pub fn answer_metrics(&mut self, response: &[u8], events: &mut Sink) {
+        self.wants_metrics = false;
         self.end(Ending::Answered(200));
         self.output.push(response);
         self.report(events);
+    }
+
+    /// The `X-Forwarded-For` chain its request came with through a trusted proxy, once.
+    pub fn take_forwarded_for(&mut self) -> Option<Box<str>> {
+        self.forwarded_for.take()
     }
 
     /// Records that a socket write took `n` queued bytes.
@@ -432,9 +456,7 @@ impl Connection {
     fn read_request(&mut self, buf: &[u8], cx: &Context, events: &mut Sink) -> usize {
         let decision = http::decide(buf, &cx.config.origins, cx.config.echo);
         if decision != Decision::Incomplete && !cx.config.trusted_proxies.is_empty() {
-            if let Some(chain) = http::forwarded_for(buf) {
-                events(Event::Forwarded(&chain));
-            }
+            self.forwarded_for = http::forwarded_for(buf).map(String::into_boxed_str);
         }
         match decision {
             Decision::Incomplete => 0,
@@ -449,7 +471,7 @@ impl Connection {
             Decision::Metrics => {
                 // Answered by the loop through `answer_metrics`; nothing more is read meanwhile.
                 self.enter(Phase::Finishing, cx.now);
-                events(Event::MetricsRequested);
+                self.wants_metrics = true;
                 buf.len()
             }
             Decision::Upgrade {
@@ -619,7 +641,7 @@ mod tests {
     use crate::budget::{FairShare, Rate};
     use crate::message::MemberId;
     use crate::message::{Message, JOINED};
-    use crate::room::Broadcast;
+    use crate::room::Batch;
 
     const REQUEST: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -640,8 +662,6 @@ mod tests {
             Event::Said(_) => Event::Said(""),
             Event::Joined(v) => Event::Joined(v),
             Event::Echoed => Event::Echoed,
-            Event::MetricsRequested => Event::MetricsRequested,
-            Event::Forwarded(_) => Event::Forwarded(""),
             Event::Throttled(held) => Event::Throttled(held),
             Event::Ended(ending) => Event::Ended(ending),
             Event::Left => Event::Left,
@@ -658,7 +678,7 @@ mod tests {
     }
 
     /// Puts what an event means for the room into `broadcast`, and the event into `events`.
-    fn record(broadcast: &mut Broadcast, events: &mut Vec<Event<'static>>, event: Event) {
+    fn record(broadcast: &mut Batch, events: &mut Vec<Event<'static>>, event: Event) {
         match event {
             Event::Joined(_) => broadcast.joined(MemberId::default(), 1),
             Event::Said(text) => broadcast.said(MemberId::default(), text),
@@ -672,7 +692,7 @@ mod tests {
         conn: Connection,
         config: Config,
         /// What the room would get from its events.
-        broadcast: Broadcast,
+        broadcast: Batch,
         /// Every event, in order (texts as `Said` with their content checked via `broadcast`).
         events: Vec<Event<'static>>,
         now: Instant,
@@ -684,7 +704,7 @@ mod tests {
             Harness {
                 conn: Connection::new(now),
                 config,
-                broadcast: Broadcast::default(),
+                broadcast: Batch::default(),
                 events: Vec::new(),
                 now,
             }
@@ -725,7 +745,7 @@ mod tests {
             let mut h = Harness::new(config);
             h.feed(REQUEST);
             h.take_output();
-            h.broadcast = Broadcast::default();
+            h.broadcast = Batch::default();
             h.events.clear();
             h
         }
@@ -751,7 +771,7 @@ mod tests {
         assert_eq!(h.conn.phase(), Phase::Open(Route::Chat));
         let out = String::from_utf8(h.take_output()).unwrap();
         assert!(out.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
-        let mut expected = Broadcast::default();
+        let mut expected = Batch::default();
         expected.joined(MemberId::default(), 1);
         expected.said(MemberId::default(), "hi");
         assert_eq!(h.broadcast.as_bytes(), expected.as_bytes());
@@ -765,7 +785,7 @@ mod tests {
         bytes.extend(client_frame(0x80, &"h\u{e9}llo".as_bytes()[2..]));
         h.feed(&bytes);
         assert_eq!(h.take_output(), [0x8A, 1, b'p']); // the pong, unmasked
-        let mut expected = Broadcast::default();
+        let mut expected = Batch::default();
         expected.said(MemberId::default(), "h\u{e9}llo");
         assert_eq!(h.broadcast.as_bytes(), expected.as_bytes());
     }
@@ -826,7 +846,7 @@ mod tests {
         let mut h = Harness::open();
         h.call(|c, now, _, ev| c.go_away(now, ev));
         assert_eq!(h.close_code_sent(), close::GOING_AWAY);
-        h.broadcast = Broadcast::default(); // its leave notice
+        h.broadcast = Batch::default(); // its leave notice
         h.feed(&client_frame(0x81, b"ignored while closing"));
         assert!(h.broadcast.is_empty());
         h.feed(&client_frame(0x88, &1001u16.to_be_bytes()));
@@ -932,12 +952,10 @@ mod tests {
     fn plain_http_and_echo_never_join() {
         let mut h = Harness::new(Config::default());
         h.feed(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_eq!(h.events, [Event::MetricsRequested]);
+        assert!(h.events.is_empty() && h.conn.wants_metrics());
         h.call(|c, _, _, ev| c.answer_metrics(b"HTTP/1.1 200 OK\r\n\r\n", ev));
-        assert_eq!(
-            h.events,
-            [Event::MetricsRequested, Event::Ended(Ending::Answered(200))]
-        );
+        assert_eq!(h.events, [Event::Ended(Ending::Answered(200))]);
+        assert!(!h.conn.wants_metrics(), "answered once");
         let mut h = Harness::new(Config {
             echo: true,
             ..Config::default()

@@ -33,6 +33,7 @@ pub mod queue;
 pub mod reactor;
 pub mod redis;
 pub mod room;
+pub mod room_core;
 pub mod timers;
 pub mod transport;
 

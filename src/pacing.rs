@@ -17,7 +17,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::room::Broadcast;
+use crate::room::Batch;
 
 /// See the module's doc: notices alone wait this long after the previous fan-out...
 pub const NOTICE_WINDOW: Duration = Duration::from_millis(100);
@@ -38,7 +38,7 @@ impl Pacing {
     }
 
     /// Whether the batch should go out now.
-    pub fn due(&self, batch: &Broadcast, members: usize, now: Instant) -> bool {
+    pub fn due(&self, batch: &Batch, members: usize, now: Instant) -> bool {
         if batch.is_empty() {
             return false;
         }
@@ -49,12 +49,12 @@ impl Pacing {
     }
 
     /// Whether producers must stop adding to the batch until the flush point has sent it.
-    pub fn must_flush(&self, batch: &Broadcast, members: usize, now: Instant) -> bool {
+    pub fn must_flush(&self, batch: &Batch, members: usize, now: Instant) -> bool {
         self.due(batch, members, now) && is_full(batch, members)
     }
 
     /// When a waiting batch falls due (a deadline for the poll timeout).
-    pub fn due_at(&self, batch: &Broadcast) -> Option<Instant> {
+    pub fn due_at(&self, batch: &Batch) -> Option<Instant> {
         (!batch.is_empty()).then_some(self.last_fan_out + NOTICE_WINDOW)
     }
 
@@ -65,7 +65,7 @@ impl Pacing {
 }
 
 /// Whether the batch is too large to let producers add to it before it goes out.
-pub fn is_full(batch: &Broadcast, members: usize) -> bool {
+pub fn is_full(batch: &Batch, members: usize) -> bool {
     batch.len().saturating_mul(members) > MAX_UNFLUSHED
 }
 
@@ -74,8 +74,8 @@ mod tests {
     use super::*;
     use crate::message::MemberId;
 
-    fn batch(notices: usize, chat: bool) -> Broadcast {
-        let mut b = Broadcast::default();
+    fn batch(notices: usize, chat: bool) -> Batch {
+        let mut b = Batch::default();
         for _ in 0..notices {
             b.joined(MemberId::default(), 1);
         }
@@ -88,8 +88,8 @@ mod tests {
     #[test]
     fn an_empty_batch_is_never_due() {
         let now = Instant::now();
-        assert!(!Pacing::new(now).due(&Broadcast::default(), 5, now));
-        assert_eq!(Pacing::new(now).due_at(&Broadcast::default()), None);
+        assert!(!Pacing::new(now).due(&Batch::default(), 5, now));
+        assert_eq!(Pacing::new(now).due_at(&Batch::default()), None);
     }
 
     #[test]

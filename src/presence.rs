@@ -28,7 +28,7 @@ use crate::envelope::Kind;
 use std::time::SystemTime;
 
 use crate::message::{self, MemberId, V2Frame, Version};
-use crate::room::{Broadcast, Room};
+use crate::room::{Batch, Room};
 
 /// A local client: its slab key and its id (keys are reused; ids are not).
 pub type Member = (usize, u64);
@@ -76,7 +76,7 @@ enum Announced {
 #[derive(Debug, Default)]
 pub struct Presence {
     room: Room,
-    batch: Broadcast,
+    batch: Batch,
     /// `announced[key]`, for every client key that has ever joined.
     announced: Vec<Announced>,
     /// This process's name in member ids (see [`MemberId`]): its node id with `--redis`, so
@@ -239,13 +239,13 @@ impl Presence {
         self.announced[key] = announced;
     }
 
-    /// Hands the batch to every member (see [`Room::fan_out`]); returns frames handed over.
-    pub fn fan_out(&mut self, deliver: impl FnMut(usize, &[u8]) -> bool) -> u64 {
-        self.room.fan_out(&mut self.batch, deliver)
+    /// Hands the batch to every member (see [`Room::hand_out`]); returns frames handed over.
+    pub fn hand_out_batch(&mut self, deliver: impl FnMut(usize, &[u8]) -> bool) -> u64 {
+        self.room.hand_out(&mut self.batch, deliver)
     }
 
     /// This turn's frames for the room, not yet fanned out.
-    pub fn batch(&self) -> &Broadcast {
+    pub fn batch(&self) -> &Batch {
         &self.batch
     }
 
@@ -288,7 +288,7 @@ mod tests {
     /// Fans the batch out and returns what each member got, as bodies.
     fn fan_out(p: &mut Presence) -> HashMap<usize, Vec<String>> {
         let mut got: HashMap<usize, Vec<String>> = HashMap::new();
-        p.fan_out(|key, mut frames| {
+        p.hand_out_batch(|key, mut frames| {
             while !frames.is_empty() {
                 let len = frames[1] as usize; // short frames only here
                 let msg: Message = serde_json::from_slice(&frames[2..2 + len]).expect("json");
@@ -353,7 +353,7 @@ mod tests {
             });
             assert!(!p.is_member(3));
         }
-        let mut two_joins = Broadcast::default();
+        let mut two_joins = Batch::default();
         two_joins.joined(MemberId::default(), 0);
         two_joins.joined(MemberId::default(), 0);
         assert_eq!(p.batch().as_bytes(), two_joins.as_bytes());

@@ -5,8 +5,8 @@
 //! - a leaver stops being a member before its leave notice goes out, so only the others get it;
 //! - a message goes to every member, the sender included.
 //!
-//! Frames meant for everyone collect in a [`Broadcast`] during a turn of the event loop;
-//! [`Room::fan_out`] then hands the same bytes to every member, in one piece: one copy per member
+//! Frames meant for everyone collect in a [`Batch`] during a turn of the event loop;
+//! [`Room::hand_out`] then hands the same bytes to every member, in one piece: one copy per member
 //! per turn, however many messages the turn brought. Every member receives the batch in the same
 //! order, so all clients see one order. A member that joined while the batch was collecting gets
 //! it from its own join notice on, exactly as if the batch had gone out at that moment. A member
@@ -30,7 +30,7 @@ use crate::message::{self, MemberId, V2Frame, Version, JOINED, LEFT};
 /// Frames waiting to go to every member, already encoded: encode once per version, copy many
 /// times.
 #[derive(Debug, Default)]
-pub struct Broadcast {
+pub struct Batch {
     frames: Vec<u8>,
     /// How many frames `frames` holds (for the delivery count).
     count: u64,
@@ -43,7 +43,7 @@ pub struct Broadcast {
     v2_on: bool,
 }
 
-impl Broadcast {
+impl Batch {
     /// `who` joined ("New User Joined..."); `online` members now.
     pub fn joined(&mut self, who: MemberId, online: usize) {
         self.push(JOINED, |time| V2Frame::Join {
@@ -157,7 +157,7 @@ impl Room {
 
     /// Adds `key`, speaking `version`: it gets `batch` from its own join notice on, which the
     /// caller pushes next.
-    pub fn join(&mut self, key: usize, version: Version, batch: &mut Broadcast) {
+    pub fn join(&mut self, key: usize, version: Version, batch: &mut Batch) {
         if self.contains(key) {
             return;
         }
@@ -223,9 +223,9 @@ impl Room {
     /// (its backlog would pass its limit, its socket failed) stays a member here: the caller ends
     /// it, and its leave goes through [`crate::presence::Presence::leave`] like any other, into
     /// the next batch. Returns how many frames were handed over in all (frames × members).
-    pub fn fan_out(
+    pub fn hand_out(
         &mut self,
-        broadcast: &mut Broadcast,
+        broadcast: &mut Batch,
         mut deliver: impl FnMut(usize, &[u8]) -> bool,
     ) -> u64 {
         let v1 = (std::mem::take(&mut broadcast.frames), broadcast.count);
@@ -349,18 +349,18 @@ mod tests {
 
     #[test]
     fn newcomer_gets_its_own_join_notice_and_leaver_gets_none() {
-        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
+        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Batch::default());
         room.join(0, Version::V1, &mut b);
         b.joined(ID, 1);
-        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        room.hand_out(&mut b, |k, f| q.deliver(k, f));
         room.join(1, Version::V1, &mut b);
         b.joined(ID, 1);
-        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        room.hand_out(&mut b, |k, f| q.deliver(k, f));
         b.said(ID, "hi");
-        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        room.hand_out(&mut b, |k, f| q.deliver(k, f));
         assert!(room.leave(0));
         b.left(ID, 1);
-        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        room.hand_out(&mut b, |k, f| q.deliver(k, f));
         assert_eq!(q.bodies(0), [JOINED, JOINED, "hi"]);
         assert_eq!(q.bodies(1), [JOINED, "hi", LEFT]);
         assert!(b.is_empty());
@@ -368,24 +368,24 @@ mod tests {
 
     #[test]
     fn a_newcomer_gets_the_batch_from_its_own_join_notice_on() {
-        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
+        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Batch::default());
         room.join(0, Version::V1, &mut b);
         b.said(ID, "before");
         room.join(1, Version::V1, &mut b);
         b.joined(ID, 1);
         b.said(ID, "after");
-        let delivered = room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        let delivered = room.hand_out(&mut b, |k, f| q.deliver(k, f));
         assert_eq!(q.bodies(0), ["before", JOINED, "after"]);
         assert_eq!(q.bodies(1), [JOINED, "after"]);
         assert_eq!(delivered, 3 + 2);
         b.said(ID, "next");
-        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        room.hand_out(&mut b, |k, f| q.deliver(k, f));
         assert_eq!(q.bodies(1), [JOINED, "after", "next"]);
     }
 
     #[test]
     fn a_member_that_cannot_take_the_batch_is_not_counted_and_stays_for_the_caller_to_end() {
-        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
+        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Batch::default());
         for key in 0..5 {
             room.join(key, Version::V1, &mut b);
         }
@@ -393,7 +393,7 @@ mod tests {
         q.limit.insert(3, 10);
         b.said(ID, "this is longer than ten bytes");
         let mut refused = Vec::new();
-        let delivered = room.fan_out(&mut b, |k, f| {
+        let delivered = room.hand_out(&mut b, |k, f| {
             let took = q.deliver(k, f);
             if !took {
                 refused.push(k);
@@ -409,7 +409,7 @@ mod tests {
 
     #[test]
     fn join_and_leave_keep_membership_exact() {
-        let (mut room, mut b) = (Room::default(), Broadcast::default());
+        let (mut room, mut b) = (Room::default(), Batch::default());
         for key in [5, 0, 9, 3] {
             room.join(key, Version::V1, &mut b);
         }
@@ -445,7 +445,7 @@ mod tests {
 
     #[test]
     fn each_member_gets_its_version_and_version_2_is_encoded_only_while_wanted() {
-        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
+        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Batch::default());
         let (old, new) = (MemberId { node: "", id: 1 }, MemberId { node: "", id: 2 });
         room.join(0, Version::V1, &mut b);
         b.joined(old, 1);
@@ -457,14 +457,14 @@ mod tests {
         room.join(1, Version::V2, &mut b);
         b.joined(new, 2);
         b.said(new, "hi");
-        let delivered = room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        let delivered = room.hand_out(&mut b, |k, f| q.deliver(k, f));
         assert_eq!(delivered, 4 + 2);
         assert_eq!(q.bodies(0), [JOINED, "alone", JOINED, "hi"]);
         assert_eq!(v2_frames(&q.got[&1]), ["join 2", "message 2"]);
 
         assert!(room.leave(1));
         b.left(new, 1);
-        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        room.hand_out(&mut b, |k, f| q.deliver(k, f));
         b.said(old, "quiet again");
         assert!(b.v2_bytes().is_empty(), "the last version 2 member left");
         assert_eq!(b.len(), b.as_bytes().len());
@@ -472,15 +472,15 @@ mod tests {
 
     #[test]
     fn a_version_2_newcomer_starts_at_its_own_join() {
-        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Broadcast::default());
+        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Batch::default());
         let (a, c) = (MemberId { node: "n", id: 1 }, MemberId { node: "n", id: 2 });
         room.join(0, Version::V2, &mut b);
         b.joined(a, 1);
-        room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        room.hand_out(&mut b, |k, f| q.deliver(k, f));
         b.said(a, "before");
         room.join(1, Version::V2, &mut b);
         b.joined(c, 2);
-        let delivered = room.fan_out(&mut b, |k, f| q.deliver(k, f));
+        let delivered = room.hand_out(&mut b, |k, f| q.deliver(k, f));
         assert_eq!(delivered, 2 + 1);
         assert_eq!(
             v2_frames(&q.got[&0]),

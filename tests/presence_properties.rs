@@ -1,7 +1,10 @@
 //! The presence invariant, over random interleavings (proptest), with the real sans-I/O parts:
-//! `Connection`s fed bytes, `Presence` deciding joins and leaves, the backplane's `Ledger`
-//! keeping our envelopes, and a fake Redis channel (a queue of published envelopes, handed back
-//! when the test says, lost when it says) that can go down and come back.
+//! `Connection`s fed bytes, the event loop's own room core (`RoomCore`: its `on_event` with the
+//! Redis gate, presence deciding joins and leaves, its `fan_out` listing the members that could
+//! not take the batch), the backplane's `Ledger` keeping our envelopes, and a fake Redis channel
+//! (a queue of published envelopes, handed back when the test says, lost when it says) that can
+//! go down and come back. Only the loop's I/O is the test's: its `deliver` writes into each
+//! client's list of received bodies, and it ends the refused members as the loop does.
 //!
 //! What happens: clients connect (sometimes ending in the very read that completes their
 //! handshake: a Close, a bad frame, a text then a Close), speak, end in every way (Close frame,
@@ -24,7 +27,9 @@ use mio_chat::backplane::Ledger;
 use mio_chat::connection::{Connection, Context, Ending, Event, Sink};
 use mio_chat::envelope::Kind;
 use mio_chat::message::{Message, JOINED, LEFT};
-use mio_chat::presence::{Member, Presence, Publish};
+use mio_chat::presence::{Member, Publish};
+use mio_chat::proxy::Peer;
+use mio_chat::room_core::{Relay, RoomCore, Who};
 use mio_chat::Config;
 use proptest::prelude::*;
 use slab::Slab;
@@ -116,6 +121,16 @@ impl Publish for FakeRedis {
     }
 }
 
+impl Relay for FakeRedis {
+    fn is_up(&self) -> bool {
+        self.up
+    }
+
+    fn node(&self) -> &str {
+        self.ledger.node()
+    }
+}
+
 struct Client {
     conn: Connection,
     id: u64,
@@ -138,8 +153,7 @@ struct World {
     clients: Slab<Client>,
     /// Every key ever used, in order (ops name clients by index into this).
     history: Vec<(usize, u64)>,
-    presence: Presence,
-    redis: FakeRedis,
+    core: RoomCore<FakeRedis>,
     reference: Reference,
     watcher: usize,
     config: Config,
@@ -150,19 +164,22 @@ struct World {
 
 impl World {
     fn new(redis_up: bool) -> World {
+        // The config first: its budget's epoch must not be later than the clock.
+        let config = Config::default();
+        let now = Instant::now();
+        let redis = FakeRedis {
+            ledger: Ledger::new("me".into(), 1 << 16),
+            up: redis_up,
+            channel: VecDeque::new(),
+        };
         let mut world = World {
             clients: Slab::new(),
             history: Vec::new(),
-            presence: Presence::default(),
-            redis: FakeRedis {
-                ledger: Ledger::new("me".into(), 1 << 16),
-                up: redis_up,
-                channel: VecDeque::new(),
-            },
+            core: RoomCore::new(Some(redis), 1 << 16, now),
             reference: Reference::default(),
             watcher: 0,
-            config: Config::default(),
-            now: Instant::now(),
+            config,
+            now,
             next_id: 0,
             serial: 0,
         };
@@ -170,9 +187,9 @@ impl World {
         world
     }
 
-    /// Handles one event of client `key`, as the reactor's hub does.
+    /// Notes one event of client `key` in the reference, then hands it to the room core, as the
+    /// loop does.
     fn on_event(&mut self, (key, id): Member, event: Event) {
-        let redis = self.redis.up.then_some(&mut self.redis as &mut dyn Publish);
         let reference = &mut self.reference;
         match event {
             Event::Joined(_) if key == self.watcher => reference.watcher_joined = true,
@@ -181,14 +198,8 @@ impl World {
             Event::Left => reference.here.retain(|&other| other != id),
             _ => {}
         }
-        match event {
-            Event::Joined(v) => self.presence.join((key, id), v, redis),
-            Event::Said(text) => self.presence.said((key, id), text, redis),
-            Event::Left => {
-                self.presence.leave(key, redis);
-            }
-            _ => {}
-        }
+        let peer = Peer::Direct(([127, 0, 0, 1], 1).into());
+        self.core.on_event(Who { key, id, peer }, event);
     }
 
     /// Runs `act` on client `key`'s connection and handles the events it reports.
@@ -201,7 +212,7 @@ impl World {
         let cx = Context {
             now: self.now,
             config: &self.config,
-            degraded: !self.redis.up,
+            degraded: self.core.degraded(),
         };
         act(&mut client.conn, &cx, &mut |e| events.push(owned(e)));
         // Replayed in order (texts borrow the read buffer, so they are copied first).
@@ -285,34 +296,44 @@ impl World {
         (client.id == *id && *key != self.watcher).then_some(*key)
     }
 
-    fn deliver(&mut self, n: usize) {
-        for _ in 0..n {
-            let Some(envelope) = self.redis.channel.pop_front() else {
-                return;
-            };
-            let presence = &mut self.presence;
-            self.redis
-                .ledger
-                .receive(&envelope, &mut |landing| presence.land(landing));
-        }
+    fn redis(&self) -> &FakeRedis {
+        self.core.relay().expect("a relay")
     }
 
-    /// As the reactor's flush point: fan out, end the members that could not take it, repeat.
+    fn deliver(&mut self, n: usize) {
+        self.core.with_relay(|redis, land| {
+            for _ in 0..n {
+                let Some(envelope) = redis.channel.pop_front() else {
+                    return;
+                };
+                redis.ledger.receive(&envelope, land);
+            }
+        });
+    }
+
+    /// As the loop's flush point: the core fans out through `deliver`, the members it lists as
+    /// refused are ended (their leaves come back to the core), and again while a batch is due.
     fn fan_out(&mut self) {
-        while !self.presence.batch().is_empty() {
-            let mut dropped = Vec::new();
+        loop {
+            let mut refused = Vec::new();
             let clients = &mut self.clients;
-            self.presence.fan_out(|key, frames| {
-                let client = &mut clients[key];
+            let went = self.core.fan_out(self.now, &mut refused, |key, frames| {
+                let client = clients.get_mut(key).ok_or(Ending::PeerLeft)?;
                 if client.stalled {
-                    dropped.push(key);
-                    return false;
+                    return Err(Ending::SlowConsumer);
                 }
                 client.received.extend(bodies(frames));
-                true
+                Ok(())
             });
-            for key in dropped {
-                self.end(key, End::SlowConsumer);
+            for (key, why) in refused {
+                if self.clients.contains(key) {
+                    self.drive(key, |conn, cx, events| conn.abort(why, cx.now, events));
+                } else {
+                    self.core.forget(key); // as the loop's `abort` does
+                }
+            }
+            if !went {
+                return;
             }
         }
     }
@@ -339,16 +360,17 @@ impl World {
                 }
             }
             Op::Deliver(n) => self.deliver(n),
-            Op::RedisDown(n) if self.redis.up => {
+            Op::RedisDown(n) if self.redis().up => {
                 self.deliver(n);
-                self.redis.channel.clear();
-                self.redis.up = false;
-                let presence = &mut self.presence;
-                self.redis
-                    .ledger
-                    .land_pending(&mut |landing| presence.land(landing));
+                self.core.with_relay(|redis, land| {
+                    redis.channel.clear();
+                    redis.up = false;
+                    redis.ledger.land_pending(land);
+                });
             }
-            Op::RedisUp => self.redis.up = true,
+            Op::RedisUp => {
+                self.core.with_relay(|redis, _| redis.up = true);
+            }
             Op::FanOut => self.fan_out(),
             Op::RedisDown(_) => {}
         }
@@ -357,7 +379,7 @@ impl World {
     /// Until nothing is in flight: Redis hands everything back and the batch goes out (a
     /// fan-out can drop a stalled client, whose leave may go through Redis again).
     fn settle(&mut self) {
-        while !self.redis.channel.is_empty() || !self.presence.batch().is_empty() {
+        while !self.redis().channel.is_empty() || !self.core.batch().is_empty() {
             self.deliver(usize::MAX);
             self.fan_out();
         }
@@ -375,8 +397,6 @@ fn owned(event: Event) -> Result<String, Event<'static>> {
         Event::Joined(v) => Err(Event::Joined(v)),
         Event::Left => Err(Event::Left),
         Event::Echoed => Err(Event::Echoed),
-        Event::MetricsRequested => Err(Event::MetricsRequested),
-        Event::Forwarded(_) => Err(Event::Forwarded("")),
         Event::Throttled(held) => Err(Event::Throttled(held)),
         Event::Ended(ending) => Err(Event::Ended(ending)),
     }
@@ -415,7 +435,7 @@ proptest! {
             let seen = world.watcher_saw();
             let others_joined = count(seen, JOINED).saturating_sub(1);
             prop_assert!(count(seen, LEFT) <= others_joined, "a leave without a join, after {:?}", op);
-            if world.redis.channel.is_empty() && world.redis.ledger.stats().pending == 0 {
+            if world.redis().channel.is_empty() && world.redis().ledger.stats().pending == 0 {
                 world.settle();
                 let seen = world.watcher_saw();
                 let balance = count(seen, JOINED) - 1 - count(seen, LEFT);

@@ -19,7 +19,7 @@ use mio_chat::connection::{Connection, Context, Event, Phase};
 use mio_chat::http::{decide, Decision, OriginPolicy};
 use mio_chat::message::{MemberId, Message, Version, JOINED, LEFT};
 use mio_chat::presence::Presence;
-use mio_chat::room::Broadcast;
+use mio_chat::room::Batch;
 use mio_chat::Config;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -164,7 +164,7 @@ fn upgrade_request(path: &str) -> String {
 struct Harness {
     conn: Connection,
     config: Config,
-    broadcast: Broadcast,
+    broadcast: Batch,
     now: Instant,
 }
 
@@ -174,7 +174,7 @@ impl Harness {
         Harness {
             conn: Connection::new(now),
             config,
-            broadcast: Broadcast::default(),
+            broadcast: Batch::default(),
             now,
         }
     }
@@ -370,7 +370,7 @@ impl Real {
         } = self;
         while !presence.batch().is_empty() {
             let mut dropped = Vec::new();
-            presence.fan_out(|key, frames| {
+            presence.hand_out_batch(|key, frames| {
                 let client = client_on[&key];
                 let limit = limit.get(&key).copied().unwrap_or(usize::MAX);
                 if pending[client] > 0 && pending[client] + frames.len() > limit {
@@ -493,7 +493,7 @@ impl Model {
 
 /// Bytes that `bodies` take as frames: the size the reactor compares with a queue's limit.
 fn encoded_len(bodies: &[String]) -> usize {
-    let mut b = Broadcast::default();
+    let mut b = Batch::default();
     for body in bodies {
         b.said(MemberId::default(), body);
     }

@@ -26,7 +26,7 @@ use mio_chat::connection::{Connection, Context, Event, Phase, Sink};
 use mio_chat::frame::MAX_CONTROL_PAYLOAD;
 use mio_chat::http::{CHAT_PAGE, MAX_HEAD};
 use mio_chat::message::{MemberId, JOINED};
-use mio_chat::room::Broadcast;
+use mio_chat::room::Batch;
 use mio_chat::Config;
 
 const MAX_OPS: usize = 64;
@@ -101,7 +101,7 @@ fuzz_target!(|data: &[u8]| {
 fn run(config: &Config, stream: &[u8], ops: &[Op]) -> Trace {
     let mut now = Instant::now();
     let mut conn = Connection::new(now);
-    let mut broadcast = Broadcast::default();
+    let mut broadcast = Batch::default();
     // Joined and Left as reported: they must pair up, whatever the bytes.
     let mut presence = (0u32, 0u32);
     let mut written = Vec::new();
@@ -182,7 +182,7 @@ struct Counts {
 fn feed(
     conn: &mut Connection,
     config: &Config,
-    broadcast: &mut Broadcast,
+    broadcast: &mut Batch,
     presence: &mut (u32, u32),
     now: Instant,
     piece: &[u8],
@@ -235,7 +235,7 @@ fn check_bounds(
     conn: &Connection,
     config: &Config,
     written: &[u8],
-    broadcast: &Broadcast,
+    broadcast: &Batch,
     counts: &Counts,
 ) {
     let Counts {

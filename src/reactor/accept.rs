@@ -68,11 +68,11 @@ impl Server {
     }
 
     fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr, now: Instant) {
-        self.hub.metrics.accepted += 1;
+        self.room.metrics.accepted += 1;
         let refused = self.clients.len() - self.refusing >= self.config.max_connections;
         if refused && self.refusing >= MAX_REFUSING {
             debug!(peer:% = peer; "closed unanswered: too many connections");
-            self.hub.metrics.ended(Ending::Answered(503));
+            self.room.metrics.ended(Ending::Answered(503));
             return;
         }
         // We batch small frames ourselves; Nagle's algorithm would only add latency.
@@ -111,14 +111,17 @@ impl Server {
             conn,
             id: self.next_id,
             timer_at: None,
-            writable: false,
+            awaiting_writable: false,
             dirty: false,
             half_closed: false,
             refused,
+            batch_tail: 0,
+            read_turn: 0,
+            read_spent: 0,
         });
         self.refusing += usize::from(refused);
         debug!(token = key, peer:% = peer; "accepted");
-        self.settle(key, now);
+        self.settle(key);
     }
 }
 

@@ -2,10 +2,10 @@
 //! keeping the loop's lists (flush, close, timers) in line with what happened to it. Every read
 //! and write goes through the client's [`Transport`] (plaintext or TLS).
 //!
-//! Room bytes reach a socket in two places only: [`deliver`], called by the turn's flush point
-//! ([`Server::before_sleep`]) during the fan-out, and [`Server::write`], which the flush point
-//! calls for every client with queued bytes and the WRITABLE handler calls when a full socket
-//! drains.
+//! Room bytes reach a socket in two places only: [`Client::take_batch`], called by the turn's
+//! flush point ([`Server::before_sleep`]) during the room's fan-out, and [`Server::write`], which
+//! the flush point calls for every client with queued bytes and the WRITABLE handler calls when
+//! a full socket drains.
 //!
 //! A client that has spent its budget (`--client-rate`, `--client-bytes-rate`) is not read: its
 //! connection says so ([`Connection::is_held`]) and arms the instant it may go on as its
@@ -19,11 +19,11 @@ use log::{debug, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::hub::Who;
 use super::Server;
 use crate::connection::{Connection, Context, Ending, Sink};
 use crate::http::{self, Response};
 use crate::proxy::Peer;
+use crate::room_core::Who;
 use crate::timers::Timer;
 use crate::transport::{Input, Transport};
 
@@ -39,7 +39,7 @@ const USE_HTTPS: Response = Response {
 /// One read buffer for all clients: idle clients hold no read buffer of their own.
 pub(super) const READ_CHUNK: usize = 64 * 1024;
 /// Bytes read from one client per turn before the others get theirs (fairness).
-const READ_BUDGET: usize = 256 * 1024;
+pub(super) const READ_BUDGET: usize = 256 * 1024;
 
 /// A socket and the state machine that speaks over it.
 pub(super) struct Client {
@@ -53,20 +53,62 @@ pub(super) struct Client {
     pub id: u64,
     /// The deadline this client has armed in the timer heap.
     pub timer_at: Option<Instant>,
-    /// WRITABLE interest is registered (bytes are waiting for the socket).
-    pub writable: bool,
+    /// WRITABLE interest is registered: bytes wait for the socket to take more.
+    pub awaiting_writable: bool,
     /// Already in the list of clients to write at the end of this turn.
     pub dirty: bool,
     /// Our FIN is sent.
     pub half_closed: bool,
     /// Only here to be told 503.
     pub refused: bool,
+    /// What is left unsent of one batch that was written straight to this client with nothing
+    /// queued ahead of it: a client that keeps up is never dropped for the size of one batch, so
+    /// `--max-outbound` bounds only what is queued on top of this (see [`Client::over_limit`]).
+    pub batch_tail: usize,
+    /// The turn in which [`Client::read_spent`] was counted.
+    pub read_turn: u32,
+    /// Bytes read from this client in turn `read_turn`, against [`READ_BUDGET`].
+    pub read_spent: u32,
 }
 
 impl Client {
     /// Bytes wait to be written: queued by the connection, or encrypted and held by TLS.
     pub fn has_output(&self) -> bool {
         !self.conn.output().is_empty() || self.transport.wants_write()
+    }
+
+    /// Takes one batch of the room (called by the room's fan-out, once per member). When
+    /// nothing is queued ahead of it, the batch is written straight from the room's buffer, so a
+    /// client that keeps up never gets a copy; only what its socket cannot take now is queued,
+    /// whatever its size (`batch_tail`). A client with a backlog gets the batch queued behind
+    /// it, unless that would pass `max_outbound`: then it is a slow consumer, to be dropped.
+    pub fn take_batch(
+        &mut self,
+        frames: &[u8],
+        max_outbound: usize,
+        bytes_written: &mut u64,
+    ) -> Result<(), Ending> {
+        if !self.conn.output().is_empty() || self.transport.wants_write() {
+            if self.over_limit(frames.len(), max_outbound) {
+                return Err(Ending::SlowConsumer);
+            }
+            self.conn.queue(frames);
+            return Ok(());
+        }
+        match self.transport.deliver(&mut self.socket, frames) {
+            Ok((taken, written)) => {
+                *bytes_written += written as u64;
+                if taken < frames.len() {
+                    self.conn.queue(&frames[taken..]);
+                    self.batch_tail = frames.len() - taken;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                debug!(peer:% = self.peer; "write: {e}");
+                Err(Ending::PeerLeft)
+            }
+        }
     }
 
     /// A TLS connection that cannot go on: after a TLS error it ends (its alert goes out as
@@ -93,6 +135,26 @@ impl Client {
         false
     }
 
+    /// Whether queueing `more` bytes would pass `max_outbound`, the tail of a batch that it
+    /// was keeping up with aside.
+    pub fn over_limit(&self, more: usize, max_outbound: usize) -> bool {
+        self.conn.output().len() + more > max_outbound.saturating_add(self.batch_tail)
+    }
+
+    /// Bytes sent: the batch's tail is owed only while some of it is still queued.
+    fn sent(&mut self) {
+        self.batch_tail = self.batch_tail.min(self.conn.output().len());
+    }
+
+    /// What this client may still be read in turn `turn` ([`READ_BUDGET`] a turn).
+    fn read_budget(&mut self, turn: u32) -> usize {
+        if self.read_turn != turn {
+            self.read_turn = turn;
+            self.read_spent = 0;
+        }
+        READ_BUDGET.saturating_sub(self.read_spent as usize)
+    }
+
     pub fn who(&self, key: usize) -> Who {
         Who {
             key,
@@ -103,11 +165,11 @@ impl Client {
 }
 
 impl Server {
-    /// Reads from one client until `WouldBlock`, EOF, or its budget for this turn runs out.
-    /// A batch too full to grow stops the reading: the flush point sends it first. A held client
-    /// is not read at all (its hold's end reads it).
+    /// Reads from one client until `WouldBlock`, EOF, or its budget for this turn runs out
+    /// ([`READ_BUDGET`] a turn, however often the turn comes back to it: its readiness event,
+    /// then the unread list). A batch too full to grow stops the reading: the flush point sends
+    /// it first. A held client is not read at all (its hold's end reads it).
     pub(super) fn read(&mut self, key: usize, now: Instant) {
-        let mut budget = READ_BUDGET;
         loop {
             if self.batch_is_full(now) {
                 return self.unread.push(key);
@@ -118,30 +180,33 @@ impl Server {
             if client.conn.is_closed() || client.conn.is_held() {
                 return;
             }
-            let (who, hub) = (client.who(key), &mut self.hub);
+            let budget = client.read_budget(self.turns);
+            if budget == 0 {
+                // Edge-triggered: no new event will come for bytes already waiting.
+                return self.unread.push(key);
+            }
+            let buf = &mut self.read_buf[..budget.min(READ_CHUNK)];
+            let (who, room) = (client.who(key), &mut self.room);
             let cx = Context {
                 now,
                 config: &self.config,
-                degraded: hub.degraded(),
+                degraded: room.degraded(),
             };
-            let events: &mut Sink = &mut |event| hub.on_event(who, event);
-            let more = match client
-                .transport
-                .read(&mut client.socket, &mut self.read_buf)
-            {
+            let events: &mut Sink = &mut |event| room.on_event(who, event);
+            let more = match client.transport.read(&mut client.socket, buf) {
                 Ok(Input::Eof) => {
                     client.conn.peer_closed(now, events);
                     false // EOF: nothing more will come, however long we keep the socket
                 }
                 Ok(Input::Data(n)) => {
-                    client.conn.receive(&mut self.read_buf[..n], &cx, events);
-                    budget = budget.saturating_sub(n);
+                    client.read_spent += n as u32; // at most READ_BUDGET a turn
+                    client.conn.receive(&mut buf[..n], &cx, events);
                     true
                 }
                 Ok(Input::WouldBlock) => {
                     // A TLS handshake step may have left an answer to send.
                     if client.transport.wants_write() {
-                        self.settle(key, now);
+                        self.settle(key);
                     }
                     return;
                 }
@@ -154,13 +219,9 @@ impl Server {
                     false
                 }
             };
-            self.settle(key, now);
+            self.settle(key);
             if !more || self.clients.get(key).is_none_or(|c| c.conn.is_closed()) {
                 return;
-            }
-            if budget == 0 {
-                // Edge-triggered: no new event will come for bytes already waiting.
-                return self.unread.push(key);
             }
         }
     }
@@ -173,23 +234,22 @@ impl Server {
 
     /// The batch must go out before more is read (see `pacing.rs`).
     pub(super) fn batch_is_full(&self, now: Instant) -> bool {
-        let presence = &self.hub.presence;
-        self.pacing
-            .must_flush(presence.batch(), presence.members(), now)
+        self.room.must_flush(now)
     }
 
     /// Ends one client from the loop's side (a slow consumer, a failed write). It then goes
-    /// through `settle` once, which lists it for closing.
+    /// through `settle` once, which lists it for closing. Called from the flush point (the
+    /// clients listed for ending) and when a write fails; never from `settle`.
     pub(super) fn abort(&mut self, key: usize, why: Ending, now: Instant) {
         let Some(client) = self.clients.get_mut(key) else {
             // Not a client (any more): if the room still names it, it leaves all the same.
-            return self.hub.forget(key);
+            return self.room.forget(key);
         };
-        let (who, hub) = (client.who(key), &mut self.hub);
+        let (who, room) = (client.who(key), &mut self.room);
         client
             .conn
-            .abort(why, now, &mut |event| hub.on_event(who, event));
-        self.settle(key, now);
+            .abort(why, now, &mut |event| room.on_event(who, event));
+        self.settle(key);
     }
 
     /// Writes a client's queued bytes until they are all gone or the socket is full.
@@ -200,7 +260,10 @@ impl Server {
         let mut failed = None;
         if !client.conn.is_closed() {
             match client.transport.flush(&mut client.socket, &mut client.conn) {
-                Ok(n) => self.hub.metrics.bytes_written += n as u64,
+                Ok(n) => {
+                    self.room.metrics.bytes_written += n as u64;
+                    client.sent();
+                }
                 Err(e) => {
                     debug!(token = key, peer:% = client.peer; "write: {e}");
                     failed = Some(Ending::PeerLeft);
@@ -212,7 +275,7 @@ impl Server {
         }
         match failed {
             Some(why) => self.abort(key, why, now),
-            None => self.settle(key, now),
+            None => self.settle(key),
         }
     }
 
@@ -220,7 +283,7 @@ impl Server {
     fn update_interest(&mut self, key: usize) -> Result<(), Ending> {
         let client = self.clients.get_mut(key).ok_or(Ending::PeerLeft)?;
         let want_writable = client.has_output();
-        if want_writable != client.writable {
+        if want_writable != client.awaiting_writable {
             let interest = if want_writable {
                 Interest::READABLE | Interest::WRITABLE
             } else {
@@ -231,7 +294,7 @@ impl Server {
                 warn!(token = key, peer:% = client.peer; "reregister: {e}");
                 return Err(Ending::PeerLeft);
             }
-            client.writable = want_writable;
+            client.awaiting_writable = want_writable;
         }
         if client.conn.should_half_close() && !client.half_closed && !client.has_output() {
             // Our FIN tells the peer we are done; closing only after theirs avoids a reset
@@ -267,41 +330,41 @@ impl Server {
                 continue; // a stale entry: the slot was reused, or the deadline was re-armed
             }
             client.timer_at = None;
-            let (who, hub) = (client.who(timer.key), &mut self.hub);
+            let (who, room) = (client.who(timer.key), &mut self.room);
             let cx = Context {
                 now,
                 config: &self.config,
-                degraded: hub.degraded(),
+                degraded: room.degraded(),
             };
-            let events: &mut Sink = &mut |event| hub.on_event(who, event);
+            let events: &mut Sink = &mut |event| room.on_event(who, event);
             client.conn.on_deadline(&cx, events);
-            self.settle(timer.key, now);
+            self.settle(timer.key);
         }
     }
 
-    /// Brings the loop in line with what just happened to one client: the metrics page it asked
-    /// for, the outbound limit, the flush list, its timer, the close list, and the unread list
-    /// when a hold of its reads ended.
-    pub(super) fn settle(&mut self, key: usize, now: Instant) {
-        self.answer_metrics_requests();
-        self.apply_forwarded();
+    /// Brings the loop in line with what just happened to one client: who it is behind a proxy,
+    /// the metrics page it asked for, the outbound limit, the flush list, its timer, the close
+    /// list, and the unread list when a hold of its reads ended. It only fills lists: a client
+    /// past its limit is listed for ending at the flush point, not ended here.
+    pub(super) fn settle(&mut self, key: usize) {
+        self.apply_forwarded(key);
+        self.answer_metrics(key);
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        // Closed first: an aborted connection keeps its unsent bytes until it is reaped, and
-        // judging them again would abort it again, and again (a stack overflow, issue 11).
+        // Closed first: an aborted connection keeps its unsent bytes until it is reaped.
         if client.conn.is_closed() {
             return self.closed.push(key);
         }
         // Its own replies (pongs, echoes) count too, once the socket has stopped taking bytes:
         // a client whose socket keeps up is written at the end of the turn, whatever it queued.
-        if client.writable && client.conn.output().len() > self.config.max_outbound {
-            return self.abort(key, Ending::SlowConsumer, now);
+        if client.awaiting_writable && client.over_limit(0, self.config.max_outbound) {
+            return self.ending.push((key, Ending::SlowConsumer));
         }
         if client.conn.resumed() {
             self.unread.push(key);
         }
-        let has_bytes = !client.writable && client.has_output();
+        let has_bytes = !client.awaiting_writable && client.has_output();
         let owes_fin = client.conn.should_half_close() && !client.half_closed;
         if !client.dirty && (has_bytes || owes_fin) {
             client.dirty = true;
@@ -316,35 +379,37 @@ impl Server {
         }
     }
 
-    /// Queues the `/metrics` page for the clients that asked for it (rendered once for all).
-    fn answer_metrics_requests(&mut self) {
-        if self.hub.metrics_requests.is_empty() {
+    /// Queues the `/metrics` page for a client that asked for it.
+    fn answer_metrics(&mut self, key: usize) {
+        if !self
+            .clients
+            .get(key)
+            .is_some_and(|c| c.conn.wants_metrics())
+        {
             return;
         }
         let page = self.render_metrics();
         let mut response = Vec::with_capacity(page.len() + 200);
         http::write_response(&mut response, 200, http::METRICS_CONTENT_TYPE, "", &page);
-        for key in std::mem::take(&mut self.hub.metrics_requests) {
-            if let Some(client) = self.clients.get_mut(key) {
-                let (who, hub) = (client.who(key), &mut self.hub);
-                client
-                    .conn
-                    .answer_metrics(&response, &mut |event| hub.on_event(who, event));
-            }
-        }
+        let client = &mut self.clients[key];
+        let (who, room) = (client.who(key), &mut self.room);
+        client
+            .conn
+            .answer_metrics(&response, &mut |event| room.on_event(who, event));
     }
 
-    /// Tells who the clients behind a trusted proxy are, from the `X-Forwarded-For` they sent.
-    fn apply_forwarded(&mut self) {
-        for (key, chain) in std::mem::take(&mut self.hub.forwarded) {
-            let Some(client) = self.clients.get_mut(key) else {
-                continue;
-            };
-            let via = client.peer;
-            client.peer = via.forwarded(&self.config.trusted_proxies, Some(&chain));
-            if client.peer != via {
-                debug!(token = key, peer:% = client.peer, via:% = via; "forwarded");
-            }
+    /// Tells who a client behind a trusted proxy is, from the `X-Forwarded-For` it sent.
+    fn apply_forwarded(&mut self, key: usize) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        let Some(chain) = client.conn.take_forwarded_for() else {
+            return;
+        };
+        let via = client.peer;
+        client.peer = via.forwarded(&self.config.trusted_proxies, Some(&chain));
+        if client.peer != via {
+            debug!(token = key, peer:% = client.peer, via:% = via; "forwarded");
         }
     }
 
@@ -363,37 +428,4 @@ impl Server {
             debug!(token = key, peer:% = client.peer; "closed");
         }
     }
-}
-
-/// Hands one batch to one member. When nothing is queued ahead of it, the batch is written
-/// straight from the room's buffer, so a client that keeps up never gets a copy; only what its
-/// socket cannot take now is queued. A client with a backlog gets the batch queued behind it,
-/// unless that would pass `max_outbound`: then it is a slow consumer, and is dropped.
-pub(super) fn deliver(
-    client: &mut Client,
-    frames: &[u8],
-    max_outbound: usize,
-    bytes_written: &mut u64,
-) -> Result<(), Ending> {
-    let backlog = client.conn.output().len();
-    if backlog > 0 || client.transport.wants_write() {
-        if backlog + frames.len() > max_outbound {
-            return Err(Ending::SlowConsumer);
-        }
-        client.conn.queue(frames);
-        return Ok(());
-    }
-    match client.transport.deliver(&mut client.socket, frames) {
-        Ok((taken, written)) => {
-            *bytes_written += written as u64;
-            if taken < frames.len() {
-                client.conn.queue(&frames[taken..]);
-            }
-        }
-        Err(e) => {
-            debug!(peer:% = client.peer; "write: {e}");
-            return Err(Ending::PeerLeft);
-        }
-    }
-    Ok(())
 }

@@ -1,7 +1,7 @@
 //! The backplane's sockets in this loop (`--redis`: two Redis links, and a UDP socket while
 //! Redis's name is being resolved): their readiness events, reading
 //! the subscription a chunk at a time, and writing what was published. What the subscription
-//! hands back lands in the room through [`crate::presence::Presence::land`].
+//! hands back lands in the room through [`crate::room_core::RoomCore::land`].
 
 use std::time::Instant;
 
@@ -13,19 +13,14 @@ use crate::backplane::{self, Backplane};
 use crate::presence::Landing;
 
 impl Server {
-    /// Lends the backplane out with the registry and a way to land its events in the room (the
-    /// fields are split here so that all of them can be borrowed at once).
+    /// Lends the backplane out with the registry and a way to land its events in the room.
     fn with_backplane(
         &mut self,
         act: impl FnOnce(&mut Backplane, &Registry, &mut dyn FnMut(Landing)),
     ) {
-        let Some(backplane) = self.hub.backplane.as_mut() else {
-            return;
-        };
-        let presence = &mut self.hub.presence;
-        act(backplane, self.poll.registry(), &mut |landing| {
-            presence.land(landing)
-        });
+        let registry = self.poll.registry();
+        self.room
+            .with_relay(|backplane, land| act(backplane, registry, land));
     }
 
     /// Handles readiness on one of the backplane's Redis links.
@@ -42,11 +37,7 @@ impl Server {
     /// too full to grow stops the reading, like a client's (the flush point sends it first).
     pub(super) fn read_backplane(&mut self, now: Instant) {
         for _ in 0..backplane::READ_BUDGET / backplane::READ_CHUNK {
-            let unread = self
-                .hub
-                .backplane
-                .as_ref()
-                .is_some_and(Backplane::has_unread);
+            let unread = self.room.relay().is_some_and(Backplane::has_unread);
             if !unread || self.batch_is_full(now) {
                 return;
             }

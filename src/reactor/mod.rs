@@ -2,28 +2,39 @@
 //!
 //! Each turn of [`Server::run`] is [`Server::turn`]:
 //! 1. wait until a socket is ready or the nearest deadline comes (`poll_timeout`);
-//! 2. accept new connections and read every ready client until `WouldBlock` (`client.rs`). A
-//!    connection reports what it did as events, which [`hub::Hub::on_event`] turns into joins,
-//!    messages and leaves in [`crate::presence`]: the room's frames for the turn collect in one
-//!    batch, already encoded. With `--redis`, what the subscription brought is read too
-//!    (`cluster.rs`), before the clients left over from the last turn's read budget;
+//! 2. accept new connections and read every ready client until `WouldBlock` or its read budget
+//!    for the turn (`client.rs`). A connection reports what it did as events, which
+//!    [`RoomCore::on_event`] turns into joins, messages and leaves: the room's frames for the turn
+//!    collect in one batch, already encoded. With `--redis`, what the subscription brought is
+//!    read too (`cluster.rs`), then the clients left over from the last turn's read budget;
 //! 3. fire due timers (handshake timeouts, pings, closing timeouts);
-//! 4. the flush point, [`Server::before_sleep`]: fan the batch out (one write per member, straight
-//!    from the batch), write every client that has bytes queued, send what was published;
+//! 4. the flush point, [`Server::before_sleep`]: the room fans the batch out
+//!    ([`RoomCore::fan_out`], one write per member, straight from the batch), the clients listed
+//!    for ending are ended, every client that has bytes queued is written, what was published
+//!    goes to Redis; on shutdown, everyone is sent away here, after the turn's fan-out;
 //! 5. close the connections that are done.
 //!
-//! Sockets are edge-triggered: an event means "something changed", so a handler reads (or writes)
-//! until the kernel says `WouldBlock`; WRITABLE is asked for only while bytes wait. Nothing here
-//! ever blocks, so one slow peer never delays another.
+//! The work lists, filled during the turn and drained at the flush point or the turn's end:
+//! `dirty` (bytes queued: written at the flush point), `ending` (past `--max-outbound`, or could
+//! not take the batch: ended at the flush point), `unread` (read budget spent or held: read next
+//! turn, without a new event), `closed` (over: reaped at the end of the turn).
+//!
+//! Sockets are edge-triggered (mio always registers `EPOLLET`): an event means "something
+//! changed", so a handler reads (or writes) until the kernel says `WouldBlock`, and whatever
+//! stops short of that must come back by itself (the `unread` list, a hold's end);
+//! WRITABLE is asked for only while bytes wait. Nothing here ever blocks, so one slow peer never
+//! delays another.
 //!
 //! The files: this one holds the loop, its timeout, signals and shutdown; `accept.rs` the
-//! listener; `client.rs` client I/O; `hub.rs` the handling of connection events; `cluster.rs`
-//! the Redis links' place in the loop.
+//! listener; `client.rs` client I/O and `settle`, which files each client on the lists;
+//! `cluster.rs` the Redis links' place in the loop. The room itself, without I/O, is
+//! [`crate::room_core`].
 
 mod accept;
 mod client;
 mod cluster;
-mod hub;
+#[cfg(test)]
+mod tests;
 
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
@@ -42,12 +53,11 @@ use crate::backplane::{self, Backplane};
 use crate::config::Config;
 use crate::connection::{Ending, Phase};
 use crate::metrics::Gauges;
-use crate::pacing::Pacing;
+use crate::room_core::RoomCore;
 use crate::timers::Timers;
 use crate::transport;
 use accept::AcceptPause;
-use client::{deliver, Client, READ_CHUNK};
-use hub::Hub;
+use client::{Client, READ_CHUNK};
 
 /// Clients use their slab keys as tokens, counting up from 0; the fixed tokens sit at the top.
 const LISTENER: Token = Token(usize::MAX);
@@ -84,10 +94,9 @@ pub struct Server {
     /// connections already open keep the `Arc` they started with.
     tls: Option<Arc<ServerConfig>>,
     clients: Slab<Client>,
-    /// The room, the backplane and the counters: what clients' events act on.
-    hub: Hub,
-    /// When the room's batch goes out (see `pacing.rs`).
-    pacing: Pacing,
+    /// The room without I/O (presence, the backplane's place, the counters, pacing): what
+    /// clients' events act on, and what the flush point fans out.
+    room: RoomCore,
     timers: Timers,
     read_buf: Box<[u8]>,
     /// Clients with newly queued bytes, written at the flush point.
@@ -96,13 +105,20 @@ pub struct Server {
     unread: Vec<usize>,
     /// Clients whose connection is over, closed at the end of the turn.
     closed: Vec<usize>,
-    /// Members that could not take the batch during a fan-out, ended right after it.
-    dropped: Vec<(usize, Ending)>,
+    /// Clients to end at the flush point: members that could not take the batch, and clients
+    /// whose queue passed `--max-outbound`. `settle` only lists them (it never ends a client
+    /// itself, so ending one, which settles it, cannot come back to ending it).
+    ending: Vec<(usize, Ending)>,
     next_id: u64,
+    /// Counts turns (wrapping), for the per-turn read budget of each client.
+    turns: u32,
     refusing: usize,
     /// Accepting is paused after failures (out of file descriptors): see `accept.rs`.
     accept_pause: AcceptPause,
     stopping_at: Option<Instant>,
+    /// A shutdown began this turn: everyone is sent away at the flush point, once the turn's
+    /// batch (what was read before the stop) has gone out.
+    going_away: bool,
 }
 
 impl Server {
@@ -131,9 +147,9 @@ impl Server {
             let tokens = (REDIS_SUBSCRIBER, REDIS_PUBLISHER, REDIS_RESOLVER);
             Backplane::new(url, config.redis_channel.clone(), tokens, settings)
         });
-        let mut hub = Hub::new(backplane, max_message_size);
+        let mut room = RoomCore::new(backplane, max_message_size, Instant::now());
         if let Some(files) = &config.tls {
-            hub.metrics.certificate_loaded(&files.cert);
+            room.metrics.certificate_loaded(&files.cert);
         }
         Ok(Server {
             poll,
@@ -144,18 +160,19 @@ impl Server {
             config,
             tls,
             clients: Slab::new(),
-            hub,
-            pacing: Pacing::new(Instant::now()),
+            room,
             timers: Timers::default(),
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
             dirty: Vec::new(),
             unread: Vec::new(),
             closed: Vec::new(),
-            dropped: Vec::new(),
+            ending: Vec::new(),
             next_id: 0,
+            turns: 0,
             refusing: 0,
             accept_pause: AcceptPause::default(),
             stopping_at: None,
+            going_away: false,
         })
     }
 
@@ -188,9 +205,9 @@ impl Server {
                 files.cert.display()
             );
         }
-        if let Some(backplane) = &mut self.hub.backplane {
-            backplane.start(self.poll.registry(), Instant::now());
-        }
+        let registry = self.poll.registry();
+        self.room
+            .with_relay(|backplane, _| backplane.start(registry, Instant::now()));
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout(Instant::now());
@@ -202,7 +219,7 @@ impl Server {
             }
             let now = Instant::now();
             self.turn(&events, now);
-            self.hub.metrics.turn(now.elapsed());
+            self.room.metrics.turn(now.elapsed());
             if self.stopped(now) {
                 break;
             }
@@ -214,6 +231,7 @@ impl Server {
 
     /// One turn of the loop: all that the ready events and the due deadlines ask for.
     fn turn(&mut self, events: &Events, now: Instant) {
+        self.turns = self.turns.wrapping_add(1);
         for event in events.iter() {
             match event.token() {
                 LISTENER => self.accept(now),
@@ -232,6 +250,11 @@ impl Server {
                 }
             }
         }
+        self.end_turn(now);
+    }
+
+    /// The rest of a turn, once the ready events are handled.
+    fn end_turn(&mut self, now: Instant) {
         self.read_backplane(now);
         self.read_unread(now);
         self.fire_timers(now);
@@ -240,80 +263,61 @@ impl Server {
         self.reap();
     }
 
-    /// The turn's one flush point (Redis's `beforeSleep`): the batch goes to every member, then
-    /// every client with bytes queued is written, then what was published goes to Redis. Each
-    /// step can make more work for the others (a member dropped as a slow consumer leaves a
-    /// leave notice; a failing Redis lands what it had pending), so it repeats until quiet.
+    /// The turn's one flush point (Redis's `beforeSleep`): the batch goes to every member, the
+    /// clients listed for ending are ended, then every client with bytes queued is written, then
+    /// what was published goes to Redis. Each step can make more work for the others (a member
+    /// dropped as a slow consumer leaves a leave notice; a failing Redis lands what it had
+    /// pending), so it repeats until quiet.
     fn before_sleep(&mut self, now: Instant) {
         loop {
-            self.fan_out(now);
+            self.fan_out_room(now);
+            self.end_listed(now);
+            if self.going_away {
+                self.send_everyone_away(now);
+            }
             self.write_dirty(now);
             self.flush_backplane(now);
-            let presence = &self.hub.presence;
-            let batch_due = self.pacing.due(presence.batch(), presence.members(), now);
-            if self.dirty.is_empty() && !batch_due {
+            if self.dirty.is_empty() && self.ending.is_empty() && !self.room.is_due(now) {
                 return;
             }
         }
     }
 
-    /// Hands the batch to every member (see [`deliver`]), when [`Pacing`] says it is due. The
-    /// members that could not take it are ended, and their leave notices go to the others in
-    /// the same fan-out (with Redis, they are published instead).
-    fn fan_out(&mut self, now: Instant) {
-        let presence = &self.hub.presence;
-        if !self.pacing.due(presence.batch(), presence.members(), now) {
-            return;
-        }
-        while !self.hub.presence.batch().is_empty() {
-            self.deliver_batch();
-            if self.dropped.is_empty() {
-                break;
-            }
-            for (key, ending) in std::mem::take(&mut self.dropped) {
-                self.abort(key, ending, now);
-            }
-        }
-        // The window runs from the end of this fan-out, not from the turn's start: in a large
-        // room the fan-out itself can outlast the window, which would then never gather.
-        self.pacing.fanned_out(Instant::now());
-    }
-
-    /// One pass of the batch over the members; those that could not take it go to `dropped`.
-    fn deliver_batch(&mut self) {
+    /// Hands the room's batch, when due, to every member (see [`Client::take_batch`]); the
+    /// members that could not take it are listed for ending.
+    fn fan_out_room(&mut self, now: Instant) {
         let Server {
-            hub,
+            room,
             clients,
             dirty,
-            dropped,
+            ending,
             config,
             ..
         } = self;
-        let bytes_written = &mut hub.metrics.bytes_written;
-        hub.metrics.frames_delivered += hub.presence.fan_out(|key, frames| {
-            let Some(client) = clients.get_mut(key) else {
-                dropped.push((key, Ending::PeerLeft)); // cannot happen; see `Hub::forget`
-                return false;
-            };
-            match deliver(client, frames, config.max_outbound, bytes_written) {
-                Ok(()) => {
-                    if client.has_output() && !client.writable && !client.dirty {
-                        client.dirty = true;
-                        dirty.push(key);
-                    }
-                    true
-                }
-                Err(ending) => {
-                    dropped.push((key, ending));
-                    false
-                }
+        let mut written = 0;
+        room.fan_out(now, ending, |key, frames| {
+            // No client for a member cannot happen; ending the key makes it leave (`abort`).
+            let client = clients.get_mut(key).ok_or(Ending::PeerLeft)?;
+            client.take_batch(frames, config.max_outbound, &mut written)?;
+            if client.has_output() && !client.awaiting_writable && !client.dirty {
+                client.dirty = true;
+                dirty.push(key);
             }
+            Ok(())
         });
+        room.metrics.bytes_written += written;
+    }
+
+    /// Ends the clients listed for ending (their leave notices go into the next batch).
+    fn end_listed(&mut self, now: Instant) {
+        for (key, why) in std::mem::take(&mut self.ending) {
+            self.abort(key, why, now);
+        }
     }
 
     /// Sleep until the nearest deadline; not at all if a client still has bytes to read.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        let backplane = self.hub.backplane.as_ref();
+        let backplane = self.room.relay();
         if !self.unread.is_empty() || backplane.is_some_and(Backplane::has_unread) {
             return Some(Duration::ZERO);
         }
@@ -321,7 +325,7 @@ impl Server {
             self.timers.next(),
             self.stopping_at,
             self.accept_pause.retry_at(),
-            self.pacing.due_at(self.hub.presence.batch()),
+            self.room.due_at(),
             backplane.and_then(Backplane::next_deadline),
         ]
         .into_iter()
@@ -334,7 +338,7 @@ impl Server {
     fn render_metrics(&self) -> String {
         let mut gauges = Gauges {
             max_connections: self.config.max_connections as u64,
-            backplane: self.hub.backplane.as_ref().map(Backplane::stats),
+            backplane: self.room.relay().map(Backplane::stats),
             ..Gauges::default()
         };
         for (_, client) in &self.clients {
@@ -345,7 +349,7 @@ impl Server {
                 Phase::Closed => {}
             }
         }
-        self.hub.metrics.render(gauges)
+        self.room.metrics.render(gauges)
     }
 
     fn on_signal(&mut self, now: Instant) {
@@ -377,7 +381,7 @@ impl Server {
         match transport::server_config(files) {
             Ok(config) => {
                 self.tls = Some(config);
-                self.hub.metrics.certificate_loaded(&files.cert);
+                self.room.metrics.certificate_loaded(&files.cert);
                 info!("tls: reloaded {}", files.cert.display());
             }
             Err(e) => warn!("tls: reload failed, keeping the previous certificate: {e}"),
@@ -397,17 +401,23 @@ impl Server {
             }
         }
         self.stopping_at = Some(now + SHUTDOWN_GRACE);
-        // Everyone here leaves at once; the other processes are told (the loop waits for the
-        // publisher to drain before it stops).
-        self.hub.leave_all();
+        self.going_away = true;
+    }
+
+    /// Shutdown, at the flush point after the turn's fan-out: everyone here leaves at once (the
+    /// other processes are told; the loop waits for the publisher to drain before it stops), and
+    /// every connection is sent away (close 1001 for WebSocket clients).
+    fn send_everyone_away(&mut self, now: Instant) {
+        self.going_away = false;
+        self.room.leave_all();
         let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
         for key in keys {
             let client = &mut self.clients[key];
-            let (who, hub) = (client.who(key), &mut self.hub);
+            let (who, room) = (client.who(key), &mut self.room);
             client
                 .conn
-                .go_away(now, &mut |event| hub.on_event(who, event));
-            self.settle(key, now);
+                .go_away(now, &mut |event| room.on_event(who, event));
+            self.settle(key);
         }
     }
 
@@ -417,11 +427,7 @@ impl Server {
         let Some(deadline) = self.stopping_at else {
             return false;
         };
-        let published = self
-            .hub
-            .backplane
-            .as_ref()
-            .is_none_or(Backplane::is_drained);
+        let published = self.room.relay().is_none_or(Backplane::is_drained);
         (self.clients.is_empty() && published) || now >= deadline
     }
 }

@@ -1,0 +1,213 @@
+//! The loop driven step by step from a test, for what only the order inside one turn decides:
+//! real sockets on loopback, and the turn's steps called as [`Server::turn`] calls them.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Token};
+
+use super::Server;
+use crate::budget::FairShare;
+use crate::config::Config;
+use crate::message::{Message, JOINED};
+
+/// How long a test waits for the server before it fails (a guard, not a synchronisation).
+const GUARD: Duration = Duration::from_secs(15);
+
+const REQUEST: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+    Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Version: 13\r\n\r\n";
+
+fn server(config: Config) -> Server {
+    let config = Config {
+        addr: "127.0.0.1:0".parse().expect("an address"),
+        fair_share: FairShare::off(),
+        ..config
+    };
+    Server::bind(config).expect("bind")
+}
+
+/// One whole turn of the loop, after waiting (at most [`GUARD`]) for something to be ready.
+fn step(server: &mut Server) {
+    let mut events = Events::with_capacity(64);
+    server.poll.poll(&mut events, Some(GUARD)).expect("poll");
+    server.turn(&events, Instant::now());
+}
+
+/// Waits for a readiness event of client `key` without handling it (the test then runs the
+/// turn's steps itself); other events are dropped, which is fine for idle clients.
+fn wait_readable(server: &mut Server, key: usize) {
+    let mut events = Events::with_capacity(64);
+    loop {
+        server.poll.poll(&mut events, Some(GUARD)).expect("poll");
+        assert!(!events.is_empty(), "no event within {GUARD:?}");
+        if events
+            .iter()
+            .any(|e| e.token() == Token(key) && e.is_readable())
+        {
+            return;
+        }
+    }
+}
+
+/// A masked client text frame.
+fn text_frame(text: &str) -> Vec<u8> {
+    let payload = text.as_bytes();
+    let mask = [7, 1, 9, 3];
+    let mut out = vec![0x81];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// A chat client over a blocking socket, joined through the server's own turns.
+struct Peer {
+    stream: TcpStream,
+    key: usize,
+    input: Vec<u8>,
+}
+
+impl Peer {
+    fn join(server: &mut Server) -> Peer {
+        let mut stream = TcpStream::connect(server.local_addr()).expect("connect");
+        stream.set_read_timeout(Some(GUARD)).expect("timeout");
+        stream.write_all(REQUEST).expect("handshake");
+        let members = server.room.members();
+        while server.room.members() == members {
+            step(server);
+        }
+        let key = server
+            .clients
+            .iter()
+            .max_by_key(|(_, c)| c.id)
+            .map(|(key, _)| key)
+            .expect("a client");
+        let mut peer = Peer {
+            stream,
+            key,
+            input: Vec::new(),
+        };
+        while !peer.input.windows(4).any(|w| w == b"\r\n\r\n") {
+            peer.fill();
+        }
+        let end = peer
+            .input
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or(0);
+        peer.input.drain(..end + 4);
+        assert_eq!(peer.next(), Some(JOINED.to_string()));
+        peer
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0; 4096];
+        let n = self.stream.read(&mut chunk).expect("read within the guard");
+        self.input.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// The next chat body, or `None` at a close frame or the end of the stream.
+    fn next(&mut self) -> Option<String> {
+        loop {
+            if let [first, len, rest @ ..] = &self.input[..] {
+                let (len, start) = match len {
+                    126 if rest.len() >= 2 => {
+                        (usize::from(u16::from_be_bytes([rest[0], rest[1]])), 4)
+                    }
+                    126 => (usize::MAX, 0),
+                    n => (usize::from(*n), 2),
+                };
+                if len != usize::MAX && self.input.len() >= start + len {
+                    let opcode = first & 0x0F;
+                    let frame: Vec<u8> = self.input.drain(..start + len).collect();
+                    if opcode == 0x8 {
+                        return None;
+                    }
+                    let msg: Message = serde_json::from_slice(&frame[start..]).expect("json");
+                    return Some(msg.body.into_owned());
+                }
+            }
+            if !self.fill() {
+                return None;
+            }
+        }
+    }
+}
+
+/// Chat read in the turn that brings SIGTERM still reaches the room before everyone is sent
+/// away: the room is emptied at the flush point, after the turn's fan-out.
+#[test]
+fn chat_read_in_the_turn_of_a_shutdown_reaches_the_room() {
+    let mut server = server(Config::default());
+    let mut a = Peer::join(&mut server);
+    let mut b = Peer::join(&mut server);
+    assert_eq!(a.next(), Some(JOINED.to_string()));
+    b.stream.write_all(&text_frame("last words")).expect("send");
+    wait_readable(&mut server, b.key);
+    // One turn whose events are: `b` readable, then the stop (the waker or a signal).
+    let now = Instant::now();
+    server.read(b.key, now);
+    server.shut_down(now);
+    server.end_turn(now);
+    assert_eq!(a.next().as_deref(), Some("last words"));
+    assert_eq!(b.next().as_deref(), Some("last words"));
+    assert_eq!(a.next(), None, "then the close");
+}
+
+/// A client is read at most one budget's worth a turn, however many times the turn comes back
+/// to it (its readiness event, then the list of clients with bytes left over): README's "256 KiB
+/// per client per turn".
+#[test]
+fn a_client_is_read_one_budget_a_turn() {
+    let mut server = server(Config {
+        max_outbound: 1 << 30, // the writer reads nothing back; it must not be dropped for that
+        ..Config::default()
+    });
+    let b = Peer::join(&mut server);
+    let message = "x".repeat(1000);
+    let frame = text_frame(&message);
+    let mut writer = b.stream.try_clone().expect("clone");
+    let frames = frame.len();
+    let sending = std::thread::spawn(move || {
+        let burst = frame.repeat(64);
+        for _ in 0..64 {
+            // 4 MB in all, far more than a turn's budget; it stops when the test ends.
+            if writer.write_all(&burst).is_err() {
+                return;
+            }
+        }
+    });
+    wait_readable(&mut server, b.key);
+    let now = Instant::now();
+    let before = server.room.metrics.messages_received;
+    // Within one turn, the turn comes back to it again and again (its readiness event, then the
+    // unread list), each time with bytes waiting in its socket: the writer has 4 MB to send.
+    let counted = |server: &Server| (server.room.metrics.messages_received - before) as usize;
+    for _ in 0..2000 {
+        let mut peek = [0; 1];
+        while server.clients[b.key].socket.peek(&mut peek).is_err() {
+            std::thread::yield_now(); // the writer has not refilled the socket yet
+        }
+        server.read(b.key, now);
+        if counted(&server) * frames > super::client::READ_BUDGET {
+            break;
+        }
+    }
+    let read = (server.room.metrics.messages_received - before) as usize * frames;
+    assert!(
+        read <= super::client::READ_BUDGET,
+        "{read} bytes read from one client in one turn"
+    );
+    drop(server);
+    drop(b);
+    let _ = sending.join();
+}
