@@ -33,11 +33,11 @@ use mio::{Registry, Token};
 
 use crate::envelope::{self, Kind};
 use crate::metrics::BackplaneStats;
+pub use crate::nonblocking::READ_CHUNK;
 use crate::presence::{Landing, Member, Publish};
 use crate::redis::{self, Limits, RedisUrl, Reply};
 pub use ledger::Ledger;
 use link::Link;
-pub use link::READ_CHUNK;
 use outage::{Due, Liveness, Outages, Recovery, MAX_BACKOFF};
 
 /// Bytes read from the subscription in one turn before clients get their turn. The subscription

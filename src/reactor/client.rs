@@ -11,7 +11,7 @@
 //! connection says so ([`Connection::is_held`]) and arms the instant it may go on as its
 //! deadline; [`Server::settle`] puts it back on the unread list when the hold ends.
 
-use std::io::ErrorKind;
+use std::io::{self, ErrorKind};
 use std::net::Shutdown;
 use std::time::Instant;
 
@@ -35,10 +35,19 @@ const USE_HTTPS: Response = Response {
     body: "this port speaks TLS: use https:// (or wss://)\n",
 };
 
-/// One read buffer for all clients: idle clients hold no read buffer of their own.
-pub(super) const READ_CHUNK: usize = 64 * 1024;
-/// Bytes read from one client per turn before the others get theirs (fairness).
+/// Bytes read from one client's socket per turn before the others get theirs (fairness): under
+/// TLS, ciphertext, so a client pays for every record it makes us decrypt.
 const READ_BUDGET: usize = 256 * 1024;
+
+/// What a client's socket is owed (see [`Client::owed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owed {
+    /// Bytes: queued by the connection, or records held by TLS.
+    Bytes,
+    /// Nothing but our FIN: all is said and written.
+    Fin,
+    Nothing,
+}
 
 /// A socket and the state machine that speaks over it.
 pub(super) struct Client {
@@ -65,7 +74,39 @@ pub(super) struct Client {
 impl Client {
     /// Bytes wait to be written: queued by the connection, or encrypted and held by TLS.
     pub fn has_output(&self) -> bool {
-        !self.conn.output().is_empty() || self.transport.wants_write()
+        !self.conn.output().is_empty() || self.transport.holds_output()
+    }
+
+    /// What the socket is owed: the one answer WRITABLE interest, the flush list and the FIN
+    /// follow. The FIN is owed only once no byte is (under TLS, rustls's records included), so
+    /// a finishing client with records a full socket refused waits for WRITABLE, not the list.
+    fn owed(&self) -> Owed {
+        if self.has_output() {
+            Owed::Bytes
+        } else if self.conn.should_half_close() && !self.half_closed {
+            Owed::Fin
+        } else {
+            Owed::Nothing
+        }
+    }
+
+    /// Writes what the connection queued, through the transport, until all is written or the
+    /// socket is full; returns the bytes the socket took. The connection decides what cannot
+    /// be said (an answer before a TLS handshake completed); the transport adds its goodbye
+    /// (TLS's close_notify, before our FIN) once the connection has said all.
+    fn flush(&mut self) -> io::Result<usize> {
+        if self.transport.is_handshaking() && !self.conn.output().is_empty() {
+            self.conn.cannot_answer();
+        }
+        let written = self
+            .transport
+            .write(&mut self.socket, self.conn.output().pending())?;
+        self.conn.sent(written.taken);
+        let mut wire = written.wire;
+        if self.conn.should_half_close() && self.transport.say_goodbye() {
+            wire += self.transport.write(&mut self.socket, &[])?.wire;
+        }
+        Ok(wire)
     }
 
     /// A TLS connection that cannot go on: after a TLS error it ends (its alert goes out as
@@ -132,14 +173,14 @@ impl Server {
                     client.conn.peer_closed(now, events);
                     false // EOF: nothing more will come, however long we keep the socket
                 }
-                Ok(Input::Data(n)) => {
-                    client.conn.receive(&mut self.read_buf[..n], &cx, events);
-                    budget = budget.saturating_sub(n);
+                Ok(Input::Data { len, wire }) => {
+                    client.conn.receive(&mut self.read_buf[..len], &cx, events);
+                    budget = budget.saturating_sub(wire);
                     true
                 }
                 Ok(Input::WouldBlock) => {
                     // A TLS handshake step may have left an answer to send.
-                    if client.transport.wants_write() {
+                    if client.transport.holds_output() {
                         self.settle(key, now);
                     }
                     return;
@@ -198,7 +239,7 @@ impl Server {
         };
         let mut failed = None;
         if !client.conn.is_closed() {
-            match client.transport.flush(&mut client.socket, &mut client.conn) {
+            match client.flush() {
                 Ok(n) => self.hub.metrics.bytes_written += n as u64,
                 Err(e) => {
                     debug!(token = key, peer:% = client.peer; "write: {e}");
@@ -218,7 +259,8 @@ impl Server {
     /// Asks for WRITABLE only while bytes wait, and sends our FIN once all is said.
     fn update_interest(&mut self, key: usize) -> Result<(), Ending> {
         let client = self.clients.get_mut(key).ok_or(Ending::PeerLeft)?;
-        let want_writable = client.has_output();
+        let owed = client.owed();
+        let want_writable = owed == Owed::Bytes;
         if want_writable != client.writable {
             let interest = if want_writable {
                 Interest::READABLE | Interest::WRITABLE
@@ -232,7 +274,7 @@ impl Server {
             }
             client.writable = want_writable;
         }
-        if client.conn.should_half_close() && !client.half_closed && !client.has_output() {
+        if owed == Owed::Fin {
             // Our FIN tells the peer we are done; closing only after theirs avoids a reset
             // that could destroy the answer still in flight.
             client.half_closed = true;
@@ -287,6 +329,9 @@ impl Server {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
+        if !client.has_output() {
+            client.conn.written_out(); // a finishing client whose peer is done is over
+        }
         // Closed first: an aborted connection keeps its unsent bytes until it is reaped, and
         // judging them again would abort it again, and again (a stack overflow, issue 11).
         if client.conn.is_closed() {
@@ -300,9 +345,12 @@ impl Server {
         if client.conn.resumed() {
             self.unread.push(key);
         }
-        let has_bytes = !client.writable && client.has_output();
-        let owes_fin = client.conn.should_half_close() && !client.half_closed;
-        if !client.dirty && (has_bytes || owes_fin) {
+        let must_write = match client.owed() {
+            Owed::Bytes => !client.writable, // else WRITABLE brings it back
+            Owed::Fin => true,
+            Owed::Nothing => false,
+        };
+        if !client.dirty && must_write {
             client.dirty = true;
             self.dirty.push(key);
         }
@@ -375,18 +423,18 @@ pub(super) fn deliver(
     bytes_written: &mut u64,
 ) -> Result<(), Ending> {
     let backlog = client.conn.output().len();
-    if backlog > 0 || client.transport.wants_write() {
+    if backlog > 0 || client.transport.holds_output() {
         if backlog + frames.len() > max_outbound {
             return Err(Ending::SlowConsumer);
         }
         client.conn.queue(frames);
         return Ok(());
     }
-    match client.transport.deliver(&mut client.socket, frames) {
-        Ok((taken, written)) => {
-            *bytes_written += written as u64;
-            if taken < frames.len() {
-                client.conn.queue(&frames[taken..]);
+    match client.transport.write(&mut client.socket, frames) {
+        Ok(written) => {
+            *bytes_written += written.wire as u64;
+            if written.taken < frames.len() {
+                client.conn.queue(&frames[written.taken..]);
             }
         }
         Err(e) => {

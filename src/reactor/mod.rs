@@ -42,11 +42,12 @@ use crate::backplane::{self, Backplane};
 use crate::config::Config;
 use crate::connection::{Ending, Phase};
 use crate::metrics::Gauges;
+use crate::nonblocking::READ_CHUNK;
 use crate::pacing::Pacing;
 use crate::timers::Timers;
 use crate::transport;
 use accept::AcceptPause;
-use client::{deliver, Client, READ_CHUNK};
+use client::{deliver, Client};
 use hub::Hub;
 
 /// Clients use their slab keys as tokens, counting up from 0; the fixed tokens sit at the top.

@@ -1,0 +1,296 @@
+//! The transport between a client's socket and its connection: bytes as they are, or through TLS.
+//!
+//! It moves bytes and reports TLS events; it makes no protocol decision. [`Transport`] is one
+//! enum, `Plain` or `Tls`, so the reactor reads and writes every client the same way:
+//! [`Transport::read`] hands over plaintext and what it cost on the wire, [`Transport::write`]
+//! writes plaintext (a connection's queue, or a room batch straight from the room's buffer),
+//! [`Transport::say_goodbye`] queues TLS's close_notify once the connection has said all. TLS is
+//! rustls's buffered `ServerConnection`, driven without blocking: the handshake advances with each
+//! read, a step at a time, however the bytes are split; its deadline is the connection's
+//! (`--handshake-timeout`, from the accept). The client side, for `rediss://` and `mio-chat-load`'s
+//! `wss://`, is [`client`].
+//!
+//! Two rules the loop relies on:
+//! - **A read's cost is what came off the wire.** Under TLS that is the ciphertext, headers and
+//!   tags included: a peer sending one byte per record pays for every record it makes us decrypt.
+//! - **Bytes held here are output too.** Ciphertext rustls encrypted that a full socket refused
+//!   is owed to the socket like the connection's queue: [`Transport::holds_output`] says so, and
+//!   the loop's one "has output" predicate includes it.
+//!
+//! What TLS costs an idle client (measured in the README, section TLS): the `ServerConnection`
+//! itself, its traffic keys, and rustls's 4 KiB receive buffer, which rustls keeps once a record
+//! has been read. Outbound ciphertext is bounded to one record's worth per client: plaintext
+//! waits in the connection's own queue (where `--max-outbound` counts it) and is encrypted only
+//! when the socket has taken everything encrypted before it.
+
+pub mod client;
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use mio::net::TcpStream;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ConnectionCommon, ServerConfig, ServerConnection};
+
+pub use crate::config::TlsFiles;
+use crate::nonblocking::{interrupted, would_block};
+pub use client::{client_config, ClientTls};
+
+/// Plaintext encrypted per step: one TLS record's worth (16 KiB), so at most about that much
+/// ciphertext waits in rustls for a peer whose socket is full.
+const TLS_CHUNK: usize = 16 * 1024;
+
+/// Reads the PEM files and builds the server's TLS settings: TLS 1.2 and 1.3, the `ring`
+/// provider, ALPN `http/1.1`. An error is a sentence for the operator (the start fails; a reload
+/// keeps the old pair).
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
+    let chain = read_chain(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| format!("--tls-key {}: {e}", files.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS settings: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| {
+            format!(
+                "--tls-cert {} with --tls-key {}: {e}",
+                files.cert.display(),
+                files.key.display()
+            )
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("--tls-cert {}: {e}", path.display()))?;
+    if chain.is_empty() {
+        return Err(format!("--tls-cert {}: no certificate", path.display()));
+    }
+    Ok(chain)
+}
+
+/// What the transport needs of a socket: a byte stream whose next byte can be looked at without
+/// taking it. A `mio` `TcpStream` in the server; a fake in the tests (a socket that takes a few
+/// bytes and then refuses, to cut a record).
+pub trait Socket: Read + Write {
+    fn peek(&self, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+impl Socket for TcpStream {
+    fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        TcpStream::peek(self, buf)
+    }
+}
+
+/// What one read gave.
+#[derive(Debug)]
+pub enum Input {
+    /// `len` plaintext bytes at the front of the buffer, for which this read took `wire` bytes
+    /// off the socket (the same bytes in plaintext; under TLS the records' ciphertext, which can
+    /// be twenty times the plaintext, or none when rustls had decrypted them already). The loop
+    /// charges `wire` to the client's read budget.
+    Data { len: usize, wire: usize },
+    /// Nothing more for now.
+    WouldBlock,
+    /// The peer is done (EOF, a TLS close_notify, or a TCP reset).
+    Eof,
+    /// The TLS peer broke the protocol (a garbage ClientHello, no common version): its alert is
+    /// queued, and the connection must end.
+    TlsFailed(rustls::Error),
+    /// The first bytes on the TLS port look like a plaintext HTTP request.
+    PlainHttp,
+}
+
+/// What one write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Plaintext bytes taken (the rest is the caller's to keep): written to the socket, or
+    /// encrypted into records the transport now holds.
+    pub taken: usize,
+    /// Bytes the socket took (ciphertext under TLS), for the metrics.
+    pub wire: usize,
+}
+
+/// One client's TLS state.
+pub struct Tls {
+    conn: ServerConnection,
+    /// Whether the first bytes have been looked at (plain HTTP on the TLS port).
+    looked: bool,
+    /// Our close_notify is queued.
+    said_goodbye: bool,
+}
+
+pub enum Transport {
+    Plain,
+    /// Boxed: a `ServerConnection` is over a kilobyte, and plaintext clients share the enum.
+    Tls(Box<Tls>),
+}
+
+impl Transport {
+    /// The transport of a connection accepted on a TLS listener.
+    pub fn tls(config: &Arc<ServerConfig>) -> Result<Transport, rustls::Error> {
+        Ok(Transport::Tls(Box::new(Tls {
+            conn: ServerConnection::new(Arc::clone(config))?,
+            looked: false,
+            said_goodbye: false,
+        })))
+    }
+
+    /// Records wait here for the socket (encrypted, refused by a full socket, or a handshake
+    /// message or alert not yet sent). Part of the client's output: its bytes are owed.
+    pub fn holds_output(&self) -> bool {
+        matches!(self, Transport::Tls(tls) if tls.conn.wants_write())
+    }
+
+    /// A TLS handshake is under way: no plaintext can be sent yet ([`Transport::write`] takes
+    /// none). A TLS event for the connection to act on (an answer it cannot give).
+    pub fn is_handshaking(&self) -> bool {
+        matches!(self, Transport::Tls(tls) if tls.conn.is_handshaking())
+    }
+
+    /// Reads once: plaintext into `buf`, however many TLS records (or none) that takes.
+    pub fn read(&mut self, socket: &mut impl Socket, buf: &mut [u8]) -> io::Result<Input> {
+        match self {
+            Transport::Plain => match socket.read(buf) {
+                Ok(0) => Ok(Input::Eof),
+                Ok(n) => Ok(Input::Data { len: n, wire: n }),
+                Err(e) if would_block(&e) => Ok(Input::WouldBlock),
+                Err(e) => Err(e),
+            },
+            Transport::Tls(tls) => tls.read(socket, buf),
+        }
+    }
+
+    /// Writes the records held here, then as much of `plaintext` as the socket takes (encrypted
+    /// a record at a time under TLS, and only once the socket has taken the records before it);
+    /// nothing of `plaintext` while a TLS handshake is under way.
+    pub fn write(&mut self, socket: &mut impl Write, plaintext: &[u8]) -> io::Result<Written> {
+        match self {
+            Transport::Plain => write_plain(socket, plaintext),
+            Transport::Tls(tls) => tls.write(socket, plaintext),
+        }
+    }
+
+    /// The connection has said all: under TLS, its close_notify alert is queued (once), to go
+    /// out with [`Transport::write`] before our FIN. Returns whether anything was queued.
+    pub fn say_goodbye(&mut self) -> bool {
+        match self {
+            Transport::Tls(tls) if !tls.said_goodbye => {
+                tls.said_goodbye = true;
+                tls.conn.send_close_notify();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Before the socket is closed: a last try to send the records still held (the end of a
+    /// close frame, an alert), without waiting for the socket.
+    pub fn last_words(&mut self, socket: &mut impl Write) {
+        if let Transport::Tls(tls) = self {
+            let _ = write_records(&mut tls.conn, socket, &mut 0);
+        }
+    }
+}
+
+/// Writes plaintext until all is taken or the socket is full.
+fn write_plain(socket: &mut impl Write, bytes: &[u8]) -> io::Result<Written> {
+    let mut taken = 0;
+    while taken < bytes.len() {
+        match socket.write(&bytes[taken..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => taken += n,
+            Err(e) if would_block(&e) => break,
+            Err(e) if interrupted(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Written { taken, wire: taken })
+}
+
+impl Tls {
+    fn read(&mut self, socket: &mut impl Socket, buf: &mut [u8]) -> io::Result<Input> {
+        if !self.looked {
+            match first_byte(socket)? {
+                None => return Ok(Input::WouldBlock),
+                Some(byte) if byte.is_ascii_uppercase() => return Ok(Input::PlainHttp),
+                Some(_) => self.looked = true,
+            }
+        }
+        let mut wire = 0;
+        loop {
+            // Plaintext already decrypted goes first: rustls refuses to read more while it holds
+            // some.
+            match self.conn.reader().read(buf) {
+                Ok(0) => return Ok(Input::Eof), // close_notify
+                Ok(len) => return Ok(Input::Data { len, wire }),
+                Err(e) if would_block(&e) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Input::Eof),
+                Err(e) => return Err(e),
+            }
+            // At most 4 KiB of records a pass (rustls's read size), so a read's cost is bounded.
+            match self.conn.read_tls(socket) {
+                Ok(n) => {
+                    // EOF (0) too: rustls records it, and the reader says so on the next pass.
+                    wire += n;
+                    if let Err(e) = self.conn.process_new_packets() {
+                        return Ok(Input::TlsFailed(e));
+                    }
+                }
+                Err(e) if would_block(&e) => return Ok(Input::WouldBlock),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn write(&mut self, socket: &mut impl Write, plaintext: &[u8]) -> io::Result<Written> {
+        let mut done = Written::default();
+        while write_records(&mut self.conn, socket, &mut done.wire)?
+            && !self.conn.is_handshaking()
+            && done.taken < plaintext.len()
+        {
+            let end = plaintext.len().min(done.taken + TLS_CHUNK);
+            done.taken += self.conn.writer().write(&plaintext[done.taken..end])?;
+        }
+        Ok(done)
+    }
+}
+
+/// Writes the records rustls holds, adding what the socket took to `written`; false if the
+/// socket filled up first. The one ciphertext write, for the server's side and the client's.
+fn write_records<D>(
+    tls: &mut ConnectionCommon<D>,
+    socket: &mut impl Write,
+    written: &mut usize,
+) -> io::Result<bool> {
+    while tls.wants_write() {
+        match tls.write_tls(socket) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => *written += n,
+            Err(e) if would_block(&e) => return Ok(false),
+            Err(e) if interrupted(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// The first byte waiting on a TLS connection, peeked (rustls still reads it), to tell a
+/// plaintext HTTP request from TLS: a TLS record starts with its content type (22 for a
+/// handshake), a request with an upper-case method. `None`: nothing has come yet. At EOF, a
+/// zero stands in (not HTTP: rustls then reads the EOF itself).
+fn first_byte(socket: &mut impl Socket) -> io::Result<Option<u8>> {
+    let mut first = [0u8; 1];
+    match socket.peek(&mut first) {
+        Ok(_) => Ok(Some(first[0])),
+        Err(e) if would_block(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
