@@ -24,6 +24,8 @@ mod accept;
 mod client;
 mod cluster;
 mod hub;
+#[cfg(test)]
+mod tls_tests;
 
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
