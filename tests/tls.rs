@@ -346,3 +346,83 @@ fn a_bad_certificate_file_stops_the_start_with_a_reason() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--tls-cert"), "{stderr}");
 }
+
+/// Issue 20, finding 1: a client pays for the records it makes the server decrypt. The attacker
+/// sends one WebSocket byte per TLS record (unsolicited pongs, and every twenty pongs a
+/// one-letter chat message that `/metrics` counts: a marker of how far the server has read it),
+/// encrypted beforehand so its socket never runs dry. Two scrapes while it floods tell how many
+/// markers the server read per loop turn: its read budget counts ciphertext (256 KiB a slice,
+/// about 90 markers; two slices a turn, its event's and the unread list's), where a budget in
+/// plaintext let one slice take 256 K records (2,064 markers) and the whole flood went through
+/// before a scrape was answered. Counted in turns and markers, never in time.
+#[test]
+fn a_wss_client_pays_for_every_record_it_makes_the_server_decrypt() {
+    const PONGS_PER_MARKER: usize = 20;
+    const MARKERS: u64 = 10_000; // 1.27 M records, 29 MB: many turns' worth at the bound
+    const BOUND_PER_TURN: u64 = 300; // two slices of 256 KiB of ciphertext, and a margin
+    let pki = Pki::new("records");
+    let server = pki.start(&["--client-rate", "0"]);
+
+    let mut attacker = pki.connect(&server);
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {SAMPLE_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    attacker.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        attacker.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101 "));
+    let StreamOwned {
+        conn: mut session,
+        sock,
+    } = attacker;
+    let pong = Frame::pong(b"").encode();
+    let marker = Frame::text("x").encode();
+    let mut records = Vec::new();
+    for _ in 0..MARKERS {
+        let unit = pong.iter().cycle().take(pong.len() * PONGS_PER_MARKER);
+        for byte in unit.chain(marker.iter()) {
+            assert_eq!(session.writer().write(&[*byte]).unwrap(), 1);
+            session.write_tls(&mut records).unwrap();
+        }
+    }
+    let mut drain = sock.try_clone().unwrap();
+    std::thread::spawn(move || std::io::copy(&mut drain, &mut std::io::sink()));
+    let mut flood = sock.try_clone().unwrap();
+    std::thread::spawn(move || flood.write_all(&records));
+
+    // Turns and markers from one page, so both are counted at the same moment.
+    let scrape = || -> (u64, u64) {
+        let page = pki.https_get(&server, "/metrics").body_text();
+        let value = |name: &str| -> u64 {
+            let line = page.lines().find(|l| l.starts_with(name)).unwrap();
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        (
+            value("mio_chat_loop_turn_seconds_count"),
+            value("mio_chat_messages_received_total"),
+        )
+    };
+    let (turns0, read0) = scrape();
+    let (turns1, read1) = scrape();
+    let _ = sock.shutdown(std::net::Shutdown::Both);
+    let per_turn = (read1 - read0) / (turns1 - turns0);
+    eprintln!(
+        "{} markers in {} turns ({per_turn} a turn); {read1} of {MARKERS} read by the last scrape",
+        read1 - read0,
+        turns1 - turns0
+    );
+    assert!(
+        read1 < MARKERS,
+        "the whole flood ({MARKERS} markers) was read before two scrapes were answered"
+    );
+    assert!(
+        per_turn <= BOUND_PER_TURN,
+        "{per_turn} markers ({} records) read from one client a turn",
+        per_turn * (PONGS_PER_MARKER as u64 * 6 + 7)
+    );
+}

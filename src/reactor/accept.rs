@@ -113,6 +113,7 @@ impl Server {
             timer_at: None,
             writable: false,
             dirty: false,
+            unread: false,
             half_closed: false,
             refused,
         });

@@ -65,6 +65,8 @@ pub(super) struct Client {
     pub writable: bool,
     /// Already in the list of clients to write at the end of this turn.
     pub dirty: bool,
+    /// Already in the list of clients to read without an event.
+    pub unread: bool,
     /// Our FIN is sent.
     pub half_closed: bool,
     /// Only here to be told 503.
@@ -150,7 +152,7 @@ impl Server {
         let mut budget = READ_BUDGET;
         loop {
             if self.batch_is_full(now) {
-                return self.unread.push(key);
+                return self.mark_unread(key);
             }
             let Some(client) = self.clients.get_mut(key) else {
                 return;
@@ -200,14 +202,28 @@ impl Server {
             }
             if budget == 0 {
                 // Edge-triggered: no new event will come for bytes already waiting.
-                return self.unread.push(key);
+                return self.mark_unread(key);
             }
         }
     }
 
     pub(super) fn read_unread(&mut self, now: Instant) {
         for key in std::mem::take(&mut self.unread) {
+            if let Some(client) = self.clients.get_mut(key) {
+                client.unread = false;
+            }
             self.read(key, now);
+        }
+    }
+
+    /// Lists a client to be read without an event (edge-triggered: bytes already waiting bring
+    /// none), once: listed again each turn, a flooder would gain a slice a turn, without end.
+    fn mark_unread(&mut self, key: usize) {
+        if let Some(client) = self.clients.get_mut(key) {
+            if !client.unread {
+                client.unread = true;
+                self.unread.push(key);
+            }
         }
     }
 
@@ -342,7 +358,8 @@ impl Server {
         if client.writable && client.conn.output().len() > self.config.max_outbound {
             return self.abort(key, Ending::SlowConsumer, now);
         }
-        if client.conn.resumed() {
+        if client.conn.resumed() && !client.unread {
+            client.unread = true;
             self.unread.push(key);
         }
         let must_write = match client.owed() {
