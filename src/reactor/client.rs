@@ -102,11 +102,11 @@ impl Client {
         }
         let written = self
             .transport
-            .write(&mut self.socket, self.conn.output().pending())?;
+            .deliver(&mut self.socket, self.conn.output().pending())?;
         self.conn.sent(written.taken);
         let mut wire = written.wire;
         if self.conn.should_half_close() && self.transport.say_goodbye() {
-            wire += self.transport.write(&mut self.socket, &[])?.wire;
+            wire += self.transport.flush(&mut self.socket)?;
         }
         Ok(wire)
     }
@@ -447,7 +447,7 @@ pub(super) fn deliver(
         client.conn.queue(frames);
         return Ok(());
     }
-    match client.transport.write(&mut client.socket, frames) {
+    match client.transport.deliver(&mut client.socket, frames) {
         Ok(written) => {
             *bytes_written += written.wire as u64;
             if written.taken < frames.len() {

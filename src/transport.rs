@@ -2,9 +2,10 @@
 //!
 //! It moves bytes and reports TLS events; it makes no protocol decision. [`Transport`] is one
 //! enum, `Plain` or `Tls`, so the reactor reads and writes every client the same way:
-//! [`Transport::read`] hands over plaintext and what it cost on the wire, [`Transport::write`]
+//! [`Transport::read`] hands over plaintext and what it cost on the wire, [`Transport::deliver`]
 //! writes plaintext (a connection's queue, or a room batch straight from the room's buffer),
-//! [`Transport::say_goodbye`] queues TLS's close_notify once the connection has said all. TLS is
+//! [`Transport::say_goodbye`] queues TLS's close_notify once the connection has said all, and
+//! [`Transport::flush`] writes the records held here. TLS is
 //! rustls's buffered `ServerConnection`, driven without blocking: the handshake advances with each
 //! read, a step at a time, however the bytes are split; its deadline is the connection's
 //! (`--handshake-timeout`, from the accept). The client side, for `rediss://` and `mio-chat-load`'s
@@ -171,7 +172,7 @@ impl Transport {
     /// Writes the records held here, then as much of `plaintext` as the socket takes (encrypted
     /// a record at a time under TLS, and only once the socket has taken the records before it);
     /// nothing of `plaintext` while a TLS handshake is under way.
-    pub fn write(&mut self, socket: &mut impl Write, plaintext: &[u8]) -> io::Result<Written> {
+    pub fn deliver(&mut self, socket: &mut impl Write, plaintext: &[u8]) -> io::Result<Written> {
         match self {
             Transport::Plain => write_plain(socket, plaintext),
             Transport::Tls(tls) => tls.write(socket, plaintext),
@@ -179,7 +180,7 @@ impl Transport {
     }
 
     /// The connection has said all: under TLS, its close_notify alert is queued (once), to go
-    /// out with [`Transport::write`] before our FIN. Returns whether anything was queued.
+    /// out with [`Transport::flush`] before our FIN. Returns whether anything was queued.
     pub fn say_goodbye(&mut self) -> bool {
         match self {
             Transport::Tls(tls) if !tls.said_goodbye => {
@@ -191,12 +192,20 @@ impl Transport {
         }
     }
 
+    /// Writes the records held here (nothing new is encrypted) until they are gone or the
+    /// socket is full; returns the bytes the socket took.
+    pub fn flush(&mut self, socket: &mut impl Write) -> io::Result<usize> {
+        let mut written = 0;
+        if let Transport::Tls(tls) = self {
+            write_records(&mut tls.conn, socket, &mut written)?;
+        }
+        Ok(written)
+    }
+
     /// Before the socket is closed: a last try to send the records still held (the end of a
     /// close frame, an alert), without waiting for the socket.
     pub fn last_words(&mut self, socket: &mut impl Write) {
-        if let Transport::Tls(tls) = self {
-            let _ = write_records(&mut tls.conn, socket, &mut 0);
-        }
+        let _ = self.flush(socket);
     }
 }
 
