@@ -85,7 +85,7 @@ fn read_all(mut tls: ClientConnection, mut socket: TcpStream) -> (Vec<u8>, bool)
         match tls.reader().read(&mut chunk) {
             Ok(0) => return (plain, true),
             Ok(n) => plain.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(e) if crate::nonblocking::would_block(&e) => {
                 if tls.read_tls(&mut socket).expect("the guard ran out") == 0 {
                     let _ = tls.process_new_packets();
                     let clean = matches!(tls.reader().read(&mut chunk), Ok(0));
