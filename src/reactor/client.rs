@@ -35,8 +35,9 @@ const USE_HTTPS: Response = Response {
     body: "this port speaks TLS: use https:// (or wss://)\n",
 };
 
-/// Bytes read from one client's socket per turn before the others get theirs (fairness): under
-/// TLS, ciphertext, so a client pays for every record it makes us decrypt.
+/// What one client's reads may cost per turn before the others get theirs (fairness), in bytes:
+/// under TLS, the ciphertext and a charge per record (`transport::RECORD_COST`), so a client pays
+/// for every record it makes us decrypt.
 const READ_BUDGET: usize = 256 * 1024;
 
 /// What a client's socket is owed (see [`Client::owed`]).
@@ -175,9 +176,9 @@ impl Server {
                     client.conn.peer_closed(now, events);
                     false // EOF: nothing more will come, however long we keep the socket
                 }
-                Ok(Input::Data { len, wire }) => {
+                Ok(Input::Data { len, cost }) => {
                     client.conn.receive(&mut self.read_buf[..len], &cx, events);
-                    budget = budget.saturating_sub(wire);
+                    budget = budget.saturating_sub(cost);
                     true
                 }
                 Ok(Input::WouldBlock) => {
