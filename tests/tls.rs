@@ -353,9 +353,9 @@ fn a_bad_certificate_file_stops_the_start_with_a_reason() {
 /// encrypted beforehand so its socket never runs dry. Two scrapes while it floods tell how many
 /// markers the server read per loop turn: its read budget counts ciphertext and a charge per
 /// record (256 KiB a slice, about 17 markers; two slices a turn, its event's and the unread
-/// list's), where a budget in plaintext let one slice take 256 K records (2,064 markers) and the
-/// whole flood went through before a scrape was answered. Counted in turns and markers, never in
-/// time.
+/// list's). A budget in plaintext would let one slice take 256 K records (2,064 markers), and the
+/// whole flood would go through before a scrape was answered. Counted in turns and markers, never
+/// in time.
 #[test]
 fn a_wss_client_pays_for_every_record_it_makes_the_server_decrypt() {
     const PONGS_PER_MARKER: usize = 20;
