@@ -161,7 +161,7 @@ impl Transport {
         matches!(self, Transport::Tls(tls) if tls.conn.wants_write())
     }
 
-    /// A TLS handshake is under way: no plaintext can be sent yet ([`Transport::write`] takes
+    /// A TLS handshake is under way: no plaintext can be sent yet ([`Transport::deliver`] takes
     /// none). A TLS event for the connection to act on (an answer it cannot give).
     pub fn is_handshaking(&self) -> bool {
         matches!(self, Transport::Tls(tls) if tls.conn.is_handshaking())
@@ -374,6 +374,180 @@ fn first_byte(socket: &mut impl Socket) -> io::Result<Option<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::{PrivateKeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+    /// A socket in memory: it reads what the test put in `inbound`, and takes at most `room`
+    /// more bytes into `outbound` before it refuses (`WouldBlock`), as a full socket does.
+    #[derive(Default)]
+    struct Fake {
+        inbound: Vec<u8>,
+        read_at: usize,
+        outbound: Vec<u8>,
+        room: usize,
+    }
+
+    impl Read for Fake {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let waiting = &self.inbound[self.read_at..];
+            if waiting.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = waiting.len().min(buf.len());
+            buf[..n].copy_from_slice(&waiting[..n]);
+            self.read_at += n;
+            Ok(n)
+        }
+    }
+
+    impl Write for Fake {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = self.room.min(buf.len());
+            if n == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.outbound.extend_from_slice(&buf[..n]);
+            self.room -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Socket for Fake {
+        fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.inbound.get(self.read_at) {
+                Some(&byte) => {
+                    buf[0] = byte;
+                    Ok(1)
+                }
+                None => Err(io::ErrorKind::WouldBlock.into()),
+            }
+        }
+    }
+
+    /// Hands what the server wrote to the client.
+    fn to_client(client: &mut ClientConnection, socket: &mut Fake) {
+        let mut written = &socket.outbound[..];
+        while !written.is_empty() {
+            client.read_tls(&mut written).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        socket.outbound.clear();
+    }
+
+    /// A server transport and a rustls client, their handshake done over a `Fake`.
+    fn connected() -> (Transport, ClientConnection, Fake) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let der = CertificateDer::from(cert.cert.der().to_vec());
+        let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut transport = Transport::tls(&Arc::new(server)).unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut socket = Fake {
+            room: usize::MAX,
+            ..Fake::default()
+        };
+        while client.is_handshaking() || transport.is_handshaking() {
+            while client.wants_write() {
+                client.write_tls(&mut socket.inbound).unwrap();
+            }
+            let input = transport.read(&mut socket, &mut [0; 4096]).unwrap();
+            assert!(matches!(input, Input::WouldBlock), "{input:?}");
+            transport.flush(&mut socket).unwrap();
+            to_client(&mut client, &mut socket);
+        }
+        (transport, client, socket)
+    }
+
+    /// Plaintext of the client's records, read as the loop does; returns (plaintext, cost).
+    fn read_all(transport: &mut Transport, socket: &mut Fake) -> (usize, usize) {
+        let (mut len_sum, mut cost_sum) = (0, 0);
+        loop {
+            match transport.read(socket, &mut [0; 64 * 1024]).unwrap() {
+                Input::Data { len, cost } => (len_sum, cost_sum) = (len_sum + len, cost_sum + cost),
+                Input::WouldBlock => return (len_sum, cost_sum),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// The cost of a read is the ciphertext it took and a charge per record, whatever the
+    /// plaintext: a thousand one-byte records cost as much as their bytes and a thousand charges.
+    #[test]
+    fn a_read_costs_its_ciphertext_and_each_record_not_its_plaintext() {
+        let (mut transport, mut client, mut socket) = connected();
+        let before = socket.inbound.len();
+        for _ in 0..1000 {
+            client.writer().write_all(b"x").unwrap();
+            client.write_tls(&mut socket.inbound).unwrap();
+        }
+        let wire = socket.inbound.len() - before;
+        assert!(wire > 20 * 1000, "one record per byte: {wire}");
+        assert_eq!(
+            read_all(&mut transport, &mut socket),
+            (1000, wire + 1000 * RECORD_COST)
+        );
+
+        let mut plain = Fake {
+            inbound: vec![b'x'; 1000],
+            ..Fake::default()
+        };
+        assert_eq!(read_all(&mut Transport::Plain, &mut plain), (1000, 1000));
+    }
+
+    /// A record a full socket cut off stays the transport's output until the socket takes it
+    /// all, ahead of anything newer, and every byte of it and the goodbye arrive.
+    #[test]
+    fn a_record_cut_off_by_a_full_socket_is_held_until_written() {
+        let (mut transport, mut client, mut socket) = connected();
+        socket.room = 100;
+        let sent = transport.deliver(&mut socket, &[b'x'; 5000]).unwrap();
+        assert_eq!(
+            sent,
+            Written {
+                taken: 5000,
+                wire: 100
+            },
+            "one record, cut off"
+        );
+        assert!(transport.holds_output());
+        let more = transport.deliver(&mut socket, b"more").unwrap();
+        assert_eq!(
+            more,
+            Written::default(),
+            "nothing newer before the held record"
+        );
+        assert!(
+            transport.say_goodbye() && !transport.say_goodbye(),
+            "queued once"
+        );
+        assert!(transport.holds_output());
+
+        socket.room = usize::MAX;
+        assert!(transport.flush(&mut socket).unwrap() > 4900);
+        assert!(!transport.holds_output());
+        to_client(&mut client, &mut socket);
+        let mut plain = Vec::new();
+        let end = client.reader().read_to_end(&mut plain);
+        assert!(end.is_ok(), "a clean close_notify at the end: {end:?}");
+        assert_eq!(plain, [b'x'; 5000]);
+    }
 
     /// Records of every length (empty, one byte, a full 16 KiB), split at every place.
     #[test]
