@@ -3,13 +3,13 @@
 //! `main.rs` fills a [`Config`] from the command line; tests build one directly.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::budget::FairShare;
 use crate::http::OriginPolicy;
 use crate::proxy::TrustedProxies;
 use crate::redis::RedisUrl;
-use crate::transport::TlsFiles;
 
 /// Everything the server can be told.
 #[derive(Debug, Clone)]
@@ -70,6 +70,14 @@ impl Default for Config {
             fair_share: FairShare::default(),
         }
     }
+}
+
+/// The certificate chain and key files of `--tls-cert` and `--tls-key` (read by
+/// [`crate::transport::server_config`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// `--redis-max-unsent` by default: 16 MiB, about 160,000 leave notices' `PUBLISH` commands

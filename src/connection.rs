@@ -263,11 +263,26 @@ impl Connection {
         self.forwarded_for.take()
     }
 
-    /// Records that a socket write took `n` queued bytes.
+    /// Records that the transport took `n` queued bytes.
     pub fn sent(&mut self, n: usize) {
         self.output.consume(n);
+    }
+
+    /// The loop's word that the socket has taken everything: this queue, and whatever the
+    /// transport held (TLS records a full socket refused; only the loop sees both). A finishing
+    /// connection whose peer is done is then over; before, closing would drop owed bytes.
+    pub fn written_out(&mut self) {
         if self.phase == Phase::Finishing && self.output.is_empty() && self.peer_done {
             self.enter(Phase::Closed, self.since);
+        }
+    }
+
+    /// The transport cannot carry what is queued, and never will (a TLS handshake that did not
+    /// complete: a 408 or a 503 in the clear would be garbage to a TLS peer). The answer is
+    /// dropped; the connection, finishing, goes on to its end (the transport's alert says it).
+    pub fn cannot_answer(&mut self) {
+        if self.phase == Phase::Finishing {
+            self.output.consume(self.output.len());
         }
     }
 
@@ -310,7 +325,8 @@ impl Connection {
     pub fn peer_closed(&mut self, now: Instant, events: &mut Sink) {
         self.peer_done = true;
         self.end(Ending::PeerLeft);
-        if self.phase != Phase::Finishing || self.output.is_empty() {
+        // Finishing, it still owes what it queued: `written_out` ends it once that is gone.
+        if self.phase != Phase::Finishing {
             self.enter(Phase::Closed, now);
         }
         self.report(events);
@@ -841,6 +857,11 @@ mod tests {
         assert_eq!(h.close_code_sent(), 1000);
         assert!(h.conn.should_half_close());
         h.call(|c, now, _, ev| c.peer_closed(now, ev));
+        assert!(
+            !h.conn.is_closed(),
+            "not before the loop says all is written"
+        );
+        h.conn.written_out();
         assert!(h.conn.is_closed());
 
         let mut h = Harness::open();
@@ -851,6 +872,42 @@ mod tests {
         assert!(h.broadcast.is_empty());
         h.feed(&client_frame(0x88, &1001u16.to_be_bytes()));
         assert_eq!(h.conn.phase(), Phase::Finishing);
+    }
+
+    /// Finishing, a connection whose peer is done ends only on the loop's word that all is
+    /// written (a TLS transport may still hold its last records), never on its own queue alone;
+    /// a timeout still ends it.
+    #[test]
+    fn a_finishing_connection_outlives_its_queue_until_all_is_written() {
+        let mut h = Harness::open();
+        h.feed(&client_frame(0x88, &1000u16.to_be_bytes()));
+        h.call(|c, now, _, ev| c.peer_closed(now, ev));
+        assert_eq!(h.close_code_sent(), 1000); // the queue drains (`sent`)...
+        assert_eq!(
+            h.conn.phase(),
+            Phase::Finishing,
+            "...and that alone ends nothing"
+        );
+        let due = h.conn.deadline(&h.config).expect("the closing timeout");
+        h.call(|c, _, config, ev| c.on_deadline(&at(due, config), ev));
+        assert!(h.conn.is_closed(), "the closing timeout bounds the wait");
+
+        let mut h = Harness::open();
+        h.call(|c, now, _, ev| c.peer_closed(now, ev));
+        assert!(h.conn.is_closed(), "an open connection ends at EOF at once");
+    }
+
+    #[test]
+    fn an_answer_the_transport_cannot_carry_is_dropped_and_the_end_goes_on() {
+        let mut h = Harness::new(Config::default());
+        h.call(|c, _, config, ev| c.on_deadline(&at(c.deadline(config).unwrap(), config), ev));
+        assert!(!h.conn.output().is_empty(), "a 408 is queued");
+        h.conn.cannot_answer();
+        assert!(
+            h.conn.should_half_close(),
+            "nothing left to say: time for our FIN"
+        );
+        assert_eq!(h.events, [Event::Ended(Ending::Answered(408))]);
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod http;
 pub mod logging;
 pub mod message;
 pub mod metrics;
+pub mod nonblocking;
 pub mod pacing;
 pub mod presence;
 pub mod proxy;

@@ -1,6 +1,7 @@
 //! One TCP connection to Redis, non-blocking, in the server's poll: opening it, noticing that
 //! the connect completed, writing queued commands, and reading a chunk at a time. It knows
-//! nothing of what the bytes mean (that is `crate::redis`) or of the other link.
+//! nothing of what the bytes mean (that is `crate::redis`) or of the other link. It reads
+//! [`READ_CHUNK`] at a time (the event loop checks its batch in between).
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
@@ -10,13 +11,10 @@ use log::debug;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
+use crate::nonblocking::{interrupted, would_block, READ_CHUNK};
 use crate::queue::OutQueue;
-use crate::redis::RedisTls;
-use crate::redis::{DecodeError, Limits, Reply, ReplyDecoder};
-use crate::transport::ClientTls;
-
-/// Bytes read from a link at a time (the event loop checks its batch in between).
-pub const READ_CHUNK: usize = 64 * 1024;
+use crate::redis::{DecodeError, Limits, RedisTls, Reply, ReplyDecoder};
+use crate::transport::client::ClientTls;
 /// Idle time after which the kernel probes a Redis connection, so a Redis host that vanished
 /// without a reset is noticed in about 25 s rather than never.
 const KEEPALIVE: Duration = Duration::from_secs(10);
@@ -162,7 +160,7 @@ impl Link {
                 Some(tls) => tls.read(socket, &mut self.input[start..]),
             };
             match read {
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if interrupted(&e) => continue,
                 other => break other,
             }
         };
@@ -184,7 +182,7 @@ impl Link {
             }
             Err(e) => {
                 self.input.truncate(start);
-                if e.kind() == ErrorKind::WouldBlock {
+                if would_block(&e) {
                     Ok(false)
                 } else {
                     Err(e)
@@ -212,8 +210,8 @@ fn write_out(
         match written {
             Ok(0) => return Err(ErrorKind::WriteZero.into()),
             Ok(n) => output.consume(n),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if would_block(&e) => return Ok(()),
+            Err(e) if interrupted(&e) => {}
             Err(e) => return Err(e),
         }
     }

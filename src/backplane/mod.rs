@@ -37,11 +37,11 @@ use mio::{Interest, Registry, Token};
 
 use crate::envelope::{self, Kind};
 use crate::metrics::BackplaneStats;
+pub use crate::nonblocking::READ_CHUNK;
 use crate::presence::{Landing, Member, Publish};
 use crate::redis::{self, Limits, RedisUrl, Reply};
 pub use ledger::Ledger;
 use link::Link;
-pub use link::READ_CHUNK;
 use outage::{Due, Liveness, Outages, Recovery, MAX_BACKOFF};
 use resolve::{Datagram, Lookup, ResolverConfig, Start, Step};
 

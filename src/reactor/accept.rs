@@ -113,6 +113,7 @@ impl Server {
             timer_at: None,
             awaiting_writable: false,
             dirty: false,
+            unread: false,
             half_closed: false,
             refused,
             batch_tail: 0,

@@ -11,7 +11,7 @@
 //! connection says so ([`Connection::is_held`]) and arms the instant it may go on as its
 //! deadline; [`Server::settle`] puts it back on the unread list when the hold ends.
 
-use std::io::ErrorKind;
+use std::io::{self, ErrorKind};
 use std::net::Shutdown;
 use std::time::Instant;
 
@@ -22,6 +22,7 @@ use mio::{Interest, Token};
 use super::Server;
 use crate::connection::{Connection, Context, Ending, Sink};
 use crate::http::{self, Response};
+use crate::nonblocking::READ_CHUNK;
 use crate::proxy::Peer;
 use crate::room_core::Who;
 use crate::timers::Timer;
@@ -36,10 +37,20 @@ const USE_HTTPS: Response = Response {
     part: http::Part::Whole,
 };
 
-/// One read buffer for all clients: idle clients hold no read buffer of their own.
-pub(super) const READ_CHUNK: usize = 64 * 1024;
-/// Bytes read from one client per turn before the others get theirs (fairness).
+/// What one client's reads may cost per turn before the others get theirs (fairness), in bytes:
+/// under TLS, the ciphertext and a charge per record (`transport::RECORD_COST`), so a client pays
+/// for every record it makes us decrypt.
 pub(super) const READ_BUDGET: usize = 256 * 1024;
+
+/// What a client's socket is owed (see [`Client::owed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owed {
+    /// Bytes: queued by the connection, or records held by TLS.
+    Bytes,
+    /// Nothing but our FIN: all is said and written.
+    Fin,
+    Nothing,
+}
 
 /// A socket and the state machine that speaks over it.
 pub(super) struct Client {
@@ -57,6 +68,8 @@ pub(super) struct Client {
     pub awaiting_writable: bool,
     /// Already in the list of clients to write at the end of this turn.
     pub dirty: bool,
+    /// Already in the list of clients to read without an event.
+    pub unread: bool,
     /// Our FIN is sent.
     pub half_closed: bool,
     /// Only here to be told 503.
@@ -74,7 +87,39 @@ pub(super) struct Client {
 impl Client {
     /// Bytes wait to be written: queued by the connection, or encrypted and held by TLS.
     pub fn has_output(&self) -> bool {
-        !self.conn.output().is_empty() || self.transport.wants_write()
+        !self.conn.output().is_empty() || self.transport.holds_output()
+    }
+
+    /// What the socket is owed: the one answer WRITABLE interest, the flush list and the FIN
+    /// follow. The FIN is owed only once no byte is (under TLS, rustls's records included), so
+    /// a finishing client with records a full socket refused waits for WRITABLE, not the list.
+    fn owed(&self) -> Owed {
+        if self.has_output() {
+            Owed::Bytes
+        } else if self.conn.should_half_close() && !self.half_closed {
+            Owed::Fin
+        } else {
+            Owed::Nothing
+        }
+    }
+
+    /// Writes what the connection queued, through the transport, until all is written or the
+    /// socket is full; returns the bytes the socket took. The connection decides what cannot
+    /// be said (an answer before a TLS handshake completed); the transport adds its goodbye
+    /// (TLS's close_notify, before our FIN) once the connection has said all.
+    fn flush(&mut self) -> io::Result<usize> {
+        if self.transport.is_handshaking() && !self.conn.output().is_empty() {
+            self.conn.cannot_answer();
+        }
+        let written = self
+            .transport
+            .deliver(&mut self.socket, self.conn.output().pending())?;
+        self.conn.sent(written.taken);
+        let mut wire = written.wire;
+        if self.conn.should_half_close() && self.transport.say_goodbye() {
+            wire += self.transport.flush(&mut self.socket)?;
+        }
+        Ok(wire)
     }
 
     /// Takes one batch of the room (called by the room's fan-out, once per member). When
@@ -88,7 +133,7 @@ impl Client {
         max_outbound: usize,
         bytes_written: &mut u64,
     ) -> Result<(), Ending> {
-        if !self.conn.output().is_empty() || self.transport.wants_write() {
+        if !self.conn.output().is_empty() || self.transport.holds_output() {
             if self.over_limit(frames.len(), max_outbound) {
                 return Err(Ending::SlowConsumer);
             }
@@ -96,11 +141,11 @@ impl Client {
             return Ok(());
         }
         match self.transport.deliver(&mut self.socket, frames) {
-            Ok((taken, written)) => {
-                *bytes_written += written as u64;
-                if taken < frames.len() {
-                    self.conn.queue(&frames[taken..]);
-                    self.batch_tail = frames.len() - taken;
+            Ok(written) => {
+                *bytes_written += written.wire as u64;
+                if written.taken < frames.len() {
+                    self.conn.queue(&frames[written.taken..]);
+                    self.batch_tail = frames.len() - written.taken;
                 }
                 Ok(())
             }
@@ -172,7 +217,7 @@ impl Server {
     pub(super) fn read(&mut self, key: usize, now: Instant) {
         loop {
             if self.batch_is_full(now) {
-                return self.unread.push(key);
+                return self.mark_unread(key);
             }
             let Some(client) = self.clients.get_mut(key) else {
                 return;
@@ -183,7 +228,7 @@ impl Server {
             let budget = client.read_budget(self.turns);
             if budget == 0 {
                 // Edge-triggered: no new event will come for bytes already waiting.
-                return self.unread.push(key);
+                return self.mark_unread(key);
             }
             let buf = &mut self.read_buf[..budget.min(READ_CHUNK)];
             let (who, room) = (client.who(key), &mut self.room);
@@ -198,14 +243,17 @@ impl Server {
                     client.conn.peer_closed(now, events);
                     false // EOF: nothing more will come, however long we keep the socket
                 }
-                Ok(Input::Data(n)) => {
-                    client.read_spent += n as u32; // at most READ_BUDGET a turn
-                    client.conn.receive(&mut buf[..n], &cx, events);
+                Ok(Input::Data { len, cost }) => {
+                    // What the read cost: plaintext bytes, or under TLS the ciphertext and a
+                    // charge per record. At most READ_BUDGET a turn, plus one read's overshoot.
+                    let cost = u32::try_from(cost).unwrap_or(u32::MAX);
+                    client.read_spent = client.read_spent.saturating_add(cost);
+                    client.conn.receive(&mut buf[..len], &cx, events);
                     true
                 }
                 Ok(Input::WouldBlock) => {
                     // A TLS handshake step may have left an answer to send.
-                    if client.transport.wants_write() {
+                    if client.transport.holds_output() {
                         self.settle(key);
                     }
                     return;
@@ -228,7 +276,21 @@ impl Server {
 
     pub(super) fn read_unread(&mut self, now: Instant) {
         for key in std::mem::take(&mut self.unread) {
+            if let Some(client) = self.clients.get_mut(key) {
+                client.unread = false;
+            }
             self.read(key, now);
+        }
+    }
+
+    /// Lists a client to be read without an event (edge-triggered: bytes already waiting bring
+    /// none), once: listed again each turn, a flooder would gain a slice a turn, without end.
+    fn mark_unread(&mut self, key: usize) {
+        if let Some(client) = self.clients.get_mut(key) {
+            if !client.unread {
+                client.unread = true;
+                self.unread.push(key);
+            }
         }
     }
 
@@ -259,7 +321,7 @@ impl Server {
         };
         let mut failed = None;
         if !client.conn.is_closed() {
-            match client.transport.flush(&mut client.socket, &mut client.conn) {
+            match client.flush() {
                 Ok(n) => {
                     self.room.metrics.bytes_written += n as u64;
                     client.sent();
@@ -282,7 +344,8 @@ impl Server {
     /// Asks for WRITABLE only while bytes wait, and sends our FIN once all is said.
     fn update_interest(&mut self, key: usize) -> Result<(), Ending> {
         let client = self.clients.get_mut(key).ok_or(Ending::PeerLeft)?;
-        let want_writable = client.has_output();
+        let owed = client.owed();
+        let want_writable = owed == Owed::Bytes;
         if want_writable != client.awaiting_writable {
             let interest = if want_writable {
                 Interest::READABLE | Interest::WRITABLE
@@ -296,7 +359,7 @@ impl Server {
             }
             client.awaiting_writable = want_writable;
         }
-        if client.conn.should_half_close() && !client.half_closed && !client.has_output() {
+        if owed == Owed::Fin {
             // Our FIN tells the peer we are done; closing only after theirs avoids a reset
             // that could destroy the answer still in flight.
             client.half_closed = true;
@@ -352,6 +415,9 @@ impl Server {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
+        if !client.has_output() {
+            client.conn.written_out(); // a finishing client whose peer is done is over
+        }
         // Closed first: an aborted connection keeps its unsent bytes until it is reaped.
         if client.conn.is_closed() {
             return self.closed.push(key);
@@ -361,12 +427,16 @@ impl Server {
         if client.awaiting_writable && client.over_limit(0, self.config.max_outbound) {
             return self.ending.push((key, Ending::SlowConsumer));
         }
-        if client.conn.resumed() {
+        if client.conn.resumed() && !client.unread {
+            client.unread = true;
             self.unread.push(key);
         }
-        let has_bytes = !client.awaiting_writable && client.has_output();
-        let owes_fin = client.conn.should_half_close() && !client.half_closed;
-        if !client.dirty && (has_bytes || owes_fin) {
+        let must_write = match client.owed() {
+            Owed::Bytes => !client.awaiting_writable, // else WRITABLE brings it back
+            Owed::Fin => true,
+            Owed::Nothing => false,
+        };
+        if !client.dirty && must_write {
             client.dirty = true;
             self.dirty.push(key);
         }

@@ -35,6 +35,8 @@ mod client;
 mod cluster;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;
 
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
@@ -53,11 +55,12 @@ use crate::backplane::{self, Backplane};
 use crate::config::Config;
 use crate::connection::{Ending, Phase};
 use crate::metrics::Gauges;
+use crate::nonblocking::READ_CHUNK;
 use crate::room_core::RoomCore;
 use crate::timers::Timers;
 use crate::transport;
 use accept::AcceptPause;
-use client::{Client, READ_CHUNK};
+use client::Client;
 
 /// Clients use their slab keys as tokens, counting up from 0; the fixed tokens sit at the top.
 const LISTENER: Token = Token(usize::MAX);

@@ -1,0 +1,89 @@
+//! TLS on the client's side, for the Redis backplane's `rediss://` links and `mio-chat-load`'s
+//! `wss://` clients: rustls's buffered `ClientConnection` under a non-blocking socket, driven
+//! like the server's (and through the same ciphertext write). Plaintext is taken only once the
+//! handshake is done; until then the caller keeps it.
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use mio::net::TcpStream;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+use super::{write_records, TLS_CHUNK};
+use crate::nonblocking::would_block;
+
+/// One client TLS session (boxed: a `ClientConnection` is over a kilobyte).
+pub struct ClientTls(Box<ClientConnection>);
+
+impl ClientTls {
+    pub fn new(config: &Arc<ClientConfig>, name: ServerName<'static>) -> io::Result<ClientTls> {
+        let conn = ClientConnection::new(Arc::clone(config), name).map_err(io::Error::other)?;
+        Ok(ClientTls(Box::new(conn)))
+    }
+
+    /// Ciphertext waits for the socket.
+    pub fn wants_write(&self) -> bool {
+        self.0.wants_write()
+    }
+
+    pub fn is_handshaking(&self) -> bool {
+        self.0.is_handshaking()
+    }
+
+    /// Like `socket.read`: plaintext into `buf`, `Ok(0)` at the end (EOF or close_notify),
+    /// `WouldBlock` when nothing more has come. Handshake answers are written at once.
+    pub fn read(&mut self, socket: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.0.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if would_block(&e) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            self.0.read_tls(socket)?; // WouldBlock ends the read; EOF shows on the next pass
+            self.0
+                .process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            write_records(&mut self.0, socket, &mut 0)?;
+        }
+    }
+
+    /// Encrypts `plaintext` (once the handshake is done) and writes; returns how much of it was
+    /// taken: 0 while handshaking or when the socket is full.
+    pub fn write(&mut self, socket: &mut TcpStream, plaintext: &[u8]) -> io::Result<usize> {
+        let mut taken = 0;
+        while write_records(&mut self.0, socket, &mut 0)?
+            && !self.0.is_handshaking()
+            && taken < plaintext.len()
+        {
+            let end = plaintext.len().min(taken + TLS_CHUNK);
+            taken += self.0.writer().write(&plaintext[taken..end])?;
+        }
+        Ok(taken)
+    }
+}
+
+/// Client TLS settings that trust the CA certificates (PEM) in `ca`; `flag` names the option
+/// in errors (`--redis-ca`, `--ca`).
+pub fn client_config(ca: &Path, flag: &str) -> Result<Arc<ClientConfig>, String> {
+    let fail = |e: &dyn std::fmt::Display| format!("{flag} {}: {e}", ca.display());
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| fail(&e))? {
+        roots
+            .add(cert.map_err(|e| fail(&e))?)
+            .map_err(|e| fail(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(fail(&"no certificate"));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS settings: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
