@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use mio_chat::frame::OpCode;
 use serde_json::Value;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_mio-chat");
@@ -138,21 +139,10 @@ impl Flooder {
 /// A text frame of `size` bytes (a foreign stamp, then `f`), masked with a zero key (the payload
 /// stays as it is).
 fn masked_text(size: usize) -> Vec<u8> {
-    let mut frame = vec![0x81];
-    match size {
-        0..=125 => frame.push(0x80 | size as u8),
-        126..=65535 => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(size as u16).to_be_bytes());
-        }
-        _ => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(size as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&[0; 4]);
-    frame.extend_from_slice(FOREIGN_STAMP);
-    frame.resize(frame.len() + size.saturating_sub(FOREIGN_STAMP.len()), b'f');
+    let mut text = FOREIGN_STAMP.to_vec();
+    text.resize(size.max(FOREIGN_STAMP.len()), b'f');
+    let mut frame = Vec::new();
+    mio_chat::frame::push_client_frame(&mut frame, OpCode::Text, &text, [0; 4]);
     frame
 }
 

@@ -26,17 +26,13 @@ const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost:8080\r\nUpgrade: we
 
 /// A masked client text frame, as a browser sends it.
 fn client_frame(payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xFA, 0x21, 0x3D];
-    let mut out = vec![0x81];
-    match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
-        n => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut out = Vec::new();
+    frame::push_client_frame(
+        &mut out,
+        frame::OpCode::Text,
+        payload,
+        [0x37, 0xFA, 0x21, 0x3D],
+    );
     out
 }
 

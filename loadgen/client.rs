@@ -19,7 +19,8 @@ use crate::chat::{body_of, envelope_inner, Notice};
 use crate::handshake::{self, HandshakeError, Request};
 use crate::target::Target;
 use crate::tls::Session;
-use crate::wire::{push_masked, Fixed, Inbox, Incoming, Masks, WireError};
+use crate::wire::{Fixed, Inbox, Incoming, Masks, WireError};
+use mio_chat::frame::push_client_frame;
 
 /// The largest message accepted from the server; the chat's own limit is 64 KiB of text,
 /// which JSON escaping can at most sextuple.
@@ -246,7 +247,7 @@ impl Client {
                 },
                 Incoming::Binary(len) => on(Event::Binary(len)),
                 Incoming::Ping(payload) => {
-                    push_masked(out, OpCode::Pong, payload, masks.next_mask());
+                    push_client_frame(out, OpCode::Pong, payload, masks.next_mask());
                 }
                 Incoming::Pong => {}
                 Incoming::Close(code) if *phase == Phase::Closing => {
@@ -257,7 +258,7 @@ impl Client {
                 }
                 Incoming::Close(code) => {
                     // Answer, as the protocol asks, but the run has lost this client.
-                    push_masked(out, OpCode::Close, &[], masks.next_mask());
+                    push_client_frame(out, OpCode::Close, &[], masks.next_mask());
                     outcome = Err(Some(Failure::ServerClosed(code)));
                 }
             }
@@ -275,7 +276,7 @@ impl Client {
     }
 
     pub fn send_text(&mut self, text: &str, masks: &mut Masks) {
-        push_masked(
+        push_client_frame(
             &mut self.out,
             OpCode::Text,
             text.as_bytes(),
@@ -285,7 +286,7 @@ impl Client {
 
     /// Starts the closing handshake (code 1000, normal closure).
     pub fn close(&mut self, masks: &mut Masks) {
-        push_masked(
+        push_client_frame(
             &mut self.out,
             OpCode::Close,
             &1000u16.to_be_bytes(),

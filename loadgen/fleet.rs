@@ -32,8 +32,6 @@ use crate::faults::{quote, Fault, Faults};
 use crate::target::{self, Route};
 use crate::wire::{Fixed, Masks};
 
-/// One read buffer for all clients, as in the server.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// What a scenario hears from the fleet. Keys are slab keys; a key is reused only after
 /// [`Observer::gone`] (or a failed dial) freed it.
@@ -128,7 +126,7 @@ impl Fleet {
             poll: Poll::new()?,
             events: Events::with_capacity(1024),
             clients: Slab::new(),
-            read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            read_buf: vec![0; mio_chat::nonblocking::READ_CHUNK].into_boxed_slice(),
             routes,
             max_inflight: max_inflight.max(1),
             to_dial: 0,

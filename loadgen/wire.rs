@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-use mio_chat::frame::{self, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+use mio_chat::frame::{OpCode, MAX_CONTROL_PAYLOAD};
 
 /// A decoded server frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,19 +315,6 @@ fn deliver(opcode: OpCode, data: &[u8], on: &mut dyn FnMut(Incoming)) -> Result<
     Ok(())
 }
 
-/// Appends one final, masked client frame to `out` (§5.3: every client frame is masked).
-pub fn push_masked(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], mask: [u8; 4]) {
-    let mut header = [0; MAX_HEADER_LEN];
-    let n = frame::write_header(opcode, payload.len(), &mut header);
-    header[1] |= 0x80; // the MASK bit
-    out.extend_from_slice(&header[..n]);
-    out.extend_from_slice(&mask);
-    let start = out.len();
-    out.extend_from_slice(payload);
-    // Masking is an XOR, so the server's unmasking routine masks as well.
-    frame::unmask(&mut out[start..], mask);
-}
-
 /// Masking keys. RFC 6455 wants them unpredictable to stop cache poisoning through proxies
 /// that do not speak WebSocket; a load generator on loopback only needs them to vary, so a
 /// xorshift generator, seeded from the clock, does.
@@ -352,6 +339,7 @@ impl Masks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mio_chat::frame;
     use mio_chat::message::push_chat_frame;
 
     /// Everything `Inbox` reports, owned, for comparing runs.
@@ -576,7 +564,7 @@ mod tests {
         for len in [0, 5, 125, 126, 70_000] {
             let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let mut out = Vec::new();
-            push_masked(&mut out, OpCode::Text, &payload, masks.next_mask());
+            frame::push_client_frame(&mut out, OpCode::Text, &payload, masks.next_mask());
             let head = frame::parse_header(&out, 1 << 20).unwrap().unwrap();
             assert_eq!(
                 (head.opcode, head.fin, head.frame_len()),

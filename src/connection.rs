@@ -664,11 +664,8 @@ mod tests {
         Sec-WebSocket-Version: 13\r\n\r\n";
 
     fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-        assert!(payload.len() < 126);
-        let mask = [9, 8, 7, 6];
-        let mut out = vec![first, 0x80 | payload.len() as u8];
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let mut out = Vec::new();
+        frame::push_masked(&mut out, first, payload, [9, 8, 7, 6]);
         out
     }
 

@@ -168,6 +168,27 @@ pub fn push_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Appends one final client frame of `opcode` to `out`, masked with `mask` (RFC 6455 §5.3:
+/// every client frame is masked). The server never sends one; the load generator does.
+pub fn push_client_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], mask: [u8; 4]) {
+    push_masked(out, 0x80 | opcode as u8, payload, mask);
+}
+
+/// Appends one masked client frame whose first byte (FIN, RSV bits, opcode) is `first`, as
+/// given: the one encoder of client frames for the generator, the benchmarks and the tests,
+/// which also write broken ones (a reserved opcode, an RSV bit, a lone continuation).
+pub fn push_masked(out: &mut Vec<u8>, first: u8, payload: &[u8], mask: [u8; 4]) {
+    let mut header = [0; MAX_HEADER_LEN];
+    let n = write_header(OpCode::Text, payload.len(), &mut header);
+    header[0] = first;
+    header[1] |= 0x80; // the MASK bit
+    out.extend_from_slice(&header[..n]);
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    unmask(&mut out[start..], mask); // masking is the same XOR
+}
+
 /// Appends a Close frame carrying `code` and a short human-readable `reason`.
 pub fn push_close(out: &mut Vec<u8>, code: u16, reason: &str) {
     let reason = &reason.as_bytes()[..reason.len().min(MAX_CONTROL_PAYLOAD - 2)];

@@ -10,6 +10,7 @@ use mio::{Events, Token};
 use super::Server;
 use crate::budget::FairShare;
 use crate::config::Config;
+use crate::frame::OpCode;
 use crate::message::{Message, JOINED};
 
 /// How long a test waits for the server before it fails (a guard, not a synchronisation).
@@ -53,18 +54,8 @@ fn wait_readable(server: &mut Server, key: usize) {
 
 /// A masked client text frame.
 fn text_frame(text: &str) -> Vec<u8> {
-    let payload = text.as_bytes();
-    let mask = [7, 1, 9, 3];
-    let mut out = vec![0x81];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut out = Vec::new();
+    crate::frame::push_client_frame(&mut out, OpCode::Text, text.as_bytes(), [7, 1, 9, 3]);
     out
 }
 

@@ -63,16 +63,8 @@ fn turn(server: &mut Server, events: &mut Events) {
 
 /// A client's frame, masked with a zero key (the payload stays as it is).
 fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![first];
-    match payload.len() {
-        n if n < 126 => frame.push(0x80 | n as u8),
-        n => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&[0; 4]);
-    frame.extend_from_slice(payload);
+    let mut frame = Vec::new();
+    crate::frame::push_masked(&mut frame, first, payload, [0; 4]);
     frame
 }
 

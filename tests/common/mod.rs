@@ -687,7 +687,16 @@ impl Frame {
         self
     }
 
+    /// The frame's bytes: a well-formed frame through the library's one client-frame encoder
+    /// (`mio_chat::frame::push_masked`); an unmasked one, or one whose header lies about its
+    /// length, by hand.
     pub fn encode(&self) -> Vec<u8> {
+        let first = ((self.fin as u8) << 7) | (self.rsv << 4) | (self.opcode & 0x0f);
+        if let (Some(key), None) = (self.mask, self.declared_len) {
+            let mut out = Vec::new();
+            mio_chat::frame::push_masked(&mut out, first, &self.payload, key);
+            return out;
+        }
         let mut out = Vec::with_capacity(self.payload.len() + 14);
         out.push(((self.fin as u8) << 7) | (self.rsv << 4) | (self.opcode & 0x0f));
         let mask_bit = if self.mask.is_some() { 0x80 } else { 0 };
