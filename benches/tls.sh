@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The TLS figures of the README (issue 12), measured over loopback on this machine:
+# The TLS figures of docs/performance.md, measured over loopback on this machine:
 #   1. idle memory per connection at N (10,000) open connections: mio-chat over ws://, mio-chat
 #      over wss:// (buffered rustls), and the idiomatic peer (benches/peers/tokio-tls: tokio +
 #      tokio-rustls + tokio-tungstenite) over wss://, each in the same run;

@@ -8,13 +8,21 @@
 //! and chains of calls that answer the questions a first reader asks. `tests/readme_tour.rs`
 //! checks every chain against this code. Its entry point here is [`reactor`] ([`Server::run`]).
 //!
+//! **Three layers:** the loop ([`reactor`]: the poll, the clients' slab, the work lists, every
+//! socket), the room without I/O ([`room_core`]: events in, the turn's batch out), and one client
+//! as a state machine over bytes ([`connection`]). Between a socket and its connection sits the
+//! [`transport`] (plaintext or TLS).
+//!
 //! **Where the I/O is:** the sockets are read and written in [`reactor`] (the listener, client
-//! sockets, signals), [`transport`] (client bytes, plaintext or through rustls) and
-//! [`backplane`] (the Redis sockets, and resolving Redis's name). [`transport::server_config`]
-//! reads the certificate files. The other modules are logic over bytes and values, testable
-//! without a socket: [`connection`] (one client as a state machine), [`http`], [`frame`],
-//! [`presence`], [`room`], [`message`], [`pacing`], [`queue`], [`timers`], [`budget`],
-//! [`config`], [`metrics`], [`proxy`], [`redis`] and [`envelope`]. [`logging`] writes to stderr.
+//! sockets, signals), [`transport`] (client bytes, plaintext or through rustls; its [`client`
+//! side](transport::client) for `rediss://`) and [`backplane`] (the Redis sockets, and resolving
+//! Redis's name). [`transport::server_config`] reads the certificate files; [`metrics`] reads
+//! `/proc/self` at a scrape and the certificate's expiry when it is loaded; [`logging`] writes to
+//! stderr. The other modules are logic over bytes and values, testable without a socket:
+//! [`room_core`], [`connection`], [`http`], [`frame`], [`presence`], [`room`], [`message`],
+//! [`pacing`], [`queue`], [`timers`], [`budget`], [`config`], [`proxy`], [`redis`] (the RESP
+//! codec; the URL and TLS settings in [`redis::url`]), [`envelope`] and [`nonblocking`] (what
+//! every non-blocking read and write shares).
 
 pub mod backplane;
 pub mod budget;

@@ -19,11 +19,11 @@
 //!   is owed to the socket like the connection's queue: [`Transport::holds_output`] says so, and
 //!   the loop's one "has output" predicate includes it.
 //!
-//! What TLS costs an idle client (measured in the README, section TLS): the `ServerConnection`
-//! itself, its traffic keys, and rustls's 4 KiB receive buffer, which rustls keeps once a record
-//! has been read. Outbound ciphertext is bounded to one record's worth per client: plaintext
-//! waits in the connection's own queue (where `--max-outbound` counts it) and is encrypted only
-//! when the socket has taken everything encrypted before it.
+//! What TLS costs an idle client (measured in `docs/performance.md`, section TLS): the
+//! `ServerConnection` itself, its traffic keys, and rustls's 4 KiB receive buffer, which rustls
+//! keeps once a record has been read. Outbound ciphertext is bounded to one record's worth per
+//! client: plaintext waits in the connection's own queue (where `--max-outbound` counts it) and
+//! is encrypted only when the socket has taken everything encrypted before it.
 
 pub mod client;
 

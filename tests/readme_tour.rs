@@ -46,15 +46,39 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The type an `impl` line is for: `impl<'a> Trait for Type<'a> {` gives `Type`.
+/// The type an `impl` line is for: `impl<'a> Trait for Type<'a> {` gives `Type`, and
+/// `impl<R: Relay> Core<R> {` gives `Core` (the impl's own generics and their bounds are skipped).
 fn impl_type(line: &str) -> Option<String> {
-    let rest = line.strip_prefix("impl")?;
+    let rest = skip_generics(line.strip_prefix("impl")?);
     let rest = rest.split(" for ").last()?;
     let name = rest
         .trim_start_matches(|c: char| c == '<' || c == '>' || c == '\'' || c.is_whitespace())
         .split(|c: char| !(c.is_alphanumeric() || c == '_'))
         .find(|word| word.chars().next().is_some_and(char::is_uppercase))?;
     Some(name.to_string())
+}
+
+/// What follows a leading `<...>` (nested brackets counted; the `>` of `->` is no bracket).
+fn skip_generics(text: &str) -> &str {
+    if !text.starts_with('<') {
+        return text;
+    }
+    let mut depth = 0;
+    let mut previous = ' ';
+    for (at, c) in text.char_indices() {
+        match c {
+            '<' => depth += 1,
+            '>' if previous != '-' => {
+                depth -= 1;
+                if depth == 0 {
+                    return &text[at + 1..];
+                }
+            }
+            _ => {}
+        }
+        previous = c;
+    }
+    text
 }
 
 /// The name of the function a line defines, if it does.
@@ -220,6 +244,14 @@ fn the_index_sees_what_it_should_and_not_what_it_should_not() {
     assert_eq!(
         impl_type("impl Default for Config {"),
         Some("Config".into())
+    );
+    assert_eq!(
+        impl_type("impl<R: Relay> RoomCore<R> {"),
+        Some("RoomCore".into())
+    );
+    assert_eq!(
+        impl_type("impl<S: Read> Read for Counted<'_, S> {"),
+        Some("Counted".into())
     );
 }
 

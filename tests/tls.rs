@@ -394,7 +394,7 @@ fn the_expiry_gauge_follows_the_certificate_in_use() {
 fn a_wss_client_pays_for_every_record_it_makes_the_server_decrypt() {
     const PONGS_PER_MARKER: usize = 20;
     const MARKERS: u64 = 3_000; // 381 K records, 8.8 MB: over seventy turns at the bound
-    const BOUND_PER_TURN: u64 = 100; // two slices (and what one read takes past each), and more
+    const BOUND_PER_TURN: u64 = 100; // one budget (and what one read takes past it), and more
     let pki = Pki::new("records");
     let server = pki.start(&["--client-rate", "0"]);
 

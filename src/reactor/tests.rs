@@ -155,8 +155,8 @@ fn chat_read_in_the_turn_of_a_shutdown_reaches_the_room() {
 }
 
 /// A client is read at most one budget's worth a turn, however many times the turn comes back
-/// to it (its readiness event, then the list of clients with bytes left over): README's "256 KiB
-/// per client per turn".
+/// to it (its readiness event, then the list of clients with bytes left over): the "one budget of
+/// 256 KiB per client per turn" of `docs/security.md`.
 #[test]
 fn a_client_is_read_one_budget_a_turn() {
     let mut server = server(Config {

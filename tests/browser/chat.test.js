@@ -223,7 +223,7 @@ test('the list follows new messages, unless the reader has scrolled up', (t) => 
   assert.ok(await distanceFromBottom() <= 1, 'scrolled to the newest message again');
 }));
 
-// Issue 5's "Done when": a new user follows the README to run two processes with Redis and chats
+// A new user follows docs/cluster.md to run two processes with Redis and chats
 // across them in two browser tabs. Here each process listens on a port of its own, so tab A is
 // certainly on one process and tab B on the other: every notice and message between them has gone
 // through Redis.
@@ -236,8 +236,8 @@ test('tabs on two processes joined through Redis chat as one room', (t) => withC
   await chatAcross(await cluster.open(one), () => cluster.open(two));
 }));
 
-// The README's own setup: both processes on one port with --reuse-port. The kernel picks a process
-// for each connection (by a hash of its addresses and ports), so these two tabs may or may not
+// docs/cluster.md's own setup: both processes on one port with --reuse-port. The kernel picks a
+// process for each connection (by a hash of its addresses and ports), so these two tabs may or may not
 // share one, and the test cannot tell; the test above is the one that proves the path between
 // processes. This one proves that the shared port serves the page and its WebSocket and that the
 // tabs are one room, however the connections fell.
@@ -282,7 +282,8 @@ async function health(server) {
   return response.text();
 }
 
-// The README's picture: both pages side by side, composed by a third page from their screenshots.
+// The picture docs/two-tabs.png: both pages side by side, composed by a third page from their
+// screenshots.
 async function writeSideBySide(a, b, file) {
   const [left, right] = await Promise.all([a.screenshot(), b.screenshot()]);
   const page = await browser.newPage({ viewport: { width: 992, height: 376 } });

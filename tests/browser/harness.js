@@ -39,7 +39,7 @@ function launchBrowser(extraArgs = []) {
 }
 
 // A self-signed ECDSA certificate for localhost and 127.0.0.1, made with the system's openssl
-// (the same command as the README's TLS section) in `dir`; returns the two file paths.
+// (the same command as docs/tls.md's) in `dir`; returns the two file paths.
 function makeCert(dir) {
   const cert = path.join(dir, 'cert.pem');
   const key = path.join(dir, 'key.pem');
