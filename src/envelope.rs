@@ -14,6 +14,11 @@
 //! which order it sent them. `member` names the client the event is about, by its connection id
 //! in that process (never reused while it lives): with `node`, who said it or came or went, for
 //! the protocol's version 2. An envelope without it (an older process) reads as member 0.
+//!
+//! Besides the clients' events (`join`, `leave`, `message`), processes keep their membership
+//! true through Redis: `beat` (alive), `gone` (a verdict on a silent process, named in `body`),
+//! `hello` (back after a cut), `rejoin` (a member announced again) and `roster` (that was all of
+//! them); see `presence.rs`.
 
 use std::borrow::Cow;
 use std::hash::{BuildHasher, Hasher};
@@ -33,6 +38,17 @@ pub enum Kind {
     Leave,
     /// A client said something; `body` is the text.
     Message,
+    /// A client already here, announced again by a process that came back (see
+    /// `presence.rs`): shown only where its join is not shown already.
+    Rejoin,
+    /// The process is alive (every second while its link is up); `member` is 0.
+    Beat,
+    /// The verdict that the process named in `body` is gone (silent past `--node-timeout`).
+    Gone,
+    /// The process came back after a cut: the others re-announce their members.
+    Hello,
+    /// The process has re-announced all of its members (after its `rejoin`s).
+    Roster,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

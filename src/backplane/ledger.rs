@@ -25,6 +25,8 @@ use crate::message::MemberId;
 use crate::metrics::BackplaneStats;
 use crate::presence::{Landing, Member};
 
+use super::peers::Peers;
+
 /// One of our envelopes on its way through Redis.
 #[derive(Debug)]
 struct Pending {
@@ -39,7 +41,7 @@ struct Pending {
 
 impl Pending {
     /// How it lands here: `through_redis` if Redis handed it back, else by the backplane itself.
-    fn landing<'a>(&'a self, node: &'a str, through_redis: bool) -> Landing<'a> {
+    fn landing<'a>(&'a self, node: &'a str, through_redis: bool) -> Option<Landing<'a>> {
         let who = MemberId {
             node,
             id: self.member.1,
@@ -49,22 +51,33 @@ impl Pending {
     }
 }
 
+/// What an envelope means for the room; `None` for a heartbeat. A verdict or a `hello` that
+/// never went through Redis means nothing: the others never heard it.
 fn landing<'a>(
     kind: Kind,
     local: Option<Member>,
     who: MemberId<'a>,
     body: &'a str,
     through_redis: bool,
-) -> Landing<'a> {
-    match kind {
+) -> Option<Landing<'a>> {
+    Some(match kind {
         Kind::Join => Landing::Join {
             local,
             who,
             through_redis,
         },
+        Kind::Rejoin => Landing::Join {
+            local: None,
+            who,
+            through_redis,
+        },
         Kind::Leave => Landing::Leave { who },
         Kind::Message => Landing::Message { from: who, body },
-    }
+        Kind::Gone if through_redis => Landing::Gone { node: body },
+        Kind::Hello if through_redis => Landing::Hello { node: who.node },
+        Kind::Roster if through_redis => Landing::Roster { node: who.node },
+        Kind::Beat | Kind::Gone | Kind::Hello | Kind::Roster => return None,
+    })
 }
 
 /// What a pending envelope costs beyond its body, for [`Ledger::pending_bytes`].
@@ -84,6 +97,8 @@ pub struct Ledger {
     /// The last envelope's JSON (reused).
     scratch: Vec<u8>,
     stats: BackplaneStats,
+    /// The other processes heard through Redis, and when.
+    pub peers: Peers,
 }
 
 impl Ledger {
@@ -98,6 +113,7 @@ impl Ledger {
             max_body,
             scratch: Vec::new(),
             stats: BackplaneStats::default(),
+            peers: Peers::new(crate::config::DEFAULT_NODE_TIMEOUT),
         }
     }
 
@@ -156,17 +172,23 @@ impl Ledger {
     pub fn land_pending(&mut self, land: &mut dyn FnMut(Landing)) {
         self.pending_bytes = 0;
         for pending in self.pending.drain(..) {
-            land(pending.landing(&self.node, false));
+            if let Some(landing) = pending.landing(&self.node, false) {
+                land(landing);
+            }
         }
     }
 
     /// One message from the channel.
-    pub fn receive(&mut self, payload: &[u8], land: &mut dyn FnMut(Landing)) {
+    pub fn receive(&mut self, payload: &[u8], now: Instant, land: &mut dyn FnMut(Landing)) {
         let envelope = match Envelope::parse(payload) {
             Ok(envelope) => envelope,
             Err(unusable) => return self.skip(unusable),
         };
         if envelope.node != self.node {
+            self.peers.heard(&envelope.node, now);
+            if envelope.kind == Kind::Gone {
+                self.peers.forget(&envelope.body); // judged: nobody else need judge it again
+            }
             if envelope.body.len() > self.max_body {
                 return self.skip(Unusable::TooLarge(envelope.body.len()));
             }
@@ -175,7 +197,10 @@ impl Ledger {
                 node: &envelope.node,
                 id: envelope.member,
             };
-            return land(landing(envelope.kind, None, who, &envelope.body, true));
+            if let Some(landing) = landing(envelope.kind, None, who, &envelope.body, true) {
+                land(landing);
+            }
+            return;
         }
         // Ours, back from Redis: everything before it in `pending` went out before it, so
         // anything older still there was lost on the way (it lands now, so nobody here misses it).
@@ -188,14 +213,20 @@ impl Ledger {
             };
             self.pending_bytes -= PENDING_OVERHEAD + pending.body.len();
             self.stats.received += 1;
-            if pending.seq == envelope.seq {
-                return land(pending.landing(&self.node, true));
+            let through_redis = pending.seq == envelope.seq;
+            if pending.kind == Kind::Gone && through_redis {
+                self.peers.forget(&pending.body);
+            }
+            if let Some(landing) = pending.landing(&self.node, through_redis) {
+                land(landing);
+            }
+            if through_redis {
+                return;
             }
             debug!(
                 "redis: envelope {} never came back; delivered locally",
                 pending.seq
             );
-            land(pending.landing(&self.node, false));
         }
     }
 
@@ -243,6 +274,10 @@ mod tests {
             } => format!("join {}.{}", who.node, who.id),
             Landing::Leave { who } => format!("leave {}.{}", who.node, who.id),
             Landing::Message { from, body } => format!("say {body} from {}.{}", from.node, from.id),
+            Landing::Gone { node } => format!("gone {node}"),
+            Landing::Hello { node } => format!("hello {node}"),
+            Landing::Roster { node } => format!("roster {node}"),
+            Landing::Back => "back".into(),
         }
     }
 
@@ -263,7 +298,7 @@ mod tests {
 
     fn receive(l: &mut Ledger, payload: &[u8]) -> Vec<String> {
         let mut got = Vec::new();
-        l.receive(payload, &mut |x| got.push(landed(x)));
+        l.receive(payload, Instant::now(), &mut |x| got.push(landed(x)));
         got
     }
 

@@ -25,6 +25,7 @@
 mod ledger;
 mod link;
 pub mod outage;
+pub mod peers;
 pub mod resolve;
 
 use std::io::ErrorKind;
@@ -75,6 +76,8 @@ pub struct Settings {
     pub max_message_size: usize,
     /// `--redis-timeout`: how long our envelopes, and answers to PING, may take to come back.
     pub timeout: Duration,
+    /// `--node-timeout`: how long another process may be silent before it is declared gone.
+    pub node_timeout: Duration,
 }
 
 /// Both Redis links and what travels over them.
@@ -107,6 +110,10 @@ pub struct Backplane {
     publisher_budget: usize,
     /// The PUBLISH command around each envelope (reused).
     command: Vec<u8>,
+    /// When this process next says it is alive (while up).
+    next_beat: Instant,
+    /// Verdicts this process published (other processes silent past `--node-timeout`).
+    verdicts: u64,
 }
 
 impl Backplane {
@@ -128,7 +135,11 @@ impl Backplane {
             channel,
             subscriber: Link::new(tokens.0, Limits::for_payloads(max_payload)),
             publisher: Link::new(tokens.1, Limits::COMMAND_REPLIES),
-            ledger: Ledger::new(envelope::new_node_id(), settings.max_message_size),
+            ledger: {
+                let mut ledger = Ledger::new(envelope::new_node_id(), settings.max_message_size);
+                ledger.peers = peers::Peers::new(settings.node_timeout);
+                ledger
+            },
             outages: Outages::default(),
             addr: None,
             resolver: ResolverConfig::from_env(),
@@ -140,7 +151,19 @@ impl Backplane {
             publisher_unread: false,
             publisher_budget: PUBLISHER_READ_BUDGET,
             command: Vec::new(),
+            next_beat: Instant::now(),
+            verdicts: 0,
         }
+    }
+
+    /// Other processes heard through Redis and not declared gone.
+    pub fn peers(&self) -> usize {
+        self.ledger.peers.len()
+    }
+
+    /// Verdicts this process published.
+    pub fn verdicts(&self) -> u64 {
+        self.verdicts
     }
 
     pub fn is_up(&self) -> bool {
@@ -170,7 +193,11 @@ impl Backplane {
             return Some(lookup.deadline());
         }
         match self.is_up() {
-            true => Some(self.liveness.next_deadline(self.ledger.oldest_pending())),
+            true => {
+                let redis = self.liveness.next_deadline(self.ledger.oldest_pending());
+                let peers = self.ledger.peers.next_deadline().unwrap_or(redis);
+                Some(redis.min(peers).min(self.next_beat))
+            }
             false => self.outages.next_deadline(),
         }
     }
@@ -398,6 +425,7 @@ impl Backplane {
         land: &mut dyn FnMut(Landing),
     ) {
         if self.is_up() {
+            self.beat_and_judge(now);
             return self.check_alive(registry, now, land);
         }
         if let Some((lookup, _)) = self.lookup.as_mut() {
@@ -435,7 +463,7 @@ impl Backplane {
         if let Err(why) = self.handle(token, readable, writable, registry) {
             self.fail(why, registry, now, land);
         }
-        self.check_up(now);
+        self.check_up(now, land);
     }
 
     fn handle(
@@ -512,7 +540,7 @@ impl Backplane {
         if let Err(why) = read.and_then(|()| self.read_chunk(land, now)) {
             self.fail(why, registry, now, land);
         }
-        self.check_up(now);
+        self.check_up(now, land);
     }
 
     fn read_chunk(&mut self, land: &mut dyn FnMut(Landing), now: Instant) -> Result<(), Failure> {
@@ -565,7 +593,8 @@ impl Backplane {
         match reply {
             Reply::Message { payload, .. } => {
                 let payload = at + payload.start..at + payload.end;
-                self.ledger.receive(&self.subscriber.input[payload], land);
+                self.ledger
+                    .receive(&self.subscriber.input[payload], now, land);
             }
             Reply::Subscribed { channel } if channel == self.channel.as_bytes() => {
                 self.subscriber.subscribed = true;
@@ -585,6 +614,20 @@ impl Backplane {
             other => return Err(format!("subscriber: unexpected reply {other:?}")),
         }
         Ok(())
+    }
+
+    /// While up: says this process is alive when its beat is due, and declares gone each other
+    /// process silent past `--node-timeout` (never while down: then the silence is ours).
+    fn beat_and_judge(&mut self, now: Instant) {
+        if now >= self.next_beat {
+            self.next_beat = now + peers::BEAT_INTERVAL;
+            self.publish(Kind::Beat, "", (0, 0));
+        }
+        while let Some(node) = self.ledger.peers.take_silent(now) {
+            warn!("cluster: process {node} silent past --node-timeout; declaring it gone");
+            self.verdicts += 1;
+            self.publish(Kind::Gone, &node, (0, 0));
+        }
     }
 
     /// While up: fails the links if Redis stopped answering, and probes a quiet subscription.
@@ -656,20 +699,30 @@ impl Backplane {
     }
 
     /// Both links ready (subscribed; publisher connected and its AUTH/SELECT answered): up.
-    fn check_up(&mut self, now: Instant) {
+    fn check_up(&mut self, now: Instant, land: &mut dyn FnMut(Landing)) {
         let publisher_ready = self.publisher.connected && self.publisher.preamble_replies == 0;
         if self.is_up() || !self.subscriber.subscribed || !publisher_ready {
             return;
         }
         self.liveness.reset(now);
+        self.ledger.peers.grace(now); // their silence was ours
+        self.next_beat = now;
         match self.outages.up(now) {
-            Recovery::First => info!(
-                "redis: subscribed to {:?}; the room spans every process",
-                self.channel
-            ),
+            Recovery::First => {
+                info!(
+                    "redis: subscribed to {:?}; the room spans every process",
+                    self.channel
+                );
+                // Clients that joined before Redis was there are announced to the others now.
+                return land(Landing::Back);
+            }
             Recovery::Back => info!("redis: back; the room spans every process again"),
             Recovery::Again => debug!("redis: back again, within the same outage"),
         }
+        // Whatever the others did meanwhile is unknown here: ask them to re-announce, and
+        // re-announce ours (the room core does, as this lands).
+        self.publish(Kind::Hello, "", (0, 0));
+        land(Landing::Back);
     }
 }
 
@@ -689,6 +742,7 @@ mod tests {
             max_unsent,
             max_message_size: 1 << 16,
             timeout: Duration::from_secs(2),
+            node_timeout: Duration::from_secs(5),
         };
         Backplane::new(url, "room".into(), (Token(1), Token(2), Token(3)), settings)
     }

@@ -146,6 +146,7 @@ impl Server {
                 max_unsent: config.redis_max_unsent,
                 max_message_size: config.max_message_size,
                 timeout: config.redis_timeout,
+                node_timeout: config.node_timeout,
             };
             let tokens = (REDIS_SUBSCRIBER, REDIS_PUBLISHER, REDIS_RESOLVER);
             Backplane::new(url, config.redis_channel.clone(), tokens, settings)
