@@ -40,10 +40,10 @@
 //! `tests/presence_properties.rs` checks the invariant over random interleavings with a fake
 //! Redis, and `tests/cluster.rs` with real processes killed, stopped and cut off.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::SystemTime;
 
-use log::info;
+use log::{debug, info};
 
 use crate::envelope::Kind;
 
@@ -121,8 +121,6 @@ pub struct Presence {
     /// Per process (by node id, this one's included): its members whose join this process has
     /// shown to its clients (see the invariant above).
     shown: HashMap<String, BTreeSet<u64>>,
-    /// Members of other processes in `shown` (version 2's `online` counts them).
-    remote: usize,
     /// Ids of this process's members that joined through Redis and left while it was cut off:
     /// shown leaving here only, their leaves are owed to the others at the heal.
     left_while_cut: Vec<u64>,
@@ -131,6 +129,10 @@ pub struct Presence {
     /// Since this process's link came back: per other process, its members shown here that its
     /// re-announcement has not confirmed yet (its `roster` mark shows them leaving).
     unconfirmed: HashMap<String, BTreeSet<u64>>,
+    /// Processes judged gone (a verdict on each landed here); one id per process that died.
+    judged: HashSet<String>,
+    /// Of them, how many (`mio_chat_cluster_processes_gone_total`).
+    pub processes_gone: u64,
 }
 
 impl Presence {
@@ -169,9 +171,6 @@ impl Presence {
         if !set.insert(who.id) {
             return false;
         }
-        if who.node != self.node {
-            self.remote += 1;
-        }
         self.batch.joined(who, self.online());
         true
     }
@@ -187,9 +186,6 @@ impl Presence {
         }
         if set.is_empty() && who.node != self.node {
             self.shown.remove(who.node);
-        }
-        if who.node != self.node {
-            self.remote -= 1;
         }
         self.batch.left(who, self.online());
         true
@@ -316,12 +312,19 @@ impl Presence {
             .count()
     }
 
-    /// The verdict on `node`: a leave for each of its members shown, by ascending id.
+    /// The verdict on `node`: a leave for each of its members shown, by ascending id. The first
+    /// verdict on a process is counted and logged; a later one (another process judged it too)
+    /// finds nothing to show.
     fn show_gone(&mut self, node: &str) {
         self.unconfirmed.remove(node);
         let ids = self.shown.get(node).cloned().unwrap_or_default();
         let left = self.show_leaves(node, &ids);
-        info!("cluster: process {node} is gone; {left} of its members shown leaving");
+        if self.judged.insert(node.to_string()) {
+            self.processes_gone += 1;
+            info!("cluster: process {node} is gone; {left} of its members shown leaving");
+        } else {
+            debug!("cluster: process {node} judged gone again; {left} members shown leaving");
+        }
     }
 
     /// The link came back: others' members may have left meanwhile, unseen. All of them are
@@ -420,10 +423,11 @@ impl Presence {
         &self.batch
     }
 
-    /// The room's members as version 2's `online` counts them: this process's, and those of
-    /// other processes it heard join through Redis and not leave.
+    /// The room's members as version 2's `online` counts them: those shown joining and not
+    /// leaving, of every process (so it follows the notices exactly, a leave on its way through
+    /// Redis included).
     pub fn online(&self) -> usize {
-        self.room.len() + self.remote
+        self.shown.values().map(BTreeSet::len).sum()
     }
 
     /// Members of the room here (clients that receive its frames).

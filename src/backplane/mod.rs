@@ -112,6 +112,8 @@ pub struct Backplane {
     command: Vec<u8>,
     /// When this process next says it is alive (while up).
     next_beat: Instant,
+    /// When it last judged the others (a long gap since: it was stalled itself).
+    last_judged: Instant,
     /// Verdicts this process published (other processes silent past `--node-timeout`).
     verdicts: u64,
 }
@@ -152,6 +154,7 @@ impl Backplane {
             publisher_budget: PUBLISHER_READ_BUDGET,
             command: Vec::new(),
             next_beat: Instant::now(),
+            last_judged: Instant::now(),
             verdicts: 0,
         }
     }
@@ -620,9 +623,11 @@ impl Backplane {
     /// process silent past `--node-timeout` (never while down: then the silence is ours).
     fn beat_and_judge(&mut self, now: Instant) {
         if now >= self.next_beat {
-            self.next_beat = now + peers::BEAT_INTERVAL;
+            self.next_beat = now + self.ledger.peers.beat_interval();
             self.publish(Kind::Beat, "", (0, 0));
         }
+        self.ledger.peers.woke(self.last_judged, now);
+        self.last_judged = now;
         while let Some(node) = self.ledger.peers.take_silent(now) {
             warn!("cluster: process {node} silent past --node-timeout; declaring it gone");
             self.verdicts += 1;
@@ -707,6 +712,7 @@ impl Backplane {
         self.liveness.reset(now);
         self.ledger.peers.grace(now); // their silence was ours
         self.next_beat = now;
+        self.last_judged = now;
         match self.outages.up(now) {
             Recovery::First => {
                 info!(

@@ -10,7 +10,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// How often a process says it is alive.
+/// How often a process says it is alive (more often with a `--node-timeout` under 4 s: see
+/// [`Peers::beat_interval`]).
 pub const BEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The other processes heard, and when.
@@ -26,6 +27,21 @@ impl Peers {
         Peers {
             last_heard: HashMap::new(),
             timeout,
+        }
+    }
+
+    /// How often this process says it is alive: every second, or four times per timeout if that
+    /// is shorter, so that a live process is never judged on one late beat.
+    pub fn beat_interval(&self) -> Duration {
+        BEAT_INTERVAL.min(self.timeout / 4)
+    }
+
+    /// The loop last looked at the clock at `last` and now at `now`: a gap of half the timeout
+    /// means this process itself was not running (stopped, or starved), and the silence it
+    /// would judge is its own. Everyone gets a fresh grace period instead.
+    pub fn woke(&mut self, last: Instant, now: Instant) {
+        if now.saturating_duration_since(last) > self.timeout / 2 {
+            self.grace(now);
         }
     }
 
@@ -107,6 +123,26 @@ mod tests {
             Some("b")
         );
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn beats_come_four_times_per_timeout_at_least_and_a_stall_of_our_own_is_forgiven() {
+        let t0 = Instant::now();
+        let mut p = Peers::new(Duration::from_secs(2));
+        assert_eq!(p.beat_interval(), Duration::from_millis(500));
+        assert_eq!(
+            Peers::new(Duration::from_secs(60)).beat_interval(),
+            BEAT_INTERVAL
+        );
+        p.heard("a", t0);
+        p.woke(t0, t0 + Duration::from_secs(1)); // a normal gap
+        assert_eq!(p.next_deadline(), Some(t0 + Duration::from_secs(2)));
+        p.woke(
+            t0 + Duration::from_secs(1),
+            t0 + Duration::from_millis(2001),
+        );
+        assert_eq!(p.take_silent(t0 + Duration::from_millis(2001)), None);
+        assert_eq!(p.next_deadline(), Some(t0 + Duration::from_millis(4001)));
     }
 
     #[test]
