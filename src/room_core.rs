@@ -203,6 +203,11 @@ impl<R: Relay> RoomCore<R> {
         Some(done)
     }
 
+    /// Processes judged gone (for `/metrics`).
+    pub fn processes_gone(&self) -> u64 {
+        self.presence.processes_gone
+    }
+
     /// Per process, its members shown here (for `/metrics`).
     pub fn shown_per_node(&self) -> impl Iterator<Item = (&str, usize)> {
         self.presence.shown_per_node()

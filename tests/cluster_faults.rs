@@ -212,6 +212,24 @@ fn a_killed_process_members_leave_everywhere_once_in_one_order() {
         .filter(|l| l.contains(&format!("process {a_node} is gone")))
         .count();
     assert_eq!(judged, 2, "each of b and c acts on the verdict once");
+    // What an operator sees on c: one process lost, one other heard, and its members by process.
+    assert_eq!(metric(&c, "mio_chat_cluster_processes_gone_total"), 1);
+    assert_eq!(metric(&c, "mio_chat_cluster_processes"), 1);
+    let b_node = node_of(&on_b);
+    assert_eq!(
+        metric(
+            &c,
+            &format!("mio_chat_cluster_members{{node=\"{b_node}\"}}")
+        ),
+        3
+    );
+    assert_eq!(
+        metric(
+            &c,
+            &format!("mio_chat_cluster_members{{node=\"{a_node}\"}}")
+        ),
+        0
+    );
 }
 
 /// SIGSTOP past `--node-timeout`: the others show its members leaving; SIGCONT: they come

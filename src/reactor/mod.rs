@@ -353,7 +353,13 @@ impl Server {
                 Phase::Closed => {}
             }
         }
-        self.room.metrics.render(gauges)
+        let mut page = self.room.metrics.render(gauges);
+        if let Some(backplane) = self.room.relay() {
+            let gone = self.room.processes_gone();
+            let members = self.room.shown_per_node();
+            crate::metrics::render_cluster(&mut page, backplane.peers(), gone, members);
+        }
+        page
     }
 
     fn on_signal(&mut self, now: Instant) {
