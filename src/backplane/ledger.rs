@@ -168,6 +168,28 @@ impl Ledger {
         &self.scratch
     }
 
+    /// While up, at `now`: this process's beat when it is due, and a verdict on each other
+    /// process silent past `--node-timeout`; each envelope goes to `publish`.
+    pub fn keep_alive(&mut self, now: Instant, publish: &mut dyn FnMut(&[u8])) {
+        if self.peers.beat_due(now) {
+            publish(self.publish(Kind::Beat, "", (0, 0), now));
+        }
+        for node in self.peers.judge(now) {
+            warn!("cluster: process {node} silent past --node-timeout; declaring it gone");
+            publish(self.publish(Kind::Gone, &node, (0, 0), now));
+        }
+    }
+
+    /// The links came up at `now`: the others get a fresh grace period (their silence was
+    /// ours), and after an outage (not the `first` time) this process says `hello` through
+    /// `publish`, so that everyone re-announces their members to it.
+    pub fn up(&mut self, now: Instant, first: bool, publish: &mut dyn FnMut(&[u8])) {
+        self.peers.up(now);
+        if !first {
+            publish(self.publish(Kind::Hello, "", (0, 0), now));
+        }
+    }
+
     /// Lands everything still pending, in order (the links broke: it would never come back).
     pub fn land_pending(&mut self, land: &mut dyn FnMut(Landing)) {
         self.pending_bytes = 0;

@@ -110,12 +110,6 @@ pub struct Backplane {
     publisher_budget: usize,
     /// The PUBLISH command around each envelope (reused).
     command: Vec<u8>,
-    /// When this process next says it is alive (while up).
-    next_beat: Instant,
-    /// When it last judged the others (a long gap since: it was stalled itself).
-    last_judged: Instant,
-    /// Verdicts this process published (other processes silent past `--node-timeout`).
-    verdicts: u64,
 }
 
 impl Backplane {
@@ -153,9 +147,6 @@ impl Backplane {
             publisher_unread: false,
             publisher_budget: PUBLISHER_READ_BUDGET,
             command: Vec::new(),
-            next_beat: Instant::now(),
-            last_judged: Instant::now(),
-            verdicts: 0,
         }
     }
 
@@ -166,7 +157,7 @@ impl Backplane {
 
     /// Verdicts this process published.
     pub fn verdicts(&self) -> u64 {
-        self.verdicts
+        self.ledger.peers.verdicts
     }
 
     pub fn is_up(&self) -> bool {
@@ -198,8 +189,7 @@ impl Backplane {
         match self.is_up() {
             true => {
                 let redis = self.liveness.next_deadline(self.ledger.oldest_pending());
-                let peers = self.ledger.peers.next_deadline().unwrap_or(redis);
-                Some(redis.min(peers).min(self.next_beat))
+                Some(redis.min(self.ledger.peers.next_deadline()))
             }
             false => self.outages.next_deadline(),
         }
@@ -428,7 +418,11 @@ impl Backplane {
         land: &mut dyn FnMut(Landing),
     ) {
         if self.is_up() {
-            self.beat_and_judge(now);
+            let (command, publisher, channel) =
+                (&mut self.command, &mut self.publisher, &self.channel);
+            self.ledger.keep_alive(now, &mut |envelope| {
+                queue_publish(command, publisher, channel, envelope)
+            });
             return self.check_alive(registry, now, land);
         }
         if let Some((lookup, _)) = self.lookup.as_mut() {
@@ -619,22 +613,6 @@ impl Backplane {
         Ok(())
     }
 
-    /// While up: says this process is alive when its beat is due, and declares gone each other
-    /// process silent past `--node-timeout` (never while down: then the silence is ours).
-    fn beat_and_judge(&mut self, now: Instant) {
-        if now >= self.next_beat {
-            self.next_beat = now + self.ledger.peers.beat_interval();
-            self.publish(Kind::Beat, "", (0, 0));
-        }
-        self.ledger.peers.woke(self.last_judged, now);
-        self.last_judged = now;
-        while let Some(node) = self.ledger.peers.take_silent(now) {
-            warn!("cluster: process {node} silent past --node-timeout; declaring it gone");
-            self.verdicts += 1;
-            self.publish(Kind::Gone, &node, (0, 0));
-        }
-    }
-
     /// While up: fails the links if Redis stopped answering, and probes a quiet subscription.
     /// What the subscription already holds is read first: an envelope waiting in our own socket
     /// is not Redis's delay.
@@ -669,9 +647,12 @@ impl Backplane {
     /// [up](Backplane::is_up)).
     pub fn publish(&mut self, kind: Kind, body: &str, member: Member) {
         let envelope = self.ledger.publish(kind, body, member, Instant::now());
-        self.command.clear();
-        redis::publish(&mut self.command, self.channel.as_bytes(), envelope);
-        self.publisher.output.push(&self.command); // `push` reuses the space already written
+        queue_publish(
+            &mut self.command,
+            &mut self.publisher,
+            &self.channel,
+            envelope,
+        );
     }
 
     /// Writes what was published (at the end of a turn, like a client's flush), then judges
@@ -710,10 +691,13 @@ impl Backplane {
             return;
         }
         self.liveness.reset(now);
-        self.ledger.peers.grace(now); // their silence was ours
-        self.next_beat = now;
-        self.last_judged = now;
-        match self.outages.up(now) {
+        let recovery = self.outages.up(now);
+        let (command, publisher, channel) = (&mut self.command, &mut self.publisher, &self.channel);
+        self.ledger
+            .up(now, recovery == Recovery::First, &mut |envelope| {
+                queue_publish(command, publisher, channel, envelope)
+            });
+        match recovery {
             Recovery::First => {
                 info!(
                     "redis: subscribed to {:?}; the room spans every process",
@@ -725,11 +709,18 @@ impl Backplane {
             Recovery::Back => info!("redis: back; the room spans every process again"),
             Recovery::Again => debug!("redis: back again, within the same outage"),
         }
-        // Whatever the others did meanwhile is unknown here: ask them to re-announce, and
-        // re-announce ours (the room core does, as this lands).
-        self.publish(Kind::Hello, "", (0, 0));
+        // Whatever the others did meanwhile is unknown here: they were asked to re-announce (our
+        // `hello`), and ours are re-announced by the room core as this lands.
         land(Landing::Back);
     }
+}
+
+/// Queues `PUBLISH channel envelope` on the publisher link (written at the turn's flush);
+/// `command` is reused, and `push` reuses the space already written.
+fn queue_publish(command: &mut Vec<u8>, publisher: &mut Link, channel: &str, envelope: &[u8]) {
+    command.clear();
+    redis::publish(command, channel.as_bytes(), envelope);
+    publisher.output.push(command);
 }
 
 impl Publish for Backplane {

@@ -14,20 +14,54 @@ use std::time::{Duration, Instant};
 /// [`Peers::beat_interval`]).
 pub const BEAT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The other processes heard, and when.
+/// The other processes heard, and when; when this process next says it is alive.
 #[derive(Debug)]
 pub struct Peers {
     last_heard: HashMap<String, Instant>,
     timeout: Duration,
+    next_beat: Instant,
+    /// When the others were last judged (a long gap since: this process was stalled itself).
+    last_judged: Instant,
+    /// Verdicts this process published.
+    pub verdicts: u64,
 }
 
 impl Peers {
     /// Processes silent past `timeout` (`--node-timeout`) are judged gone.
     pub fn new(timeout: Duration) -> Peers {
+        let now = Instant::now();
         Peers {
             last_heard: HashMap::new(),
             timeout,
+            next_beat: now,
+            last_judged: now,
+            verdicts: 0,
         }
+    }
+
+    /// The links came up at `now`: a beat at once, and a fresh grace period for everyone.
+    pub fn up(&mut self, now: Instant) {
+        self.grace(now);
+        self.next_beat = now;
+        self.last_judged = now;
+    }
+
+    /// Whether this process's beat is due at `now` (then the next one is scheduled).
+    pub fn beat_due(&mut self, now: Instant) -> bool {
+        if now < self.next_beat {
+            return false;
+        }
+        self.next_beat = now + self.beat_interval();
+        true
+    }
+
+    /// The processes to declare gone at `now` (none after a stall of this process's own).
+    pub fn judge(&mut self, now: Instant) -> Vec<String> {
+        self.woke(self.last_judged, now);
+        self.last_judged = now;
+        let silent: Vec<String> = std::iter::from_fn(|| self.take_silent(now)).collect();
+        self.verdicts += silent.len() as u64;
+        silent
     }
 
     /// How often this process says it is alive: every second, or four times per timeout if that
@@ -79,9 +113,10 @@ impl Peers {
         Some(node)
     }
 
-    /// When the next silence would be due.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.last_heard.values().min().map(|at| *at + self.timeout)
+    /// When the next beat or the next silence is due.
+    pub fn next_deadline(&self) -> Instant {
+        let silence = self.last_heard.values().min().map(|at| *at + self.timeout);
+        silence.map_or(self.next_beat, |at| at.min(self.next_beat))
     }
 
     /// Other processes heard and not judged gone.
@@ -104,7 +139,8 @@ mod tests {
         let mut p = Peers::new(Duration::from_secs(5));
         p.heard("b", t0);
         p.heard("a", t0 + Duration::from_secs(1));
-        assert_eq!(p.next_deadline(), Some(t0 + Duration::from_secs(5)));
+        p.beat_due(t0 + Duration::from_secs(60)); // the next beat later than any silence here
+        assert_eq!(p.next_deadline(), t0 + Duration::from_secs(5));
         assert_eq!(p.take_silent(t0 + Duration::from_millis(4999)), None);
         assert_eq!(
             p.take_silent(t0 + Duration::from_secs(5)).as_deref(),
@@ -134,15 +170,17 @@ mod tests {
             Peers::new(Duration::from_secs(60)).beat_interval(),
             BEAT_INTERVAL
         );
+        p.up(t0);
+        assert!(p.beat_due(t0));
+        assert!(!p.beat_due(t0 + Duration::from_millis(499)));
+        assert!(p.beat_due(t0 + Duration::from_millis(500)));
         p.heard("a", t0);
-        p.woke(t0, t0 + Duration::from_secs(1)); // a normal gap
-        assert_eq!(p.next_deadline(), Some(t0 + Duration::from_secs(2)));
-        p.woke(
-            t0 + Duration::from_secs(1),
-            t0 + Duration::from_millis(2001),
-        );
-        assert_eq!(p.take_silent(t0 + Duration::from_millis(2001)), None);
-        assert_eq!(p.next_deadline(), Some(t0 + Duration::from_millis(4001)));
+        assert!(p.judge(t0 + Duration::from_secs(1)).is_empty()); // a normal gap
+                                                                  // Stopped from 1 s to 3.001 s: a's silence was ours.
+        assert!(p.judge(t0 + Duration::from_millis(3001)).is_empty());
+        assert!(p.judge(t0 + Duration::from_millis(4001)).is_empty());
+        assert_eq!(p.judge(t0 + Duration::from_millis(5001)), ["a"]);
+        assert_eq!(p.verdicts, 1);
     }
 
     #[test]
@@ -153,6 +191,6 @@ mod tests {
         p.grace(t0 + Duration::from_secs(10));
         assert_eq!(p.take_silent(t0 + Duration::from_secs(14)), None);
         p.forget("a");
-        assert_eq!(p.next_deadline(), None);
+        assert!(p.is_empty());
     }
 }
