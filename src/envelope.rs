@@ -17,8 +17,8 @@
 //!
 //! Besides the clients' events (`join`, `leave`, `message`), processes keep their membership
 //! true through Redis: `beat` (alive), `gone` (a verdict on a silent process, named in `body`),
-//! `hello` (back after a cut), `rejoin` (a member announced again) and `roster` (that was all of
-//! them); see `presence.rs`.
+//! `hello` (its link came up), `rejoin` (a member announced again) and `roster` (around all of
+//! them: body "begin", then empty at the end); see `presence.rs`.
 
 use std::borrow::Cow;
 use std::hash::{BuildHasher, Hasher};
@@ -47,7 +47,7 @@ pub enum Kind {
     Gone,
     /// The process came back after a cut: the others re-announce their members.
     Hello,
-    /// The process has re-announced all of its members (after its `rejoin`s).
+    /// The process begins (`body` "begin") or ends re-announcing all of its members.
     Roster,
 }
 

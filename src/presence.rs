@@ -22,16 +22,15 @@
 //!   `--node-timeout`, see `backplane/peers.rs`) makes every process show a leave for each
 //!   member of X it shows, where the verdict sits in Redis's order, by ascending id; a second
 //!   verdict finds nothing left to show.
-//! - **Coming back**: a process whose Redis link healed, or that meets the verdict about itself
-//!   (it was stalled), or that hears another process come back, re-announces: a leave for each
-//!   of its members that left while it was cut off (shown only here then), and a `rejoin` for
-//!   each current member, then a `roster` mark (that was all of them), before anything its
-//!   clients say next. The rules above make every re-announcement exact at every receiver.
-//! - **Hearing the others again**: at a heal this process cannot know which of the others'
-//!   members left meanwhile. It marks every member of others it shows as unconfirmed and says
-//!   `hello`; every other process re-announces; each `rejoin` (or join, leave, message)
-//!   confirms a member, and at a process's `roster` mark its members still unconfirmed are shown
-//!   leaving. A short cut is thus silent for everyone.
+//! - **Coming back**: a process whose Redis link came up (at start, or healed), or that meets
+//!   the verdict about itself (it was stalled), or that hears another process say `hello` (it
+//!   came up), re-announces its members, before anything its clients say next: a `roster`
+//!   begin mark, a leave for each member that left while it was cut off (shown only here
+//!   then), a `rejoin` for each member now here, and a `roster` end mark. At the begin mark
+//!   every receiver marks that process's members it shows as unconfirmed; any notice or
+//!   message about one confirms it; at the end mark those still unconfirmed are shown leaving.
+//!   With the rules above, the re-announcement makes every receiver's view of that process
+//!   exact, whatever it missed; a short cut is silent for everyone.
 //!
 //! While a process is cut off from Redis its clients form a room of their own: joins, leaves and
 //! messages go into its batch only, and the others, after `--node-timeout`, show its members
@@ -86,9 +85,10 @@ pub enum Landing<'a> {
     Hello {
         node: &'a str,
     },
-    /// Process `node` has re-announced all of its members.
+    /// Process `node` begins (`begin`) or ends re-announcing all of its members.
     Roster {
         node: &'a str,
+        begin: bool,
     },
     /// This process's link to Redis came back after an outage.
     Back,
@@ -126,8 +126,8 @@ pub struct Presence {
     left_while_cut: Vec<u64>,
     /// This process must re-announce its members (see [`Presence::reannounce`]).
     rejoin_due: bool,
-    /// Since this process's link came back: per other process, its members shown here that its
-    /// re-announcement has not confirmed yet (its `roster` mark shows them leaving).
+    /// Per other process re-announcing its members: those shown here that it has not confirmed
+    /// yet (its `roster` end mark shows them leaving).
     unconfirmed: HashMap<String, BTreeSet<u64>>,
     /// Processes judged gone (a verdict on each landed here); one id per process that died.
     judged: HashSet<String>,
@@ -293,7 +293,12 @@ impl Presence {
             Landing::Gone { node } => self.show_gone(node),
             Landing::Hello { node } if node != self.node => self.rejoin_due = true,
             Landing::Hello { .. } => {}
-            Landing::Roster { node } => self.roster(node),
+            Landing::Roster { node, .. } if node == self.node => {}
+            Landing::Roster { node, begin: true } => {
+                let ids = self.shown.get(node).cloned().unwrap_or_default();
+                self.unconfirmed.insert(node.to_string(), ids);
+            }
+            Landing::Roster { node, begin: false } => self.roster(node),
             Landing::Back => self.back(),
         }
     }
@@ -327,13 +332,9 @@ impl Presence {
         }
     }
 
-    /// The link came back: others' members may have left meanwhile, unseen. All of them are
-    /// unconfirmed until their processes re-announce (asked for by our `hello`).
+    /// The link came up: whatever the others did meanwhile is unknown here. They were asked to
+    /// re-announce (the backplane said `hello`); ours are re-announced now.
     fn back(&mut self) {
-        self.unconfirmed = (self.shown.iter())
-            .filter(|(node, _)| **node != self.node)
-            .map(|(node, ids)| (node.clone(), ids.clone()))
-            .collect();
         self.rejoin_due = true;
     }
 
@@ -358,6 +359,7 @@ impl Presence {
     /// on, so their leaves are published. Returns (leaves, rejoins) published.
     pub fn reannounce(&mut self, redis: &mut dyn Publish) -> (usize, usize) {
         self.rejoin_due = false;
+        redis.publish(Kind::Roster, "begin", (usize::MAX, 0));
         let leaves = self.left_while_cut.len();
         for id in self.left_while_cut.drain(..) {
             redis.publish(Kind::Leave, "", (usize::MAX, id));
@@ -369,9 +371,8 @@ impl Presence {
             else {
                 continue;
             };
-            if !self.room.contains(key) {
-                continue; // its join is still on its way through Redis: it will be shown
-            }
+            // A join still on its way through Redis is announced again too: it comes before
+            // the begin mark, and the end mark must not take it for a member gone.
             *announced = Announced::ThroughRedis { id, version };
             redis.publish(Kind::Rejoin, "", (key, id));
             rejoins += 1;
@@ -730,9 +731,14 @@ mod tests {
         assert_eq!(notices(&p).len(), before);
         assert!(p.rejoin_due());
         redis.0.clear();
-        assert_eq!(p.reannounce(&mut redis), (0, 2), "the watcher and 1, not 2");
+        assert_eq!(
+            p.reannounce(&mut redis),
+            (0, 3),
+            "the watcher, 1, and 2 on its way"
+        );
         let kinds: Vec<Kind> = redis.0.iter().map(|(k, _, _)| *k).collect();
-        assert_eq!(kinds, [Kind::Rejoin, Kind::Rejoin, Kind::Roster]);
+        let rejoin = Kind::Rejoin;
+        assert_eq!(kinds, [Kind::Roster, rejoin, rejoin, rejoin, Kind::Roster]);
         // Its own rejoin coming back shows nothing here: the join is shown already.
         p.land(join(other("me", 1)));
         assert_eq!(notices(&p).len(), before);
@@ -761,6 +767,7 @@ mod tests {
         assert_eq!(
             kinds,
             [
+                Kind::Roster,
                 Kind::Leave,
                 Kind::Rejoin,
                 Kind::Rejoin,
@@ -784,14 +791,17 @@ mod tests {
     }
 
     #[test]
-    fn after_a_heal_a_roster_shows_leaving_only_the_members_it_did_not_confirm() {
+    fn a_roster_shows_leaving_only_the_members_it_did_not_confirm() {
         let mut p = watched();
         for id in [1, 2, 3, 4] {
             p.land(join(other("b", id)));
         }
         p.land(join(other("c", 1)));
         p.hand_out_batch(|_, _| true);
-        p.land(Landing::Back);
+        p.land(Landing::Roster {
+            node: "b",
+            begin: true,
+        });
         p.land(join(other("b", 2))); // rejoins: shown already
         p.land(Landing::Message {
             from: other("b", 3),
@@ -799,8 +809,14 @@ mod tests {
         });
         p.land(Landing::Leave { who: other("b", 4) });
         p.land(join(other("b", 5))); // joined while we were cut off
-        p.land(Landing::Roster { node: "b" });
-        p.land(Landing::Roster { node: "b" });
+        p.land(Landing::Roster {
+            node: "b",
+            begin: false,
+        });
+        p.land(Landing::Roster {
+            node: "b",
+            begin: false,
+        });
         assert_eq!(
             notices(&p),
             ["message b.3", "leave b.4", "join b.5", "leave b.1"]

@@ -75,9 +75,20 @@ fn landing<'a>(
         Kind::Message => Landing::Message { from: who, body },
         Kind::Gone if through_redis => Landing::Gone { node: body },
         Kind::Hello if through_redis => Landing::Hello { node: who.node },
-        Kind::Roster if through_redis => Landing::Roster { node: who.node },
+        Kind::Roster if through_redis => Landing::Roster {
+            node: who.node,
+            begin: body == "begin",
+        },
         Kind::Beat | Kind::Gone | Kind::Hello | Kind::Roster => return None,
     })
+}
+
+/// A verdict of ours that never went through Redis: nobody acted on it, so the process it named
+/// is judged again if it stays silent (it was forgotten when judged).
+fn lost_verdict(peers: &mut Peers, pending: &Pending) {
+    if pending.kind == Kind::Gone {
+        peers.heard(&pending.body, pending.at);
+    }
 }
 
 /// What a pending envelope costs beyond its body, for [`Ledger::pending_bytes`].
@@ -181,19 +192,19 @@ impl Ledger {
     }
 
     /// The links came up at `now`: the others get a fresh grace period (their silence was
-    /// ours), and after an outage (not the `first` time) this process says `hello` through
-    /// `publish`, so that everyone re-announces their members to it.
-    pub fn up(&mut self, now: Instant, first: bool, publish: &mut dyn FnMut(&[u8])) {
+    /// ours), and this process says `hello` through `publish`, so that everyone re-announces
+    /// their members to it (at start, the members that were there before it; after an outage,
+    /// the members that are still there).
+    pub fn up(&mut self, now: Instant, publish: &mut dyn FnMut(&[u8])) {
         self.peers.up(now);
-        if !first {
-            publish(self.publish(Kind::Hello, "", (0, 0), now));
-        }
+        publish(self.publish(Kind::Hello, "", (0, 0), now));
     }
 
     /// Lands everything still pending, in order (the links broke: it would never come back).
     pub fn land_pending(&mut self, land: &mut dyn FnMut(Landing)) {
         self.pending_bytes = 0;
         for pending in self.pending.drain(..) {
+            lost_verdict(&mut self.peers, &pending);
             if let Some(landing) = pending.landing(&self.node, false) {
                 land(landing);
             }
@@ -236,8 +247,8 @@ impl Ledger {
             self.pending_bytes -= PENDING_OVERHEAD + pending.body.len();
             self.stats.received += 1;
             let through_redis = pending.seq == envelope.seq;
-            if pending.kind == Kind::Gone && through_redis {
-                self.peers.forget(&pending.body);
+            if !through_redis {
+                lost_verdict(&mut self.peers, &pending);
             }
             if let Some(landing) = pending.landing(&self.node, through_redis) {
                 land(landing);
@@ -298,7 +309,7 @@ mod tests {
             Landing::Message { from, body } => format!("say {body} from {}.{}", from.node, from.id),
             Landing::Gone { node } => format!("gone {node}"),
             Landing::Hello { node } => format!("hello {node}"),
-            Landing::Roster { node } => format!("roster {node}"),
+            Landing::Roster { node, begin } => format!("roster {node} {begin}"),
             Landing::Back => "back".into(),
         }
     }

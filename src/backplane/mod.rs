@@ -693,10 +693,9 @@ impl Backplane {
         self.liveness.reset(now);
         let recovery = self.outages.up(now);
         let (command, publisher, channel) = (&mut self.command, &mut self.publisher, &self.channel);
-        self.ledger
-            .up(now, recovery == Recovery::First, &mut |envelope| {
-                queue_publish(command, publisher, channel, envelope)
-            });
+        self.ledger.up(now, &mut |envelope| {
+            queue_publish(command, publisher, channel, envelope)
+        });
         match recovery {
             Recovery::First => {
                 info!(
