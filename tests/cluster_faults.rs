@@ -346,3 +346,38 @@ fn a_short_cut_owes_the_others_only_the_leaves_made_during_it() {
     assert_eq!(seen.len(), 1, "only the one leave: {on_b:?}");
     assert!(!b.stderr_lines().iter().any(|l| l.contains("is gone")));
 }
+
+/// A crashed process restarted on the same port is a new process: its new clients join, and its
+/// predecessor's members are shown leaving by the verdict, each once, at every watcher.
+#[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
+fn a_process_restarted_on_its_port_is_a_new_member_set() {
+    let Some(redis) = Redis::start() else { return };
+    let url = redis.url();
+    let mut a = node(&url, "2");
+    let b = node(&url, "2");
+    let mut on_b = Watcher::join(&b);
+    let probe = Watcher::join(&a);
+    let old_node = node_of(&probe);
+    let _old_clients = clients(&a, 2);
+    on_b.until(|w| w.of(&old_node) == 3);
+
+    let addr = format!("127.0.0.1:{}", a.port());
+    a.signal(libc::SIGKILL);
+    a.wait_for_exit(GUARD);
+    let again = TestServer::start(&["--redis", &url, "--node-timeout", "2", "--addr", &addr]);
+    again.wait_for_log("redis: subscribed");
+    assert_eq!(again.port(), a.port());
+    let new_probe = Watcher::join(&again);
+    let new_node = node_of(&new_probe);
+    assert_ne!(new_node, old_node, "a new incarnation");
+    let _new_clients = clients(&again, 2);
+    on_b.until(|w| w.of(&old_node) == 0 && w.of(&new_node) == 3);
+    on_b.sync("settled");
+    assert_eq!(on_b.online(), 4, "{on_b:?}");
+    let judged = format!("process {old_node} is gone");
+    again.wait_for_log(&judged); // the newcomer acts on the verdict too (it shows nothing)
+}
