@@ -81,6 +81,10 @@ pub enum Landing<'a> {
     Gone {
         node: &'a str,
     },
+    /// Process `node` shut down (its clients' leaves went before this): no verdict is needed.
+    Farewell {
+        node: &'a str,
+    },
     /// Process `node` came back after a cut and asks everyone to re-announce their members.
     Hello {
         node: &'a str,
@@ -255,12 +259,16 @@ impl Presence {
     }
 
     /// Everyone here leaves at once (shutdown): nobody here is told, since all of them are going;
-    /// the other processes are, for the clients they were told about.
+    /// the other processes are, for the clients they were told about, and then told that this
+    /// process is going (a `gone` naming itself), so that none of them judges its silence.
     pub fn leave_all(&mut self, mut redis: Option<&mut dyn Publish>) {
         for (key, announced) in self.announced.drain(..).enumerate() {
             if let (Announced::ThroughRedis { id, .. }, Some(redis)) = (announced, redis.as_mut()) {
                 redis.publish(Kind::Leave, "", (key, id));
             }
+        }
+        if let Some(redis) = redis {
+            redis.publish(Kind::Gone, &self.node, (usize::MAX, 0));
         }
         self.room.clear();
     }
@@ -291,6 +299,13 @@ impl Presence {
                 self.rejoin_due = true;
             }
             Landing::Gone { node } => self.show_gone(node),
+            Landing::Farewell { node } if node == self.node => {}
+            Landing::Farewell { node } => {
+                self.unconfirmed.remove(node);
+                let ids = self.shown.get(node).cloned().unwrap_or_default();
+                let left = self.show_leaves(node, &ids);
+                info!("cluster: process {node} shut down; {left} members shown leaving");
+            }
             Landing::Hello { node } if node != self.node => self.rejoin_due = true,
             Landing::Hello { .. } => {}
             Landing::Roster { node, .. } if node == self.node => {}
@@ -583,6 +598,11 @@ mod tests {
         p.leave_all(Some(&mut redis));
         let leaves = redis.0.iter().filter(|(k, _, _)| *k == Kind::Leave).count();
         assert_eq!(leaves, 2);
+        assert_eq!(
+            redis.0.last().map(|(k, _, _)| *k),
+            Some(Kind::Gone),
+            "then a farewell"
+        );
         assert_eq!(p.members(), 0);
         assert!(
             !p.leave(0, None) && !p.leave(1, None),
@@ -822,5 +842,20 @@ mod tests {
             ["message b.3", "leave b.4", "join b.5", "leave b.1"]
         );
         assert_eq!(p.online(), 1 + 3 + 1, "the watcher, b.2, b.3, b.5 and c.1");
+    }
+
+    #[test]
+    fn a_farewell_shows_what_is_left_of_a_process_and_counts_no_verdict() {
+        let mut p = watched();
+        p.land(join(other("b", 1)));
+        p.land(join(other("b", 2)));
+        p.land(Landing::Leave { who: other("b", 1) });
+        p.land(Landing::Farewell { node: "b" });
+        p.land(Landing::Gone { node: "b" }); // a verdict that crossed it
+        let n = notices(&p);
+        assert_eq!(n[n.len() - 2..], ["leave b.1", "leave b.2"]);
+        assert_eq!(p.online(), 1);
+        p.land(Landing::Farewell { node: "me" }); // our own, back: nothing
+        assert_eq!(p.online(), 1);
     }
 }

@@ -132,6 +132,12 @@ impl Watcher {
         self.until_message(&me, body);
     }
 
+    /// Leaves shown of members of the process whose ids start with `node`.
+    fn shown_leaving(&self, node: &str) -> usize {
+        let prefix = format!("leave {node}");
+        self.log.iter().filter(|e| e.starts_with(&prefix)).count()
+    }
+
     /// Members in the room, as this watcher was told.
     fn online(&self) -> usize {
         self.earlier + self.present.len()
@@ -176,7 +182,7 @@ fn clients(server: &TestServer, n: usize) -> Vec<RawClient> {
 fn a_killed_process_members_leave_everywhere_once_in_one_order() {
     let Some(redis) = Redis::start() else { return };
     let url = redis.url();
-    let (mut a, b, c) = (node(&url, "2"), node(&url, "2"), node(&url, "2"));
+    let (mut a, b, c) = (node(&url, "3"), node(&url, "3"), node(&url, "3"));
     let mut on_b = Watcher::join(&b);
     let mut on_c = Watcher::join(&c);
     let probe = Watcher::join(&a);
@@ -242,7 +248,7 @@ fn a_killed_process_members_leave_everywhere_once_in_one_order() {
 fn a_stopped_process_members_leave_and_rejoin_before_they_speak() {
     let Some(redis) = Redis::start() else { return };
     let url = redis.url();
-    let (a, b) = (node(&url, "2"), node(&url, "2"));
+    let (a, b) = (node(&url, "3"), node(&url, "3"));
     let mut on_b = Watcher::join(&b);
     let mut on_a = Watcher::join(&a);
     let a_node = node_of(&on_a);
@@ -274,7 +280,7 @@ fn a_stopped_process_members_leave_and_rejoin_before_they_speak() {
 fn a_long_cut_with_churn_on_both_sides_heals_exactly() {
     let Some(redis) = Redis::start() else { return };
     let proxy = CutProxy::start(([127, 0, 0, 1], redis.port).into());
-    let (a, b) = (node(&proxy.url(), "2"), node(&redis.url(), "2"));
+    let (a, b) = (node(&proxy.url(), "3"), node(&redis.url(), "3"));
     let mut on_a = Watcher::join(&a);
     let mut on_b = Watcher::join(&b);
     let a_node = node_of(&on_a);
@@ -296,7 +302,11 @@ fn a_long_cut_with_churn_on_both_sides_heals_exactly() {
 
     proxy.heal();
     a.wait_for_log("redis: back");
-    b.wait_for_log_count("re-announced", 2); // at start, and answering A's hello
+    // A re-announces its three members to B; B re-announces its two to A, which shows the one
+    // that left during the cut leaving (at B's roster end mark).
+    let b_node = node_of(&on_b);
+    on_b.until(|w| w.of(&a_node) == 3);
+    on_a.until(|w| w.of(&b_node) == 2 && w.shown_leaving(&b_node) == 1);
     on_b.sync("healed");
     on_a.until_message(&on_b.me, "healed");
     assert_eq!((on_a.online(), on_b.online()), (5, 5), "{on_a:?}\n{on_b:?}");
@@ -335,7 +345,7 @@ fn a_short_cut_owes_the_others_only_the_leaves_made_during_it() {
     on_a.until(|w| w.online() == 3);
     proxy.heal();
     a.wait_for_log("redis: back");
-    b.wait_for_log_count("re-announced", 2);
+    on_b.until(|w| w.online() == 3); // the leave A owed B
     on_b.sync("healed");
     on_a.until_message(&on_b.me, "healed");
     assert_eq!((on_a.online(), on_b.online()), (3, 3), "{on_a:?}\n{on_b:?}");
@@ -357,8 +367,8 @@ fn a_short_cut_owes_the_others_only_the_leaves_made_during_it() {
 fn a_process_restarted_on_its_port_is_a_new_member_set() {
     let Some(redis) = Redis::start() else { return };
     let url = redis.url();
-    let mut a = node(&url, "2");
-    let b = node(&url, "2");
+    let mut a = node(&url, "3");
+    let b = node(&url, "3");
     let mut on_b = Watcher::join(&b);
     let probe = Watcher::join(&a);
     let old_node = node_of(&probe);
@@ -368,7 +378,7 @@ fn a_process_restarted_on_its_port_is_a_new_member_set() {
     let addr = format!("127.0.0.1:{}", a.port());
     a.signal(libc::SIGKILL);
     a.wait_for_exit(GUARD);
-    let again = TestServer::start(&["--redis", &url, "--node-timeout", "2", "--addr", &addr]);
+    let again = TestServer::start(&["--redis", &url, "--node-timeout", "3", "--addr", &addr]);
     again.wait_for_log("redis: subscribed");
     assert_eq!(again.port(), a.port());
     let new_probe = Watcher::join(&again);
@@ -380,4 +390,38 @@ fn a_process_restarted_on_its_port_is_a_new_member_set() {
     assert_eq!(on_b.online(), 4, "{on_b:?}");
     let judged = format!("process {old_node} is gone");
     again.wait_for_log(&judged); // the newcomer acts on the verdict too (it shows nothing)
+}
+
+/// A process that shuts down (SIGTERM) publishes its clients' leaves and then a farewell: the
+/// others show each leave once and never judge it gone (no alert for a deploy).
+#[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
+fn a_process_that_shuts_down_is_not_judged_gone() {
+    let Some(redis) = Redis::start() else { return };
+    let url = redis.url();
+    let (mut a, b) = (node(&url, "3"), node(&url, "3"));
+    let mut on_b = Watcher::join(&b);
+    let probe = Watcher::join(&a);
+    let a_node = node_of(&probe);
+    let _a_clients = clients(&a, 2);
+    on_b.until(|w| w.of(&a_node) == 3);
+    assert_eq!(metric(&b, "mio_chat_cluster_processes"), 1);
+
+    a.signal(libc::SIGTERM);
+    a.wait_for_exit(GUARD);
+    on_b.until(|w| w.of(&a_node) == 0);
+    b.wait_for_log(&format!(
+        "process {a_node} shut down; 0 members shown leaving"
+    ));
+    assert_eq!(
+        metric(&b, "mio_chat_cluster_processes"),
+        0,
+        "forgotten, not judged"
+    );
+    on_b.sync("after");
+    assert_eq!(metric(&b, "mio_chat_cluster_processes_gone_total"), 0);
+    assert!(!b.stderr_lines().iter().any(|l| l.contains("silent past")));
 }

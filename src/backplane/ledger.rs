@@ -73,6 +73,7 @@ fn landing<'a>(
         },
         Kind::Leave => Landing::Leave { who },
         Kind::Message => Landing::Message { from: who, body },
+        Kind::Gone if through_redis && body == who.node => Landing::Farewell { node: body },
         Kind::Gone if through_redis => Landing::Gone { node: body },
         Kind::Hello if through_redis => Landing::Hello { node: who.node },
         Kind::Roster if through_redis => Landing::Roster {
@@ -84,9 +85,9 @@ fn landing<'a>(
 }
 
 /// A verdict of ours that never went through Redis: nobody acted on it, so the process it named
-/// is judged again if it stays silent (it was forgotten when judged).
-fn lost_verdict(peers: &mut Peers, pending: &Pending) {
-    if pending.kind == Kind::Gone {
+/// is judged again if it stays silent (it was forgotten when judged). Not our own farewell.
+fn lost_verdict(peers: &mut Peers, pending: &Pending, node: &str) {
+    if pending.kind == Kind::Gone && pending.body != node {
         peers.heard(&pending.body, pending.at);
     }
 }
@@ -110,6 +111,8 @@ pub struct Ledger {
     stats: BackplaneStats,
     /// The other processes heard through Redis, and when.
     pub peers: Peers,
+    /// This process said farewell (it is shutting down): it beats and judges no more.
+    farewell: bool,
 }
 
 impl Ledger {
@@ -125,6 +128,7 @@ impl Ledger {
             scratch: Vec::new(),
             stats: BackplaneStats::default(),
             peers: Peers::new(crate::config::DEFAULT_NODE_TIMEOUT),
+            farewell: false,
         }
     }
 
@@ -156,6 +160,7 @@ impl Ledger {
 
     /// Records one event of this process's clients and returns its envelope's JSON, to publish.
     pub fn publish(&mut self, kind: Kind, body: &str, member: Member, now: Instant) -> &[u8] {
+        self.farewell |= kind == Kind::Gone && body == self.node;
         self.next_seq += 1;
         self.scratch.clear();
         Envelope {
@@ -182,6 +187,9 @@ impl Ledger {
     /// While up, at `now`: this process's beat when it is due, and a verdict on each other
     /// process silent past `--node-timeout`; each envelope goes to `publish`.
     pub fn keep_alive(&mut self, now: Instant, publish: &mut dyn FnMut(&[u8])) {
+        if self.farewell {
+            return; // a beat after it would make the others track us again, and judge us
+        }
         if self.peers.beat_due(now) {
             publish(self.publish(Kind::Beat, "", (0, 0), now));
         }
@@ -204,7 +212,7 @@ impl Ledger {
     pub fn land_pending(&mut self, land: &mut dyn FnMut(Landing)) {
         self.pending_bytes = 0;
         for pending in self.pending.drain(..) {
-            lost_verdict(&mut self.peers, &pending);
+            lost_verdict(&mut self.peers, &pending, &self.node);
             if let Some(landing) = pending.landing(&self.node, false) {
                 land(landing);
             }
@@ -248,7 +256,7 @@ impl Ledger {
             self.stats.received += 1;
             let through_redis = pending.seq == envelope.seq;
             if !through_redis {
-                lost_verdict(&mut self.peers, &pending);
+                lost_verdict(&mut self.peers, &pending, &self.node);
             }
             if let Some(landing) = pending.landing(&self.node, through_redis) {
                 land(landing);
@@ -308,6 +316,7 @@ mod tests {
             Landing::Leave { who } => format!("leave {}.{}", who.node, who.id),
             Landing::Message { from, body } => format!("say {body} from {}.{}", from.node, from.id),
             Landing::Gone { node } => format!("gone {node}"),
+            Landing::Farewell { node } => format!("farewell {node}"),
             Landing::Hello { node } => format!("hello {node}"),
             Landing::Roster { node, begin } => format!("roster {node} {begin}"),
             Landing::Back => "back".into(),
