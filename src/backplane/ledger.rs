@@ -14,6 +14,10 @@
 //!   acknowledges it (anyone who can write to the channel can forge our node id);
 //! - another process's message longer than our `--max-message-size` is skipped and counted: no
 //!   client here could have sent it, and its copies could drop every reader as a slow consumer.
+//! - every envelope from another process says it is alive ([`Peers`]); this process beats and
+//!   judges the silent ones ([`Ledger::keep_alive`]), and says `hello` when its links come up
+//!   ([`Ledger::up`]); a verdict of ours that never came back through Redis is judged again;
+//! - `beat`, and a `gone` or `hello` or `roster` that did not go through Redis, land nothing.
 
 use std::collections::VecDeque;
 use std::time::Instant;

@@ -17,7 +17,8 @@
 //!
 //! The parts: `link.rs` is one socket to Redis; `resolve.rs` where Redis is (its name resolved
 //! at every attempt, without blocking); `ledger.rs` the pure bookkeeping (sequence
-//! numbers, the pending envelopes, what each envelope from the channel means); `outage.rs` the
+//! numbers, the pending envelopes, what each envelope from the channel means); `peers.rs` which
+//! other processes are alive (heartbeats and verdicts, see `presence.rs`); `outage.rs` the
 //! pure state and outage rules (backoff, a new outage or the same one, connect timeout). This
 //! file ties them to the two sockets (and, while a name is looked up, a UDP socket). What the
 //! bytes mean is in [`crate::redis`] and [`crate::envelope`].
