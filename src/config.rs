@@ -38,6 +38,8 @@ pub struct Config {
     pub redis_max_unsent: usize,
     /// How long our envelopes (and answers to PING) may take to come back from Redis.
     pub redis_timeout: Duration,
+    /// `--node-timeout`: another process silent this long through Redis is declared gone.
+    pub node_timeout: Duration,
     /// Set `SO_REUSEPORT` on the listener, so several processes can share one port.
     pub reuse_port: bool,
     /// Peers whose `X-Forwarded-For` names the client (for the logs); nobody by default.
@@ -64,6 +66,7 @@ impl Default for Config {
             redis_channel: DEFAULT_REDIS_CHANNEL.to_string(),
             redis_max_unsent: DEFAULT_REDIS_MAX_UNSENT,
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
+            node_timeout: DEFAULT_NODE_TIMEOUT,
             reuse_port: false,
             trusted_proxies: TrustedProxies::default(),
             tls: None,
@@ -89,6 +92,14 @@ pub const DEFAULT_REDIS_MAX_UNSENT: usize = 16 << 20;
 /// to 19,000 clients took about 0.3 s here) are not taken for Redis's; short enough that a
 /// paused Redis is noticed before people notice.
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `--node-timeout` by default: how long another process may be silent before it is declared
+/// gone. A live process beats every second ([`crate::backplane::peers::BEAT_INTERVAL`]); its beat
+/// can be held up by Redis for up to `--redis-timeout` (2 s) before it counts as cut off itself,
+/// and by its own and the listener's longest loop turns (a broadcast to 19,000 clients took about
+/// 0.3 s here): 1 + 2 + 0.3 + 0.3 = 3.6 s at worst for a live one. 5 s leaves a margin over that,
+/// and shows a crashed process's members leaving within seconds.
+pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The channel of `--redis-channel` when none is named.
 pub const DEFAULT_REDIS_CHANNEL: &str = "mio-chat";

@@ -14,6 +14,11 @@
 //! which order it sent them. `member` names the client the event is about, by its connection id
 //! in that process (never reused while it lives): with `node`, who said it or came or went, for
 //! the protocol's version 2. An envelope without it (an older process) reads as member 0.
+//!
+//! Besides the clients' events (`join`, `leave`, `message`), processes keep their membership
+//! true through Redis: `beat` (alive), `gone` (a verdict on a silent process, named in `body`),
+//! `hello` (its link came up), `rejoin` (a member announced again) and `roster` (around all of
+//! them: body "begin", then empty at the end); see `presence.rs`.
 
 use std::borrow::Cow;
 use std::hash::{BuildHasher, Hasher};
@@ -33,6 +38,17 @@ pub enum Kind {
     Leave,
     /// A client said something; `body` is the text.
     Message,
+    /// A client already here, announced again by a process that came back (see
+    /// `presence.rs`): shown only where its join is not shown already.
+    Rejoin,
+    /// The process is alive (every second while its link is up); `member` is 0.
+    Beat,
+    /// The verdict that the process named in `body` is gone (silent past `--node-timeout`).
+    Gone,
+    /// The process came back after a cut: the others re-announce their members.
+    Hello,
+    /// The process begins (`body` "begin") or ends re-announcing all of its members.
+    Roster,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

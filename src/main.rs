@@ -112,6 +112,12 @@ struct Args {
     /// connections are open (fractions allowed).
     #[arg(long, env = "MIO_CHAT_REDIS_TIMEOUT", value_name = "SECS", default_value = "2", value_parser = config::parse_positive_secs)]
     redis_timeout: Duration,
+    /// Seconds another process of the room may be silent through Redis (each says it is alive
+    /// every second) before it is declared gone and its members are shown leaving everywhere;
+    /// default: 1 s heartbeat + 2 s --redis-timeout + the longest loop turns, with a margin
+    /// (fractions allowed).
+    #[arg(long, env = "MIO_CHAT_NODE_TIMEOUT", value_name = "SECS", default_value = "5", value_parser = config::parse_positive_secs)]
+    node_timeout: Duration,
     /// Set SO_REUSEPORT, so several processes can listen on the same port (the kernel spreads
     /// connections over them); with --redis they form one room.
     #[arg(long, env = "MIO_CHAT_REUSE_PORT", value_parser = BoolishValueParser::new())]
@@ -302,6 +308,7 @@ fn config_from(args: Args) -> Result<Config, String> {
         redis_channel: args.redis_channel,
         redis_max_unsent: usize::try_from(args.redis_max_unsent).unwrap_or(usize::MAX),
         redis_timeout: args.redis_timeout,
+        node_timeout: args.node_timeout,
         reuse_port: args.reuse_port,
         trusted_proxies: TrustedProxies(args.trusted_proxy),
         tls: args

@@ -469,6 +469,46 @@ fn render_backplane(out: &mut String, stats: BackplaneStats) {
     }
 }
 
+/// With `--redis`: the other processes this one hears, the members it shows of each process
+/// (this one's included), and the processes judged gone (see `presence.rs`).
+pub fn render_cluster<'a>(
+    out: &mut String,
+    processes: usize,
+    gone: u64,
+    members: impl Iterator<Item = (&'a str, usize)>,
+) {
+    header(
+        out,
+        "mio_chat_cluster_processes",
+        "gauge",
+        "Other processes of the room heard through Redis within --node-timeout.",
+    );
+    let _ = writeln!(out, "mio_chat_cluster_processes {processes}");
+    header(
+        out,
+        "mio_chat_cluster_members",
+        "gauge",
+        "Members shown to this process's clients, by the process (node id) they are on.",
+    );
+    let mut members: Vec<_> = members.collect();
+    members.sort_unstable();
+    for (node, n) in members {
+        // Node ids are our own hex, or whatever another writer to the channel put there:
+        // escaped as the exposition format asks.
+        let node = node
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let _ = writeln!(out, "mio_chat_cluster_members{{node=\"{node}\"}} {n}");
+    }
+    counter(
+        out,
+        "mio_chat_cluster_processes_gone_total",
+        "Processes judged gone (silent past --node-timeout): their members were shown leaving.",
+        gone,
+    );
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }

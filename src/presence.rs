@@ -6,26 +6,45 @@
 //! ([`Presence::join`], [`Presence::said`], [`Presence::leave`], [`Presence::land`]); the
 //! decisions about notices live in this file alone.
 //!
-//! **The invariant.** Every client shown a join notice for X is later shown exactly one leave
-//! notice for X, unless it leaves first itself; no client is shown a leave notice without the
-//! join. It holds because a leave notice goes out only for a client recorded as announced, the
-//! record is taken (not read) when it goes out, and it goes out the way the join went:
+//! **The invariant.** At every client of every process, every join notice for a member X is
+//! followed by exactly one leave notice for X (unless the client leaves first), never a leave
+//! without its join, and everything that went through Redis comes in Redis's one order. It
+//! holds because of one record and three rules:
 //!
-//! - announced **locally** (no Redis, or Redis down): into this process's batch, both times;
-//! - announced **through Redis**: published both times, so every process that saw the join sees
-//!   the leave, in Redis's order. A joiner becomes a member here only when Redis hands its own
-//!   join back, so it gets its own notice and everything after it, like everyone else.
+//! - **`shown`**: per process (its node id, this one's included), the ids of its members whose
+//!   join this process has shown its clients. A join notice goes out only for an id not in it
+//!   (and puts it in); a leave notice only for an id in it (and takes it out). So a join
+//!   announced again (a process that comes back re-announces all of its members) is shown once,
+//!   and a leave for a member never shown, or already shown leaving, is not shown at all.
+//! - A **message** from a member not shown is preceded by its join notice: every process meets
+//!   the message at the same place in Redis's order, so they all decide the same.
+//! - A **verdict** "process X is gone" (published by whichever process noticed X silent past
+//!   `--node-timeout`, see `backplane/peers.rs`) makes every process show a leave for each
+//!   member of X it shows, where the verdict sits in Redis's order, by ascending id; a second
+//!   verdict finds nothing left to show.
+//! - **Coming back**: a process whose Redis link came up (at start, or healed), or that meets
+//!   the verdict about itself (it was stalled), or that hears another process say `hello` (it
+//!   came up), re-announces its members, before anything its clients say next: a `roster`
+//!   begin mark, a leave for each member that left while it was cut off (shown only here
+//!   then), a `rejoin` for each member now here, and a `roster` end mark. At the begin mark
+//!   every receiver marks that process's members it shows as unconfirmed; any notice or
+//!   message about one confirms it; at the end mark those still unconfirmed are shown leaving.
+//!   With the rules above, the re-announcement makes every receiver's view of that process
+//!   exact, whatever it missed; a short cut is silent for everyone.
 //!
-//! Across processes it holds while Redis carries both notices. Two cases cannot be told apart by
-//! notices that carry no identity, and are documented rather than guessed at: a client that
-//! joined through Redis and leaves while this process is cut off from Redis is announced here
-//! only (the others cannot be reached); and a join that Redis had not handed back when the link
-//! broke lands here as a local one (it may or may not have reached the others), so its leave
-//! stays local too. `tests/presence_properties.rs` checks the invariant over random interleavings,
-//! with a fake Redis.
+//! While a process is cut off from Redis its clients form a room of their own: joins, leaves and
+//! messages go into its batch only, and the others, after `--node-timeout`, show its members
+//! leaving. When the link heals both sides become true again as above. A restarted process is a
+//! new node; its predecessor's members are shown leaving by the verdict.
+//! `tests/presence_properties.rs` checks the invariant over random interleavings with a fake
+//! Redis, and `tests/cluster.rs` with real processes killed, stopped and cut off.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::SystemTime;
+
+use log::{debug, info};
 
 use crate::envelope::Kind;
-use std::time::SystemTime;
 
 use crate::message::{self, MemberId, V2Frame, Version};
 use crate::room::{Batch, Room};
@@ -58,6 +77,25 @@ pub enum Landing<'a> {
         from: MemberId<'a>,
         body: &'a str,
     },
+    /// The verdict that process `node` is gone (the first of them in Redis's order counts).
+    Gone {
+        node: &'a str,
+    },
+    /// Process `node` shut down (its clients' leaves went before this): no verdict is needed.
+    Farewell {
+        node: &'a str,
+    },
+    /// Process `node` came back after a cut and asks everyone to re-announce their members.
+    Hello {
+        node: &'a str,
+    },
+    /// Process `node` begins (`begin`) or ends re-announcing all of its members.
+    Roster {
+        node: &'a str,
+        begin: bool,
+    },
+    /// This process's link to Redis came back after an outage.
+    Back,
 }
 
 /// How a client's join notice went out; its leave notice must go the same way.
@@ -66,7 +104,7 @@ enum Announced {
     #[default]
     No,
     /// Into this process's batch only.
-    Locally { id: u64 },
+    Locally { id: u64, version: Version },
     /// Published through Redis; a member here, getting frames of `version`, once Redis hands
     /// the join back.
     ThroughRedis { id: u64, version: Version },
@@ -84,9 +122,21 @@ pub struct Presence {
     node: String,
     /// `--max-message-size`, which version 2's `hello` tells each newcomer.
     max_message_size: usize,
-    /// Members of other processes: joins minus leaves that Redis handed us since we subscribed.
-    /// It does not know who was there before that, nor who a crashed process took with it.
-    remote: usize,
+    /// Per process (by node id, this one's included): its members whose join this process has
+    /// shown to its clients (see the invariant above).
+    shown: HashMap<String, BTreeSet<u64>>,
+    /// Ids of this process's members that joined through Redis and left while it was cut off:
+    /// shown leaving here only, their leaves are owed to the others at the heal.
+    left_while_cut: Vec<u64>,
+    /// This process must re-announce its members (see [`Presence::reannounce`]).
+    rejoin_due: bool,
+    /// Per other process re-announcing its members: those shown here that it has not confirmed
+    /// yet (its `roster` end mark shows them leaving).
+    unconfirmed: HashMap<String, BTreeSet<u64>>,
+    /// Processes judged gone (a verdict on each landed here); one id per process that died.
+    judged: HashSet<String>,
+    /// Of them, how many (`mio_chat_cluster_processes_gone_total`).
+    pub processes_gone: u64,
 }
 
 impl Presence {
@@ -110,15 +160,39 @@ impl Presence {
                 redis.publish(Kind::Join, "", (key, id));
             }
             None => {
-                self.record(key, Announced::Locally { id });
+                self.record(key, Announced::Locally { id, version });
                 self.admit(key, id, version);
-                let who = MemberId {
-                    node: &self.node,
-                    id,
-                };
-                self.batch.joined(who, self.online());
+                let node = self.node.clone();
+                self.show_join(MemberId { node: &node, id });
             }
         }
+    }
+
+    /// Shows `who`'s join unless it is shown already; returns whether it did.
+    fn show_join(&mut self, who: MemberId) -> bool {
+        self.confirm(who);
+        let set = self.shown.entry(who.node.to_string()).or_default();
+        if !set.insert(who.id) {
+            return false;
+        }
+        self.batch.joined(who, self.online());
+        true
+    }
+
+    /// Shows `who`'s leave if its join was shown; returns whether it did.
+    fn show_leave(&mut self, who: MemberId) -> bool {
+        self.confirm(who);
+        let Some(set) = self.shown.get_mut(who.node) else {
+            return false;
+        };
+        if !set.remove(&who.id) {
+            return false;
+        }
+        if set.is_empty() && who.node != self.node {
+            self.shown.remove(who.node);
+        }
+        self.batch.left(who, self.online());
+        true
     }
 
     /// Makes `key` a member, at this point of the batch; a version 2 one is greeted first.
@@ -159,32 +233,42 @@ impl Presence {
     pub fn leave(&mut self, key: usize, redis: Option<&mut dyn Publish>) -> bool {
         let announced = self.announced.get_mut(key).map(std::mem::take);
         let was_member = self.room.leave(key);
-        let online = self.online();
-        let who = |id| MemberId {
-            node: &self.node,
-            id,
-        };
+        let node = self.node.clone();
         match (announced, redis) {
-            (Some(Announced::Locally { id }), _) => self.batch.left(who(id), online),
-            (Some(Announced::ThroughRedis { id, .. }), Some(redis)) => {
-                redis.publish(Kind::Leave, "", (key, id))
+            // Through Redis whenever it is up, even for a join shown here only: it then comes
+            // back after everything this member said, and the others, who never showed its join,
+            // skip it.
+            (
+                Some(Announced::Locally { id, .. } | Announced::ThroughRedis { id, .. }),
+                Some(redis),
+            ) => {
+                redis.publish(Kind::Leave, "", (key, id));
+                true
             }
-            // Cut off from Redis: only this process can be told, and only if it saw the join.
+            (Some(Announced::Locally { id, .. }), None) => {
+                self.show_leave(MemberId { node: &node, id })
+            }
+            // Cut off from Redis: only this process can be told now, and only if it saw the
+            // join; the others are told at the heal.
             (Some(Announced::ThroughRedis { id, .. }), None) if was_member => {
-                self.batch.left(who(id), online)
+                self.left_while_cut.push(id);
+                self.show_leave(MemberId { node: &node, id })
             }
-            _ => return false,
+            _ => false,
         }
-        true
     }
 
     /// Everyone here leaves at once (shutdown): nobody here is told, since all of them are going;
-    /// the other processes are, for the clients they were told about.
+    /// the other processes are, for the clients they were told about, and then told that this
+    /// process is going (a `gone` naming itself), so that none of them judges its silence.
     pub fn leave_all(&mut self, mut redis: Option<&mut dyn Publish>) {
         for (key, announced) in self.announced.drain(..).enumerate() {
             if let (Announced::ThroughRedis { id, .. }, Some(redis)) = (announced, redis.as_mut()) {
                 redis.publish(Kind::Leave, "", (key, id));
             }
+        }
+        if let Some(redis) = redis {
+            redis.publish(Kind::Gone, &self.node, (usize::MAX, 0));
         }
         self.room.clear();
     }
@@ -198,20 +282,126 @@ impl Presence {
                 who,
                 through_redis,
             } => {
-                match local {
-                    Some((key, id)) => self.admit_echoed(key, id, through_redis),
-                    None => self.remote += 1,
+                if let Some((key, id)) = local {
+                    self.admit_echoed(key, id, through_redis);
                 }
-                self.batch.joined(who, self.online());
+                self.show_join(who);
             }
             Landing::Leave { who } => {
-                if who.node != self.node {
-                    self.remote = self.remote.saturating_sub(1);
-                }
-                self.batch.left(who, self.online())
+                self.show_leave(who);
             }
-            Landing::Message { from, body } => self.batch.said(from, body),
+            Landing::Message { from, body } => {
+                self.show_join(from); // a member shown gone that speaks is back: one order
+                self.batch.said(from, body)
+            }
+            Landing::Gone { node } if node == self.node => {
+                info!("cluster: declared gone by another process; re-announcing our members");
+                self.rejoin_due = true;
+            }
+            Landing::Gone { node } => self.show_gone(node),
+            Landing::Farewell { node } if node == self.node => {}
+            Landing::Farewell { node } => {
+                self.unconfirmed.remove(node);
+                let ids = self.shown.get(node).cloned().unwrap_or_default();
+                let left = self.show_leaves(node, &ids);
+                info!("cluster: process {node} shut down; {left} members shown leaving");
+            }
+            Landing::Hello { node } if node != self.node => self.rejoin_due = true,
+            Landing::Hello { .. } => {}
+            Landing::Roster { node, .. } if node == self.node => {}
+            Landing::Roster { node, begin: true } => {
+                let ids = self.shown.get(node).cloned().unwrap_or_default();
+                self.unconfirmed.insert(node.to_string(), ids);
+            }
+            Landing::Roster { node, begin: false } => self.roster(node),
+            Landing::Back => self.back(),
         }
+    }
+
+    /// `who` is known to be a member (or known to leave): no longer unconfirmed.
+    fn confirm(&mut self, who: MemberId) {
+        if let Some(ids) = self.unconfirmed.get_mut(who.node) {
+            ids.remove(&who.id);
+        }
+    }
+
+    /// A leave for each of `ids` of `node` that is shown, by ascending id; returns how many.
+    fn show_leaves(&mut self, node: &str, ids: &BTreeSet<u64>) -> usize {
+        (ids.iter())
+            .filter(|&&id| self.show_leave(MemberId { node, id }))
+            .count()
+    }
+
+    /// The verdict on `node`: a leave for each of its members shown, by ascending id. The first
+    /// verdict on a process is counted and logged; a later one (another process judged it too)
+    /// finds nothing to show.
+    fn show_gone(&mut self, node: &str) {
+        self.unconfirmed.remove(node);
+        let ids = self.shown.get(node).cloned().unwrap_or_default();
+        let left = self.show_leaves(node, &ids);
+        if self.judged.insert(node.to_string()) {
+            self.processes_gone += 1;
+            info!("cluster: process {node} is gone; {left} of its members shown leaving");
+        } else {
+            debug!("cluster: process {node} judged gone again; {left} members shown leaving");
+        }
+    }
+
+    /// The link came up: whatever the others did meanwhile is unknown here. They were asked to
+    /// re-announce (the backplane said `hello`); ours are re-announced now.
+    fn back(&mut self) {
+        self.rejoin_due = true;
+    }
+
+    /// `node` re-announced all of its members: those still unconfirmed have left.
+    fn roster(&mut self, node: &str) {
+        let Some(ids) = self.unconfirmed.remove(node) else {
+            return;
+        };
+        let left = self.show_leaves(node, &ids);
+        if left > 0 {
+            info!("cluster: {left} members of process {node} left while we were cut off");
+        }
+    }
+
+    /// Whether this process owes the others a re-announcement of its members.
+    pub fn rejoin_due(&self) -> bool {
+        self.rejoin_due
+    }
+
+    /// Re-announces this process's members through `redis`: a leave for each that left while
+    /// it was cut off, then a `rejoin` for each member now here. Announced through Redis from now
+    /// on, so their leaves are published. Returns (leaves, rejoins) published.
+    pub fn reannounce(&mut self, redis: &mut dyn Publish) -> (usize, usize) {
+        self.rejoin_due = false;
+        redis.publish(Kind::Roster, "begin", (usize::MAX, 0));
+        let leaves = self.left_while_cut.len();
+        for id in self.left_while_cut.drain(..) {
+            redis.publish(Kind::Leave, "", (usize::MAX, id));
+        }
+        let mut rejoins = 0;
+        for (key, announced) in self.announced.iter_mut().enumerate() {
+            let (Announced::Locally { id, version } | Announced::ThroughRedis { id, version }) =
+                *announced
+            else {
+                continue;
+            };
+            // A join still on its way through Redis is announced again too: it comes before
+            // the begin mark, and the end mark must not take it for a member gone.
+            *announced = Announced::ThroughRedis { id, version };
+            redis.publish(Kind::Rejoin, "", (key, id));
+            rejoins += 1;
+        }
+        redis.publish(Kind::Roster, "", (usize::MAX, 0));
+        info!("cluster: re-announced {rejoins} members and {leaves} leaves");
+        (leaves, rejoins)
+    }
+
+    /// Per process, the number of its members shown here (for `/metrics`).
+    pub fn shown_per_node(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.shown
+            .iter()
+            .map(|(node, ids)| (node.as_str(), ids.len()))
     }
 
     fn admit_echoed(&mut self, key: usize, id: u64, through_redis: bool) {
@@ -227,7 +417,7 @@ impl Presence {
         }
         if !through_redis {
             // Landed by the backplane itself when the link broke: the others may never hear it.
-            self.record(key, Announced::Locally { id });
+            self.record(key, Announced::Locally { id, version });
         }
         self.admit(key, id, version);
     }
@@ -249,10 +439,11 @@ impl Presence {
         &self.batch
     }
 
-    /// The room's members as version 2's `online` counts them: this process's, and those of
-    /// other processes it heard join through Redis and not leave.
+    /// The room's members as version 2's `online` counts them: those shown joining and not
+    /// leaving, of every process (so it follows the notices exactly, a leave on its way through
+    /// Redis included).
     pub fn online(&self) -> usize {
-        self.room.len() + self.remote
+        self.shown.values().map(BTreeSet::len).sum()
     }
 
     /// Members of the room here (clients that receive its frames).
@@ -345,33 +536,41 @@ mod tests {
             p.leave(3, Some(&mut redis)),
             "published before the join came back"
         );
-        for local in [Some((3, 9)), Some((3, 8))] {
+        for id in [9, 8] {
             p.land(Landing::Join {
-                local,
-                who: MemberId::default(),
+                local: Some((3, id)),
+                who: MemberId { node: "", id },
                 through_redis: true,
             });
             assert!(!p.is_member(3));
         }
         let mut two_joins = Batch::default();
-        two_joins.joined(MemberId::default(), 0);
-        two_joins.joined(MemberId::default(), 0);
+        two_joins.joined(MemberId { node: "", id: 9 }, 0);
+        two_joins.joined(MemberId { node: "", id: 8 }, 0);
         assert_eq!(p.batch().as_bytes(), two_joins.as_bytes());
     }
 
     #[test]
-    fn a_join_landed_in_an_outage_leaves_locally_even_once_redis_is_back() {
+    fn a_join_landed_in_an_outage_leaves_through_redis_once_it_is_back() {
         let (mut p, mut redis) = (Presence::default(), Published::default());
         p.join((0, 1), Version::V1, None);
         p.join((4, 5), Version::V1, Some(&mut redis));
         p.land(Landing::Join {
             local: Some((4, 5)),
-            who: MemberId::default(),
+            who: MemberId { node: "", id: 5 },
             through_redis: false,
         });
         fan_out(&mut p);
         assert!(p.leave(4, Some(&mut redis)));
-        assert_eq!(redis.0.len(), 1, "only the join was published");
+        assert_eq!(
+            redis.0[1].0,
+            Kind::Leave,
+            "after all it said, through Redis"
+        );
+        assert!(p.batch().is_empty());
+        p.land(Landing::Leave {
+            who: MemberId { node: "", id: 5 },
+        });
         assert_eq!(fan_out(&mut p)[&0], [LEFT]);
     }
 
@@ -382,7 +581,7 @@ mod tests {
         p.join((2, 3), Version::V1, Some(&mut redis));
         p.land(Landing::Join {
             local: Some((2, 3)),
-            who: MemberId::default(),
+            who: MemberId { node: "", id: 3 },
             through_redis: true,
         });
         fan_out(&mut p);
@@ -399,6 +598,11 @@ mod tests {
         p.leave_all(Some(&mut redis));
         let leaves = redis.0.iter().filter(|(k, _, _)| *k == Kind::Leave).count();
         assert_eq!(leaves, 2);
+        assert_eq!(
+            redis.0.last().map(|(k, _, _)| *k),
+            Some(Kind::Gone),
+            "then a farewell"
+        );
         assert_eq!(p.members(), 0);
         assert!(
             !p.leave(0, None) && !p.leave(1, None),
@@ -438,5 +642,220 @@ mod tests {
         ] {
             assert!(frames.contains(expected), "{expected} in {frames}");
         }
+    }
+
+    /// The notices in the batch (version 2 frames), as "join node.id" / "leave node.id" /
+    /// "message node.id".
+    fn notices(p: &Presence) -> Vec<String> {
+        let text = String::from_utf8_lossy(p.batch().v2_bytes()).into_owned();
+        text.split(r#"{"type":""#)
+            .skip(1)
+            .map(|frame| {
+                let kind = frame.split('"').next().unwrap_or("?");
+                let id = (frame.split(r#""id":""#).nth(1))
+                    .or(frame.split(r#""from":""#).nth(1))
+                    .and_then(|rest| rest.split('"').next())
+                    .unwrap_or("?");
+                format!("{kind} {id}")
+            })
+            .collect()
+    }
+
+    /// A presence named "me" with a version 2 watcher (key 50, id 100; only version 2 members
+    /// make the batch's version 2 frames), its own join notice taken out.
+    fn watched() -> Presence {
+        let mut p = Presence::new("me".into(), 100);
+        p.join((50, 100), Version::V2, None);
+        p.hand_out_batch(|_, _| true);
+        p
+    }
+
+    fn other(node: &str, id: u64) -> MemberId<'_> {
+        MemberId { node, id }
+    }
+
+    fn join(who: MemberId) -> Landing {
+        Landing::Join {
+            local: None,
+            who,
+            through_redis: true,
+        }
+    }
+
+    #[test]
+    fn joins_are_shown_once_and_leaves_only_after_their_join() {
+        let mut p = watched();
+        p.land(join(other("b", 1)));
+        p.land(join(other("b", 1))); // a rejoin
+        p.land(Landing::Leave { who: other("b", 2) }); // never shown
+        p.land(Landing::Leave { who: other("b", 1) });
+        p.land(Landing::Leave { who: other("b", 1) }); // twice
+        assert_eq!(
+            notices(&p).iter().filter(|n| n.starts_with("join")).count(),
+            1
+        );
+        assert_eq!(
+            notices(&p)
+                .iter()
+                .filter(|n| n.starts_with("leave"))
+                .count(),
+            1
+        );
+        assert_eq!(p.online(), 1);
+    }
+
+    #[test]
+    fn a_message_from_a_member_not_shown_brings_its_join_first() {
+        let mut p = watched();
+        p.land(Landing::Message {
+            from: other("b", 4),
+            body: "hi",
+        });
+        p.land(join(other("b", 4)));
+        let n = notices(&p);
+        assert_eq!(n.len(), 2, "{n:?}");
+        assert_eq!(n[0], "join b.4");
+        assert_eq!(p.online(), 2);
+    }
+
+    #[test]
+    fn the_first_verdict_shows_each_member_leaving_in_id_order_and_the_next_nothing() {
+        let mut p = watched();
+        for id in [7, 3, 5] {
+            p.land(join(other("b", id)));
+        }
+        p.land(join(other("c", 1)));
+        p.land(Landing::Gone { node: "b" });
+        p.land(Landing::Gone { node: "b" });
+        let leaves: Vec<_> = notices(&p)
+            .into_iter()
+            .filter(|n| n.starts_with("leave"))
+            .collect();
+        assert_eq!(leaves, ["leave b.3", "leave b.5", "leave b.7"]);
+        assert_eq!(p.online(), 2);
+        assert!(!p.rejoin_due());
+    }
+
+    #[test]
+    fn a_verdict_on_this_process_shows_nothing_here_and_re_announces_its_members() {
+        let (mut p, mut redis) = (watched(), Published::default());
+        p.join((0, 1), Version::V1, Some(&mut redis));
+        p.land(Landing::Join {
+            local: Some((0, 1)),
+            who: other("me", 1),
+            through_redis: true,
+        });
+        p.join((1, 2), Version::V1, Some(&mut redis)); // not back yet: not re-announced
+        let before = notices(&p).len();
+        p.land(Landing::Gone { node: "me" });
+        assert_eq!(notices(&p).len(), before);
+        assert!(p.rejoin_due());
+        redis.0.clear();
+        assert_eq!(
+            p.reannounce(&mut redis),
+            (0, 3),
+            "the watcher, 1, and 2 on its way"
+        );
+        let kinds: Vec<Kind> = redis.0.iter().map(|(k, _, _)| *k).collect();
+        let rejoin = Kind::Rejoin;
+        assert_eq!(kinds, [Kind::Roster, rejoin, rejoin, rejoin, Kind::Roster]);
+        // Its own rejoin coming back shows nothing here: the join is shown already.
+        p.land(join(other("me", 1)));
+        assert_eq!(notices(&p).len(), before);
+    }
+
+    #[test]
+    fn a_heal_publishes_the_leaves_of_the_cut_and_rejoins_members_joined_during_it() {
+        let (mut p, mut redis) = (watched(), Published::default());
+        p.land(join(other("b", 9)));
+        for (key, id) in [(0, 1), (1, 2)] {
+            p.join((key, id), Version::V1, Some(&mut redis));
+            p.land(Landing::Join {
+                local: Some((key, id)),
+                who: other("me", id),
+                through_redis: true,
+            });
+        }
+        // Cut off: one leaves, one joins, both shown here only.
+        assert!(p.leave(1, None));
+        p.join((2, 3), Version::V1, None);
+        p.land(Landing::Back);
+        assert!(p.rejoin_due());
+        redis.0.clear();
+        assert_eq!(p.reannounce(&mut redis), (1, 3));
+        let kinds: Vec<Kind> = redis.0.iter().map(|(k, _, _)| *k).collect();
+        assert_eq!(
+            kinds,
+            [
+                Kind::Roster,
+                Kind::Leave,
+                Kind::Rejoin,
+                Kind::Rejoin,
+                Kind::Rejoin,
+                Kind::Roster
+            ]
+        );
+        // The member that joined during the cut now leaves through Redis.
+        redis.0.clear();
+        assert!(p.leave(2, Some(&mut redis)));
+        assert_eq!(redis.0[0].0, Kind::Leave);
+    }
+
+    #[test]
+    fn a_hello_from_another_process_asks_for_a_re_announcement() {
+        let mut p = watched();
+        p.land(Landing::Hello { node: "me" });
+        assert!(!p.rejoin_due());
+        p.land(Landing::Hello { node: "b" });
+        assert!(p.rejoin_due());
+    }
+
+    #[test]
+    fn a_roster_shows_leaving_only_the_members_it_did_not_confirm() {
+        let mut p = watched();
+        for id in [1, 2, 3, 4] {
+            p.land(join(other("b", id)));
+        }
+        p.land(join(other("c", 1)));
+        p.hand_out_batch(|_, _| true);
+        p.land(Landing::Roster {
+            node: "b",
+            begin: true,
+        });
+        p.land(join(other("b", 2))); // rejoins: shown already
+        p.land(Landing::Message {
+            from: other("b", 3),
+            body: "still here",
+        });
+        p.land(Landing::Leave { who: other("b", 4) });
+        p.land(join(other("b", 5))); // joined while we were cut off
+        p.land(Landing::Roster {
+            node: "b",
+            begin: false,
+        });
+        p.land(Landing::Roster {
+            node: "b",
+            begin: false,
+        });
+        assert_eq!(
+            notices(&p),
+            ["message b.3", "leave b.4", "join b.5", "leave b.1"]
+        );
+        assert_eq!(p.online(), 1 + 3 + 1, "the watcher, b.2, b.3, b.5 and c.1");
+    }
+
+    #[test]
+    fn a_farewell_shows_what_is_left_of_a_process_and_counts_no_verdict() {
+        let mut p = watched();
+        p.land(join(other("b", 1)));
+        p.land(join(other("b", 2)));
+        p.land(Landing::Leave { who: other("b", 1) });
+        p.land(Landing::Farewell { node: "b" });
+        p.land(Landing::Gone { node: "b" }); // a verdict that crossed it
+        let n = notices(&p);
+        assert_eq!(n[n.len() - 2..], ["leave b.1", "leave b.2"]);
+        assert_eq!(p.online(), 1);
+        p.land(Landing::Farewell { node: "me" }); // our own, back: nothing
+        assert_eq!(p.online(), 1);
     }
 }

@@ -194,7 +194,23 @@ impl<R: Relay> RoomCore<R> {
     ) -> Option<T> {
         let relay = self.relay.as_mut()?;
         let presence = &mut self.presence;
-        Some(act(relay, &mut |landing| presence.land(landing)))
+        let done = act(relay, &mut |landing| presence.land(landing));
+        // Before any client's next event: a process that came back re-announces its members
+        // first (see `presence.rs`).
+        if self.presence.rejoin_due() && relay.is_up() {
+            self.presence.reannounce(relay);
+        }
+        Some(done)
+    }
+
+    /// Processes judged gone (for `/metrics`).
+    pub fn processes_gone(&self) -> u64 {
+        self.presence.processes_gone
+    }
+
+    /// Per process, its members shown here (for `/metrics`).
+    pub fn shown_per_node(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.presence.shown_per_node()
     }
 }
 

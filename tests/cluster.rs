@@ -135,6 +135,9 @@ fn a_redis_outage_keeps_local_chat_and_heals_without_duplicates() {
     b.wait_for_log("redis: back");
     assert_eq!(health(&a), "ok");
     assert_eq!(health(&b), "ok");
+    // The client that joined A while it was cut off is announced to B now (A re-announces its
+    // members at its heal, and again when B's `hello` asks): B's client hears it join, once.
+    expect_body(&mut on_b, JOINED);
     // Each client's next messages are exactly these: nothing from the outage comes twice, and
     // nothing said on the other process during it arrives late.
     send_text(&mut on_a, "healed");
@@ -145,10 +148,10 @@ fn a_redis_outage_keeps_local_chat_and_heals_without_duplicates() {
     for client in [&mut on_a, &mut second_on_a, &mut on_b] {
         expect_body(client, "both ways");
     }
-    // It joined while Redis was down, so only its own process heard it come, and only its own
-    // process hears it go: nobody hears of a leave without the join.
+    // Announced to both now, it leaves for both.
     close_ws(&mut second_on_a);
     expect_body(&mut on_a, LEFT);
+    expect_body(&mut on_b, LEFT);
     send_text(&mut on_b, "after the leave");
     expect_body(&mut on_a, "after the leave");
     expect_body(&mut on_b, "after the leave");

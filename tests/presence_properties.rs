@@ -27,7 +27,7 @@ use mio_chat::backplane::Ledger;
 use mio_chat::connection::{Connection, Context, Ending, Event, Sink};
 use mio_chat::envelope::Kind;
 use mio_chat::message::{Message, JOINED, LEFT};
-use mio_chat::presence::{Member, Publish};
+use mio_chat::presence::{Landing, Member, Publish};
 use mio_chat::proxy::Peer;
 use mio_chat::room_core::{Relay, RoomCore, Who};
 use mio_chat::Config;
@@ -303,7 +303,7 @@ impl World {
                 let Some(envelope) = redis.channel.pop_front() else {
                     return;
                 };
-                redis.ledger.receive(&envelope, land);
+                redis.ledger.receive(&envelope, Instant::now(), land);
             }
         });
     }
@@ -366,7 +366,14 @@ impl World {
                 });
             }
             Op::RedisUp => {
-                self.core.with_relay(|redis, _| redis.up = true);
+                // As the backplane does when its links come back: it lands `Back`, and the core
+                // re-announces this process's members.
+                self.core.with_relay(|redis, land| {
+                    if !redis.up {
+                        redis.up = true;
+                        land(Landing::Back);
+                    }
+                });
             }
             Op::FanOut => self.fan_out(),
             Op::RedisDown(_) => {}

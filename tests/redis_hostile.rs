@@ -46,6 +46,8 @@ fn a_bad_reply_after_a_message(bad: &[u8]) {
     let mut bytes = foreign_message("0000000000000bad", 1, "once");
     bytes.extend_from_slice(bad);
     assert_eq!(fake.send_to_subscribers(&bytes), 1);
+    // A member never announced that speaks is announced first (see `presence.rs`).
+    expect_body(&mut client, JOINED);
     expect_body(&mut client, "once");
     server.wait_for_log(OUTAGE);
     server.wait_for_log("redis: back");
@@ -100,6 +102,7 @@ fn one_huge_envelope_does_not_drop_every_client_as_a_slow_consumer() {
         1
     );
     for client in &mut clients {
+        expect_body(client, JOINED); // its sender, never announced, is announced first
         expect_body(client, "after");
     }
     let page = http_get(&server, "/metrics").body_text();

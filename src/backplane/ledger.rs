@@ -14,6 +14,10 @@
 //!   acknowledges it (anyone who can write to the channel can forge our node id);
 //! - another process's message longer than our `--max-message-size` is skipped and counted: no
 //!   client here could have sent it, and its copies could drop every reader as a slow consumer.
+//! - every envelope from another process says it is alive ([`Peers`]); this process beats and
+//!   judges the silent ones ([`Ledger::keep_alive`]), and says `hello` when its links come up
+//!   ([`Ledger::up`]); a verdict of ours that never came back through Redis is judged again;
+//! - `beat`, and a `gone` or `hello` or `roster` that did not go through Redis, land nothing.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -24,6 +28,8 @@ use crate::envelope::{self, Envelope, Kind, Unusable};
 use crate::message::MemberId;
 use crate::metrics::BackplaneStats;
 use crate::presence::{Landing, Member};
+
+use super::peers::Peers;
 
 /// One of our envelopes on its way through Redis.
 #[derive(Debug)]
@@ -39,7 +45,7 @@ struct Pending {
 
 impl Pending {
     /// How it lands here: `through_redis` if Redis handed it back, else by the backplane itself.
-    fn landing<'a>(&'a self, node: &'a str, through_redis: bool) -> Landing<'a> {
+    fn landing<'a>(&'a self, node: &'a str, through_redis: bool) -> Option<Landing<'a>> {
         let who = MemberId {
             node,
             id: self.member.1,
@@ -49,21 +55,44 @@ impl Pending {
     }
 }
 
+/// What an envelope means for the room; `None` for a heartbeat. A verdict or a `hello` that
+/// never went through Redis means nothing: the others never heard it.
 fn landing<'a>(
     kind: Kind,
     local: Option<Member>,
     who: MemberId<'a>,
     body: &'a str,
     through_redis: bool,
-) -> Landing<'a> {
-    match kind {
+) -> Option<Landing<'a>> {
+    Some(match kind {
         Kind::Join => Landing::Join {
             local,
             who,
             through_redis,
         },
+        Kind::Rejoin => Landing::Join {
+            local: None,
+            who,
+            through_redis,
+        },
         Kind::Leave => Landing::Leave { who },
         Kind::Message => Landing::Message { from: who, body },
+        Kind::Gone if through_redis && body == who.node => Landing::Farewell { node: body },
+        Kind::Gone if through_redis => Landing::Gone { node: body },
+        Kind::Hello if through_redis => Landing::Hello { node: who.node },
+        Kind::Roster if through_redis => Landing::Roster {
+            node: who.node,
+            begin: body == "begin",
+        },
+        Kind::Beat | Kind::Gone | Kind::Hello | Kind::Roster => return None,
+    })
+}
+
+/// A verdict of ours that never went through Redis: nobody acted on it, so the process it named
+/// is judged again if it stays silent (it was forgotten when judged). Not our own farewell.
+fn lost_verdict(peers: &mut Peers, pending: &Pending, node: &str) {
+    if pending.kind == Kind::Gone && pending.body != node {
+        peers.heard(&pending.body, pending.at);
     }
 }
 
@@ -84,6 +113,10 @@ pub struct Ledger {
     /// The last envelope's JSON (reused).
     scratch: Vec<u8>,
     stats: BackplaneStats,
+    /// The other processes heard through Redis, and when.
+    pub peers: Peers,
+    /// This process said farewell (it is shutting down): it beats and judges no more.
+    farewell: bool,
 }
 
 impl Ledger {
@@ -98,6 +131,8 @@ impl Ledger {
             max_body,
             scratch: Vec::new(),
             stats: BackplaneStats::default(),
+            peers: Peers::new(crate::config::DEFAULT_NODE_TIMEOUT),
+            farewell: false,
         }
     }
 
@@ -129,6 +164,7 @@ impl Ledger {
 
     /// Records one event of this process's clients and returns its envelope's JSON, to publish.
     pub fn publish(&mut self, kind: Kind, body: &str, member: Member, now: Instant) -> &[u8] {
+        self.farewell |= kind == Kind::Gone && body == self.node;
         self.next_seq += 1;
         self.scratch.clear();
         Envelope {
@@ -152,21 +188,52 @@ impl Ledger {
         &self.scratch
     }
 
+    /// While up, at `now`: this process's beat when it is due, and a verdict on each other
+    /// process silent past `--node-timeout`; each envelope goes to `publish`.
+    pub fn keep_alive(&mut self, now: Instant, publish: &mut dyn FnMut(&[u8])) {
+        if self.farewell {
+            return; // a beat after it would make the others track us again, and judge us
+        }
+        if self.peers.beat_due(now) {
+            publish(self.publish(Kind::Beat, "", (0, 0), now));
+        }
+        for node in self.peers.judge(now) {
+            warn!("cluster: process {node} silent past --node-timeout; declaring it gone");
+            publish(self.publish(Kind::Gone, &node, (0, 0), now));
+        }
+    }
+
+    /// The links came up at `now`: the others get a fresh grace period (their silence was
+    /// ours), and this process says `hello` through `publish`, so that everyone re-announces
+    /// their members to it (at start, the members that were there before it; after an outage,
+    /// the members that are still there).
+    pub fn up(&mut self, now: Instant, publish: &mut dyn FnMut(&[u8])) {
+        self.peers.up(now);
+        publish(self.publish(Kind::Hello, "", (0, 0), now));
+    }
+
     /// Lands everything still pending, in order (the links broke: it would never come back).
     pub fn land_pending(&mut self, land: &mut dyn FnMut(Landing)) {
         self.pending_bytes = 0;
         for pending in self.pending.drain(..) {
-            land(pending.landing(&self.node, false));
+            lost_verdict(&mut self.peers, &pending, &self.node);
+            if let Some(landing) = pending.landing(&self.node, false) {
+                land(landing);
+            }
         }
     }
 
     /// One message from the channel.
-    pub fn receive(&mut self, payload: &[u8], land: &mut dyn FnMut(Landing)) {
+    pub fn receive(&mut self, payload: &[u8], now: Instant, land: &mut dyn FnMut(Landing)) {
         let envelope = match Envelope::parse(payload) {
             Ok(envelope) => envelope,
             Err(unusable) => return self.skip(unusable),
         };
         if envelope.node != self.node {
+            self.peers.heard(&envelope.node, now);
+            if envelope.kind == Kind::Gone {
+                self.peers.forget(&envelope.body); // judged: nobody else need judge it again
+            }
             if envelope.body.len() > self.max_body {
                 return self.skip(Unusable::TooLarge(envelope.body.len()));
             }
@@ -175,7 +242,10 @@ impl Ledger {
                 node: &envelope.node,
                 id: envelope.member,
             };
-            return land(landing(envelope.kind, None, who, &envelope.body, true));
+            if let Some(landing) = landing(envelope.kind, None, who, &envelope.body, true) {
+                land(landing);
+            }
+            return;
         }
         // Ours, back from Redis: everything before it in `pending` went out before it, so
         // anything older still there was lost on the way (it lands now, so nobody here misses it).
@@ -188,14 +258,20 @@ impl Ledger {
             };
             self.pending_bytes -= PENDING_OVERHEAD + pending.body.len();
             self.stats.received += 1;
-            if pending.seq == envelope.seq {
-                return land(pending.landing(&self.node, true));
+            let through_redis = pending.seq == envelope.seq;
+            if !through_redis {
+                lost_verdict(&mut self.peers, &pending, &self.node);
+            }
+            if let Some(landing) = pending.landing(&self.node, through_redis) {
+                land(landing);
+            }
+            if through_redis {
+                return;
             }
             debug!(
                 "redis: envelope {} never came back; delivered locally",
                 pending.seq
             );
-            land(pending.landing(&self.node, false));
         }
     }
 
@@ -243,6 +319,11 @@ mod tests {
             } => format!("join {}.{}", who.node, who.id),
             Landing::Leave { who } => format!("leave {}.{}", who.node, who.id),
             Landing::Message { from, body } => format!("say {body} from {}.{}", from.node, from.id),
+            Landing::Gone { node } => format!("gone {node}"),
+            Landing::Farewell { node } => format!("farewell {node}"),
+            Landing::Hello { node } => format!("hello {node}"),
+            Landing::Roster { node, begin } => format!("roster {node} {begin}"),
+            Landing::Back => "back".into(),
         }
     }
 
@@ -263,7 +344,7 @@ mod tests {
 
     fn receive(l: &mut Ledger, payload: &[u8]) -> Vec<String> {
         let mut got = Vec::new();
-        l.receive(payload, &mut |x| got.push(landed(x)));
+        l.receive(payload, Instant::now(), &mut |x| got.push(landed(x)));
         got
     }
 

@@ -17,7 +17,8 @@
 //!
 //! The parts: `link.rs` is one socket to Redis; `resolve.rs` where Redis is (its name resolved
 //! at every attempt, without blocking); `ledger.rs` the pure bookkeeping (sequence
-//! numbers, the pending envelopes, what each envelope from the channel means); `outage.rs` the
+//! numbers, the pending envelopes, what each envelope from the channel means); `peers.rs` which
+//! other processes are alive (heartbeats and verdicts, see `presence.rs`); `outage.rs` the
 //! pure state and outage rules (backoff, a new outage or the same one, connect timeout). This
 //! file ties them to the two sockets (and, while a name is looked up, a UDP socket). What the
 //! bytes mean is in [`crate::redis`] and [`crate::envelope`].
@@ -25,6 +26,7 @@
 mod ledger;
 mod link;
 pub mod outage;
+pub mod peers;
 pub mod resolve;
 
 use std::io::ErrorKind;
@@ -75,6 +77,8 @@ pub struct Settings {
     pub max_message_size: usize,
     /// `--redis-timeout`: how long our envelopes, and answers to PING, may take to come back.
     pub timeout: Duration,
+    /// `--node-timeout`: how long another process may be silent before it is declared gone.
+    pub node_timeout: Duration,
 }
 
 /// Both Redis links and what travels over them.
@@ -128,7 +132,11 @@ impl Backplane {
             channel,
             subscriber: Link::new(tokens.0, Limits::for_payloads(max_payload)),
             publisher: Link::new(tokens.1, Limits::COMMAND_REPLIES),
-            ledger: Ledger::new(envelope::new_node_id(), settings.max_message_size),
+            ledger: {
+                let mut ledger = Ledger::new(envelope::new_node_id(), settings.max_message_size);
+                ledger.peers = peers::Peers::new(settings.node_timeout);
+                ledger
+            },
             outages: Outages::default(),
             addr: None,
             resolver: ResolverConfig::from_env(),
@@ -141,6 +149,16 @@ impl Backplane {
             publisher_budget: PUBLISHER_READ_BUDGET,
             command: Vec::new(),
         }
+    }
+
+    /// Other processes heard through Redis and not declared gone.
+    pub fn peers(&self) -> usize {
+        self.ledger.peers.len()
+    }
+
+    /// Verdicts this process published.
+    pub fn verdicts(&self) -> u64 {
+        self.ledger.peers.verdicts
     }
 
     pub fn is_up(&self) -> bool {
@@ -170,7 +188,10 @@ impl Backplane {
             return Some(lookup.deadline());
         }
         match self.is_up() {
-            true => Some(self.liveness.next_deadline(self.ledger.oldest_pending())),
+            true => {
+                let redis = self.liveness.next_deadline(self.ledger.oldest_pending());
+                Some(redis.min(self.ledger.peers.next_deadline()))
+            }
             false => self.outages.next_deadline(),
         }
     }
@@ -398,6 +419,11 @@ impl Backplane {
         land: &mut dyn FnMut(Landing),
     ) {
         if self.is_up() {
+            let (command, publisher, channel) =
+                (&mut self.command, &mut self.publisher, &self.channel);
+            self.ledger.keep_alive(now, &mut |envelope| {
+                queue_publish(command, publisher, channel, envelope)
+            });
             return self.check_alive(registry, now, land);
         }
         if let Some((lookup, _)) = self.lookup.as_mut() {
@@ -435,7 +461,7 @@ impl Backplane {
         if let Err(why) = self.handle(token, readable, writable, registry) {
             self.fail(why, registry, now, land);
         }
-        self.check_up(now);
+        self.check_up(now, land);
     }
 
     fn handle(
@@ -512,7 +538,7 @@ impl Backplane {
         if let Err(why) = read.and_then(|()| self.read_chunk(land, now)) {
             self.fail(why, registry, now, land);
         }
-        self.check_up(now);
+        self.check_up(now, land);
     }
 
     fn read_chunk(&mut self, land: &mut dyn FnMut(Landing), now: Instant) -> Result<(), Failure> {
@@ -565,7 +591,8 @@ impl Backplane {
         match reply {
             Reply::Message { payload, .. } => {
                 let payload = at + payload.start..at + payload.end;
-                self.ledger.receive(&self.subscriber.input[payload], land);
+                self.ledger
+                    .receive(&self.subscriber.input[payload], now, land);
             }
             Reply::Subscribed { channel } if channel == self.channel.as_bytes() => {
                 self.subscriber.subscribed = true;
@@ -621,9 +648,12 @@ impl Backplane {
     /// [up](Backplane::is_up)).
     pub fn publish(&mut self, kind: Kind, body: &str, member: Member) {
         let envelope = self.ledger.publish(kind, body, member, Instant::now());
-        self.command.clear();
-        redis::publish(&mut self.command, self.channel.as_bytes(), envelope);
-        self.publisher.output.push(&self.command); // `push` reuses the space already written
+        queue_publish(
+            &mut self.command,
+            &mut self.publisher,
+            &self.channel,
+            envelope,
+        );
     }
 
     /// Writes what was published (at the end of a turn, like a client's flush), then judges
@@ -656,21 +686,41 @@ impl Backplane {
     }
 
     /// Both links ready (subscribed; publisher connected and its AUTH/SELECT answered): up.
-    fn check_up(&mut self, now: Instant) {
+    fn check_up(&mut self, now: Instant, land: &mut dyn FnMut(Landing)) {
         let publisher_ready = self.publisher.connected && self.publisher.preamble_replies == 0;
         if self.is_up() || !self.subscriber.subscribed || !publisher_ready {
             return;
         }
         self.liveness.reset(now);
-        match self.outages.up(now) {
-            Recovery::First => info!(
-                "redis: subscribed to {:?}; the room spans every process",
-                self.channel
-            ),
+        let recovery = self.outages.up(now);
+        let (command, publisher, channel) = (&mut self.command, &mut self.publisher, &self.channel);
+        self.ledger.up(now, &mut |envelope| {
+            queue_publish(command, publisher, channel, envelope)
+        });
+        match recovery {
+            Recovery::First => {
+                info!(
+                    "redis: subscribed to {:?}; the room spans every process",
+                    self.channel
+                );
+                // Clients that joined before Redis was there are announced to the others now.
+                return land(Landing::Back);
+            }
             Recovery::Back => info!("redis: back; the room spans every process again"),
             Recovery::Again => debug!("redis: back again, within the same outage"),
         }
+        // Whatever the others did meanwhile is unknown here: they were asked to re-announce (our
+        // `hello`), and ours are re-announced by the room core as this lands.
+        land(Landing::Back);
     }
+}
+
+/// Queues `PUBLISH channel envelope` on the publisher link (written at the turn's flush);
+/// `command` is reused, and `push` reuses the space already written.
+fn queue_publish(command: &mut Vec<u8>, publisher: &mut Link, channel: &str, envelope: &[u8]) {
+    command.clear();
+    redis::publish(command, channel.as_bytes(), envelope);
+    publisher.output.push(command);
 }
 
 impl Publish for Backplane {
@@ -689,6 +739,7 @@ mod tests {
             max_unsent,
             max_message_size: 1 << 16,
             timeout: Duration::from_secs(2),
+            node_timeout: Duration::from_secs(5),
         };
         Backplane::new(url, "room".into(), (Token(1), Token(2), Token(3)), settings)
     }

@@ -147,6 +147,7 @@ impl Server {
                 max_unsent: config.redis_max_unsent,
                 max_message_size: config.max_message_size,
                 timeout: config.redis_timeout,
+                node_timeout: config.node_timeout,
             };
             let tokens = (REDIS_SUBSCRIBER, REDIS_PUBLISHER, REDIS_RESOLVER);
             Backplane::new(url, config.redis_channel.clone(), tokens, settings)
@@ -353,7 +354,13 @@ impl Server {
                 Phase::Closed => {}
             }
         }
-        self.room.metrics.render(gauges)
+        let mut page = self.room.metrics.render(gauges);
+        if let Some(backplane) = self.room.relay() {
+            let gone = self.room.processes_gone();
+            let members = self.room.shown_per_node();
+            crate::metrics::render_cluster(&mut page, backplane.peers(), gone, members);
+        }
+        page
     }
 
     fn on_signal(&mut self, now: Instant) {
