@@ -125,15 +125,28 @@ impl Client {
     /// Takes one batch of the room (called by the room's fan-out, once per member). When
     /// nothing is queued ahead of it, the batch is written straight from the room's buffer, so a
     /// client that keeps up never gets a copy; only what its socket cannot take now is queued,
-    /// whatever its size (`batch_tail`). A client with a backlog gets the batch queued behind
-    /// it, unless that would pass `max_outbound`: then it is a slow consumer, to be dropped.
+    /// whatever its size (`batch_tail`). A client with a backlog (bytes its socket refused) gets
+    /// the batch queued behind it, unless that would pass `max_outbound`: then it is a slow
+    /// consumer, to be dropped.
     pub fn take_batch(
         &mut self,
         frames: &[u8],
         max_outbound: usize,
         bytes_written: &mut u64,
     ) -> Result<(), Ending> {
-        if !self.conn.output().is_empty() || self.transport.holds_output() {
+        if self.has_output() && !self.awaiting_writable {
+            // Bytes of its own from this turn (a pong, TLS records) are no backlog: its socket
+            // has refused nothing yet. Written first, they leave the batch free to go straight.
+            match self.flush() {
+                Ok(written) => *bytes_written += written as u64,
+                Err(e) => {
+                    debug!(peer:% = self.peer; "write: {e}");
+                    return Err(Ending::PeerLeft);
+                }
+            }
+            self.sent();
+        }
+        if self.has_output() {
             if self.over_limit(frames.len(), max_outbound) {
                 return Err(Ending::SlowConsumer);
             }
