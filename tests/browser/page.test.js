@@ -127,6 +127,24 @@ for (const [size, device] of SIZES) {
     assert.deepEqual(await texts(a, 'message'), []);
   }));
 
+  test(`${size}: every message the server never echoed is given back, and what is being typed stays`, (t) => withChat(browser, t, async (chat) => {
+    const a = await chat.open(device);
+    await waitForCount(a, 1, 'notice');
+    chat.server.pause();
+    await say(a, 'first');
+    await say(a, 'second');
+    await a.fill('#input', 'still typing');
+    await chat.server.kill();
+    await waitForState(a, 'reconnecting');
+    await waitForCount(a, 3, 'error');
+    assert.equal(await a.inputValue('#input'), 'still typing', 'the box is not overwritten');
+    assert.deepEqual(await texts(a, 'error'), [
+      'Not delivered: the connection was lost (close code 1006).',
+      'Not sent: first',
+      'Not sent: second',
+    ]);
+  }));
+
   test(`${size}: a restart leaves a mark saying what may have been missed, not a join`, (t) => withChat(browser, t, async (chat) => {
     const a = await chat.open(device);
     await waitForCount(a, 1, 'notice');
