@@ -32,7 +32,6 @@ use crate::faults::{quote, Fault, Faults};
 use crate::target::{self, Route};
 use crate::wire::{Fixed, Masks};
 
-
 /// What a scenario hears from the fleet. Keys are slab keys; a key is reused only after
 /// [`Observer::gone`] (or a failed dial) freed it.
 pub trait Observer {
