@@ -488,4 +488,55 @@ mod tests {
         );
         assert_eq!(v2_frames(&q.got[&1]), ["join n.2"]);
     }
+
+    #[test]
+    fn a_reused_key_gets_only_its_own_hello_in_the_turn_its_first_holder_came_and_went() {
+        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Batch::default());
+        let hello = |id: u64| -> Box<[u8]> {
+            let mut out = Vec::new();
+            message::push_v2_frame(
+                &mut out,
+                &V2Frame::Hello {
+                    you: MemberId { node: "", id },
+                    max_message_size: 1,
+                    time: 0,
+                },
+            );
+            out.into_boxed_slice()
+        };
+        let (first, second, third) = (
+            MemberId { node: "", id: 1 },
+            MemberId { node: "", id: 2 },
+            MemberId { node: "", id: 3 },
+        );
+        room.join(0, Version::V2, &mut b);
+        room.greet(0, hello(1));
+        b.joined(first, 1);
+        assert!(room.leave(0));
+        b.left(first, 0);
+        room.join(0, Version::V2, &mut b); // the same key, a new client
+        room.greet(0, hello(2));
+        b.joined(second, 1);
+        assert!(room.leave(0));
+        b.left(second, 0);
+        room.join(0, Version::V1, &mut b); // and again, speaking version 1
+        b.joined(third, 1);
+        room.hand_out(&mut b, |k, f| q.deliver(k, f));
+        assert_eq!(q.bodies(0), [JOINED], "no hello of another client");
+
+        room.leave(0);
+        b.left(third, 0);
+        room.hand_out(&mut b, |k, f| q.deliver(k, f));
+        q.got.clear();
+        room.join(0, Version::V2, &mut b);
+        room.greet(0, hello(4));
+        b.joined(MemberId { node: "", id: 4 }, 1);
+        room.hand_out(&mut b, |k, f| q.deliver(k, f));
+        let got = String::from_utf8_lossy(&q.got[&0]).into_owned();
+        assert_eq!(got.matches(r#""type":"hello""#).count(), 1, "{got}");
+        assert!(
+            got.find(r#""you":"4""#) < got.find(r#""type":"join""#),
+            "{got}"
+        );
+    }
 }
