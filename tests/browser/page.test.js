@@ -161,6 +161,40 @@ for (const [size, device] of SIZES) {
   }));
 }
 
+// "h:mm:ss" (any 12- or 24-hour form) as seconds into a half day, to compare two times shown.
+function halfDaySeconds(shown) {
+  const [h, m, s] = shown.match(/(\d{1,2}):(\d{2}):(\d{2})/).slice(1).map(Number);
+  return ((h % 12) * 3600 + m * 60 + s);
+}
+
+test('two restarts leave two marks, each on the server\'s clock, even when the computer\'s clock is an hour off', (t) => withChat(browser, t, async (chat) => {
+  const a = await chat.openOffline();
+  await a.addInitScript(() => {
+    const realNow = Date.now;
+    Date.now = () => realNow() - 3_600_000 - 17_000; // a clock off by an hour and a bit
+  });
+  await a.goto(chat.server.url);
+  await waitForState(a, 'online');
+  await waitForCount(a, 1, 'notice');
+  for (const restart of [1, 2]) {
+    await chat.server.stop();
+    await waitForState(a, 'reconnecting');
+    await chat.startAgain();
+    await waitForState(a, 'online', RECONNECT_TIMEOUT);
+    await waitForCount(a, restart, 'gap', RECONNECT_TIMEOUT);
+  }
+  await say(a, 'back');
+  await waitForText(a, 'back');
+  const shownAt = halfDaySeconds(await a.textContent('#messages > li.message time'));
+  for (const gap of await texts(a, 'gap')) {
+    const [from, to] = gap.match(/from (.*) to (.*); messages/).slice(1).map(halfDaySeconds);
+    const span = (to - from + 43_200) % 43_200;
+    assert.ok(span < 60, `offline for seconds, not an hour: ${gap}`);
+    assert.ok((shownAt - to + 43_200) % 43_200 < 60, `on the clock of the message times (${shownAt}): ${gap}`);
+  }
+  assert.equal(await a.evaluate(() => document.querySelectorAll('#messages > li.notice').length), 1, 'no rejoin shown as a join');
+}));
+
 test('desktop: the input lines up with the messages column', (t) => withChat(browser, t, async (chat) => {
   const a = await chat.open({ viewport: { width: 1280, height: 800 } });
   await waitForCount(a, 1, 'notice');
