@@ -161,6 +161,35 @@ for (const [size, device] of SIZES) {
   }));
 }
 
+test('three people: each other person\'s messages and notices carry a name of their own', (t) => withChat(browser, t, async (chat) => {
+  const a = await chat.open();
+  await waitForCount(a, 1, 'notice');
+  const b = await chat.open();
+  await waitForCount(a, 2, 'notice');
+  const c = await chat.open();
+  await waitForCount(a, 3, 'notice');
+  await say(b, 'hi');
+  await waitForCount(a, 1, 'message');
+  await say(c, 'hi');
+  await waitForCount(a, 2, 'message');
+  await c.close();
+  await waitForCount(a, 4, 'notice');
+  const who = (page) => page.$$eval('#messages > li', (items) => items.map((li) => {
+    const name = li.querySelector('.who');
+    return `${li.className}:${name ? name.textContent : ''}`;
+  }));
+  const seen = await who(a);
+  const [, bJoin, cJoin, bSaid, cSaid, cLeft] = seen;
+  assert.equal(seen[0], 'notice:', 'my own join names nobody');
+  assert.ok(bJoin !== 'notice:' && cJoin !== 'notice:', `joins are named: ${seen}`);
+  assert.equal(bSaid, bJoin.replace('notice', 'message'), `B's message has the name of B's join: ${seen}`);
+  assert.equal(cSaid, cJoin.replace('notice', 'message'), `C's message has the name of C's join: ${seen}`);
+  assert.equal(cLeft, cJoin, `C's leave has the name of C's join: ${seen}`);
+  assert.notEqual(bSaid, cSaid, 'two people, two names');
+  // On B's own page, its message is mine, and says nothing more.
+  assert.deepEqual((await who(b)).filter((e) => e.startsWith('message')), ['message:', cSaid]);
+}));
+
 // "h:mm:ss" (any 12- or 24-hour form) as seconds into a half day, to compare two times shown.
 function halfDaySeconds(shown) {
   const [h, m, s] = shown.match(/(\d{1,2}):(\d{2}):(\d{2})/).slice(1).map(Number);
