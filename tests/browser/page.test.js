@@ -190,6 +190,21 @@ test('three people: each other person\'s messages and notices carry a name of th
   assert.deepEqual((await who(b)).filter((e) => e.startsWith('message')), ['message:', cSaid]);
 }));
 
+test('a page the server stopped hearing is told so, not that the server went away', (t) => withChat(browser, t, async (chat) => {
+  await chat.server.kill();
+  await chat.startAgain(['--ping-interval', '0.3']);
+  const gate = await chat.startGate();
+  gate.release();
+  const a = await chat.openOffline();
+  await a.goto(gate.url);
+  await waitForState(a, 'online');
+  await waitForCount(a, 1, 'notice');
+  gate.hold(); // the server's pings reach the page; its pongs never reach the server
+  await waitForCount(a, 1, 'error');
+  // (The page reconnects through the same gate, and may be cut off again: the first one counts.)
+  assert.equal((await texts(a, 'error'))[0], 'Disconnected: the server stopped hearing from this page (close code 1001).');
+}));
+
 // "h:mm:ss" (any 12- or 24-hour form) as seconds into a half day, to compare two times shown.
 function halfDaySeconds(shown) {
   const [h, m, s] = shown.match(/(\d{1,2}):(\d{2}):(\d{2})/).slice(1).map(Number);
