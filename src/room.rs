@@ -539,4 +539,34 @@ mod tests {
             "{got}"
         );
     }
+
+    #[test]
+    fn newcomers_of_both_versions_start_at_their_own_join_when_version_2_switches_on_mid_batch() {
+        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Batch::default());
+        let id = |id| MemberId { node: "", id };
+        room.join(0, Version::V1, &mut b);
+        b.joined(id(0), 1);
+        b.said(id(0), "one");
+        room.join(1, Version::V1, &mut b);
+        b.joined(id(1), 2);
+        b.said(id(1), "two");
+        room.join(2, Version::V2, &mut b); // version 2 is encoded from here on
+        b.joined(id(2), 3);
+        b.said(id(0), "three");
+        room.join(3, Version::V2, &mut b);
+        b.joined(id(3), 4);
+        b.said(id(3), "four");
+        let delivered = room.hand_out(&mut b, |k, f| q.deliver(k, f));
+        let all = [
+            JOINED, "one", JOINED, "two", JOINED, "three", JOINED, "four",
+        ];
+        assert_eq!(q.bodies(0), all);
+        assert_eq!(q.bodies(1), all[2..]);
+        assert_eq!(
+            v2_frames(&q.got[&2]),
+            ["join 2", "message 0", "join 3", "message 3"]
+        );
+        assert_eq!(v2_frames(&q.got[&3]), ["join 3", "message 3"]);
+        assert_eq!(delivered, 8 + 6 + 4 + 2);
+    }
 }
