@@ -488,4 +488,85 @@ mod tests {
         );
         assert_eq!(v2_frames(&q.got[&1]), ["join n.2"]);
     }
+
+    #[test]
+    fn a_reused_key_gets_only_its_own_hello_in_the_turn_its_first_holder_came_and_went() {
+        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Batch::default());
+        let hello = |id: u64| -> Box<[u8]> {
+            let mut out = Vec::new();
+            message::push_v2_frame(
+                &mut out,
+                &V2Frame::Hello {
+                    you: MemberId { node: "", id },
+                    max_message_size: 1,
+                    time: 0,
+                },
+            );
+            out.into_boxed_slice()
+        };
+        let (first, second, third) = (
+            MemberId { node: "", id: 1 },
+            MemberId { node: "", id: 2 },
+            MemberId { node: "", id: 3 },
+        );
+        room.join(0, Version::V2, &mut b);
+        room.greet(0, hello(1));
+        b.joined(first, 1);
+        assert!(room.leave(0));
+        b.left(first, 0);
+        room.join(0, Version::V2, &mut b); // the same key, a new client
+        room.greet(0, hello(2));
+        b.joined(second, 1);
+        assert!(room.leave(0));
+        b.left(second, 0);
+        room.join(0, Version::V1, &mut b); // and again, speaking version 1
+        b.joined(third, 1);
+        room.hand_out(&mut b, |k, f| q.deliver(k, f));
+        assert_eq!(q.bodies(0), [JOINED], "no hello of another client");
+
+        room.leave(0);
+        b.left(third, 0);
+        room.hand_out(&mut b, |k, f| q.deliver(k, f));
+        q.got.clear();
+        room.join(0, Version::V2, &mut b);
+        room.greet(0, hello(4));
+        b.joined(MemberId { node: "", id: 4 }, 1);
+        room.hand_out(&mut b, |k, f| q.deliver(k, f));
+        let got = String::from_utf8_lossy(&q.got[&0]).into_owned();
+        assert_eq!(got.matches(r#""type":"hello""#).count(), 1, "{got}");
+        assert!(
+            got.find(r#""you":"4""#) < got.find(r#""type":"join""#),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn newcomers_of_both_versions_start_at_their_own_join_when_version_2_switches_on_mid_batch() {
+        let (mut room, mut q, mut b) = (Room::default(), Queues::new(), Batch::default());
+        let id = |id| MemberId { node: "", id };
+        room.join(0, Version::V1, &mut b);
+        b.joined(id(0), 1);
+        b.said(id(0), "one");
+        room.join(1, Version::V1, &mut b);
+        b.joined(id(1), 2);
+        b.said(id(1), "two");
+        room.join(2, Version::V2, &mut b); // version 2 is encoded from here on
+        b.joined(id(2), 3);
+        b.said(id(0), "three");
+        room.join(3, Version::V2, &mut b);
+        b.joined(id(3), 4);
+        b.said(id(3), "four");
+        let delivered = room.hand_out(&mut b, |k, f| q.deliver(k, f));
+        let all = [
+            JOINED, "one", JOINED, "two", JOINED, "three", JOINED, "four",
+        ];
+        assert_eq!(q.bodies(0), all);
+        assert_eq!(q.bodies(1), all[2..]);
+        assert_eq!(
+            v2_frames(&q.got[&2]),
+            ["join 2", "message 0", "join 3", "message 3"]
+        );
+        assert_eq!(v2_frames(&q.got[&3]), ["join 3", "message 3"]);
+        assert_eq!(delivered, 8 + 6 + 4 + 2);
+    }
 }

@@ -159,3 +159,111 @@ fn hello_tells_the_largest_message() {
     let hello = next_v2(&mut client);
     assert_eq!(hello["max_message_size"], 100);
 }
+
+/// Joins `server` with version 2 and reads its hello and its own join; returns the client, its
+/// id and the `online` its join said.
+fn join_v2_anywhere(server: &TestServer) -> (RawClient, String, u64) {
+    let (mut client, _) = connect(server, &["mio-chat.v2"]);
+    let hello = next_v2(&mut client);
+    assert_eq!(hello["type"], "hello", "the hello comes first: {hello}");
+    let you = hello["you"].as_str().expect("you is a string").to_string();
+    let join = next_v2(&mut client);
+    assert_eq!((&join["type"], &join["id"]), (&json!("join"), &json!(you)));
+    let online = join["online"].as_u64().expect("online is a number");
+    (client, you, online)
+}
+
+/// The next frame that is not a join or leave (messages, in order).
+fn next_message(client: &mut RawClient) -> Value {
+    loop {
+        let frame = next_v2(client);
+        if frame["type"] == "message" {
+            return frame;
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
+fn across_processes_ids_agree_and_name_their_process() {
+    let Some(redis) = common::redis::Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let start = || {
+        let server = TestServer::start(&["--redis", &url]);
+        server.wait_for_log("redis: subscribed");
+        server
+    };
+    let (one, two) = (start(), start());
+    let (mut a, a_id, online) = join_v2_anywhere(&one);
+    assert_eq!(online, 1);
+    let (mut b, b_id, online) = join_v2_anywhere(&two);
+    assert_eq!(online, 2, "the other process's member is counted");
+    let (a_node, b_node) = (a_id.split_once('.'), b_id.split_once('.'));
+    assert!(a_node.is_some() && b_node.is_some(), "{a_id} {b_id}");
+    assert_ne!(
+        a_node.unwrap().0,
+        b_node.unwrap().0,
+        "each process its own name"
+    );
+
+    let joined = next_v2(&mut a);
+    assert_eq!(
+        (&joined["type"], &joined["id"], &joined["online"]),
+        (&json!("join"), &json!(b_id), &json!(2))
+    );
+    b.send_text("from two");
+    a.send_text("from one");
+    for client in [&mut a, &mut b] {
+        let first = next_message(client);
+        let second = next_message(client);
+        let pairs = [
+            (first["from"].clone(), first["body"].clone()),
+            (second["from"].clone(), second["body"].clone()),
+        ];
+        assert!(
+            pairs.contains(&(json!(b_id), json!("from two")))
+                && pairs.contains(&(json!(a_id), json!("from one"))),
+            "{pairs:?}"
+        );
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
+fn a_member_that_joined_while_redis_was_down_keeps_its_id_when_it_is_back() {
+    let port = common::redis::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let server = TestServer::start(&["--redis", &url]);
+    server.wait_for_log("serving this process's clients only");
+    let (mut alone, you, online) = join_v2_anywhere(&server);
+    assert_eq!(online, 1);
+    assert!(
+        you.contains('.'),
+        "named as it will be through Redis: {you}"
+    );
+    alone.send_text("before");
+    assert_eq!(next_message(&mut alone)["from"], json!(you));
+
+    let Ok(_redis) = common::redis::Redis::start_on(port) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-server is required in CI"
+        );
+        return;
+    };
+    server.wait_for_log("redis: back");
+    alone.send_text("after");
+    let after = next_message(&mut alone);
+    assert_eq!(
+        (&after["from"], &after["body"]),
+        (&json!(you), &json!("after"))
+    );
+}

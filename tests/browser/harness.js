@@ -345,11 +345,13 @@ async function saveScreenshots(testName, contexts) {
 // WebSocket handshake until release(): so a test can see the page's "connecting" state, which
 // otherwise lasts a blink. (Intercepting the page with Playwright's page.route would not do: Chromium
 // then no longer knows the page came from 127.0.0.1, and its Local Network Access checks block
-// the page's WebSocket to 127.0.0.1.)
+// the page's WebSocket to 127.0.0.1.) hold() then stops passing on what the pages send (the
+// server still reaches them): a page that went quiet, as the server sees it.
 async function startGate(serverPort) {
   let release;
   const released = new Promise((resolve) => { release = resolve; });
   const sockets = new Set();
+  let holding = false;
   const relay = net.createServer((client) => {
     sockets.add(client);
     client.on('close', () => sockets.delete(client));
@@ -359,7 +361,8 @@ async function startGate(serverPort) {
       if (head.toString('latin1').startsWith('GET /ws')) await released;
       const upstream = net.connect(serverPort, '127.0.0.1', () => {
         upstream.write(head);
-        client.pipe(upstream);
+        client.on('data', (chunk) => { if (!holding) upstream.write(chunk); });
+        client.resume();
         upstream.pipe(client);
       });
       sockets.add(upstream);
@@ -372,6 +375,9 @@ async function startGate(serverPort) {
   return {
     url: `http://127.0.0.1:${relay.address().port}/`,
     release,
+    hold() {
+      holding = true;
+    },
     close() {
       for (const socket of sockets) socket.destroy();
       return new Promise((resolve) => relay.close(resolve));

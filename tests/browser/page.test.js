@@ -127,6 +127,24 @@ for (const [size, device] of SIZES) {
     assert.deepEqual(await texts(a, 'message'), []);
   }));
 
+  test(`${size}: every message the server never echoed is given back, and what is being typed stays`, (t) => withChat(browser, t, async (chat) => {
+    const a = await chat.open(device);
+    await waitForCount(a, 1, 'notice');
+    chat.server.pause();
+    await say(a, 'first');
+    await say(a, 'second');
+    await a.fill('#input', 'still typing');
+    await chat.server.kill();
+    await waitForState(a, 'reconnecting');
+    await waitForCount(a, 3, 'error');
+    assert.equal(await a.inputValue('#input'), 'still typing', 'the box is not overwritten');
+    assert.deepEqual(await texts(a, 'error'), [
+      'Not delivered: the connection was lost (close code 1006).',
+      'Not sent: first',
+      'Not sent: second',
+    ]);
+  }));
+
   test(`${size}: a restart leaves a mark saying what may have been missed, not a join`, (t) => withChat(browser, t, async (chat) => {
     const a = await chat.open(device);
     await waitForCount(a, 1, 'notice');
@@ -142,6 +160,84 @@ for (const [size, device] of SIZES) {
     assert.match(list[2].text, /^You were offline from \d{1,2}:\d{2}:\d{2}.* to \d{1,2}:\d{2}:\d{2}.*; messages sent meanwhile were not received\.$/);
   }));
 }
+
+test('three people: each other person\'s messages and notices carry a name of their own', (t) => withChat(browser, t, async (chat) => {
+  const a = await chat.open();
+  await waitForCount(a, 1, 'notice');
+  const b = await chat.open();
+  await waitForCount(a, 2, 'notice');
+  const c = await chat.open();
+  await waitForCount(a, 3, 'notice');
+  await say(b, 'hi');
+  await waitForCount(a, 1, 'message');
+  await say(c, 'hi');
+  await waitForCount(a, 2, 'message');
+  await c.close();
+  await waitForCount(a, 4, 'notice');
+  const who = (page) => page.$$eval('#messages > li', (items) => items.map((li) => {
+    const name = li.querySelector('.who');
+    return `${li.className}:${name ? name.textContent : ''}`;
+  }));
+  const seen = await who(a);
+  const [, bJoin, cJoin, bSaid, cSaid, cLeft] = seen;
+  assert.equal(seen[0], 'notice:', 'my own join names nobody');
+  assert.ok(bJoin !== 'notice:' && cJoin !== 'notice:', `joins are named: ${seen}`);
+  assert.equal(bSaid, bJoin.replace('notice', 'message'), `B's message has the name of B's join: ${seen}`);
+  assert.equal(cSaid, cJoin.replace('notice', 'message'), `C's message has the name of C's join: ${seen}`);
+  assert.equal(cLeft, cJoin, `C's leave has the name of C's join: ${seen}`);
+  assert.notEqual(bSaid, cSaid, 'two people, two names');
+  // On B's own page, its message is mine, and says nothing more.
+  assert.deepEqual((await who(b)).filter((e) => e.startsWith('message')), ['message:', cSaid]);
+}));
+
+test('a page the server stopped hearing is told so, not that the server went away', (t) => withChat(browser, t, async (chat) => {
+  await chat.server.kill();
+  await chat.startAgain(['--ping-interval', '0.3']);
+  const gate = await chat.startGate();
+  gate.release();
+  const a = await chat.openOffline();
+  await a.goto(gate.url);
+  await waitForState(a, 'online');
+  await waitForCount(a, 1, 'notice');
+  gate.hold(); // the server's pings reach the page; its pongs never reach the server
+  await waitForCount(a, 1, 'error');
+  // (The page reconnects through the same gate, and may be cut off again: the first one counts.)
+  assert.equal((await texts(a, 'error'))[0], 'Disconnected: the server stopped hearing from this page (close code 1001).');
+}));
+
+// "h:mm:ss" (any 12- or 24-hour form) as seconds into a half day, to compare two times shown.
+function halfDaySeconds(shown) {
+  const [h, m, s] = shown.match(/(\d{1,2}):(\d{2}):(\d{2})/).slice(1).map(Number);
+  return ((h % 12) * 3600 + m * 60 + s);
+}
+
+test('two restarts leave two marks, each on the server\'s clock, even when the computer\'s clock is an hour off', (t) => withChat(browser, t, async (chat) => {
+  const a = await chat.openOffline();
+  await a.addInitScript(() => {
+    const realNow = Date.now;
+    Date.now = () => realNow() - 3_600_000 - 17_000; // a clock off by an hour and a bit
+  });
+  await a.goto(chat.server.url);
+  await waitForState(a, 'online');
+  await waitForCount(a, 1, 'notice');
+  for (const restart of [1, 2]) {
+    await chat.server.stop();
+    await waitForState(a, 'reconnecting');
+    await chat.startAgain();
+    await waitForState(a, 'online', RECONNECT_TIMEOUT);
+    await waitForCount(a, restart, 'gap', RECONNECT_TIMEOUT);
+  }
+  await say(a, 'back');
+  await waitForText(a, 'back');
+  const shownAt = halfDaySeconds(await a.textContent('#messages > li.message time'));
+  for (const gap of await texts(a, 'gap')) {
+    const [from, to] = gap.match(/from (.*) to (.*); messages/).slice(1).map(halfDaySeconds);
+    const span = (to - from + 43_200) % 43_200;
+    assert.ok(span < 60, `offline for seconds, not an hour: ${gap}`);
+    assert.ok((shownAt - to + 43_200) % 43_200 < 60, `on the clock of the message times (${shownAt}): ${gap}`);
+  }
+  assert.equal(await a.evaluate(() => document.querySelectorAll('#messages > li.notice').length), 1, 'no rejoin shown as a join');
+}));
 
 test('desktop: the input lines up with the messages column', (t) => withChat(browser, t, async (chat) => {
   const a = await chat.open({ viewport: { width: 1280, height: 800 } });
