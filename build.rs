@@ -16,7 +16,7 @@
 //! installed or removed there) the build script runs again and the crate is compiled again.
 
 #[allow(dead_code)] // the tests' helpers; only `find` is used here
-#[path = "tests/common/tool.rs"]
+#[path = "tests/it/common/tool.rs"]
 mod tool;
 
 /// The programs looked for, each with the cfg that says it is installed.
@@ -42,7 +42,7 @@ fn main() {
             println!("cargo::rustc-cfg={cfg}");
         }
     }
-    // The tutorial's Go server, beside the project in ../shared (tests/loadgen_seed.rs); never
+    // The tutorial's Go server, beside the project in ../shared (tests/it/loadgen_seed.rs); never
     // needed to build or pass, so its tests show as ignored where it is absent. Watched through
     // the directory that would hold it (a path that does not exist would rerun every build).
     println!("cargo::rustc-check-cfg=cfg(have_seed)");

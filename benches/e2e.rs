@@ -28,12 +28,12 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 #[allow(dead_code)] // shared with the tests, which use all of it
-#[path = "../tests/common/redis.rs"]
+#[path = "../tests/it/common/redis.rs"]
 mod redis;
 #[path = "common/server.rs"]
 mod server;
 #[allow(dead_code)] // redis.rs's way to skip outside CI where redis-server is missing
-#[path = "../tests/common/tool.rs"]
+#[path = "../tests/it/common/tool.rs"]
 mod tool;
 use redis::Redis;
 use server::Server;

@@ -5,7 +5,7 @@
 //!
 //! **Where to start reading:** `docs/tour.md`, the one guided tour. It gives a first-read path
 //! of about 700 lines in order, a diagram of one turn of the loop and one of a message's life,
-//! and chains of calls that answer the questions a first reader asks. `tests/readme_tour.rs`
+//! and chains of calls that answer the questions a first reader asks. `tests/it/readme_tour.rs`
 //! checks every chain against this code. Its entry point here is [`reactor`] ([`Server::run`]).
 //!
 //! **Three layers:** the loop ([`reactor`]: the poll, the clients' slab, the work lists, every

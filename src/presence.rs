@@ -36,8 +36,8 @@
 //! messages go into its batch only, and the others, after `--node-timeout`, show its members
 //! leaving. When the link heals both sides become true again as above. A restarted process is a
 //! new node; its predecessor's members are shown leaving by the verdict.
-//! `tests/presence_properties.rs` checks the invariant over random interleavings with a fake
-//! Redis, and `tests/cluster.rs` with real processes killed, stopped and cut off.
+//! `tests/it/presence_properties.rs` checks the invariant over random interleavings with a fake
+//! Redis, and `tests/it/cluster.rs` with real processes killed, stopped and cut off.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::SystemTime;

@@ -1,7 +1,7 @@
 //! The chat room without I/O: what the event loop feeds a client's events into, and what it
 //! asks, at its flush point, to hand the turn's batch to every member. No socket and no poll;
 //! the loop passes `now` (the clock is read once more at the end of a fan-out, for the notice
-//! window). `tests/presence_properties.rs` drives this very code with random schedules, the way
+//! window). `tests/it/presence_properties.rs` drives this very code with random schedules, the way
 //! quinn-proto or smoltcp keep a protocol apart from I/O.
 //!
 //! It holds the room ([`Presence`]: members, their notices and the turn's batch), the way to

@@ -231,7 +231,10 @@ fn a_reader_with_its_own_bytes_queued_still_takes_a_batch_larger_than_max_outbou
     server.read(a.key, now);
     server.read(b.key, now);
     server.end_turn(now);
-    assert!(server.clients.contains(a.key), "the prompt reader is still here");
+    assert!(
+        server.clients.contains(a.key),
+        "the prompt reader is still here"
+    );
     assert_eq!(a.next().as_deref(), Some(text.as_str()));
     assert_eq!(b.next().as_deref(), Some(text.as_str()));
 }

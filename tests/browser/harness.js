@@ -152,7 +152,7 @@ async function startServer(port = 0, { args = [], waitFor = null } = {}) {
 const SUBSCRIBED = /^redis: subscribed to /;
 
 // A redis-server of the caller's own, without persistence, on a free port of 127.0.0.1 (the same
-// command line as tests/cluster.rs uses); resolves once it says on its stdout that it is ready.
+// command line as tests/it/cluster.rs uses); resolves once it says on its stdout that it is ready.
 // Rejects with err.code 'ENOENT' where redis-server is not installed.
 async function startRedis() {
   // The free port is only free until someone takes it; should another process win that race,
@@ -284,7 +284,7 @@ async function withChat(browser, t, body) {
 // Runs one scenario in a room that spans several server processes, joined through a fresh
 // redis-server of the scenario's own, and tears everything down afterwards, pass or fail. Where
 // redis-server is not installed the test is skipped, except in CI (`CI` set), where it fails:
-// the same rule as tests/cluster.rs. `body` gets a fixture:
+// the same rule as tests/it/cluster.rs. `body` gets a fixture:
 //   cluster.redis                 the running redis-server
 //   cluster.start(options)        a new server with `--redis`, once subscribed (see SUBSCRIBED);
 //                                 options: `port` (default 0: a free one) and more `args`

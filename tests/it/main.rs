@@ -1,0 +1,40 @@
+//! All integration tests, in one crate so that they compile and link once (and
+//! `tests/it/common` with them). Each module is one file of tests over real sockets;
+//! `cargo test --test it MODULE::` runs one of them.
+
+mod abuse;
+mod alerts;
+mod chat;
+mod cluster;
+mod cluster_faults;
+mod cluster_properties;
+mod common;
+mod config;
+mod embedding;
+mod flood;
+mod frames;
+mod handshake;
+mod http;
+mod large_batch;
+mod lifecycle;
+mod loadgen_faults;
+mod loadgen_merge;
+mod loadgen_report;
+mod loadgen_seed;
+mod msrv;
+mod observability;
+mod presence;
+mod presence_properties;
+mod properties;
+mod protocol_errors;
+mod protocol_v2;
+mod proxy;
+mod readme_tour;
+mod redis_abuse;
+mod redis_cut;
+mod redis_hostile;
+mod redis_resolve;
+mod rediss;
+mod slow_consumer_overflow;
+mod tls;
+mod units;
