@@ -76,6 +76,9 @@ pub enum Ending {
     SlowConsumer,
     /// The server is shutting down.
     ShuttingDown,
+    /// Evicted to bring what all clients hold back within `--max-client-memory`: it held the
+    /// most. A WebSocket client is sent close 1013 (try again later), a request 503.
+    Evicted,
     /// The TLS handshake or a TLS record failed (garbage, no common version or cipher suite):
     /// the peer was sent an alert.
     TlsFailed,
@@ -339,6 +342,32 @@ impl Connection {
         self.report(events);
     }
 
+    /// The server evicts this connection to keep what all clients hold within
+    /// `--max-client-memory`. What it holds is let go at once: its partial input, and every
+    /// queued byte after the frame being written; a WebSocket peer then gets close 1013 (the
+    /// bound is the server's, over everyone: the same client may be welcome later), a request
+    /// 503, and the connection finishes. One already ending is dropped.
+    pub fn evict(&mut self, now: Instant, events: &mut Sink) {
+        self.end(Ending::Evicted);
+        match self.phase {
+            Phase::Open(_) if self.output.cut_to_frame() => {
+                frame::push_close(
+                    self.output.buffer(),
+                    close::TRY_AGAIN_LATER,
+                    "server memory",
+                );
+                self.enter(Phase::Finishing, now);
+            }
+            Phase::Request => {
+                self.output = OutQueue::default();
+                Response::status(503).write_to(self.output.buffer());
+                self.enter(Phase::Finishing, now);
+            }
+            _ => self.enter(Phase::Closed, now),
+        }
+        self.report(events);
+    }
+
     /// The server is shutting down: WebSocket peers get close 1001, half-read requests nothing.
     pub fn go_away(&mut self, now: Instant, events: &mut Sink) {
         self.going_away(now);
@@ -497,6 +526,7 @@ impl Connection {
                 head_len,
             } => {
                 http::write_switching_protocols(self.output.buffer(), &accept_key, version);
+                self.output.frames_follow();
                 self.version = version;
                 self.enter(Phase::Open(route), cx.now);
                 if route == Route::Chat {

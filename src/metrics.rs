@@ -100,6 +100,7 @@ impl Metrics {
             Ending::Failed(code) => *self.dropped.entry(("protocol_error", code)).or_default() += 1,
             Ending::PingTimeout => *self.dropped.entry(("ping_timeout", 0)).or_default() += 1,
             Ending::SlowConsumer => *self.dropped.entry(("slow_consumer", 0)).or_default() += 1,
+            Ending::Evicted => *self.dropped.entry(("client_memory", 0)).or_default() += 1,
             Ending::TlsFailed => self.tls_failed += 1,
             Ending::PeerLeft | Ending::ShuttingDown => {}
         }

@@ -54,6 +54,7 @@ use slab::Slab;
 use crate::backplane::{self, Backplane};
 use crate::config::Config;
 use crate::connection::{Ending, Phase};
+use crate::memory::{self, Ledger};
 use crate::metrics::Gauges;
 use crate::nonblocking::READ_CHUNK;
 use crate::room_core::RoomCore;
@@ -69,6 +70,11 @@ const WAKER: Token = Token(usize::MAX - 2);
 const REDIS_SUBSCRIBER: Token = Token(usize::MAX - 3);
 const REDIS_PUBLISHER: Token = Token(usize::MAX - 4);
 const REDIS_RESOLVER: Token = Token(usize::MAX - 5);
+
+/// Client buffers released since the last trim before freed memory is handed back to the system
+/// (see [`Server::give_back`]), and the least time between two trims.
+const TRIM_AFTER: usize = 64 << 20;
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// How long shutdown waits for closing handshakes and queued bytes.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
@@ -112,6 +118,10 @@ pub struct Server {
     /// whose queue passed `--max-outbound`. `settle` only lists them (it never ends a client
     /// itself, so ending one, which settles it, cannot come back to ending it).
     ending: Vec<(usize, Ending)>,
+    /// What all clients hold, and who holds the most (`--max-client-memory`).
+    ledger: Ledger,
+    /// When freed memory was last handed back to the system (see [`Server::give_back`]).
+    trimmed_at: Option<Instant>,
     next_id: u64,
     /// Counts turns (wrapping), for the per-turn read budget of each client.
     turns: u32,
@@ -170,6 +180,8 @@ impl Server {
             unread: Vec::new(),
             closed: Vec::new(),
             ending: Vec::new(),
+            ledger: Ledger::default(),
+            trimmed_at: None,
             next_id: 0,
             turns: 0,
             refusing: 0,
@@ -214,6 +226,9 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout(Instant::now());
+            if timeout != Some(Duration::ZERO) {
+                self.give_back(Instant::now());
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == ErrorKind::Interrupted {
                     continue;
@@ -274,6 +289,7 @@ impl Server {
     fn before_sleep(&mut self, now: Instant) {
         loop {
             self.fan_out_room(now);
+            self.evict_biggest();
             self.end_listed(now);
             if self.going_away {
                 self.send_everyone_away(now);
@@ -295,13 +311,16 @@ impl Server {
             dirty,
             ending,
             config,
+            ledger,
             ..
         } = self;
         let mut written = 0;
         room.fan_out(now, ending, |key, frames| {
             // No client for a member cannot happen; ending the key makes it leave (`abort`).
             let client = clients.get_mut(key).ok_or(Ending::PeerLeft)?;
-            client.take_batch(frames, config.max_outbound, &mut written)?;
+            let taken = client.take_batch(frames, config.max_outbound, &mut written);
+            client::account(ledger, key, client);
+            taken?;
             if client.has_output() && !client.awaiting_writable && !client.dirty {
                 client.dirty = true;
                 dirty.push(key);
@@ -311,11 +330,46 @@ impl Server {
         room.metrics.bytes_written += written;
     }
 
+    /// Past `--max-client-memory`, lists the biggest holders for ending (evicted), as many as
+    /// bring the total back within it; the ledger's index finds them without a walk over all
+    /// clients. Hoarders and far-behind readers hold the most, so they go before any ordinary
+    /// client. A client already listed is not chosen twice; one evicted before and still among
+    /// the biggest (the rest of its frame, its Close) is dropped, as ending clients are.
+    fn evict_biggest(&mut self) {
+        if self.ledger.total() <= self.config.max_client_memory {
+            return;
+        }
+        let ending = &self.ending;
+        let chosen = memory::over_bound(&self.ledger, self.config.max_client_memory, |key| {
+            ending.iter().any(|&(k, _)| k == key)
+        });
+        for key in chosen {
+            self.ending.push((key, Ending::Evicted));
+        }
+    }
+
     /// Ends the clients listed for ending (their leave notices go into the next batch).
     fn end_listed(&mut self, now: Instant) {
         for (key, why) in std::mem::take(&mut self.ending) {
             self.abort(key, why, now);
         }
+    }
+
+    /// Hands memory that clients' buffers gave back to the system, when the loop is about to
+    /// sleep, once `TRIM_AFTER` bytes were released since the last time, at most every
+    /// `TRIM_EVERY`. glibc's malloc keeps what is freed (in its arenas, below their top) for
+    /// reuse; after a burst of queued bytes drains, the process would keep its peak for good.
+    /// `malloc_trim(0)` returns every whole free page (`MADV_DONTNEED`); docs/security.md has
+    /// what it costs and gives back.
+    fn give_back(&mut self, now: Instant) {
+        if self.ledger.released() < TRIM_AFTER
+            || self.trimmed_at.is_some_and(|at| now < at + TRIM_EVERY)
+        {
+            return;
+        }
+        self.ledger.take_released();
+        self.trimmed_at = Some(now);
+        trim_heap();
     }
 
     /// Sleep until the nearest deadline; not at all if a client still has bytes to read.
@@ -434,3 +488,16 @@ impl Server {
         (self.clients.is_empty() && published) || now >= deadline
     }
 }
+
+/// Returns the heap's free pages to the system (glibc); other allocators return them themselves
+/// or are not asked.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory held by the allocator; no pointer is passed.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
