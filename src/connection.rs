@@ -316,8 +316,13 @@ impl Connection {
             input.extend_from_slice(data);
             let used = self.process(&mut input, cx, events);
             input.drain(..used);
-            // Like the output queue, an emptied input buffer goes back to the allocator.
+            // Like the output queue, an emptied input buffer goes back to the allocator, and
+            // one mostly used gives back what it grew for (what it holds is what it is charged
+            // under `--max-client-memory`).
             if self.accepts_input() && !input.is_empty() {
+                if input.capacity() > 2 * input.len() + 4096 {
+                    input.shrink_to_fit();
+                }
                 self.input = input;
             }
         }
@@ -1024,6 +1029,39 @@ mod tests {
                 assert_eq!(h.events, expected, "{frames:?} in pieces of {piece}");
             }
         }
+    }
+
+    #[test]
+    fn an_evicted_client_keeps_the_frame_under_way_then_gets_1013() {
+        let mut h = Harness::open();
+        let mut frames = Vec::new();
+        for _ in 0..3 {
+            frame::push_frame(&mut frames, OpCode::Text, &[b'x'; 1000]);
+        }
+        h.conn.queue(&frames);
+        h.conn.sent(1500); // the second frame is under way
+        let mut partial = vec![0x81, 0xFE, 0x9C, 0x40, 1, 2, 3, 4]; // 40,000 bytes, masked
+        partial.extend_from_slice(&[b'y'; 20_000]);
+        h.feed(&partial); // and half a frame in
+        h.call(|c, now, _, ev| c.evict(now, ev));
+        assert_eq!(h.events, [Event::Ended(Ending::Evicted), Event::Left]);
+        let out = h.take_output();
+        assert_eq!(
+            &out[..2008 - 1500],
+            &frames[1500..2008],
+            "the rest of frame two"
+        );
+        let close = &out[2008 - 1500..];
+        assert_eq!(close[0], 0x88);
+        assert_eq!(&close[2..4], &close::TRY_AGAIN_LATER.to_be_bytes());
+        assert_eq!(h.conn.phase(), Phase::Finishing);
+        assert_eq!(h.conn.buffer_capacity(), 0, "nothing held once written");
+
+        let mut h = Harness::new(Config::default());
+        h.feed(&REQUEST[..REQUEST.len() - 10]);
+        h.call(|c, now, _, ev| c.evict(now, ev));
+        assert_eq!(h.events, [Event::Ended(Ending::Evicted)]);
+        assert!(h.take_output().starts_with(b"HTTP/1.1 503 "));
     }
 
     #[test]

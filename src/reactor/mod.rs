@@ -283,19 +283,20 @@ impl Server {
 
     /// The turn's one flush point (Redis's `beforeSleep`): the batch goes to every member, the
     /// clients listed for ending are ended, then every client with bytes queued is written, then
-    /// what was published goes to Redis. Each step can make more work for the others (a member
+    /// what was published goes to Redis; past `--max-client-memory`, the biggest holders are
+    /// listed for ending (after the writes, so what a socket takes at once never counts). Each step can make more work for the others (a member
     /// dropped as a slow consumer leaves a leave notice; a failing Redis lands what it had
     /// pending), so it repeats until quiet.
     fn before_sleep(&mut self, now: Instant) {
         loop {
             self.fan_out_room(now);
-            self.evict_biggest();
             self.end_listed(now);
             if self.going_away {
                 self.send_everyone_away(now);
             }
             self.write_dirty(now);
             self.flush_backplane(now);
+            self.evict_biggest();
             if self.dirty.is_empty() && self.ending.is_empty() && !self.room.is_due(now) {
                 return;
             }
@@ -330,8 +331,8 @@ impl Server {
         room.metrics.bytes_written += written;
     }
 
-    /// Past `--max-client-memory`, lists the biggest holders for ending (evicted), as many as
-    /// bring the total back within it; the ledger's index finds them without a walk over all
+    /// Past `--max-client-memory`, lists the biggest holders for ending (evicted, on the next
+    /// pass of the flush point), as many as bring the total back within it; the ledger's index finds them without a walk over all
     /// clients. Hoarders and far-behind readers hold the most, so they go before any ordinary
     /// client. A client already listed is not chosen twice; one evicted before and still among
     /// the biggest (the rest of its frame, its Close) is dropped, as ending clients are.
