@@ -73,7 +73,7 @@ const REDIS_RESOLVER: Token = Token(usize::MAX - 5);
 
 /// Client buffers released since the last trim before freed memory is handed back to the system
 /// (see [`Server::give_back`]), and the least time between two trims.
-const TRIM_AFTER: usize = 64 << 20;
+const TRIM_AFTER: usize = 16 << 20;
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// How long shutdown waits for closing handshakes and queued bytes.
@@ -225,9 +225,9 @@ impl Server {
             .with_relay(|backplane, _| backplane.start(registry, Instant::now()));
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self.poll_timeout(Instant::now());
-            if timeout != Some(Duration::ZERO) {
-                self.give_back(Instant::now());
+            let mut timeout = self.poll_timeout(Instant::now());
+            if timeout != Some(Duration::ZERO) && self.give_back(Instant::now()) {
+                timeout = self.poll_timeout(Instant::now());
             }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == ErrorKind::Interrupted {
@@ -358,19 +358,27 @@ impl Server {
 
     /// Hands memory that clients' buffers gave back to the system, when the loop is about to
     /// sleep, once `TRIM_AFTER` bytes were released since the last time, at most every
-    /// `TRIM_EVERY`. glibc's malloc keeps what is freed (in its arenas, below their top) for
-    /// reuse; after a burst of queued bytes drains, the process would keep its peak for good.
-    /// `malloc_trim(0)` returns every whole free page (`MADV_DONTNEED`); docs/security.md has
-    /// what it costs and gives back.
-    fn give_back(&mut self, now: Instant) {
-        if self.ledger.released() < TRIM_AFTER
-            || self.trimmed_at.is_some_and(|at| now < at + TRIM_EVERY)
-        {
-            return;
+    /// `TRIM_EVERY` (a trim held back by that is due then: [`Server::trim_due`] wakes the loop).
+    /// glibc's malloc keeps what is freed (in its arenas, below their top) for reuse; after a
+    /// burst of queued bytes drains, the process would keep its peak for good. `malloc_trim(0)`
+    /// returns every whole free page (`MADV_DONTNEED`); docs/security.md has what it costs and
+    /// gives back. Returns whether it trimmed.
+    fn give_back(&mut self, now: Instant) -> bool {
+        if self.trim_due().is_none_or(|at| now < at) {
+            return false;
         }
         self.ledger.take_released();
         self.trimmed_at = Some(now);
         trim_heap();
+        true
+    }
+
+    /// When the next trim may run, if one is owed.
+    fn trim_due(&self) -> Option<Instant> {
+        if self.ledger.released() < TRIM_AFTER {
+            return None;
+        }
+        Some(self.trimmed_at.map_or(Instant::now(), |at| at + TRIM_EVERY))
     }
 
     /// Sleep until the nearest deadline; not at all if a client still has bytes to read.
@@ -384,6 +392,7 @@ impl Server {
             self.stopping_at,
             self.accept_pause.retry_at(),
             self.room.due_at(),
+            self.trim_due(),
             backplane.and_then(Backplane::next_deadline),
         ]
         .into_iter()
