@@ -67,6 +67,8 @@ fn hoarders_of_partial_frames_and_fragments_go_and_the_others_stay() {
     they_see_the_leave_and_keep_talking(&mut [&mut bob, &mut alice], "after two");
 
     assert_eq!(metric(&server, EVICTED), 2);
+    assert!(metric(&server, "mio_chat_client_memory_bytes") <= 16384);
+    assert_eq!(metric(&server, "mio_chat_max_client_memory_bytes"), 16384);
 }
 
 #[test]

@@ -409,6 +409,8 @@ impl Server {
     fn render_metrics(&self) -> String {
         let mut gauges = Gauges {
             max_connections: self.config.max_connections as u64,
+            client_memory: self.ledger.total() as u64,
+            max_client_memory: self.config.max_client_memory as u64,
             backplane: self.room.relay().map(Backplane::stats),
             ..Gauges::default()
         };
