@@ -225,10 +225,11 @@ impl Server {
             .with_relay(|backplane, _| backplane.start(registry, Instant::now()));
         let mut events = Events::with_capacity(1024);
         loop {
-            let mut timeout = self.poll_timeout(Instant::now());
-            if timeout != Some(Duration::ZERO) && self.give_back(Instant::now()) {
-                timeout = self.poll_timeout(Instant::now());
+            // About to sleep (nothing left to read): the quiet moment to give memory back.
+            if !self.has_unread() {
+                self.give_back(Instant::now());
             }
+            let timeout = self.poll_timeout(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == ErrorKind::Interrupted {
                     continue;
@@ -362,15 +363,14 @@ impl Server {
     /// glibc's malloc keeps what is freed (in its arenas, below their top) for reuse; after a
     /// burst of queued bytes drains, the process would keep its peak for good. `malloc_trim(0)`
     /// returns every whole free page (`MADV_DONTNEED`); docs/security.md has what it costs and
-    /// gives back. Returns whether it trimmed.
-    fn give_back(&mut self, now: Instant) -> bool {
+    /// gives back.
+    fn give_back(&mut self, now: Instant) {
         if self.trim_due().is_none_or(|at| now < at) {
-            return false;
+            return;
         }
         self.ledger.take_released();
         self.trimmed_at = Some(now);
         trim_heap();
-        true
     }
 
     /// When the next trim may run, if one is owed: `TRIM_AFTER` released, and the burst over
@@ -385,12 +385,17 @@ impl Server {
         Some(self.trimmed_at.map_or(Instant::now(), |at| at + TRIM_EVERY))
     }
 
+    /// A client or the subscription still has bytes to read, with no event to come for them.
+    fn has_unread(&self) -> bool {
+        !self.unread.is_empty() || self.room.relay().is_some_and(Backplane::has_unread)
+    }
+
     /// Sleep until the nearest deadline; not at all if a client still has bytes to read.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        let backplane = self.room.relay();
-        if !self.unread.is_empty() || backplane.is_some_and(Backplane::has_unread) {
+        if self.has_unread() {
             return Some(Duration::ZERO);
         }
+        let backplane = self.room.relay();
         [
             self.timers.next(),
             self.stopping_at,
