@@ -22,6 +22,9 @@ pub struct Config {
     pub max_message_size: usize,
     /// Bytes queued for one client before it counts as a slow consumer and is dropped.
     pub max_outbound: usize,
+    /// What all clients together may hold in their buffers (inbound and outbound) before the
+    /// biggest holders are evicted (see `memory.rs`).
+    pub max_client_memory: usize,
     /// Time a connection has to send its whole HTTP request head.
     pub handshake_timeout: Duration,
     /// Ping idle clients this often, drop them after two silent intervals; `None` turns it off.
@@ -51,6 +54,13 @@ pub struct Config {
     pub fair_share: FairShare,
 }
 
+/// 1 GiB: a figure an operator can hold against the machine's RAM. The RAM itself cannot be
+/// read portably (nor what a container is allowed), and a multiple of `--max-connections` would
+/// be meaningless: clients that keep up hold nothing between turns, so the bound is met only by
+/// hoarders and far-behind readers; 1 GiB lets about a thousand of them queue a whole
+/// `--max-outbound` before the biggest go.
+pub const DEFAULT_MAX_CLIENT_MEMORY: usize = 1 << 30;
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -58,6 +68,7 @@ impl Default for Config {
             max_connections: 10_000,
             max_message_size: 64 * 1024,
             max_outbound: 1024 * 1024,
+            max_client_memory: DEFAULT_MAX_CLIENT_MEMORY,
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Some(Duration::from_secs(30)),
             origins: OriginPolicy::default(),

@@ -76,6 +76,9 @@ pub enum Ending {
     SlowConsumer,
     /// The server is shutting down.
     ShuttingDown,
+    /// Evicted to bring what all clients hold back within `--max-client-memory`: it held the
+    /// most. A WebSocket client is sent close 1013 (try again later), a request 503.
+    Evicted,
     /// The TLS handshake or a TLS record failed (garbage, no common version or cipher suite):
     /// the peer was sent an alert.
     TlsFailed,
@@ -313,8 +316,13 @@ impl Connection {
             input.extend_from_slice(data);
             let used = self.process(&mut input, cx, events);
             input.drain(..used);
-            // Like the output queue, an emptied input buffer goes back to the allocator.
+            // Like the output queue, an emptied input buffer goes back to the allocator, and
+            // one mostly used gives back what it grew for (what it holds is what it is charged
+            // under `--max-client-memory`).
             if self.accepts_input() && !input.is_empty() {
+                if input.capacity() > 2 * input.len() + 4096 {
+                    input.shrink_to_fit();
+                }
                 self.input = input;
             }
         }
@@ -336,6 +344,32 @@ impl Connection {
     pub fn abort(&mut self, why: Ending, now: Instant, events: &mut Sink) {
         self.end(why);
         self.enter(Phase::Closed, now);
+        self.report(events);
+    }
+
+    /// The server evicts this connection to keep what all clients hold within
+    /// `--max-client-memory`. What it holds is let go at once: its partial input, and every
+    /// queued byte after the frame being written; a WebSocket peer then gets close 1013 (the
+    /// bound is the server's, over everyone: the same client may be welcome later), a request
+    /// 503, and the connection finishes. One already ending is dropped.
+    pub fn evict(&mut self, now: Instant, events: &mut Sink) {
+        self.end(Ending::Evicted);
+        match self.phase {
+            Phase::Open(_) if self.output.cut_to_frame() => {
+                frame::push_close(
+                    self.output.buffer(),
+                    close::TRY_AGAIN_LATER,
+                    "server memory",
+                );
+                self.enter(Phase::Finishing, now);
+            }
+            Phase::Request => {
+                self.output = OutQueue::default();
+                Response::status(503).write_to(self.output.buffer());
+                self.enter(Phase::Finishing, now);
+            }
+            _ => self.enter(Phase::Closed, now),
+        }
         self.report(events);
     }
 
@@ -497,6 +531,7 @@ impl Connection {
                 head_len,
             } => {
                 http::write_switching_protocols(self.output.buffer(), &accept_key, version);
+                self.output.frames_follow();
                 self.version = version;
                 self.enter(Phase::Open(route), cx.now);
                 if route == Route::Chat {
@@ -991,6 +1026,39 @@ mod tests {
                 assert_eq!(h.events, expected, "{frames:?} in pieces of {piece}");
             }
         }
+    }
+
+    #[test]
+    fn an_evicted_client_keeps_the_frame_under_way_then_gets_1013() {
+        let mut h = Harness::open();
+        let mut frames = Vec::new();
+        for _ in 0..3 {
+            frame::push_frame(&mut frames, OpCode::Text, &[b'x'; 1000]);
+        }
+        h.conn.queue(&frames);
+        h.conn.sent(1500); // the second frame is under way
+        let mut partial = vec![0x81, 0xFE, 0x9C, 0x40, 1, 2, 3, 4]; // 40,000 bytes, masked
+        partial.extend_from_slice(&[b'y'; 20_000]);
+        h.feed(&partial); // and half a frame in
+        h.call(|c, now, _, ev| c.evict(now, ev));
+        assert_eq!(h.events, [Event::Ended(Ending::Evicted), Event::Left]);
+        let out = h.take_output();
+        assert_eq!(
+            &out[..2008 - 1500],
+            &frames[1500..2008],
+            "the rest of frame two"
+        );
+        let close = &out[2008 - 1500..];
+        assert_eq!(close[0], 0x88);
+        assert_eq!(&close[2..4], &close::TRY_AGAIN_LATER.to_be_bytes());
+        assert_eq!(h.conn.phase(), Phase::Finishing);
+        assert_eq!(h.conn.buffer_capacity(), 0, "nothing held once written");
+
+        let mut h = Harness::new(Config::default());
+        h.feed(&REQUEST[..REQUEST.len() - 10]);
+        h.call(|c, now, _, ev| c.evict(now, ev));
+        assert_eq!(h.events, [Event::Ended(Ending::Evicted)]);
+        assert!(h.take_output().starts_with(b"HTTP/1.1 503 "));
     }
 
     #[test]

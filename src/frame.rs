@@ -15,6 +15,7 @@ pub mod close {
     pub const UNSUPPORTED_DATA: u16 = 1003;
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const TOO_BIG: u16 = 1009;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// The frame types of RFC 6455; the other eight opcodes are reserved and rejected.

@@ -32,6 +32,7 @@ pub mod envelope;
 pub mod frame;
 pub mod http;
 pub mod logging;
+pub mod memory;
 pub mod message;
 pub mod metrics;
 pub mod nonblocking;

@@ -49,6 +49,10 @@ struct Args {
     /// Unsent bytes queued for one client before it is dropped as a slow consumer.
     #[arg(long, env = "MIO_CHAT_MAX_OUTBOUND", default_value_t = Config::default().max_outbound as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_outbound: u64,
+    /// Bytes all clients together may hold in their buffers (partial requests and frames, queued
+    /// output); past it, the clients holding the most are evicted (close 1013).
+    #[arg(long, env = "MIO_CHAT_MAX_CLIENT_MEMORY", default_value_t = Config::default().max_client_memory as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_client_memory: u64,
     /// Seconds a connection has to send its HTTP request (fractions allowed; at most a day).
     #[arg(long, env = "MIO_CHAT_HANDSHAKE_TIMEOUT", default_value = "10", value_parser = config::parse_positive_secs)]
     handshake_timeout: Duration,
@@ -298,6 +302,7 @@ fn config_from(args: Args) -> Result<Config, String> {
         max_connections: max_connections(args.max_connections)?,
         max_message_size: usize::try_from(args.max_message_size).unwrap_or(usize::MAX),
         max_outbound: usize::try_from(args.max_outbound).unwrap_or(usize::MAX),
+        max_client_memory: usize::try_from(args.max_client_memory).unwrap_or(usize::MAX),
         handshake_timeout: args.handshake_timeout,
         ping_interval: Some(args.ping_interval).filter(|d| !d.is_zero()),
         origins: OriginPolicy {

@@ -26,6 +26,9 @@ pub struct Gauges {
     pub closing: u64,
     /// `--max-connections`: the limit itself, so an alert can compare the connections with it.
     pub max_connections: u64,
+    /// What all clients' buffers hold now, and `--max-client-memory` (see `memory.rs`).
+    pub client_memory: u64,
+    pub max_client_memory: u64,
     /// With `--redis`: the backplane's state and counters.
     pub backplane: Option<BackplaneStats>,
 }
@@ -100,6 +103,7 @@ impl Metrics {
             Ending::Failed(code) => *self.dropped.entry(("protocol_error", code)).or_default() += 1,
             Ending::PingTimeout => *self.dropped.entry(("ping_timeout", 0)).or_default() += 1,
             Ending::SlowConsumer => *self.dropped.entry(("slow_consumer", 0)).or_default() += 1,
+            Ending::Evicted => *self.dropped.entry(("client_memory", 0)).or_default() += 1,
             Ending::TlsFailed => self.tls_failed += 1,
             Ending::PeerLeft | Ending::ShuttingDown => {}
         }
@@ -203,6 +207,21 @@ impl Metrics {
             "Open connections allowed (--max-connections); more get HTTP 503.",
         );
         let _ = writeln!(out, "mio_chat_max_connections {}", gauges.max_connections);
+        for (name, help, value) in [
+            (
+                "mio_chat_client_memory_bytes",
+                "Bytes all clients' buffers hold (partial input, queued output).",
+                gauges.client_memory,
+            ),
+            (
+                "mio_chat_max_client_memory_bytes",
+                "What all clients' buffers may hold (--max-client-memory); past it the biggest holders are evicted.",
+                gauges.max_client_memory,
+            ),
+        ] {
+            header(out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
         counter(
             out,
             "mio_chat_connections_accepted_total",

@@ -119,6 +119,7 @@ impl Server {
             batch_tail: 0,
             read_turn: 0,
             read_spent: 0,
+            held: 0,
         });
         self.refusing += usize::from(refused);
         debug!(token = key, peer:% = peer; "accepted");

@@ -22,6 +22,7 @@ use mio::{Interest, Token};
 use super::Server;
 use crate::connection::{Connection, Context, Ending, Sink};
 use crate::http::{self, Response};
+use crate::memory::Ledger;
 use crate::nonblocking::READ_CHUNK;
 use crate::proxy::Peer;
 use crate::room_core::Who;
@@ -82,6 +83,8 @@ pub(super) struct Client {
     pub read_turn: u32,
     /// Bytes read from this client in turn `read_turn`, against [`READ_BUDGET`].
     pub read_spent: u32,
+    /// What the memory ledger last counted for it (see [`Client::holding`]).
+    pub held: usize,
 }
 
 impl Client {
@@ -204,6 +207,18 @@ impl Client {
         self.batch_tail = self.batch_tail.min(self.conn.output().len());
     }
 
+    /// What its buffers hold, for `--max-client-memory`: its partial input (a request head, a
+    /// frame, a fragmented message) and its queued output, by capacity. Nothing once it is
+    /// closed: it is reaped within the turn. What rustls holds inside a TLS session is not
+    /// counted (rustls does not say; see docs/security.md).
+    pub fn holding(&self) -> usize {
+        if self.conn.is_closed() {
+            0
+        } else {
+            self.conn.buffer_capacity()
+        }
+    }
+
     /// What this client may still be read in turn `turn` ([`READ_BUDGET`] a turn).
     fn read_budget(&mut self, turn: u32) -> usize {
         if self.read_turn != turn {
@@ -220,6 +235,13 @@ impl Client {
             peer: self.peer,
         }
     }
+}
+
+/// Tells the ledger what `client` holds now (O(1) when nothing changed; O(log n) otherwise).
+pub(super) fn account(ledger: &mut Ledger, key: usize, client: &mut Client) {
+    let now_held = client.holding();
+    ledger.update(key, client.held, now_held);
+    client.held = now_held;
 }
 
 impl Server {
@@ -312,7 +334,7 @@ impl Server {
         self.room.must_flush(now)
     }
 
-    /// Ends one client from the loop's side (a slow consumer, a failed write). It then goes
+    /// Ends one client from the loop's side (a slow consumer, a failed write, an eviction). It then goes
     /// through `settle` once, which lists it for closing. Called from the flush point (the
     /// clients listed for ending) and when a write fails; never from `settle`.
     pub(super) fn abort(&mut self, key: usize, why: Ending, now: Instant) {
@@ -321,9 +343,11 @@ impl Server {
             return self.room.forget(key);
         };
         let (who, room) = (client.who(key), &mut self.room);
-        client
-            .conn
-            .abort(why, now, &mut |event| room.on_event(who, event));
+        let events: &mut Sink = &mut |event| room.on_event(who, event);
+        match why {
+            Ending::Evicted => client.conn.evict(now, events),
+            _ => client.conn.abort(why, now, events),
+        }
         self.settle(key);
     }
 
@@ -431,6 +455,7 @@ impl Server {
         if !client.has_output() {
             client.conn.written_out(); // a finishing client whose peer is done is over
         }
+        account(&mut self.ledger, key, client);
         // Closed first: an aborted connection keeps its unsent bytes until it is reaped.
         if client.conn.is_closed() {
             return self.closed.push(key);
@@ -503,6 +528,7 @@ impl Server {
                 continue; // listed twice
             }
             let mut client = self.clients.remove(key);
+            self.ledger.update(key, client.held, 0);
             client.transport.last_words(&mut client.socket);
             if let Err(e) = self.poll.registry().deregister(&mut client.socket) {
                 debug!(token = key, peer:% = client.peer; "deregister: {e}");

@@ -55,6 +55,7 @@ use slab::Slab;
 use crate::backplane::{self, Backplane};
 use crate::config::Config;
 use crate::connection::{Ending, Phase};
+use crate::memory::{self, Ledger};
 use crate::metrics::Gauges;
 use crate::nonblocking::READ_CHUNK;
 use crate::room_core::RoomCore;
@@ -70,6 +71,11 @@ const WAKER: Token = Token(usize::MAX - 2);
 const REDIS_SUBSCRIBER: Token = Token(usize::MAX - 3);
 const REDIS_PUBLISHER: Token = Token(usize::MAX - 4);
 const REDIS_RESOLVER: Token = Token(usize::MAX - 5);
+
+/// Client buffers released since the last trim before freed memory is handed back to the system
+/// (see [`Server::give_back`]), and the least time between two trims.
+const TRIM_AFTER: usize = 16 << 20;
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// How long shutdown waits for closing handshakes and queued bytes.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
@@ -113,6 +119,10 @@ pub struct Server {
     /// whose queue passed `--max-outbound`. `settle` only lists them (it never ends a client
     /// itself, so ending one, which settles it, cannot come back to ending it).
     ending: Vec<(usize, Ending)>,
+    /// What all clients hold, and who holds the most (`--max-client-memory`).
+    ledger: Ledger,
+    /// When freed memory was last handed back to the system (see [`Server::give_back`]).
+    trimmed_at: Option<Instant>,
     next_id: u64,
     /// Counts turns (wrapping), for the per-turn read budget of each client.
     turns: u32,
@@ -172,6 +182,8 @@ impl Server {
             unread: Vec::new(),
             closed: Vec::new(),
             ending: Vec::new(),
+            ledger: Ledger::default(),
+            trimmed_at: None,
             next_id: 0,
             turns: 0,
             refusing: 0,
@@ -215,6 +227,10 @@ impl Server {
             .with_relay(|backplane, _| backplane.start(registry, Instant::now()));
         let mut events = Events::with_capacity(1024);
         loop {
+            // About to sleep (nothing left to read): the quiet moment to give memory back.
+            if !self.has_unread() {
+                self.give_back(Instant::now());
+            }
             let timeout = self.poll_timeout(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == ErrorKind::Interrupted {
@@ -270,7 +286,8 @@ impl Server {
 
     /// The turn's one flush point (Redis's `beforeSleep`): the batch goes to every member, the
     /// clients listed for ending are ended, then every client with bytes queued is written, then
-    /// what was published goes to Redis. Each step can make more work for the others (a member
+    /// what was published goes to Redis; past `--max-client-memory`, the biggest holders are
+    /// listed for ending (after the writes, so what a socket takes at once never counts). Each step can make more work for the others (a member
     /// dropped as a slow consumer leaves a leave notice; a failing Redis lands what it had
     /// pending), so it repeats until quiet.
     fn before_sleep(&mut self, now: Instant) {
@@ -282,6 +299,7 @@ impl Server {
             }
             self.write_dirty(now);
             self.flush_backplane(now);
+            self.evict_biggest();
             if self.dirty.is_empty() && self.ending.is_empty() && !self.room.is_due(now) {
                 return;
             }
@@ -297,13 +315,16 @@ impl Server {
             dirty,
             ending,
             config,
+            ledger,
             ..
         } = self;
         let mut written = 0;
         room.fan_out(now, ending, |key, frames| {
             // No client for a member cannot happen; ending the key makes it leave (`abort`).
             let client = clients.get_mut(key).ok_or(Ending::PeerLeft)?;
-            client.take_batch(frames, config.max_outbound, &mut written)?;
+            let taken = client.take_batch(frames, config.max_outbound, &mut written);
+            client::account(ledger, key, client);
+            taken?;
             if client.has_output() && !client.awaiting_writable && !client.dirty {
                 client.dirty = true;
                 dirty.push(key);
@@ -313,6 +334,24 @@ impl Server {
         room.metrics.bytes_written += written;
     }
 
+    /// Past `--max-client-memory`, lists the biggest holders for ending (evicted, on the next
+    /// pass of the flush point), as many as bring the total back within it; the ledger's index finds them without a walk over all
+    /// clients. Hoarders and far-behind readers hold the most, so they go before any ordinary
+    /// client. A client already listed is not chosen twice; one evicted before and still among
+    /// the biggest (the rest of its frame, its Close) is dropped, as ending clients are.
+    fn evict_biggest(&mut self) {
+        if self.ledger.total() <= self.config.max_client_memory {
+            return;
+        }
+        let ending = &self.ending;
+        let chosen = memory::over_bound(&self.ledger, self.config.max_client_memory, |key| {
+            ending.iter().any(|&(k, _)| k == key)
+        });
+        for key in chosen {
+            self.ending.push((key, Ending::Evicted));
+        }
+    }
+
     /// Ends the clients listed for ending (their leave notices go into the next batch).
     fn end_listed(&mut self, now: Instant) {
         for (key, why) in std::mem::take(&mut self.ending) {
@@ -320,17 +359,51 @@ impl Server {
         }
     }
 
+    /// Hands memory that clients' buffers gave back to the system, when the loop is about to
+    /// sleep, once `TRIM_AFTER` bytes were released since the last time, at most every
+    /// `TRIM_EVERY` (a trim held back by that is due then: [`Server::trim_due`] wakes the loop).
+    /// glibc's malloc keeps what is freed (in its arenas, below their top) for reuse; after a
+    /// burst of queued bytes drains, the process would keep its peak for good. `malloc_trim(0)`
+    /// returns every whole free page (`MADV_DONTNEED`); docs/security.md has what it costs and
+    /// gives back.
+    fn give_back(&mut self, now: Instant) {
+        if self.trim_due().is_none_or(|at| now < at) {
+            return;
+        }
+        self.ledger.take_released();
+        self.trimmed_at = Some(now);
+        trim_heap();
+    }
+
+    /// When the next trim may run, if one is owed: `TRIM_AFTER` released, and the burst over
+    /// (clients now hold less than was released). A trim walks the heap (220 ms for a 1 GB heap
+    /// of freed 48 KiB queues; docs/security.md), so it waits for the drain rather than repeat
+    /// each second while queues are still full.
+    fn trim_due(&self) -> Option<Instant> {
+        let released = self.ledger.released();
+        if released < TRIM_AFTER || self.ledger.total() >= released {
+            return None;
+        }
+        Some(self.trimmed_at.map_or(Instant::now(), |at| at + TRIM_EVERY))
+    }
+
+    /// A client or the subscription still has bytes to read, with no event to come for them.
+    fn has_unread(&self) -> bool {
+        !self.unread.is_empty() || self.room.relay().is_some_and(Backplane::has_unread)
+    }
+
     /// Sleep until the nearest deadline; not at all if a client still has bytes to read.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        let backplane = self.room.relay();
-        if !self.unread.is_empty() || backplane.is_some_and(Backplane::has_unread) {
+        if self.has_unread() {
             return Some(Duration::ZERO);
         }
+        let backplane = self.room.relay();
         [
             self.timers.next(),
             self.stopping_at,
             self.accept_pause.retry_at(),
             self.room.due_at(),
+            self.trim_due(),
             backplane.and_then(Backplane::next_deadline),
         ]
         .into_iter()
@@ -343,6 +416,8 @@ impl Server {
     fn render_metrics(&self) -> String {
         let mut gauges = Gauges {
             max_connections: self.config.max_connections as u64,
+            client_memory: self.ledger.total() as u64,
+            max_client_memory: self.config.max_client_memory as u64,
             backplane: self.room.relay().map(Backplane::stats),
             ..Gauges::default()
         };
@@ -442,3 +517,16 @@ impl Server {
         (self.clients.is_empty() && published) || now >= deadline
     }
 }
+
+/// Returns the heap's free pages to the system (glibc); other allocators return them themselves
+/// or are not asked.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory held by the allocator; no pointer is passed.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}

@@ -238,3 +238,57 @@ fn a_reader_with_its_own_bytes_queued_still_takes_a_batch_larger_than_max_outbou
     assert_eq!(a.next().as_deref(), Some(text.as_str()));
     assert_eq!(b.next().as_deref(), Some(text.as_str()));
 }
+
+/// The ledger behind `--max-client-memory` is kept by the loop at every place a client's
+/// buffers change: after any sequence of partial frames, fragments, whole messages (queued for
+/// readers that do not read) and closes, its total is the sum of what every client holds, and
+/// what it counted for each is what each holds.
+#[test]
+fn the_ledger_is_the_sum_of_what_clients_hold() {
+    let mut server = server(Config::default());
+    let mut peers: Vec<Option<Peer>> = (0..5).map(|_| Some(Peer::join(&mut server))).collect();
+    let big = text_frame(&"y".repeat(30_000));
+    let mut sent = vec![0; peers.len()]; // of `big`, per peer
+    let mut seed: u32 = 0x2545_F491;
+    for _ in 0..120 {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let i = seed as usize % peers.len();
+        if peers[i].is_none() {
+            continue;
+        }
+        let bytes = match (seed >> 8) % 5 {
+            0 | 1 => {
+                let end = (sent[i] + 7_000).min(big.len());
+                let chunk = big[sent[i]..end].to_vec();
+                sent[i] = if end == big.len() { 0 } else { end };
+                chunk
+            }
+            2 => text_frame("hello"),
+            3 => {
+                let mut fragment = text_frame(&"f".repeat(3_000));
+                fragment[0] = if seed & 1 == 0 { 0x01 } else { 0x00 }; // no FIN
+                fragment
+            }
+            _ => {
+                peers[i] = None; // closed: EOF
+                Vec::new()
+            }
+        };
+        if let Some(peer) = peers[i].as_mut() {
+            if peer.stream.write_all(&bytes).is_err() {
+                peers[i] = None;
+            }
+        }
+        step(&mut server);
+        let sum: usize = server.clients.iter().map(|(_, c)| c.holding()).sum();
+        assert_eq!(server.ledger.total(), sum);
+        for (key, client) in &server.clients {
+            assert_eq!(client.held, client.holding(), "client {key}");
+        }
+        if server.clients.is_empty() {
+            break;
+        }
+    }
+}

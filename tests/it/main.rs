@@ -21,6 +21,7 @@ mod loadgen_faults;
 mod loadgen_merge;
 mod loadgen_report;
 mod loadgen_seed;
+mod memory_bound;
 mod msrv;
 mod observability;
 mod presence;

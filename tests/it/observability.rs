@@ -156,11 +156,11 @@ fn metrics_add_up_after_three_clients_and_five_messages() {
     for client in [&mut a, &mut b] {
         client.expect_body(JOINED);
     }
+    // One message at a time, each heard by all before the next: messages from different
+    // sockets have no order of their own until the server reads them.
     for i in 0..5 {
         [&mut a, &mut b, &mut c][i % 3].send_text(&format!("m{i}"));
-    }
-    for client in [&mut a, &mut b, &mut c] {
-        for i in 0..5 {
+        for client in [&mut a, &mut b, &mut c] {
             client.expect_body(&format!("m{i}"));
         }
     }
