@@ -372,7 +372,7 @@ fn first_byte(socket: &mut impl Socket) -> io::Result<Option<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rustls::pki_types::{PrivateKeyDer, ServerName};
     use rustls::{ClientConfig, ClientConnection, RootCertStore};
@@ -437,8 +437,9 @@ mod tests {
         socket.outbound.clear();
     }
 
-    /// A server transport and a rustls client, their handshake done over a `Fake`.
-    fn connected() -> (Transport, ClientConnection, Fake) {
+    /// A self-signed certificate for localhost, as a TLS 1.3 server's configuration and a
+    /// client's that trusts it (also used by the loop's TLS tests).
+    pub(crate) fn tls_configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let der = CertificateDer::from(cert.cert.der().to_vec());
         let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
@@ -456,9 +457,15 @@ mod tests {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let mut transport = Transport::tls(&Arc::new(server)).unwrap();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// A server transport and a rustls client, their handshake done over a `Fake`.
+    fn connected() -> (Transport, ClientConnection, Fake) {
+        let (server, client) = tls_configs();
+        let mut transport = Transport::tls(&server).unwrap();
         let name = ServerName::try_from("localhost").unwrap();
-        let mut client = ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut client = ClientConnection::new(client, name).unwrap();
         let mut socket = Fake {
             room: usize::MAX,
             ..Fake::default()
