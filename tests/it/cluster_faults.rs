@@ -167,6 +167,14 @@ fn node_of(watcher: &Watcher) -> String {
     watcher.me.split('.').next().expect("node.id").to_string()
 }
 
+/// What `later` shows, with `earlier` itself (which `later` met as one of those already there):
+/// what `earlier` must show if both agree.
+fn same_as(later: &Watcher, earlier: &Watcher) -> BTreeSet<String> {
+    let mut members = later.present.clone();
+    members.insert(earlier.me.clone());
+    members
+}
+
 /// Version 1 clients on `server`, each once its own join came back.
 fn clients(server: &TestServer, n: usize) -> Vec<RawClient> {
     (0..n).map(|_| RawClient::join(server)).collect()
@@ -424,4 +432,78 @@ fn a_process_that_shuts_down_is_not_judged_gone() {
     on_b.sync("after");
     assert_eq!(metric(&b, "mio_chat_cluster_processes_gone_total"), 0);
     assert!(!b.stderr_lines().iter().any(|l| l.contains("silent past")));
+}
+
+/// Redis itself restarted (killed, then a new, empty one on the same port) while clients join,
+/// leave and talk on three processes, one of which is SIGKILLed meanwhile: after the heal both
+/// watchers show exactly the members there are, the dead process's members leave once each, and
+/// the streams agree in order from the heal on.
+#[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
+fn redis_restarted_under_churn_with_a_process_killed_meanwhile_heals_exactly() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let (mut a, b, c) = (node(&url, "3"), node(&url, "3"), node(&url, "3"));
+    let mut on_b = Watcher::join(&b);
+    let mut on_c = Watcher::join(&c);
+    let probe = Watcher::join(&a);
+    let a_node = node_of(&probe);
+    let _a_clients = clients(&a, 2);
+    let mut b_clients = clients(&b, 2);
+    let mut c_clients = clients(&c, 1);
+    for watcher in [&mut on_b, &mut on_c] {
+        watcher.until(|w| w.online() == 8);
+    }
+    // Talk in flight when Redis dies: each message comes back at most once, wherever it lands.
+    b_clients[0].send_text("in flight");
+    on_c.client.send_text("in flight too");
+
+    redis.kill();
+    for server in [&a, &b, &c] {
+        server.wait_for_log("serving this process's clients only");
+    }
+    drop(b_clients.remove(0));
+    c_clients.extend(clients(&c, 1));
+    on_b.sync("b alone");
+    on_c.sync("c alone");
+    a.signal(libc::SIGKILL);
+    a.wait_for_exit(GUARD);
+    b_clients.extend(clients(&b, 1));
+    drop(c_clients.remove(0));
+    on_b.until(|w| w.of(&node_of(w)) == 3);
+
+    redis.restart();
+    b.wait_for_log("redis: back");
+    c.wait_for_log("redis: back");
+    // Each shows the other's members as they are now (3 on b, 2 on c), and, after the verdict,
+    // none of the dead process's.
+    let (b_node, c_node) = (node_of(&on_b), node_of(&on_c));
+    on_b.until(|w| w.of(&c_node) == 2 && w.of(&a_node) == 0);
+    on_c.until(|w| w.of(&b_node) == 2 && w.of(&a_node) == 0); // b's watcher was there before
+    on_b.sync("healed");
+    on_c.until_message(&on_b.me, "healed");
+    let (from_b, from_c) = (on_b.log.len(), on_c.log.len());
+    // Churn after the heal goes through Redis in one order again.
+    drop(b_clients.remove(0));
+    c_clients.extend(clients(&c, 1));
+    on_c.sync("after");
+    on_b.until_message(&on_c.me, "after");
+    assert_eq!((on_b.online(), on_c.online()), (5, 5), "{on_b:?}\n{on_c:?}");
+    assert_eq!(on_b.present, same_as(&on_c, &on_b), "the same members");
+    assert_eq!(on_b.log[from_b..], on_c.log[from_c..], "one order");
+    for watcher in [&on_b, &on_c] {
+        assert_eq!(watcher.shown_leaving(&a_node), 3, "{watcher:?}");
+    }
+    drop(b_clients);
+    drop(c_clients);
+    on_b.until(|w| w.online() == 2);
+    on_b.sync("done");
+    on_c.until_message(&on_b.me, "done");
+    assert_eq!(on_b.present, same_as(&on_c, &on_b), "{on_b:?}\n{on_c:?}");
+    assert_eq!(on_c.online(), 2);
 }
