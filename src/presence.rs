@@ -40,6 +40,7 @@
 //! Redis, and `tests/it/cluster.rs` with real processes killed, stopped and cut off.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use log::{debug, info};
@@ -119,7 +120,7 @@ pub struct Presence {
     announced: Vec<Announced>,
     /// This process's name in member ids (see [`MemberId`]): its node id with `--redis`, so
     /// that ids agree with what Redis carries, else empty.
-    node: String,
+    node: Arc<str>,
     /// `--max-message-size`, which version 2's `hello` tells each newcomer.
     max_message_size: usize,
     /// Per process (by node id, this one's included): its members whose join this process has
@@ -144,7 +145,7 @@ impl Presence {
     /// messages of up to `max_message_size` bytes.
     pub fn new(node: String, max_message_size: usize) -> Presence {
         Presence {
-            node,
+            node: node.into(),
             max_message_size,
             ..Presence::default()
         }
@@ -162,7 +163,7 @@ impl Presence {
             None => {
                 self.record(key, Announced::Locally { id, version });
                 self.admit(key, id, version);
-                let node = self.node.clone();
+                let node = Arc::clone(&self.node);
                 self.show_join(MemberId { node: &node, id });
             }
         }
@@ -188,7 +189,7 @@ impl Presence {
         if !set.remove(&who.id) {
             return false;
         }
-        if set.is_empty() && who.node != self.node {
+        if set.is_empty() && who.node != &*self.node {
             self.shown.remove(who.node);
         }
         self.batch.left(who, self.online());
@@ -233,7 +234,8 @@ impl Presence {
     pub fn leave(&mut self, key: usize, redis: Option<&mut dyn Publish>) -> bool {
         let announced = self.announced.get_mut(key).map(std::mem::take);
         let was_member = self.room.leave(key);
-        let node = self.node.clone();
+        // A counted handle, not a copy: churn without Redis passes here once per leave.
+        let node = Arc::clone(&self.node);
         match (announced, redis) {
             // Through Redis whenever it is up, even for a join shown here only: it then comes
             // back after everything this member said, and the others, who never showed its join,
@@ -294,21 +296,21 @@ impl Presence {
                 self.show_join(from); // a member shown gone that speaks is back: one order
                 self.batch.said(from, body)
             }
-            Landing::Gone { node } if node == self.node => {
+            Landing::Gone { node } if node == &*self.node => {
                 info!("cluster: declared gone by another process; re-announcing our members");
                 self.rejoin_due = true;
             }
             Landing::Gone { node } => self.show_gone(node),
-            Landing::Farewell { node } if node == self.node => {}
+            Landing::Farewell { node } if node == &*self.node => {}
             Landing::Farewell { node } => {
                 self.unconfirmed.remove(node);
                 let ids = self.shown.get(node).cloned().unwrap_or_default();
                 let left = self.show_leaves(node, &ids);
                 info!("cluster: process {node} shut down; {left} members shown leaving");
             }
-            Landing::Hello { node } if node != self.node => self.rejoin_due = true,
+            Landing::Hello { node } if node != &*self.node => self.rejoin_due = true,
             Landing::Hello { .. } => {}
-            Landing::Roster { node, .. } if node == self.node => {}
+            Landing::Roster { node, .. } if node == &*self.node => {}
             Landing::Roster { node, begin: true } => {
                 let ids = self.shown.get(node).cloned().unwrap_or_default();
                 self.unconfirmed.insert(node.to_string(), ids);
