@@ -39,7 +39,7 @@
 //! `tests/it/presence_properties.rs` checks the invariant over random interleavings with a fake
 //! Redis, and `tests/it/cluster.rs` with real processes killed, stopped and cut off.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -49,6 +49,11 @@ use crate::envelope::Kind;
 
 use crate::message::{self, MemberId, V2Frame, Version};
 use crate::room::{Batch, Room};
+
+/// How many verdicts [`Presence`] remembers acting on (the latest): enough for the second and
+/// later verdicts on one process, which come within a beat or two of the first, and bounded
+/// against verdicts forged about processes that never existed.
+const JUDGED_KEPT: usize = 64;
 
 /// A local client: its slab key and its id (keys are reused; ids are not).
 pub type Member = (usize, u64);
@@ -134,8 +139,9 @@ pub struct Presence {
     /// Per other process re-announcing its members: those shown here that it has not confirmed
     /// yet (its `roster` end mark shows them leaving).
     unconfirmed: HashMap<String, BTreeSet<u64>>,
-    /// Processes judged gone (a verdict on each landed here); one id per process that died.
-    judged: HashSet<String>,
+    /// The latest processes judged gone (a verdict on each landed here), at most
+    /// [`JUDGED_KEPT`]: a later verdict on one of them is not counted again.
+    judged: VecDeque<String>,
     /// Of them, how many (`mio_chat_cluster_processes_gone_total`).
     pub processes_gone: u64,
 }
@@ -311,10 +317,12 @@ impl Presence {
             Landing::Hello { node } if node != &*self.node => self.rejoin_due = true,
             Landing::Hello { .. } => {}
             Landing::Roster { node, .. } if node == &*self.node => {}
-            Landing::Roster { node, begin: true } => {
-                let ids = self.shown.get(node).cloned().unwrap_or_default();
-                self.unconfirmed.insert(node.to_string(), ids);
-            }
+            // Nothing shown of it, nothing to confirm: no record (a begin without its end, or
+            // forged about a process that never existed, must leave nothing behind).
+            Landing::Roster { node, begin: true } => match self.shown.get(node) {
+                Some(ids) => _ = self.unconfirmed.insert(node.to_string(), ids.clone()),
+                None => _ = self.unconfirmed.remove(node),
+            },
             Landing::Roster { node, begin: false } => self.roster(node),
             Landing::Back => self.back(),
         }
@@ -341,7 +349,11 @@ impl Presence {
         self.unconfirmed.remove(node);
         let ids = self.shown.get(node).cloned().unwrap_or_default();
         let left = self.show_leaves(node, &ids);
-        if self.judged.insert(node.to_string()) {
+        if !self.judged.iter().any(|judged| judged == node) {
+            if self.judged.len() == JUDGED_KEPT {
+                self.judged.pop_front();
+            }
+            self.judged.push_back(node.to_string());
             self.processes_gone += 1;
             info!("cluster: process {node} is gone; {left} of its members shown leaving");
         } else {
@@ -859,5 +871,43 @@ mod tests {
         assert_eq!(p.online(), 1);
         p.land(Landing::Farewell { node: "me" }); // our own, back: nothing
         assert_eq!(p.online(), 1);
+    }
+}
+
+#[cfg(test)]
+mod forged {
+    use super::*;
+
+    /// Anyone who can publish on the channel can forge `roster` begin marks and verdicts about
+    /// processes that never existed: what they leave behind here must stay bounded.
+    #[test]
+    fn forged_rosters_and_verdicts_about_unknown_processes_keep_bounded_state() {
+        let mut p = Presence::new("me".into(), 100);
+        for i in 0..10_000 {
+            let node = format!("forged{i}");
+            p.land(Landing::Roster {
+                node: &node,
+                begin: true,
+            });
+            p.land(Landing::Gone { node: &node });
+        }
+        assert!(p.unconfirmed.is_empty(), "{}", p.unconfirmed.len());
+        assert!(p.judged.len() <= JUDGED_KEPT, "{}", p.judged.len());
+        assert_eq!(p.online(), 0);
+    }
+
+    /// The record of verdicts acted on keeps the recent ones: a second verdict on a process
+    /// (another process judged it too, a moment later) is still not counted twice.
+    #[test]
+    fn a_second_verdict_is_not_counted_while_it_is_recent() {
+        let mut p = Presence::new("me".into(), 100);
+        p.land(Landing::Gone { node: "b" });
+        for i in 0..JUDGED_KEPT - 1 {
+            p.land(Landing::Gone {
+                node: &format!("x{i}"),
+            });
+        }
+        p.land(Landing::Gone { node: "b" });
+        assert_eq!(p.processes_gone, JUDGED_KEPT as u64);
     }
 }
