@@ -259,7 +259,9 @@ impl Ledger {
             self.pending_bytes -= PENDING_OVERHEAD + pending.body.len();
             self.stats.received += 1;
             let through_redis = pending.seq == envelope.seq;
-            if !through_redis {
+            if through_redis {
+                self.peers.heard_self(now);
+            } else {
                 lost_verdict(&mut self.peers, &pending, &self.node);
             }
             if let Some(landing) = pending.landing(&self.node, through_redis) {
@@ -414,6 +416,36 @@ mod tests {
         );
         l.land_pending(&mut |_| panic!("nothing pending"));
         assert!(receive(&mut l, &envelope("me", 2, Kind::Message, "in flight")).is_empty());
+    }
+
+    /// Our subscription stalls (Redis takes our beats but hands nothing back, or we are far
+    /// behind in reading it): the others' silence is then ours, and judging them would send
+    /// every process's members leaving everywhere. Silence counts only up to the last of our
+    /// own envelopes that came back.
+    #[test]
+    fn silence_counts_only_up_to_the_last_of_our_own_envelopes_back() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+        let mut l = ledger();
+        l.peers.up(t0);
+        l.receive(&envelope("other", 1, Kind::Beat, ""), t0, &mut |_| {});
+        let mut verdicts = 0;
+        for ms in (0..=12_000).step_by(500) {
+            l.keep_alive(at(ms), &mut |e| {
+                verdicts += usize::from(String::from_utf8_lossy(e).contains(r#""gone""#))
+            });
+        }
+        assert_eq!(verdicts, 0, "nothing of ours came back: we know nothing");
+        assert!(l.peers.next_deadline() > at(12_000), "and no busy wait");
+        l.receive(
+            &envelope("me", l.next_seq, Kind::Beat, ""),
+            at(12_100),
+            &mut |_| {},
+        );
+        l.keep_alive(at(12_200), &mut |e| {
+            verdicts += usize::from(String::from_utf8_lossy(e).contains(r#""gone""#))
+        });
+        assert_eq!(verdicts, 1, "ours came back after 12 s of its silence");
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! Only processes heard at least once are judged (a process knows nobody at start), and one
 //! judged is forgotten until it is heard again, so this process declares each silence once.
 //! After this process's own link heals, everyone gets a fresh grace period: their silence was
-//! ours.
+//! ours. And silence is measured only up to the last moment this process heard itself through
+//! Redis (one of its own envelopes handed back): a subscription that stalls, or that this process
+//! is far behind in reading, shows everyone silent, and that silence is ours too. It costs a
+//! verdict up to a beat or two (the next own envelope back) after the timeout.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -22,6 +25,9 @@ pub struct Peers {
     next_beat: Instant,
     /// When the others were last judged (a long gap since: this process was stalled itself).
     last_judged: Instant,
+    /// When one of this process's own envelopes last came back through Redis: how far its
+    /// view of the others reaches.
+    self_heard: Instant,
     /// Verdicts this process published.
     pub verdicts: u64,
 }
@@ -35,6 +41,7 @@ impl Peers {
             timeout,
             next_beat: now,
             last_judged: now,
+            self_heard: now,
             verdicts: 0,
         }
     }
@@ -44,6 +51,13 @@ impl Peers {
         self.grace(now);
         self.next_beat = now;
         self.last_judged = now;
+        self.self_heard = now;
+    }
+
+    /// One of this process's own envelopes came back through Redis at `now`: everything
+    /// published before it has been read.
+    pub fn heard_self(&mut self, now: Instant) {
+        self.self_heard = self.self_heard.max(now);
     }
 
     /// Whether this process's beat is due at `now` (then the next one is scheduled).
@@ -59,7 +73,8 @@ impl Peers {
     pub fn judge(&mut self, now: Instant) -> Vec<String> {
         self.woke(self.last_judged, now);
         self.last_judged = now;
-        let silent: Vec<String> = std::iter::from_fn(|| self.take_silent(now)).collect();
+        let known = now.min(self.self_heard);
+        let silent: Vec<String> = std::iter::from_fn(|| self.take_silent(known)).collect();
         self.verdicts += silent.len() as u64;
         silent
     }
@@ -113,10 +128,12 @@ impl Peers {
         Some(node)
     }
 
-    /// When the next beat or the next silence is due.
+    /// When the next beat or the next silence is due. A silence not yet covered by an own
+    /// envelope back waits for the next beat (its echo is what can cover it).
     pub fn next_deadline(&self) -> Instant {
         let silence = self.last_heard.values().min().map(|at| *at + self.timeout);
-        silence.map_or(self.next_beat, |at| at.min(self.next_beat))
+        (silence.filter(|at| *at <= self.self_heard))
+            .map_or(self.next_beat, |at| at.min(self.next_beat))
     }
 
     /// Other processes heard and not judged gone.
@@ -140,6 +157,12 @@ mod tests {
         p.heard("b", t0);
         p.heard("a", t0 + Duration::from_secs(1));
         p.beat_due(t0 + Duration::from_secs(60)); // the next beat later than any silence here
+        assert_eq!(
+            p.next_deadline(),
+            t0 + Duration::from_secs(61),
+            "no echo of ours yet"
+        );
+        p.heard_self(t0 + Duration::from_secs(5));
         assert_eq!(p.next_deadline(), t0 + Duration::from_secs(5));
         assert_eq!(p.take_silent(t0 + Duration::from_millis(4999)), None);
         assert_eq!(
@@ -179,6 +202,11 @@ mod tests {
                                                                   // Stopped from 1 s to 3.001 s: a's silence was ours.
         assert!(p.judge(t0 + Duration::from_millis(3001)).is_empty());
         assert!(p.judge(t0 + Duration::from_millis(4001)).is_empty());
+        assert!(
+            p.judge(t0 + Duration::from_millis(5001)).is_empty(),
+            "not heard ourselves"
+        );
+        p.heard_self(t0 + Duration::from_millis(5001));
         assert_eq!(p.judge(t0 + Duration::from_millis(5001)), ["a"]);
         assert_eq!(p.verdicts, 1);
     }
