@@ -131,6 +131,9 @@ pub struct Presence {
     /// Per process (by node id, this one's included): its members whose join this process has
     /// shown to its clients (see the invariant above).
     shown: HashMap<String, BTreeSet<u64>>,
+    /// The ids in `shown`, counted as they come and go (not summed per notice: a flood of
+    /// joins forged from many node ids would make that quadratic).
+    online: usize,
     /// Ids of this process's members that joined through Redis and left while it was cut off:
     /// shown leaving here only, their leaves are owed to the others at the heal.
     left_while_cut: Vec<u64>,
@@ -178,11 +181,20 @@ impl Presence {
     /// Shows `who`'s join unless it is shown already; returns whether it did.
     fn show_join(&mut self, who: MemberId) -> bool {
         self.confirm(who);
-        let set = self.shown.entry(who.node.to_string()).or_default();
-        if !set.insert(who.id) {
+        // Looked up before inserting: every message landing passes here, and `entry` would
+        // allocate the node id each time.
+        let inserted = match self.shown.get_mut(who.node) {
+            Some(set) => set.insert(who.id),
+            None => (self
+                .shown
+                .insert(who.node.to_string(), BTreeSet::from([who.id])))
+            .is_none(),
+        };
+        if !inserted {
             return false;
         }
-        self.batch.joined(who, self.online());
+        self.online += 1;
+        self.batch.joined(who, self.online);
         true
     }
 
@@ -198,7 +210,8 @@ impl Presence {
         if set.is_empty() && who.node != &*self.node {
             self.shown.remove(who.node);
         }
-        self.batch.left(who, self.online());
+        self.online -= 1;
+        self.batch.left(who, self.online);
         true
     }
 
@@ -457,7 +470,7 @@ impl Presence {
     /// leaving, of every process (so it follows the notices exactly, a leave on its way through
     /// Redis included).
     pub fn online(&self) -> usize {
-        self.shown.values().map(BTreeSet::len).sum()
+        self.online
     }
 
     /// Members of the room here (clients that receive its frames).

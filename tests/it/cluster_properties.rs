@@ -432,8 +432,14 @@ fn frames_of(mut bytes: &[u8]) -> Vec<Value> {
     out
 }
 
+/// 256 schedules, or `PROPTEST_CASES` of them (`with_cases` alone would ignore it).
+fn cases() -> u32 {
+    let asked = std::env::var("PROPTEST_CASES").ok();
+    asked.and_then(|n| n.parse().ok()).unwrap_or(256)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn every_watcher_sees_one_leave_per_join_through_crashes_cuts_and_stalls(
