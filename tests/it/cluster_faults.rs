@@ -507,3 +507,76 @@ fn redis_restarted_under_churn_with_a_process_killed_meanwhile_heals_exactly() {
     assert_eq!(on_b.present, same_as(&on_c, &on_b), "{on_b:?}\n{on_c:?}");
     assert_eq!(on_c.online(), 2);
 }
+
+/// Publishes `payload` on the room's channel as any Redis client could.
+fn publish(redis: &Redis, payload: &str) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", redis.port)).expect("redis");
+    let command = format!(
+        "*3\r\n$7\r\nPUBLISH\r\n$8\r\nmio-chat\r\n${}\r\n{payload}\r\n",
+        payload.len()
+    );
+    stream.write_all(command.as_bytes()).expect("publish");
+    let mut reply = [0u8; 1];
+    stream.read_exact(&mut reply).expect("reply");
+    assert_eq!(reply[0], b':', "PUBLISH answers with a count");
+}
+
+/// Anyone who can publish on the channel can forge envelopes. Garbage, marks and verdicts about
+/// processes that never existed, a leave never joined and an end mark without its begin show
+/// nothing; a forged verdict on a live process shows its members leaving, and it re-announces
+/// them at once (it meets the verdict about itself): the invariant holds throughout, both
+/// processes keep serving.
+#[test]
+#[cfg_attr(
+    not(any(ci, have_redis_server)),
+    ignore = "redis-server is not installed"
+)]
+fn forged_and_malformed_envelopes_on_the_channel_keep_the_invariant() {
+    let Some(redis) = Redis::start() else { return };
+    let url = redis.url();
+    let (a, b) = (node(&url, "60"), node(&url, "60"));
+    let mut on_a = Watcher::join(&a);
+    let mut on_b = Watcher::join(&b);
+    let b_node = node_of(&on_b);
+    let _b_clients = clients(&b, 2);
+    on_a.until(|w| w.of(&b_node) == 3);
+    on_a.sync("before");
+    let from_a = on_a.log.len();
+    let envelope = |node: &str, rest: &str| format!(r#"{{"v":1,"node":"{node}","seq":1,{rest}}}"#);
+    for payload in [
+        "not json".to_string(),
+        r#"{"v":1}"#.to_string(),
+        envelope("f0", r#""kind":"shout""#),
+        envelope("f1", r#""kind":"roster","body":"begin""#),
+        envelope("f2", r#""kind":"gone","body":"nobody""#),
+        envelope("f3", r#""kind":"roster""#),
+        envelope("f4", r#""kind":"leave","member":1"#),
+        envelope(&b_node, r#""kind":"roster""#),
+        envelope(&b_node, r#""kind":"leave","member":999"#),
+    ] {
+        publish(&redis, &payload);
+    }
+    on_a.sync("forged");
+    assert_eq!(on_a.log[from_a..], [format!("message {} forged", on_a.me)]);
+
+    publish(
+        &redis,
+        &envelope("f5", &format!(r#""kind":"gone","body":"{b_node}""#)),
+    );
+    on_a.until(|w| w.of(&b_node) == 0);
+    on_a.until(|w| w.of(&b_node) == 3);
+    on_b.sync("still here");
+    on_a.until_message(&on_b.me, "still here");
+    assert_eq!(on_a.online(), 4, "{on_a:?}");
+    on_b.until_message(&on_b.me.clone(), "still here");
+    assert_eq!(
+        on_b.online(),
+        4,
+        "B's own watcher saw nothing of it: {on_b:?}"
+    );
+    assert_eq!(
+        on_b.log.iter().filter(|e| e.starts_with("leave")).count(),
+        0
+    );
+}
