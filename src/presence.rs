@@ -37,7 +37,9 @@
 //! leaving. When the link heals both sides become true again as above. A restarted process is a
 //! new node; its predecessor's members are shown leaving by the verdict.
 //! `tests/it/presence_properties.rs` checks the invariant over random interleavings with a fake
-//! Redis, and `tests/it/cluster.rs` with real processes killed, stopped and cut off.
+//! Redis, `tests/it/cluster_properties.rs` over random schedules of crashes, cuts and stalls of
+//! 2 to 5 processes on a simulated Redis, and `tests/it/cluster_faults.rs` with real processes
+//! killed, stopped, cut off, restarted, with Redis restarted, and with forged envelopes.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
