@@ -225,8 +225,17 @@ if ! wait_for "$TIMEOUT" all_holding; then
     exit 1
 fi
 HOLDING=$(now)
-RSS_AFTER=() HWM=() WRITTEN=()
+# The longest loop turn so far, as the bound of its histogram bucket (`le`): what a beat may
+# have waited behind, against --node-timeout.
+longest_turn() {
+    curl -sf "http://127.0.0.1:$1/metrics" | awk '
+        /^mio_chat_loop_turn_seconds_count / { count = $2 }
+        /^mio_chat_loop_turn_seconds_bucket/ { split($1, a, "\""); le[++n] = a[2]; c[n] = $2 }
+        END { for (i = 1; i <= n; i++) if (c[i] == count) { print "<= " le[i] " s"; exit } }'
+}
+RSS_AFTER=() HWM=() WRITTEN=() TURN=()
 for ((i = 0; i < P; i++)); do
+    TURN+=("$(longest_turn "${PORTS[i]}")")
     RSS_AFTER+=("$(rss_kib "${PIDS[i]}")")
     HWM+=("$(hwm_kib "${PIDS[i]}")")
     WRITTEN+=("$(metric "${PORTS[i]}" mio_chat_bytes_written_total)")
@@ -327,10 +336,11 @@ EOF
 for ((i = 0; i < P; i++)); do
     members=$((N + P))
     awk -v i="$i" -v b="${RSS_BEFORE[i]}" -v a="${RSS_AFTER[i]}" -v h="${HWM[i]}" \
-        -v own="${PER_PROCESS[i]}" -v m="$members" 'BEGIN {
+        -v own="${PER_PROCESS[i]}" -v m="$members" -v t="${TURN[i]}" 'BEGIN {
         printf "memory     process %d: RSS %.1f MiB with the watchers, %.1f MiB after the flood" \
-            " (peak %.1f MiB): %.2f KiB per own client (%d), %.2f KiB per member of the room (%d)\n",
-            i, b / 1024, a / 1024, h / 1024, (a - b) / own, own, (a - b) / m, m }'
+            " (peak %.1f MiB): %.2f KiB per own client (%d), %.2f KiB per member of the room (%d);" \
+            " longest loop turn %s\n",
+            i, b / 1024, a / 1024, h / 1024, (a - b) / own, own, (a - b) / m, m, t }'
 done
 for ((i = 0; i < VICTIM; i++)); do
     if [[ -n $KILL_SKIPPED ]]; then
