@@ -132,6 +132,8 @@ metric() { # port, name: the value of an unlabelled metric
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
 now() { echo "$EPOCHREALTIME"; }
+TICKS=$(getconf CLK_TCK)
+cpu_s() { awk -v t="$TICKS" '{ printf "%.1f", ($14 + $15) / t }' "/proc/$1/stat"; }
 
 # Redis on a free port (the kernel picks it; closed again at once), no persistence.
 REDIS_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -234,8 +236,10 @@ longest_turn() {
         /^mio_chat_loop_turn_seconds_bucket/ { split($1, a, "\""); le[++n] = a[2]; c[n] = $2 }
         END { for (i = 1; i <= n; i++) if (c[i] == count) { print "<= " le[i] " s"; exit } }'
 }
-RSS_AFTER=() HWM=() WRITTEN=() TURN=()
+RSS_AFTER=() HWM=() WRITTEN=() TURN=() CPU=()
+REDIS_CPU=$(cpu_s "$REDIS_PID")
 for ((i = 0; i < P; i++)); do
+    CPU+=("$(cpu_s "${PIDS[i]}")")
     TURN+=("$(longest_turn "${PORTS[i]}")")
     RSS_AFTER+=("$(rss_kib "${PIDS[i]}")")
     HWM+=("$(hwm_kib "${PIDS[i]}")")
@@ -337,11 +341,11 @@ EOF
 for ((i = 0; i < P; i++)); do
     members=$((N + P))
     awk -v i="$i" -v b="${RSS_BEFORE[i]}" -v a="${RSS_AFTER[i]}" -v h="${HWM[i]}" \
-        -v own="${PER_PROCESS[i]}" -v m="$members" -v t="${TURN[i]}" 'BEGIN {
+        -v own="${PER_PROCESS[i]}" -v m="$members" -v t="${TURN[i]}" -v c="${CPU[i]}" 'BEGIN {
         printf "memory     process %d: RSS %.1f MiB with the watchers, %.1f MiB after the flood" \
             " (peak %.1f MiB): %.2f KiB per own client (%d), %.2f KiB per member of the room (%d);" \
-            " longest loop turn %s\n",
-            i, b / 1024, a / 1024, h / 1024, (a - b) / own, own, (a - b) / m, m, t }'
+            " longest loop turn %s; CPU %s s until then\n",
+            i, b / 1024, a / 1024, h / 1024, (a - b) / own, own, (a - b) / m, m, t, c }'
 done
 for ((i = 0; i < VICTIM; i++)); do
     if [[ -n $KILL_SKIPPED ]]; then
@@ -367,7 +371,7 @@ verdicts=$(grep -c 'declaring it gone' "$DIR"/server*.log | awk -F: '{ s += $2 }
 outages=$(grep -c 'warn: redis' "$DIR"/server*.log | awk -F: '{ s += $2 } END { print s }')
 echo "log        $verdicts verdicts published (1 expected: the killed process), $outages Redis outages," \
     "$dropped clients dropped by the surviving processes (slow consumers)"
-echo "redis      $(redis-cli -p "$REDIS_PORT" info stats | tr -d '\r' | grep -E '^total_commands_processed' || true)"
+echo "redis      CPU $REDIS_CPU s until the hold; $(redis-cli -p "$REDIS_PORT" info stats | tr -d '\r' | grep -E '^total_commands_processed' || true)"
 echo "machine    lowest MemAvailable $(cat "$DIR/lowest-available-mib" 2>/dev/null || echo '?') MiB during the run"
 if [[ -f $DIR/memory-stop ]]; then
     echo "cluster: STOPPED by the memory guard ($(cat "$DIR/memory-stop")): servers and Redis killed"
