@@ -43,6 +43,7 @@
 #   CLUSTER_PROCESSES     mio-chat processes, P (default 2)
 #   CLUSTER_GENERATORS    load generators, G (default 2)
 #   CLUSTER_NODE_TIMEOUT  every process's --node-timeout, s (default 3)
+#   CLUSTER_REDIS_TIMEOUT every process's --redis-timeout, s (default 2, the server's default)
 #   CLUSTER_MAX_OUTBOUND  every process's --max-outbound, bytes (default 4 MiB: one client's
 #                         share of the whole join flood, N+P notices of 40 bytes, fits; the
 #                         1 MiB default drops a client that falls 26,000 notices behind)
@@ -71,6 +72,7 @@ N=${CLUSTER_CLIENTS:-2000}
 P=${CLUSTER_PROCESSES:-2}
 G=${CLUSTER_GENERATORS:-2}
 NODE_TIMEOUT=${CLUSTER_NODE_TIMEOUT:-3}
+REDIS_TIMEOUT=${CLUSTER_REDIS_TIMEOUT:-2}
 MAX_OUTBOUND=${CLUSTER_MAX_OUTBOUND:-4194304}
 TIMEOUT=${CLUSTER_TIMEOUT:-600}
 HOLD=${CLUSTER_HOLD:-$((30 + N / 2500))}
@@ -79,7 +81,7 @@ KILL_BUDGET_MIB=${CLUSTER_KILL_BUDGET_MIB:-8192}
 MIN_AVAILABLE_MIB=${CLUSTER_MIN_AVAILABLE_MIB:-4096}
 LIMIT=19000
 
-for v in N P G NODE_TIMEOUT MAX_OUTBOUND TIMEOUT HOLD KILL_BUDGET_MIB MIN_AVAILABLE_MIB; do
+for v in N P G NODE_TIMEOUT REDIS_TIMEOUT MAX_OUTBOUND TIMEOUT HOLD KILL_BUDGET_MIB MIN_AVAILABLE_MIB; do
     if ! [[ ${!v} =~ ^[0-9]+$ ]] || ((${!v} < 1)); then
         echo "cluster: $v must be a positive whole number (got '${!v}')" >&2
         exit 2
@@ -112,7 +114,8 @@ SERVER=target/release/mio-chat
 LOAD=target/release/mio-chat-load
 WATCH=benches/cluster_watch.py
 mkdir -p "$DIR"
-echo "cluster: N=$N P=$P G=$G --node-timeout $NODE_TIMEOUT; files in $DIR" >&2
+echo "cluster: N=$N P=$P G=$G --node-timeout $NODE_TIMEOUT --redis-timeout $REDIS_TIMEOUT;" \
+    "files in $DIR" >&2
 
 # Waits up to $1 seconds for the command after it to succeed.
 wait_for() {
@@ -126,8 +129,8 @@ wait_for() {
         sleep 0.1
     done
 }
-metric() { # port, name: the value of an unlabelled metric
-    curl -sf "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m { printf "%d\n", $2 }'
+metric() { # port, name: the value of an unlabelled metric (as printed: awk's %d stops at 2^31)
+    curl -sf "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m { print $2 }'
 }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
@@ -147,7 +150,7 @@ PORTS=()
 for ((i = 0; i < P; i++)); do
     RUST_LOG=info sh -c 'echo $$ > "$1"; shift; exec "$@"' sh "$DIR/server$i.pid" \
         "$SERVER" --addr 127.0.0.1:0 --redis "redis://127.0.0.1:$REDIS_PORT" \
-        --node-timeout "$NODE_TIMEOUT" --client-rate 0 --client-bytes-rate 0 \
+        --node-timeout "$NODE_TIMEOUT" --redis-timeout "$REDIS_TIMEOUT" --client-rate 0 --client-bytes-rate 0 \
         --max-outbound "$MAX_OUTBOUND" 2>"$DIR/server$i.log" &
     disown # its SIGKILL below is no news for the shell to print
     wait_for 10 grep -qs 'subscribed to' "$DIR/server$i.log"
@@ -306,7 +309,8 @@ for pid in "${GENERATORS[@]}"; do wait "$pid" || true; done
 GENERATORS=()
 
 # --- the figures
-echo "--- cluster: $N clients in one room, $P processes (--redis, --node-timeout $NODE_TIMEOUT)," \
+echo "--- cluster: $N clients in one room, $P processes (--redis, --node-timeout $NODE_TIMEOUT," \
+    "--redis-timeout $REDIS_TIMEOUT)," \
     "$G generators; files in $DIR"
 python3 - "$N" "$G" "$DIR" <<'EOF'
 import json, sys
