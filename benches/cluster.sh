@@ -23,7 +23,11 @@
 #      here, not the default 5 s), and both figures include it.
 #
 #   bash benches/cluster.sh                                   # 2,000 clients, 2 processes, 2 generators
-#   CLUSTER_CLIENTS=75000 CLUSTER_PROCESSES=4 CLUSTER_GENERATORS=4 bash benches/cluster.sh
+#   CLUSTER_CLIENTS=40000 CLUSTER_PROCESSES=4 CLUSTER_GENERATORS=4 CLUSTER_TIMEOUT=300 \
+#       CLUSTER_HOLD=45 CLUSTER_KILL_BUDGET_MIB=14000 bash benches/cluster.sh   # about 2 minutes
+#
+# The figures, and why 75,000 clients on four processes do not hold on a 2-core machine:
+# docs/performance.md, "One room over four processes".
 #
 # Why P ports and not one port with --reuse-port: the generator deals client i to target
 # i mod P, so every process holds exactly N/P clients; behind one SO_REUSEPORT port the kernel
@@ -51,8 +55,9 @@
 #   CLUSTER_HOLD          each generator's --hold, s: time for the RSS, the kill and the leave
 #                         flood (default 30 + N/2500)
 #   CLUSTER_KILL_BUDGET_MIB  no SIGKILL if the survivors' leave flood could queue more than
-#                         this (default 8192; see the figures: the verdict copies a leave per dead
-#                         member into every surviving client's queue at once)
+#                         this (default 8192): the verdict hands a leave per dead member to every
+#                         surviving client in one turn, and what a socket does not take at once
+#                         waits in that client's queue (worst case: no client reads meanwhile)
 #   CLUSTER_MIN_AVAILABLE_MIB  the memory guard: below this MemAvailable the servers and Redis
 #                         are killed and the run fails (default 4096; the machine is shared)
 #   CLUSTER_DIR           where the files go (default target/cluster-bench/YYYYmmdd-HHMMSS)
