@@ -19,6 +19,8 @@
 //!
 //! Once every client is open and the total is still short, the flood counts as drained after
 //! [`QUIET`] without a notice, and what is missing is reported as lost (not as a timeout).
+//! With other generators in the room (`--generator I/N`, N > 1) only that quiet ends it: their
+//! clients' joins count too, so the own total is no sign that the room's flood is over.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -136,7 +138,10 @@ pub fn connect_and_drain(run: &mut Run, clients: usize, ramp: Duration) -> io::R
             let last = counter.last_notice.unwrap_or(connected).max(connected);
             let quiet = now.duration_since(last) >= QUIET;
             let tally = &fleet.tally;
-            quiet || (tally.lost_after_open == 0 && counter.total >= triangle(tally.opened))
+            // Other generators' clients join too, so our own triangle is reached long before
+            // the room's flood ends: then only falling quiet says it has drained.
+            let complete = !counter.shared && counter.total >= triangle(tally.opened);
+            quiet || (tally.lost_after_open == 0 && complete)
         };
         // Falling quiet is no event: look again every so often, or the wait lasts until one
         // comes (the server's next ping, say); and when the next client is due.
