@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 
-use common::TestServer;
+use common::{run_load as load, TestServer};
 use mio_chat::frame::{self, OpCode};
 use mio_chat::message::{push_chat_frame, JOINED, LEFT};
 use serde_json::Value;
@@ -393,24 +393,6 @@ fn frame_at(buf: &[u8]) -> Option<(usize, usize)> {
         short => (2, short as usize),
     };
     (buf.len() >= header + len).then_some((header, len))
-}
-
-/// Runs the generator with `args` against `url`; returns whether it passed, and its report.
-fn load(url: &str, args: &[&str]) -> (bool, Value) {
-    let out = Command::new(LOAD)
-        .args(args)
-        .args(["--url", url, "--json", "--quiet", "--timeout", "60"])
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run mio-chat-load");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON report ({e}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.success(), report)
 }
 
 const BROADCAST: &[&str] = &[

@@ -14,10 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::tool;
-use serde_json::Value;
-
-const LOAD: &str = env!("CARGO_BIN_EXE_mio-chat-load");
+use common::{run_load as load, tool};
 
 /// The seed's server, running; killed on drop.
 struct Seed {
@@ -86,23 +83,6 @@ fn seed_server() -> Option<Seed> {
         std::thread::yield_now();
     }
     Some(seed)
-}
-
-fn load(url: &str, args: &[&str]) -> (bool, Value) {
-    let out = Command::new(LOAD)
-        .args(args)
-        .args(["--url", url, "--json", "--quiet", "--timeout", "60"])
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run mio-chat-load");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON report ({e}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.success(), report)
 }
 
 #[test]

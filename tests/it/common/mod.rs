@@ -963,3 +963,22 @@ pub fn open_file_limit(command: &mut Command, limit: u64) {
         });
     }
 }
+
+/// Runs the load generator with `args` against `url`; returns whether it passed, and its JSON
+/// report (panics, with what it printed, if there is none).
+pub fn run_load(url: &str, args: &[&str]) -> (bool, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mio-chat-load"))
+        .args(args)
+        .args(["--url", url, "--json", "--quiet", "--timeout", "60"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run mio-chat-load");
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), report)
+}
