@@ -27,6 +27,7 @@
 
 pub mod client;
 
+use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -34,10 +35,12 @@ use std::sync::Arc;
 use mio::net::TcpStream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ConnectionCommon, ServerConfig, ServerConnection};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncodeTlsData, EncryptError, WriteTraffic};
+use rustls::ServerConfig;
 
 pub use crate::config::TlsFiles;
-use crate::nonblocking::{interrupted, would_block};
+use crate::nonblocking::{interrupted, would_block, READ_CHUNK};
 pub use client::{client_config, ClientTls};
 
 /// What decrypting one TLS record costs beyond its bytes, as the bytes of plaintext frames that
@@ -127,20 +130,34 @@ pub struct Written {
     pub wire: usize,
 }
 
-/// One client's TLS state.
+/// One client's TLS state: rustls's unbuffered connection and the two buffers it leaves to us.
+/// Both are empty, and hold no allocation, whenever no record is half-way: an idle wss client
+/// holds the connection's state and keys and nothing else.
 pub struct Tls {
-    conn: ServerConnection,
+    conn: UnbufferedServerConnection,
+    /// Ciphertext read and not yet decrypted: the start of a record still arriving (or, mid
+    /// handshake, fragments rustls joins into one message).
+    inbox: Vec<u8>,
+    /// Ciphertext made and not yet taken by the socket: a handshake flight, an alert, or the end
+    /// of a record a full socket refused. Written before anything newer is encrypted.
+    outbox: Vec<u8>,
     /// Whether the first bytes have been looked at (plain HTTP on the TLS port).
     looked: bool,
-    /// Our close_notify is queued.
+    /// Our close_notify is made (or cannot be: the handshake never finished).
     said_goodbye: bool,
+    /// The peer's close_notify has come: rustls says so once, and reading says so ever after.
+    peer_closed: bool,
+    /// rustls reported this error: it must not be asked to process anything again (it would
+    /// meet the same bad bytes and fail a second time, which it refuses by panicking).
+    failed: Option<rustls::Error>,
+
     /// Where the records begin in what we read, to charge each one.
     records: RecordScan,
 }
 
 pub enum Transport {
     Plain,
-    /// Boxed: a `ServerConnection` is over a kilobyte, and plaintext clients share the enum.
+    /// Boxed: TLS's state is about a kilobyte, and plaintext clients share the enum.
     Tls(Box<Tls>),
 }
 
@@ -148,9 +165,13 @@ impl Transport {
     /// The transport of a connection accepted on a TLS listener.
     pub fn tls(config: &Arc<ServerConfig>) -> Result<Transport, rustls::Error> {
         Ok(Transport::Tls(Box::new(Tls {
-            conn: ServerConnection::new(Arc::clone(config))?,
+            conn: UnbufferedServerConnection::new(Arc::clone(config))?,
+            inbox: Vec::new(),
+            outbox: Vec::new(),
             looked: false,
             said_goodbye: false,
+            peer_closed: false,
+            failed: None,
             records: RecordScan::default(),
         })))
     }
@@ -158,7 +179,7 @@ impl Transport {
     /// Records wait here for the socket (encrypted, refused by a full socket, or a handshake
     /// message or alert not yet sent). Part of the client's output: its bytes are owed.
     pub fn holds_output(&self) -> bool {
-        matches!(self, Transport::Tls(tls) if tls.conn.wants_write())
+        matches!(self, Transport::Tls(tls) if !tls.outbox.is_empty())
     }
 
     /// A TLS handshake is under way: no plaintext can be sent yet ([`Transport::deliver`] takes
@@ -167,16 +188,30 @@ impl Transport {
         matches!(self, Transport::Tls(tls) if tls.conn.is_handshaking())
     }
 
-    /// Reads once: plaintext into `buf`, however many TLS records (or none) that takes.
-    pub fn read(&mut self, socket: &mut impl Socket, buf: &mut [u8]) -> io::Result<Input> {
+    /// The bytes the transport's buffers hold (the half records of TLS), for the memory ledger.
+    pub fn buffer_capacity(&self) -> usize {
         match self {
-            Transport::Plain => match socket.read(buf) {
+            Transport::Plain => 0,
+            Transport::Tls(tls) => tls.inbox.capacity() + tls.outbox.capacity(),
+        }
+    }
+
+    /// Reads once, taking at most `budget` bytes off the wire: plaintext into `buf` (at least
+    /// [`READ_MIN`] long), however many TLS records (or none) that takes.
+    pub fn read(
+        &mut self,
+        socket: &mut impl Socket,
+        buf: &mut [u8],
+        budget: usize,
+    ) -> io::Result<Input> {
+        match self {
+            Transport::Plain => match socket.read(&mut buf[..budget.min(READ_CHUNK)]) {
                 Ok(0) => Ok(Input::Eof),
                 Ok(n) => Ok(Input::Data { len: n, cost: n }),
                 Err(e) if would_block(&e) => Ok(Input::WouldBlock),
                 Err(e) => Err(e),
             },
-            Transport::Tls(tls) => tls.read(socket, buf),
+            Transport::Tls(tls) => tls.read(socket, buf, budget),
         }
     }
 
@@ -190,14 +225,13 @@ impl Transport {
         }
     }
 
-    /// The connection has said all: under TLS, its close_notify alert is queued (once), to go
-    /// out with [`Transport::flush`] before our FIN. Returns whether anything was queued.
+    /// The connection has said all: under TLS, its close_notify alert is made (once), to go
+    /// out with [`Transport::flush`] before our FIN. Returns whether anything was made.
     pub fn say_goodbye(&mut self) -> bool {
         match self {
             Transport::Tls(tls) if !tls.said_goodbye => {
                 tls.said_goodbye = true;
-                tls.conn.send_close_notify();
-                true
+                tls.close_notify()
             }
             _ => false,
         }
@@ -208,7 +242,7 @@ impl Transport {
     pub fn flush(&mut self, socket: &mut impl Write) -> io::Result<usize> {
         let mut written = 0;
         if let Transport::Tls(tls) = self {
-            write_records(&mut tls.conn, socket, &mut written)?;
+            tls.send_outbox(socket, &mut written)?;
         }
         Ok(written)
     }
@@ -222,6 +256,12 @@ impl Transport {
 
 /// Writes plaintext until all is taken or the socket is full.
 fn write_plain(socket: &mut impl Write, bytes: &[u8]) -> io::Result<Written> {
+    let taken = write_some(socket, bytes)?;
+    Ok(Written { taken, wire: taken })
+}
+
+/// Writes `bytes` until all are taken or the socket is full; returns how many it took.
+fn write_some(socket: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
     let mut taken = 0;
     while taken < bytes.len() {
         match socket.write(&bytes[taken..]) {
@@ -232,11 +272,50 @@ fn write_plain(socket: &mut impl Write, bytes: &[u8]) -> io::Result<Written> {
             Err(e) => return Err(e),
         }
     }
-    Ok(Written { taken, wire: taken })
+    Ok(taken)
+}
+
+/// The plaintext buffer a TLS read needs: room for the largest record's plaintext, beside the
+/// ciphertext it reads into the buffer's upper half.
+pub const READ_MIN: usize = 2 * (MAX_PLAINTEXT + 1024);
+
+const _: () = assert!(
+    READ_MIN <= READ_CHUNK,
+    "the loop's read buffer must take a TLS read"
+);
+
+/// The most plaintext one TLS record carries (2^14, RFC 8446 §5.1; rustls refuses more).
+const MAX_PLAINTEXT: usize = 16 * 1024;
+
+thread_local! {
+    /// Where outgoing records are encrypted before the socket takes them. One for the thread's
+    /// TLS clients (the loop is one thread): a client keeps ciphertext of its own only when its
+    /// socket refused some (its `outbox`), so an idle one keeps none.
+    static SEALED: RefCell<Vec<u8>> = RefCell::new(vec![0; TLS_CHUNK + 1024]);
+}
+
+/// Why decrypting stopped.
+enum Opened {
+    /// No whole record left: more must be read.
+    More,
+    /// The plaintext buffer cannot take another record.
+    Full,
+    /// The peer's close_notify has come.
+    Closed,
+    Failed(rustls::Error),
 }
 
 impl Tls {
-    fn read(&mut self, socket: &mut impl Socket, buf: &mut [u8]) -> io::Result<Input> {
+    /// Opens what is held, then what the socket gives (at most `budget` bytes off the wire in
+    /// all): the plaintext of whole records to the front of `buf`, the start of a record kept.
+    /// The socket's bytes land in `buf`'s upper half and are decrypted there when nothing is
+    /// held (the usual case: no copy, no allocation); otherwise after what is held.
+    fn read(
+        &mut self,
+        socket: &mut impl Socket,
+        buf: &mut [u8],
+        budget: usize,
+    ) -> io::Result<Input> {
         if !self.looked {
             match first_byte(socket)? {
                 None => return Ok(Input::WouldBlock),
@@ -244,48 +323,327 @@ impl Tls {
                 Some(_) => self.looked = true,
             }
         }
-        let mut cost = 0;
-        loop {
-            // Plaintext already decrypted goes first: rustls refuses to read more while it holds
-            // some.
-            match self.conn.reader().read(buf) {
-                Ok(0) => return Ok(Input::Eof), // close_notify
-                Ok(len) => return Ok(Input::Data { len, cost }),
-                Err(e) if would_block(&e) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Input::Eof),
-                Err(e) => return Err(e),
-            }
-            // At most 4 KiB of records a pass (rustls's read size), so a read's cost is bounded.
-            let mut counted = Counted {
-                socket: &mut *socket,
-                scan: &mut self.records,
-                records: 0,
-            };
-            match self.conn.read_tls(&mut counted) {
-                Ok(n) => {
-                    // EOF (0) too: rustls records it, and the reader says so on the next pass.
-                    cost += n + counted.records * RECORD_COST;
-                    if let Err(e) = self.conn.process_new_packets() {
-                        return Ok(Input::TlsFailed(e));
+        if let Some(e) = &self.failed {
+            return Ok(Input::TlsFailed(e.clone()));
+        }
+        debug_assert!(
+            buf.len() >= READ_MIN,
+            "a TLS read needs READ_MIN bytes of buffer"
+        );
+        let (plain, wire) = buf.split_at_mut(buf.len() / 2);
+        let (mut len, mut cost) = (0, 0);
+        let mut ended = self.peer_closed;
+        // Records held whole (the plaintext buffer was full) are opened before reading more.
+        let mut read_first = !self.inbox_has_record();
+        while !ended && cost < budget {
+            let opened = if read_first {
+                let want = (budget - cost).min(wire.len());
+                let n = match socket.read(&mut wire[..want]) {
+                    Ok(0) => {
+                        ended = true;
+                        break;
                     }
+                    Ok(n) => n,
+                    Err(e) if would_block(&e) && len > 0 => break,
+                    Err(e) if would_block(&e) => return Ok(Input::WouldBlock),
+                    Err(e) => return Err(e),
+                };
+                cost += n + self.records.feed(&wire[..n]) * RECORD_COST;
+                if self.inbox.is_empty() {
+                    let (done, opened) = open(
+                        &mut self.conn,
+                        &mut self.outbox,
+                        &mut wire[..n],
+                        plain,
+                        &mut len,
+                    );
+                    self.inbox.extend_from_slice(&wire[done..n]);
+                    opened
+                } else {
+                    self.inbox.extend_from_slice(&wire[..n]);
+                    self.open_inbox(plain, &mut len)
                 }
-                Err(e) if would_block(&e) => return Ok(Input::WouldBlock),
-                Err(e) => return Err(e),
+            } else {
+                self.open_inbox(plain, &mut len)
+            };
+            read_first = true;
+            match opened {
+                Opened::More => {}
+                Opened::Full => break,
+                Opened::Closed => ended = true,
+                Opened::Failed(e) => {
+                    let failed = self.fail(e);
+                    if len == 0 {
+                        return Ok(failed);
+                    }
+                    break; // the plaintext before the bad record first; the failure next read
+                }
+            }
+        }
+        self.peer_closed |= ended;
+        Ok(if len == 0 && ended {
+            Input::Eof
+        } else {
+            // A budget spent on half a record is still a read: the loop comes back for more.
+            Input::Data { len, cost }
+        })
+    }
+
+    /// Opens the whole records held; the rest stays (and the buffer goes once empty).
+    fn open_inbox(&mut self, plain: &mut [u8], len: &mut usize) -> Opened {
+        let (done, opened) = open(
+            &mut self.conn,
+            &mut self.outbox,
+            &mut self.inbox,
+            plain,
+            len,
+        );
+        self.discard(done);
+        opened
+    }
+
+    /// Drops `done` bytes from the front of the inbox; an empty inbox keeps no allocation.
+    fn discard(&mut self, done: usize) {
+        self.inbox.drain(..done);
+        if self.inbox.is_empty() {
+            self.inbox = Vec::new();
+        }
+    }
+
+    /// Whether a whole record waits in the inbox (its header read and its body complete).
+    fn inbox_has_record(&self) -> bool {
+        match self.inbox.get(..5) {
+            Some(header) => {
+                let body = usize::from(u16::from_be_bytes([header[3], header[4]]));
+                self.inbox.len() >= 5 + body
+            }
+            None => false,
+        }
+    }
+
+    /// Encrypts `plaintext` and writes it after what is held, until all is taken or the socket
+    /// is full. What the socket refuses of a record is kept (the outbox) and goes first next
+    /// time, so at most a record's worth of ciphertext waits here.
+    fn write(&mut self, socket: &mut impl Write, plaintext: &[u8]) -> io::Result<Written> {
+        let mut done = Written::default();
+        while self.send_outbox(socket, &mut done.wire)? && done.taken < plaintext.len() {
+            let end = plaintext.len().min(done.taken + TLS_CHUNK);
+            let sent = SEALED.with_borrow_mut(|sealed| -> io::Result<bool> {
+                let Some(n) = self.seal(&plaintext[done.taken..end], sealed)? else {
+                    return Ok(false); // mid-handshake, or closed: nothing can be sent yet
+                };
+                if self.outbox.is_empty() {
+                    let taken = write_some(socket, &sealed[..n])?;
+                    done.wire += taken;
+                    self.outbox.extend_from_slice(&sealed[taken..n]);
+                } else {
+                    // A record rustls made first (a key update) goes before it.
+                    self.outbox.extend_from_slice(&sealed[..n]);
+                }
+                Ok(true)
+            })?;
+            if !sent {
+                break;
+            }
+            done.taken = end;
+        }
+        Ok(done)
+    }
+
+    /// Encrypts `plaintext` into `sealed` (grown if rustls asks for more); the ciphertext's
+    /// length, or `None` when no application data can be sent.
+    fn seal(&mut self, plaintext: &[u8], sealed: &mut Vec<u8>) -> io::Result<Option<usize>> {
+        let result = self.writer(|mut traffic, _| loop {
+            match traffic.encrypt(plaintext, sealed) {
+                Err(EncryptError::InsufficientSize(size)) => sealed.resize(size.required_size, 0),
+                other => return other,
+            }
+        });
+        match result {
+            None => Ok(None),
+            Some(Ok(n)) => Ok(Some(n)),
+            Some(Err(e)) => Err(io::Error::other(e)),
+        }
+    }
+
+    /// Makes our close_notify, after anything rustls still has to send; false if it cannot be
+    /// made (the handshake is past its first message, or the connection is closed).
+    fn close_notify(&mut self) -> bool {
+        if self.conn.handshake_kind().is_none() && self.failed.is_none() {
+            // No keys yet (a handshake cut off before our first message, answered with a 408):
+            // the alert goes in the clear, as a plaintext record (RFC 8446 §6.1). rustls's
+            // unbuffered API makes a close_notify only once the handshake is done.
+            self.outbox.extend_from_slice(&PLAINTEXT_CLOSE_NOTIFY);
+            return true;
+        }
+        let made = self.writer(|mut traffic, outbox| {
+            let mut alert = [0u8; 64];
+            let n = traffic.queue_close_notify(&mut alert).unwrap_or(0);
+            outbox.extend_from_slice(&alert[..n]);
+            n > 0
+        });
+        made == Some(true)
+    }
+
+    /// rustls failed: no more processing, and its alert to the outbox.
+    fn fail(&mut self, e: rustls::Error) -> Input {
+        self.failed = Some(e.clone());
+        self.collect_alert();
+        Input::TlsFailed(e)
+    }
+
+    /// After a TLS error: the alert rustls made for the peer, to the outbox (it goes out as the
+    /// socket closes). rustls hands queued records out before it looks at input again, so while
+    /// it has some, asking cannot make it meet the bad bytes a second time.
+    fn collect_alert(&mut self) {
+        while self.conn.wants_write() {
+            match self.conn.process_tls_records(&mut self.inbox).state {
+                Ok(ConnectionState::EncodeTlsData(mut data)) => encode(&mut data, &mut self.outbox),
+                _ => break,
             }
         }
     }
 
-    fn write(&mut self, socket: &mut impl Write, plaintext: &[u8]) -> io::Result<Written> {
-        let mut done = Written::default();
-        while write_records(&mut self.conn, socket, &mut done.wire)?
-            && !self.conn.is_handshaking()
-            && done.taken < plaintext.len()
-        {
-            let end = plaintext.len().min(done.taken + TLS_CHUNK);
-            done.taken += self.conn.writer().write(&plaintext[done.taken..end])?;
+    /// Moves what rustls has to send (handshake messages, alerts) to the outbox until it can
+    /// encrypt application data, then hands `seal` its writer; `None` if it cannot (a handshake
+    /// under way, an error, or a whole record waiting to be read: the reading that follows
+    /// sends). rustls is always shown the inbox, whose offsets it may be keeping; with no whole
+    /// record in it, rustls has no application data to hand out here.
+    fn writer<R>(
+        &mut self,
+        seal: impl FnOnce(WriteTraffic<'_, ServerConnectionData>, &mut Vec<u8>) -> R,
+    ) -> Option<R> {
+        if self.failed.is_some() || self.inbox_has_record() {
+            return None;
         }
-        Ok(done)
+        loop {
+            let status = self.conn.process_tls_records(&mut self.inbox);
+            let discard = status.discard;
+            let result = match status.state {
+                Ok(ConnectionState::WriteTraffic(traffic)) => {
+                    return Some(seal(traffic, &mut self.outbox))
+                }
+                Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                    encode(&mut data, &mut self.outbox);
+                    None
+                }
+                Ok(ConnectionState::TransmitTlsData(data)) => {
+                    data.done(); // the outbox has it: ours to send
+                    None
+                }
+                Ok(ConnectionState::PeerClosed) => {
+                    self.peer_closed = true;
+                    None
+                }
+                Err(e) => {
+                    self.discard(discard);
+                    self.fail(e);
+                    return None;
+                }
+                Ok(_) => Some(()),
+            };
+            self.discard(discard);
+            if result.is_some() {
+                return None;
+            }
+        }
     }
+
+    /// Writes the outbox until it is empty (true) or the socket is full (false).
+    fn send_outbox(&mut self, socket: &mut impl Write, written: &mut usize) -> io::Result<bool> {
+        if self.outbox.is_empty() {
+            return Ok(true);
+        }
+        let taken = write_some(socket, &self.outbox)?;
+        *written += taken;
+        self.outbox.drain(..taken);
+        if self.outbox.is_empty() {
+            self.outbox = Vec::new(); // an idle client holds no buffer
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+/// Decrypts the whole records at the front of `cipher` while `plain` has room for one more
+/// record's plaintext, appending it at `*len`; handshake records rustls makes meanwhile go to
+/// `outbox`. Returns how many bytes of `cipher` rustls is done with, and why it stopped.
+fn open(
+    conn: &mut UnbufferedServerConnection,
+    outbox: &mut Vec<u8>,
+    cipher: &mut [u8],
+    plain: &mut [u8],
+    len: &mut usize,
+) -> (usize, Opened) {
+    let mut done = 0;
+    loop {
+        if plain.len() - *len < MAX_PLAINTEXT {
+            return (done, Opened::Full);
+        }
+        let status = conn.process_tls_records(&mut cipher[done..]);
+        let discard = status.discard;
+        let stop = match status.state {
+            Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                let mut stop = None;
+                while let Some(record) = traffic.next_record() {
+                    match record {
+                        Ok(record) => {
+                            let end = *len + record.payload.len();
+                            let Some(room) = plain.get_mut(*len..end) else {
+                                stop = Some(Opened::Failed(rustls::Error::General(
+                                    "a record larger than TLS allows".into(),
+                                )));
+                                break;
+                            };
+                            room.copy_from_slice(record.payload);
+                            *len = end;
+                        }
+                        Err(e) => {
+                            stop = Some(Opened::Failed(e));
+                            break;
+                        }
+                    }
+                }
+                stop
+            }
+            Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                encode(&mut data, outbox);
+                None
+            }
+            Ok(ConnectionState::TransmitTlsData(data)) => {
+                data.done(); // the outbox has it: the loop sends it
+                None
+            }
+            Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => Some(Opened::Closed),
+            // Early data is never offered (the config's `max_early_data_size` is 0).
+            Ok(ConnectionState::ReadEarlyData(mut early)) => {
+                while early.next_record().is_some() {}
+                None
+            }
+            Ok(_) => Some(Opened::More), // a handshake or traffic waiting for more bytes
+            Err(e) => Some(Opened::Failed(e)),
+        };
+        done += discard;
+        if let Some(stop) = stop {
+            return (done, stop);
+        }
+    }
+}
+
+/// A close_notify alert in a plaintext record: type 21 (alert), legacy version 3.3, length 2,
+/// level 1 (warning), description 0 (close_notify).
+const PLAINTEXT_CLOSE_NOTIFY: [u8; 7] = [21, 3, 3, 0, 2, 1, 0];
+
+/// Appends a handshake record (or alert) rustls made to `outbox`.
+fn encode(data: &mut EncodeTlsData<'_, ServerConnectionData>, outbox: &mut Vec<u8>) {
+    let need = match data.encode(&mut []) {
+        Err(EncodeError::InsufficientSize(size)) => size.required_size,
+        _ => return,
+    };
+    let at = outbox.len();
+    outbox.resize(at + need, 0);
+    let made = data.encode(&mut outbox[at..]).unwrap_or(0);
+    outbox.truncate(at + made);
 }
 
 /// Follows TLS record boundaries through the bytes read, however they are split: a 5-byte header
@@ -322,40 +680,6 @@ impl RecordScan {
         }
         begun
     }
-}
-
-/// A socket whose reads are scanned for records (rustls reads through it).
-struct Counted<'a, S> {
-    socket: &'a mut S,
-    scan: &'a mut RecordScan,
-    records: usize,
-}
-
-impl<S: Read> Read for Counted<'_, S> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.socket.read(buf)?;
-        self.records += self.scan.feed(&buf[..n]);
-        Ok(n)
-    }
-}
-
-/// Writes the records rustls holds, adding what the socket took to `written`; false if the
-/// socket filled up first. The one ciphertext write, for the server's side and the client's.
-fn write_records<D>(
-    tls: &mut ConnectionCommon<D>,
-    socket: &mut impl Write,
-    written: &mut usize,
-) -> io::Result<bool> {
-    while tls.wants_write() {
-        match tls.write_tls(socket) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => *written += n,
-            Err(e) if would_block(&e) => return Ok(false),
-            Err(e) if interrupted(&e) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
 }
 
 /// The first byte waiting on a TLS connection, peeked (rustls still reads it), to tell a
@@ -474,7 +798,9 @@ pub(crate) mod tests {
             while client.wants_write() {
                 client.write_tls(&mut socket.inbound).unwrap();
             }
-            let input = transport.read(&mut socket, &mut [0; 4096]).unwrap();
+            let input = transport
+                .read(&mut socket, &mut [0; READ_CHUNK], usize::MAX)
+                .unwrap();
             assert!(matches!(input, Input::WouldBlock), "{input:?}");
             transport.flush(&mut socket).unwrap();
             to_client(&mut client, &mut socket);
@@ -486,7 +812,10 @@ pub(crate) mod tests {
     fn read_all(transport: &mut Transport, socket: &mut Fake) -> (usize, usize) {
         let (mut len_sum, mut cost_sum) = (0, 0);
         loop {
-            match transport.read(socket, &mut [0; 64 * 1024]).unwrap() {
+            match transport
+                .read(socket, &mut [0; READ_CHUNK], usize::MAX)
+                .unwrap()
+            {
                 Input::Data { len, cost } => (len_sum, cost_sum) = (len_sum + len, cost_sum + cost),
                 Input::WouldBlock => return (len_sum, cost_sum),
                 other => panic!("{other:?}"),
@@ -571,6 +900,114 @@ pub(crate) mod tests {
             let begun: usize = stream.chunks(step).map(|piece| scan.feed(piece)).sum();
             assert_eq!(begun, lengths.len(), "in pieces of {step}");
             assert_eq!((scan.seen, scan.left), (0, 0), "in pieces of {step}");
+        }
+    }
+
+    /// What the client has decrypted so far (and whether it saw an error or the end).
+    fn client_takes(client: &mut ClientConnection, socket: &mut Fake, got: &mut Vec<u8>) -> bool {
+        let mut written = &socket.outbound[..];
+        let mut ok = true;
+        let mut buf = [0; 4096];
+        while ok && !written.is_empty() {
+            ok = client.read_tls(&mut written).is_ok() && client.process_new_packets().is_ok();
+            while let Ok(n @ 1..) = client.reader().read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        socket.outbound.clear();
+        ok
+    }
+
+    /// The loop's read of one client, once: until it would block, ends, or the budget is spent.
+    /// Returns false once the transport reports the end or an error.
+    fn read_once(
+        transport: &mut Transport,
+        socket: &mut Fake,
+        budget: usize,
+        got: &mut Vec<u8>,
+    ) -> bool {
+        let mut buf = vec![0; READ_CHUNK];
+        let mut spent = 0;
+        while spent < budget {
+            match transport.read(socket, &mut buf, budget - spent).unwrap() {
+                Input::Data { len, cost } => {
+                    got.extend_from_slice(&buf[..len]);
+                    spent += cost;
+                }
+                Input::WouldBlock => return true,
+                Input::Eof | Input::TlsFailed(_) => return false,
+                Input::PlainHttp => panic!("plaintext HTTP after a handshake"),
+            }
+        }
+        true
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// However the client's records are split on the wire, whatever each read may spend and
+        /// whatever the socket takes of each write: the server reads exactly the plaintext sent,
+        /// the client exactly what was delivered, in order; a changed byte ends the connection
+        /// with a TLS error after a prefix of the plaintext, never a panic or a wrong byte.
+        #[test]
+        fn tls_bytes_arrive_whole_however_split(
+            sends in proptest::collection::vec(0..40_000usize, 1..6),
+            pieces in proptest::collection::vec(1..50_000usize, 1..30),
+            budgets in proptest::collection::vec(1..300_000usize, 1..10),
+            rooms in proptest::collection::vec(0..40_000usize, 1..10),
+            replies in proptest::collection::vec(1..40_000usize, 0..5),
+            flip in proptest::option::of((proptest::prelude::any::<proptest::sample::Index>(), 1..=255u8)),
+        ) {
+            let (mut transport, mut client, mut socket) = connected();
+            let mut sent = Vec::new();
+            let mut wire = Vec::new();
+            for (i, &size) in sends.iter().enumerate() {
+                let bytes: Vec<u8> = (0..size).map(|j| (i * 31 + j % 251) as u8).collect();
+                client.writer().write_all(&bytes).unwrap();
+                sent.extend_from_slice(&bytes);
+                while client.wants_write() {
+                    client.write_tls(&mut wire).unwrap();
+                }
+            }
+            if let Some((at, xor)) = flip {
+                let at = at.index(wire.len());
+                wire[at] ^= xor;
+            }
+            let delivered: Vec<u8> = replies
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &size)| (0..size).map(move |j| (i * 7 + j % 253) as u8))
+                .collect();
+
+            let (mut got, mut replied, mut pending) = (Vec::new(), Vec::new(), &delivered[..]);
+            let (mut at, mut step, mut open) = (0, 0, true);
+            while open && (at < wire.len() || !pending.is_empty()) {
+                let piece = pieces[step % pieces.len()].min(wire.len() - at);
+                socket.inbound.extend_from_slice(&wire[at..at + piece]);
+                at += piece;
+                open = read_once(&mut transport, &mut socket, budgets[step % budgets.len()], &mut got);
+                socket.room = rooms[step % rooms.len()];
+                let written = transport.deliver(&mut socket, pending).unwrap();
+                pending = &pending[written.taken..];
+                if let Transport::Tls(tls) = &transport {
+                    proptest::prop_assert!(tls.outbox.len() <= TLS_CHUNK + 1024, "a record's worth waits, no more");
+                }
+                open &= client_takes(&mut client, &mut socket, &mut replied);
+                step += 1;
+            }
+            while open && read_once(&mut transport, &mut socket, usize::MAX, &mut got) && socket.read_at < socket.inbound.len() {}
+            socket.room = usize::MAX;
+            transport.flush(&mut socket).unwrap();
+            let client_ok = client_takes(&mut client, &mut socket, &mut replied);
+
+            proptest::prop_assert!(sent.starts_with(&got), "a prefix of what was sent, unchanged");
+            if flip.is_none() {
+                proptest::prop_assert_eq!(got.len(), sent.len());
+                proptest::prop_assert!(client_ok && open);
+                proptest::prop_assert_eq!(replied, delivered);
+                proptest::prop_assert!(!transport.holds_output());
+                proptest::prop_assert_eq!(transport.buffer_capacity(), 0, "an idle client holds no buffer");
+            }
         }
     }
 }

@@ -23,7 +23,6 @@ use super::Server;
 use crate::connection::{Connection, Context, Ending, Sink};
 use crate::http::{self, Response};
 use crate::memory::Ledger;
-use crate::nonblocking::READ_CHUNK;
 use crate::proxy::Peer;
 use crate::room_core::Who;
 use crate::timers::Timer;
@@ -215,7 +214,7 @@ impl Client {
         if self.conn.is_closed() {
             0
         } else {
-            self.conn.buffer_capacity()
+            self.conn.buffer_capacity() + self.transport.buffer_capacity()
         }
     }
 
@@ -265,7 +264,7 @@ impl Server {
                 // Edge-triggered: no new event will come for bytes already waiting.
                 return self.mark_unread(key);
             }
-            let buf = &mut self.read_buf[..budget.min(READ_CHUNK)];
+            let buf = &mut self.read_buf[..];
             let (who, room) = (client.who(key), &mut self.room);
             let cx = Context {
                 now,
@@ -273,7 +272,7 @@ impl Server {
                 degraded: room.degraded(),
             };
             let events: &mut Sink = &mut |event| room.on_event(who, event);
-            let more = match client.transport.read(&mut client.socket, buf) {
+            let more = match client.transport.read(&mut client.socket, buf, budget) {
                 Ok(Input::Eof) => {
                     client.conn.peer_closed(now, events);
                     false // EOF: nothing more will come, however long we keep the socket
