@@ -10,14 +10,14 @@
 //!
 //! TLS is rustls's *unbuffered* server connection (`UnbufferedServerConnection`): rustls keeps
 //! the session's state and keys, and the buffers are ours. Ciphertext is read into the upper half
-//! of the loop's one read buffer and decrypted there ([`open`]); what is left of a record waits
+//! of the loop's one read buffer and decrypted there (`open`); what is left of a record waits
 //! in the client's `inbox`. Records are sealed into one buffer for the thread and written from
 //! it; what a full socket refuses waits in the client's `outbox`. Both are dropped when they
 //! empty, so an idle wss client holds rustls's state and nothing else (3.9 KiB in all at 10,000
 //! idle connections, against 8 KiB with rustls's buffered connection, whose 4 KiB receive buffer
 //! stays once a record has been read: `docs/performance.md`, section TLS). The price is the
 //! state machine rustls's buffered API would drive: every `ConnectionState` is handled here, in
-//! [`open`] (reading) and [`Tls::writer`] (writing). The handshake advances with each read, a step
+//! `open` (reading) and `Tls::writer` (writing). The handshake advances with each read, a step
 //! at a time, however the bytes are split; its deadline is the connection's
 //! (`--handshake-timeout`, from the accept).
 //!
