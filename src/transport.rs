@@ -143,7 +143,8 @@ pub struct Written {
 pub struct Tls {
     conn: UnbufferedServerConnection,
     /// Ciphertext read and not yet decrypted: the start of a record still arriving (or, mid
-    /// handshake, fragments rustls joins into one message).
+    /// handshake, fragments rustls joins into one message). At most `MAX_INBOX` bytes: a
+    /// peer that needs more is refused.
     inbox: Vec<u8>,
     /// Ciphertext made and not yet taken by the socket: a handshake flight, an alert, or the end
     /// of a record a full socket refused. Written before anything newer is encrypted.
@@ -294,6 +295,13 @@ const _: () = assert!(
 /// The most plaintext one TLS record carries (2^14, RFC 8446 §5.1; rustls refuses more).
 const MAX_PLAINTEXT: usize = 16 * 1024;
 
+/// The most ciphertext a client's inbox may hold: a handshake message joined from pieces, up to
+/// the 64 KiB rustls takes for one (its buffered connection holds no more while joining), and
+/// the largest record after it (TLS 1.2's: 2^14 + 2048 and a header). rustls keeps each piece's
+/// whole record until the message is complete, so a peer sending one byte of it a record,
+/// padded to 16 KiB, would otherwise make it hold up to 65,535 of them, a gigabyte.
+const MAX_INBOX: usize = 64 * 1024 + MAX_PLAINTEXT + 2048 + 5;
+
 thread_local! {
     /// Where outgoing records are encrypted before the socket takes them. One for the thread's
     /// TLS clients (the loop is one thread): a client keeps ciphertext of its own only when its
@@ -374,6 +382,12 @@ impl Tls {
                 self.open_inbox(plain, &mut len)
             };
             read_first = true;
+            let opened = match opened {
+                Opened::More if self.inbox.len() > MAX_INBOX => Opened::Failed(
+                    rustls::Error::InvalidMessage(rustls::InvalidMessage::HandshakePayloadTooLarge),
+                ),
+                opened => opened,
+            };
             match opened {
                 Opened::More => {}
                 Opened::Full => break,
@@ -705,8 +719,10 @@ fn first_byte(socket: &mut impl Socket) -> io::Result<Option<u8>> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use rustls::crypto::cipher::{MessageEncrypter, OutboundChunks, OutboundPlainMessage};
     use rustls::pki_types::{PrivateKeyDer, ServerName};
-    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+    use rustls::{ClientConfig, ClientConnection, ConnectionTrafficSecrets, RootCertStore};
+    use rustls::{ContentType, ProtocolVersion, SupportedCipherSuite};
 
     /// A socket in memory: it reads what the test put in `inbound`, and takes at most `room`
     /// more bytes into `outbound` before it refuses (`WouldBlock`), as a full socket does.
@@ -794,7 +810,14 @@ pub(crate) mod tests {
     /// A server transport and a rustls client, their handshake done over a `Fake`.
     fn connected() -> (Transport, ClientConnection, Fake) {
         let (server, client) = tls_configs();
-        let mut transport = Transport::tls(&server).unwrap();
+        connected_with(&server, client)
+    }
+
+    fn connected_with(
+        server: &Arc<ServerConfig>,
+        client: Arc<ClientConfig>,
+    ) -> (Transport, ClientConnection, Fake) {
+        let mut transport = Transport::tls(server).unwrap();
         let name = ServerName::try_from("localhost").unwrap();
         let mut client = ClientConnection::new(client, name).unwrap();
         let mut socket = Fake {
@@ -813,6 +836,77 @@ pub(crate) mod tests {
             to_client(&mut client, &mut socket);
         }
         (transport, client, socket)
+    }
+
+    /// A client that seals its records by hand once the handshake is done (rustls's client
+    /// cannot make malformed ones): the transport, its socket, the client's traffic key and
+    /// the sequence number of its next record.
+    fn connected_by_hand() -> (Transport, Fake, Box<dyn MessageEncrypter>, u64) {
+        let (server, client) = tls_configs();
+        let mut client = (*client).clone();
+        client.enable_secret_extraction = true;
+        let (transport, client, socket) = connected_with(&server, Arc::new(client));
+        let Some(SupportedCipherSuite::Tls13(suite)) = client.negotiated_cipher_suite() else {
+            panic!("TLS 1.3 only");
+        };
+        let (seq, secrets) = client.dangerous_extract_secrets().unwrap().tx;
+        let key = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+            | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+            | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                suite.aead_alg.encrypter(key, iv)
+            }
+            _ => panic!("an AEAD the ring provider does not offer"),
+        };
+        (transport, socket, key, seq)
+    }
+
+    /// A TLS 1.3 record sealed by hand: `content` of type `typ`, then `padding` zeros (RFC 8446
+    /// §5.4: the receiver strips them).
+    fn seal_by_hand(
+        key: &mut Box<dyn MessageEncrypter>,
+        seq: &mut u64,
+        typ: u8,
+        content: &[u8],
+        padding: usize,
+    ) -> Vec<u8> {
+        // The encrypter appends the type byte itself: the last byte of the inner plaintext.
+        let mut inner = content.to_vec();
+        inner.push(typ);
+        inner.resize(inner.len() + padding, 0);
+        let last = inner.pop().unwrap();
+        let message = OutboundPlainMessage {
+            typ: ContentType::from(last),
+            version: ProtocolVersion::TLSv1_2,
+            payload: OutboundChunks::from(&inner[..]),
+        };
+        let record = key.encrypt(message, *seq).unwrap().encode();
+        *seq += 1;
+        record
+    }
+
+    /// One handshake message spread over many records, a byte each padded to 16 KiB: rustls
+    /// keeps every record until the message is whole (its header may announce 64 KiB, so up to
+    /// a gigabyte). The transport refuses it once its inbox holds more than a message's worth.
+    #[test]
+    fn a_handshake_message_in_padded_pieces_is_refused_not_held() {
+        let (mut transport, mut socket, mut key, mut seq) = connected_by_hand();
+        let header = [24u8, 0, 0xff, 0xff]; // a KeyUpdate of 65,535 bytes
+        let mut buf = vec![0; READ_CHUNK];
+        for i in 0..1000 {
+            let byte = header.get(i).copied().unwrap_or(0);
+            socket
+                .inbound
+                .extend(seal_by_hand(&mut key, &mut seq, 22, &[byte], 16_000));
+            match transport.read(&mut socket, &mut buf, usize::MAX).unwrap() {
+                Input::TlsFailed(_) => return,
+                Input::WouldBlock => {}
+                other => panic!("{other:?}"),
+            }
+            let held = transport.buffer_capacity();
+            assert!(held <= 256 * 1024, "{held} bytes held after {i} pieces");
+        }
+        panic!("a thousand pieces taken");
     }
 
     /// Plaintext of the client's records, read as the loop does; returns (plaintext, cost).
