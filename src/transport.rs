@@ -146,6 +146,12 @@ pub struct Tls {
     /// handshake, fragments rustls joins into one message). At most `MAX_INBOX` bytes: a
     /// peer that needs more is refused.
     inbox: Vec<u8>,
+    /// Whole records wait in the inbox that rustls has not looked at: a read stopped when the
+    /// plaintext buffer filled, which it does right after a record of application data, so
+    /// rustls keeps no place in them (no handshake message half joined). The next read opens
+    /// them first; meanwhile the writer shows rustls none of them, so a write never waits for
+    /// a read (the loop takes a write left undone for a full socket, and waits for WRITABLE).
+    unopened: bool,
     /// Ciphertext made and not yet taken by the socket: a handshake flight, an alert, or the end
     /// of a record a full socket refused. Written before anything newer is encrypted.
     outbox: Vec<u8>,
@@ -175,6 +181,7 @@ impl Transport {
         Ok(Transport::Tls(Box::new(Tls {
             conn: UnbufferedServerConnection::new(Arc::clone(config))?,
             inbox: Vec::new(),
+            unopened: false,
             outbox: Vec::new(),
             looked: false,
             said_goodbye: false,
@@ -349,7 +356,7 @@ impl Tls {
         let (mut len, mut cost) = (0, 0);
         let mut ended = self.peer_closed;
         // Records held whole (the plaintext buffer was full) are opened before reading more.
-        let mut read_first = !self.inbox_has_record();
+        let mut read_first = !self.unopened;
         while !ended && cost < budget {
             let opened = if read_first {
                 let want = (budget - cost).min(wire.len());
@@ -382,6 +389,7 @@ impl Tls {
                 self.open_inbox(plain, &mut len)
             };
             read_first = true;
+            self.unopened = matches!(opened, Opened::Full);
             let opened = match opened {
                 Opened::More if self.inbox.len() > MAX_INBOX => Opened::Failed(
                     rustls::Error::InvalidMessage(rustls::InvalidMessage::HandshakePayloadTooLarge),
@@ -428,17 +436,6 @@ impl Tls {
         self.inbox.drain(..done);
         if self.inbox.is_empty() {
             self.inbox = Vec::new();
-        }
-    }
-
-    /// Whether a whole record waits in the inbox (its header read and its body complete).
-    fn inbox_has_record(&self) -> bool {
-        match self.inbox.get(..5) {
-            Some(header) => {
-                let body = usize::from(u16::from_be_bytes([header[3], header[4]]));
-                self.inbox.len() >= 5 + body
-            }
-            None => false,
         }
     }
 
@@ -527,18 +524,24 @@ impl Tls {
 
     /// Moves what rustls has to send (handshake messages, alerts) to the outbox until it can
     /// encrypt application data, then hands `seal` its writer; `None` if it cannot (a handshake
-    /// under way, an error, or a whole record waiting to be read: the reading that follows
-    /// sends). rustls is always shown the inbox, whose offsets it may be keeping; with no whole
-    /// record in it, rustls has no application data to hand out here.
+    /// under way, or an error). rustls is shown the inbox, whose offsets it may be keeping (a
+    /// handshake message half joined), and which then holds no whole record it has not seen,
+    /// so it has no application data to hand out here; records waiting unopened it is shown
+    /// none of (it keeps no place in them).
     fn writer<R>(
         &mut self,
         seal: impl FnOnce(WriteTraffic<'_, ServerConnectionData>, &mut Vec<u8>) -> R,
     ) -> Option<R> {
-        if self.failed.is_some() || self.inbox_has_record() {
+        if self.failed.is_some() {
             return None;
         }
         loop {
-            let status = self.conn.process_tls_records(&mut self.inbox);
+            let incoming: &mut [u8] = if self.unopened {
+                &mut []
+            } else {
+                &mut self.inbox
+            };
+            let status = self.conn.process_tls_records(incoming);
             let discard = status.discard;
             let result = match status.state {
                 Ok(ConnectionState::WriteTraffic(traffic)) => {
@@ -588,7 +591,8 @@ impl Tls {
 
 /// Decrypts the whole records at the front of `cipher` while `plain` has room for one more
 /// record's plaintext, appending it at `*len`; handshake records rustls makes meanwhile go to
-/// `outbox`. Returns how many bytes of `cipher` rustls is done with, and why it stopped.
+/// `outbox`. Returns how many bytes of `cipher` rustls is done with, and why it stopped. Called
+/// with room for a record, it is full only right after one (see `Tls::unopened`).
 fn open(
     conn: &mut UnbufferedServerConnection,
     outbox: &mut Vec<u8>,
@@ -596,6 +600,7 @@ fn open(
     plain: &mut [u8],
     len: &mut usize,
 ) -> (usize, Opened) {
+    debug_assert!(plain.len() - *len >= MAX_PLAINTEXT, "called with no room");
     let mut done = 0;
     loop {
         if plain.len() - *len < MAX_PLAINTEXT {
@@ -907,6 +912,41 @@ pub(crate) mod tests {
             assert!(held <= 256 * 1024, "{held} bytes held after {i} pieces");
         }
         panic!("a thousand pieces taken");
+    }
+
+    /// A read that filled its plaintext buffer leaves whole records in the inbox for the next
+    /// read, which may come a turn later (the client's budget is spent). Meanwhile a write
+    /// goes out: the loop asks for WRITABLE whenever a write leaves bytes, and a socket that
+    /// took nothing because it was never full brings no WRITABLE once those records are read.
+    #[test]
+    fn records_waiting_to_be_opened_do_not_hold_up_a_write() {
+        let (mut transport, mut client, mut socket) = connected();
+        for i in 0..3 {
+            client.writer().write_all(&[i; 9000]).unwrap();
+            client.write_tls(&mut socket.inbound).unwrap();
+        }
+        let mut buf = vec![0; READ_CHUNK];
+        let input = transport.read(&mut socket, &mut buf, usize::MAX).unwrap();
+        assert!(
+            matches!(input, Input::Data { len: 18_000, .. }),
+            "{input:?}"
+        );
+        assert_eq!(
+            socket.read_at,
+            socket.inbound.len(),
+            "the third record is held"
+        );
+
+        let written = transport.deliver(&mut socket, b"reply").unwrap();
+        assert_eq!(written.taken, 5, "a socket with room takes the reply");
+        assert!(transport.say_goodbye(), "and the close_notify");
+        let mut replied = Vec::new();
+        assert!(client_takes(&mut client, &mut socket, &mut replied));
+        assert_eq!(replied, b"reply");
+
+        let input = transport.read(&mut socket, &mut buf, usize::MAX).unwrap();
+        assert!(matches!(input, Input::Data { len: 9000, .. }), "{input:?}");
+        assert_eq!(buf[..9000], [2; 9000]);
     }
 
     /// Plaintext of the client's records, read as the loop does; returns (plaintext, cost).
