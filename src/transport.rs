@@ -399,7 +399,11 @@ impl Tls {
             match opened {
                 Opened::More => {}
                 Opened::Full => break,
-                Opened::Closed => ended = true,
+                Opened::Closed => {
+                    // rustls reads nothing after the peer's close_notify: what follows it goes.
+                    self.discard(self.inbox.len());
+                    ended = true;
+                }
                 Opened::Failed(e) => {
                     let failed = self.fail(e);
                     if len == 0 {
@@ -947,6 +951,92 @@ pub(crate) mod tests {
         let input = transport.read(&mut socket, &mut buf, usize::MAX).unwrap();
         assert!(matches!(input, Input::Data { len: 9000, .. }), "{input:?}");
         assert_eq!(buf[..9000], [2; 9000]);
+    }
+
+    /// A client may send its close_notify and then more (garbage, or records it had queued):
+    /// rustls reads nothing after the close_notify. The server still answers the half-closed
+    /// client, and keeps none of those bytes.
+    #[test]
+    fn bytes_after_a_close_notify_neither_hold_up_the_answer_nor_stay() {
+        let (mut transport, mut client, mut socket) = connected();
+        client.writer().write_all(b"request").unwrap();
+        client.send_close_notify();
+        while client.wants_write() {
+            client.write_tls(&mut socket.inbound).unwrap();
+        }
+        socket.inbound.extend_from_slice(&[23, 3, 3, 0, 20]);
+        socket.inbound.extend_from_slice(&[0; 20]);
+        let mut buf = vec![0; READ_CHUNK];
+        let input = transport.read(&mut socket, &mut buf, usize::MAX).unwrap();
+        assert!(matches!(input, Input::Data { len: 7, .. }), "{input:?}");
+        let input = transport.read(&mut socket, &mut buf, usize::MAX).unwrap();
+        assert!(matches!(input, Input::Eof), "{input:?}");
+
+        assert_eq!(transport.deliver(&mut socket, b"answer").unwrap().taken, 6);
+        assert!(transport.say_goodbye());
+        assert!(transport.flush(&mut socket).is_ok());
+        to_client(&mut client, &mut socket);
+        let mut answer = Vec::new();
+        assert!(client.reader().read_to_end(&mut answer).is_ok());
+        assert_eq!(answer, b"answer");
+        assert_eq!(transport.buffer_capacity(), 0, "nothing kept once closed");
+    }
+
+    /// A handshake message after the handshake (a KeyUpdate) may come in pieces: rustls keeps
+    /// the first while it waits for the rest, and the server writes meanwhile.
+    #[test]
+    fn a_key_update_in_pieces_does_not_hold_up_a_write() {
+        let (mut transport, mut socket, mut key, mut seq) = connected_by_hand();
+        let mut buf = vec![0; READ_CHUNK];
+        let update_not_requested = [24u8, 0, 0, 1, 0];
+        socket.inbound.extend(seal_by_hand(
+            &mut key,
+            &mut seq,
+            22,
+            &update_not_requested[..2],
+            0,
+        ));
+        let input = transport.read(&mut socket, &mut buf, usize::MAX).unwrap();
+        assert!(matches!(input, Input::WouldBlock), "{input:?}");
+        assert_eq!(transport.deliver(&mut socket, b"x").unwrap().taken, 1);
+
+        socket.inbound.extend(seal_by_hand(
+            &mut key,
+            &mut seq,
+            22,
+            &update_not_requested[2..],
+            0,
+        ));
+        let input = transport.read(&mut socket, &mut buf, usize::MAX).unwrap();
+        assert!(matches!(input, Input::WouldBlock), "{input:?}");
+        assert_eq!(
+            transport.buffer_capacity(),
+            0,
+            "the KeyUpdate is whole and done"
+        );
+    }
+
+    /// A KeyUpdate that asks for ours: rustls sends it with the next record, sealed with the
+    /// old key and ahead of it, also when a full socket left part of an older record waiting.
+    #[test]
+    fn a_requested_key_update_goes_ahead_of_what_follows() {
+        let (mut transport, mut client, mut socket) = connected();
+        socket.room = 100;
+        let cut = transport.deliver(&mut socket, &[b'a'; 5000]).unwrap();
+        assert_eq!(cut.taken, 5000);
+        client.refresh_traffic_keys().unwrap();
+        client.writer().write_all(b"hello").unwrap();
+        while client.wants_write() {
+            client.write_tls(&mut socket.inbound).unwrap();
+        }
+        assert_eq!(read_all(&mut transport, &mut socket).0, 5);
+
+        socket.room = usize::MAX;
+        assert_eq!(transport.deliver(&mut socket, b"after").unwrap().taken, 5);
+        let mut got = Vec::new();
+        assert!(client_takes(&mut client, &mut socket, &mut got));
+        assert_eq!(got.len(), 5005);
+        assert!(got.starts_with(&[b'a'; 5000]) && got.ends_with(b"after"));
     }
 
     /// Plaintext of the client's records, read as the loop does; returns (plaintext, cost).
