@@ -366,7 +366,9 @@ impl Tls {
                         break;
                     }
                     Ok(n) => n,
-                    Err(e) if would_block(&e) && len > 0 => break,
+                    // The plaintext opened already goes first (rustls has let go of its
+                    // records); the next read meets the error, or what follows it (EOF).
+                    Err(_) if len > 0 => break,
                     Err(e) if would_block(&e) => return Ok(Input::WouldBlock),
                     Err(e) => return Err(e),
                 };
@@ -741,15 +743,26 @@ pub(crate) mod tests {
         read_at: usize,
         outbound: Vec<u8>,
         room: usize,
+        /// Where a read stops short and the next fails once with this error.
+        fails_at: Option<(usize, io::ErrorKind)>,
     }
 
     impl Read for Fake {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if let Some((at, kind)) = self.fails_at {
+                if self.read_at == at {
+                    self.fails_at = None;
+                    return Err(kind.into());
+                }
+            }
             let waiting = &self.inbound[self.read_at..];
             if waiting.is_empty() {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            let n = waiting.len().min(buf.len());
+            let stop = self
+                .fails_at
+                .map_or(usize::MAX, |(at, _)| at - self.read_at);
+            let n = waiting.len().min(buf.len()).min(stop);
             buf[..n].copy_from_slice(&waiting[..n]);
             self.read_at += n;
             Ok(n)
@@ -1037,6 +1050,37 @@ pub(crate) mod tests {
         assert!(client_takes(&mut client, &mut socket, &mut got));
         assert_eq!(got.len(), 5005);
         assert!(got.starts_with(&[b'a'; 5000]) && got.ends_with(b"after"));
+    }
+
+    /// A read error after some records were opened in the same read (EINTR, which the loop
+    /// retries; a reset, after which the next read says EOF) loses none of their plaintext:
+    /// rustls has let go of those records.
+    #[test]
+    fn a_read_error_after_records_were_opened_loses_none_of_them() {
+        for kind in [io::ErrorKind::Interrupted, io::ErrorKind::ConnectionReset] {
+            let (mut transport, mut client, mut socket) = connected();
+            let start = socket.inbound.len();
+            client.writer().write_all(b"hello").unwrap();
+            client.write_tls(&mut socket.inbound).unwrap();
+            socket.fails_at = Some((socket.inbound.len(), kind));
+            client.writer().write_all(b"world").unwrap();
+            client.write_tls(&mut socket.inbound).unwrap();
+            assert_eq!(socket.read_at, start);
+
+            let mut got = Vec::new();
+            let mut buf = vec![0; READ_CHUNK];
+            loop {
+                match transport.read(&mut socket, &mut buf, usize::MAX) {
+                    Ok(Input::Data { len, .. }) => got.extend_from_slice(&buf[..len]),
+                    Err(e) if e.kind() == kind => {}
+                    other => {
+                        assert!(matches!(other, Ok(Input::WouldBlock)), "{other:?}");
+                        break;
+                    }
+                }
+            }
+            assert_eq!(got, b"helloworld", "{kind:?}");
+        }
     }
 
     /// Plaintext of the client's records, read as the loop does; returns (plaintext, cost).
