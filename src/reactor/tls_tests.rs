@@ -7,7 +7,8 @@
 //! be lost); once the peer reads, every byte arrives, then a clean TLS close.
 //!
 //! Also: a client whose turn's budget ran out with whole records still waiting in its inbox is
-//! written meanwhile, and its answers go out (no WRITABLE is owed for a socket never full).
+//! written meanwhile, and its answers go out (no WRITABLE is owed for a socket never full); and
+//! a partial record a read kept is counted in the memory ledger at once.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -285,4 +286,35 @@ fn a_write_while_records_wait_to_be_opened_still_goes_out() {
         );
         assert!(echo[4..].iter().all(|&b| usize::from(b) == i));
     }
+}
+
+/// What a TLS client's inbox holds is counted as soon as it is read, like a plaintext
+/// client's partial input: a record that has not all come (here the start of a ClientHello
+/// announcing 16 KiB), whose read gives no plaintext.
+#[test]
+fn a_partial_record_is_counted_as_soon_as_it_is_read() {
+    let (server_tls, _) = tls_configs();
+    let config = Config {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..Config::default()
+    };
+    let mut server = Server::bind(config).unwrap();
+    server.tls = Some(server_tls);
+    let mut events = Events::with_capacity(64);
+    let mut peer = TcpStream::connect(server.local_addr()).unwrap();
+    server.accept(Instant::now());
+    let key = server.clients.iter().next().expect("accepted").0;
+
+    let mut start = vec![22, 3, 1, 0x40, 0];
+    start.resize(10_005, 0);
+    peer.write_all(&start).unwrap();
+    let mut peeked = vec![0; start.len()];
+    while server.clients[key].socket.peek(&mut peeked).unwrap_or(0) < start.len() {
+        server.poll.poll(&mut events, Some(GUARD)).unwrap();
+    }
+    server.read(key, Instant::now());
+    let client = &server.clients[key];
+    assert!(client.holding() >= 10_005, "{}", client.holding());
+    assert_eq!(client.held, client.holding(), "the ledger knows");
+    assert_eq!(server.ledger.total(), client.holding());
 }
