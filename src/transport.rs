@@ -241,7 +241,8 @@ impl Transport {
     }
 
     /// The connection has said all: under TLS, its close_notify alert is made (once), to go
-    /// out with [`Transport::flush`] before our FIN. Returns whether anything was made.
+    /// out with [`Transport::flush`] before our FIN, and reading only drops what comes until
+    /// EOF. Returns whether anything was made.
     pub fn say_goodbye(&mut self) -> bool {
         match self {
             Transport::Tls(tls) if !tls.said_goodbye => {
@@ -266,6 +267,16 @@ impl Transport {
     /// close frame, an alert), without waiting for the socket.
     pub fn last_words(&mut self, socket: &mut impl Write) {
         let _ = self.flush(socket);
+    }
+}
+
+/// Takes the peer's bytes and drops them unopened (what they cost is their length), until EOF.
+fn drain(socket: &mut impl Read, buf: &mut [u8]) -> io::Result<Input> {
+    match socket.read(buf) {
+        Ok(0) => Ok(Input::Eof),
+        Ok(n) => Ok(Input::Data { len: 0, cost: n }),
+        Err(e) if would_block(&e) => Ok(Input::WouldBlock),
+        Err(e) => Err(e),
     }
 }
 
@@ -347,6 +358,13 @@ impl Tls {
         }
         if let Some(e) = &self.failed {
             return Ok(Input::TlsFailed(e.clone()));
+        }
+        if self.said_goodbye && !self.peer_closed {
+            // All is said: the connection reads nothing more, only the end. And rustls, once
+            // it has sent its close_notify, must meet no bad record: it would send a second
+            // alert, which it refuses by panicking (in a debug build).
+            let take = budget.clamp(1, buf.len());
+            return drain(socket, &mut buf[..take]);
         }
         debug_assert!(
             buf.len() >= READ_MIN,
@@ -956,7 +974,6 @@ pub(crate) mod tests {
 
         let written = transport.deliver(&mut socket, b"reply").unwrap();
         assert_eq!(written.taken, 5, "a socket with room takes the reply");
-        assert!(transport.say_goodbye(), "and the close_notify");
         let mut replied = Vec::new();
         assert!(client_takes(&mut client, &mut socket, &mut replied));
         assert_eq!(replied, b"reply");
@@ -1081,6 +1098,26 @@ pub(crate) mod tests {
             }
             assert_eq!(got, b"helloworld", "{kind:?}");
         }
+    }
+
+    /// Once the server has said goodbye (its close_notify made), what the peer sends is taken
+    /// and dropped unopened: a bad record would have rustls send a second alert, which it
+    /// refuses by panicking.
+    #[test]
+    fn what_comes_after_our_goodbye_is_dropped_unopened() {
+        let (mut transport, _client, mut socket) = connected();
+        assert!(transport.say_goodbye());
+        transport.flush(&mut socket).unwrap();
+        socket.inbound.extend_from_slice(&[23, 3, 3, 0, 20]);
+        socket.inbound.extend_from_slice(&[0; 20]);
+        let mut buf = vec![0; READ_CHUNK];
+        let input = transport.read(&mut socket, &mut buf, usize::MAX).unwrap();
+        assert!(
+            matches!(input, Input::Data { len: 0, cost: 25 }),
+            "{input:?}"
+        );
+        let input = transport.read(&mut socket, &mut buf, usize::MAX).unwrap();
+        assert!(matches!(input, Input::WouldBlock), "{input:?}");
     }
 
     /// Plaintext of the client's records, read as the loop does; returns (plaintext, cost).
