@@ -143,8 +143,15 @@ pub struct Written {
 pub struct Tls {
     conn: UnbufferedServerConnection,
     /// Ciphertext read and not yet decrypted: the start of a record still arriving (or, mid
-    /// handshake, fragments rustls joins into one message).
+    /// handshake, fragments rustls joins into one message). At most `MAX_INBOX` bytes: a
+    /// peer that needs more is refused.
     inbox: Vec<u8>,
+    /// Whole records wait in the inbox that rustls has not looked at: a read stopped when the
+    /// plaintext buffer filled, which it does right after a record of application data, so
+    /// rustls keeps no place in them (no handshake message half joined). The next read opens
+    /// them first; meanwhile the writer shows rustls none of them, so a write never waits for
+    /// a read (the loop takes a write left undone for a full socket, and waits for WRITABLE).
+    unopened: bool,
     /// Ciphertext made and not yet taken by the socket: a handshake flight, an alert, or the end
     /// of a record a full socket refused. Written before anything newer is encrypted.
     outbox: Vec<u8>,
@@ -174,6 +181,7 @@ impl Transport {
         Ok(Transport::Tls(Box::new(Tls {
             conn: UnbufferedServerConnection::new(Arc::clone(config))?,
             inbox: Vec::new(),
+            unopened: false,
             outbox: Vec::new(),
             looked: false,
             said_goodbye: false,
@@ -233,7 +241,8 @@ impl Transport {
     }
 
     /// The connection has said all: under TLS, its close_notify alert is made (once), to go
-    /// out with [`Transport::flush`] before our FIN. Returns whether anything was made.
+    /// out with [`Transport::flush`] before our FIN, and reading only drops what comes until
+    /// EOF. Returns whether anything was made.
     pub fn say_goodbye(&mut self) -> bool {
         match self {
             Transport::Tls(tls) if !tls.said_goodbye => {
@@ -258,6 +267,16 @@ impl Transport {
     /// close frame, an alert), without waiting for the socket.
     pub fn last_words(&mut self, socket: &mut impl Write) {
         let _ = self.flush(socket);
+    }
+}
+
+/// Takes the peer's bytes and drops them unopened (what they cost is their length), until EOF.
+fn drain(socket: &mut impl Read, buf: &mut [u8]) -> io::Result<Input> {
+    match socket.read(buf) {
+        Ok(0) => Ok(Input::Eof),
+        Ok(n) => Ok(Input::Data { len: 0, cost: n }),
+        Err(e) if would_block(&e) => Ok(Input::WouldBlock),
+        Err(e) => Err(e),
     }
 }
 
@@ -293,6 +312,13 @@ const _: () = assert!(
 
 /// The most plaintext one TLS record carries (2^14, RFC 8446 §5.1; rustls refuses more).
 const MAX_PLAINTEXT: usize = 16 * 1024;
+
+/// The most ciphertext a client's inbox may hold: a handshake message joined from pieces, up to
+/// the 64 KiB rustls takes for one (its buffered connection holds no more while joining), and
+/// the largest record after it (TLS 1.2's: 2^14 + 2048 and a header). rustls keeps each piece's
+/// whole record until the message is complete, so a peer sending one byte of it a record,
+/// padded to 16 KiB, would otherwise make it hold up to 65,535 of them, a gigabyte.
+const MAX_INBOX: usize = 64 * 1024 + MAX_PLAINTEXT + 2048 + 5;
 
 thread_local! {
     /// Where outgoing records are encrypted before the socket takes them. One for the thread's
@@ -333,6 +359,13 @@ impl Tls {
         if let Some(e) = &self.failed {
             return Ok(Input::TlsFailed(e.clone()));
         }
+        if self.said_goodbye && !self.peer_closed {
+            // All is said: the connection reads nothing more, only the end. And rustls, once
+            // it has sent its close_notify, must meet no bad record: it would send a second
+            // alert, which it refuses by panicking (in a debug build).
+            let take = budget.clamp(1, buf.len());
+            return drain(socket, &mut buf[..take]);
+        }
         debug_assert!(
             buf.len() >= READ_MIN,
             "a TLS read needs READ_MIN bytes of buffer"
@@ -341,7 +374,7 @@ impl Tls {
         let (mut len, mut cost) = (0, 0);
         let mut ended = self.peer_closed;
         // Records held whole (the plaintext buffer was full) are opened before reading more.
-        let mut read_first = !self.inbox_has_record();
+        let mut read_first = !self.unopened;
         while !ended && cost < budget {
             let opened = if read_first {
                 let want = (budget - cost).min(wire.len());
@@ -351,7 +384,9 @@ impl Tls {
                         break;
                     }
                     Ok(n) => n,
-                    Err(e) if would_block(&e) && len > 0 => break,
+                    // The plaintext opened already goes first (rustls has let go of its
+                    // records); the next read meets the error, or what follows it (EOF).
+                    Err(_) if len > 0 => break,
                     Err(e) if would_block(&e) => return Ok(Input::WouldBlock),
                     Err(e) => return Err(e),
                 };
@@ -374,10 +409,21 @@ impl Tls {
                 self.open_inbox(plain, &mut len)
             };
             read_first = true;
+            self.unopened = matches!(opened, Opened::Full);
+            let opened = match opened {
+                Opened::More if self.inbox.len() > MAX_INBOX => Opened::Failed(
+                    rustls::Error::InvalidMessage(rustls::InvalidMessage::HandshakePayloadTooLarge),
+                ),
+                opened => opened,
+            };
             match opened {
                 Opened::More => {}
                 Opened::Full => break,
-                Opened::Closed => ended = true,
+                Opened::Closed => {
+                    // rustls reads nothing after the peer's close_notify: what follows it goes.
+                    self.discard(self.inbox.len());
+                    ended = true;
+                }
                 Opened::Failed(e) => {
                     let failed = self.fail(e);
                     if len == 0 {
@@ -414,17 +460,6 @@ impl Tls {
         self.inbox.drain(..done);
         if self.inbox.is_empty() {
             self.inbox = Vec::new();
-        }
-    }
-
-    /// Whether a whole record waits in the inbox (its header read and its body complete).
-    fn inbox_has_record(&self) -> bool {
-        match self.inbox.get(..5) {
-            Some(header) => {
-                let body = usize::from(u16::from_be_bytes([header[3], header[4]]));
-                self.inbox.len() >= 5 + body
-            }
-            None => false,
         }
     }
 
@@ -513,18 +548,24 @@ impl Tls {
 
     /// Moves what rustls has to send (handshake messages, alerts) to the outbox until it can
     /// encrypt application data, then hands `seal` its writer; `None` if it cannot (a handshake
-    /// under way, an error, or a whole record waiting to be read: the reading that follows
-    /// sends). rustls is always shown the inbox, whose offsets it may be keeping; with no whole
-    /// record in it, rustls has no application data to hand out here.
+    /// under way, or an error). rustls is shown the inbox, whose offsets it may be keeping (a
+    /// handshake message half joined), and which then holds no whole record it has not seen,
+    /// so it has no application data to hand out here; records waiting unopened it is shown
+    /// none of (it keeps no place in them).
     fn writer<R>(
         &mut self,
         seal: impl FnOnce(WriteTraffic<'_, ServerConnectionData>, &mut Vec<u8>) -> R,
     ) -> Option<R> {
-        if self.failed.is_some() || self.inbox_has_record() {
+        if self.failed.is_some() {
             return None;
         }
         loop {
-            let status = self.conn.process_tls_records(&mut self.inbox);
+            let incoming: &mut [u8] = if self.unopened {
+                &mut []
+            } else {
+                &mut self.inbox
+            };
+            let status = self.conn.process_tls_records(incoming);
             let discard = status.discard;
             let result = match status.state {
                 Ok(ConnectionState::WriteTraffic(traffic)) => {
@@ -574,7 +615,8 @@ impl Tls {
 
 /// Decrypts the whole records at the front of `cipher` while `plain` has room for one more
 /// record's plaintext, appending it at `*len`; handshake records rustls makes meanwhile go to
-/// `outbox`. Returns how many bytes of `cipher` rustls is done with, and why it stopped.
+/// `outbox`. Returns how many bytes of `cipher` rustls is done with, and why it stopped. Called
+/// with room for a record, it is full only right after one (see `Tls::unopened`).
 fn open(
     conn: &mut UnbufferedServerConnection,
     outbox: &mut Vec<u8>,
@@ -582,6 +624,7 @@ fn open(
     plain: &mut [u8],
     len: &mut usize,
 ) -> (usize, Opened) {
+    debug_assert!(plain.len() - *len >= MAX_PLAINTEXT, "called with no room");
     let mut done = 0;
     loop {
         if plain.len() - *len < MAX_PLAINTEXT {
@@ -705,8 +748,10 @@ fn first_byte(socket: &mut impl Socket) -> io::Result<Option<u8>> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use rustls::crypto::cipher::{MessageEncrypter, OutboundChunks, OutboundPlainMessage};
     use rustls::pki_types::{PrivateKeyDer, ServerName};
-    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+    use rustls::{ClientConfig, ClientConnection, ConnectionTrafficSecrets, RootCertStore};
+    use rustls::{ContentType, ProtocolVersion, SupportedCipherSuite};
 
     /// A socket in memory: it reads what the test put in `inbound`, and takes at most `room`
     /// more bytes into `outbound` before it refuses (`WouldBlock`), as a full socket does.
@@ -716,15 +761,26 @@ pub(crate) mod tests {
         read_at: usize,
         outbound: Vec<u8>,
         room: usize,
+        /// Where a read stops short and the next fails once with this error.
+        fails_at: Option<(usize, io::ErrorKind)>,
     }
 
     impl Read for Fake {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if let Some((at, kind)) = self.fails_at {
+                if self.read_at == at {
+                    self.fails_at = None;
+                    return Err(kind.into());
+                }
+            }
             let waiting = &self.inbound[self.read_at..];
             if waiting.is_empty() {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            let n = waiting.len().min(buf.len());
+            let stop = self
+                .fails_at
+                .map_or(usize::MAX, |(at, _)| at - self.read_at);
+            let n = waiting.len().min(buf.len()).min(stop);
             buf[..n].copy_from_slice(&waiting[..n]);
             self.read_at += n;
             Ok(n)
@@ -794,7 +850,14 @@ pub(crate) mod tests {
     /// A server transport and a rustls client, their handshake done over a `Fake`.
     fn connected() -> (Transport, ClientConnection, Fake) {
         let (server, client) = tls_configs();
-        let mut transport = Transport::tls(&server).unwrap();
+        connected_with(&server, client)
+    }
+
+    fn connected_with(
+        server: &Arc<ServerConfig>,
+        client: Arc<ClientConfig>,
+    ) -> (Transport, ClientConnection, Fake) {
+        let mut transport = Transport::tls(server).unwrap();
         let name = ServerName::try_from("localhost").unwrap();
         let mut client = ClientConnection::new(client, name).unwrap();
         let mut socket = Fake {
@@ -813,6 +876,248 @@ pub(crate) mod tests {
             to_client(&mut client, &mut socket);
         }
         (transport, client, socket)
+    }
+
+    /// A client that seals its records by hand once the handshake is done (rustls's client
+    /// cannot make malformed ones): the transport, its socket, the client's traffic key and
+    /// the sequence number of its next record.
+    fn connected_by_hand() -> (Transport, Fake, Box<dyn MessageEncrypter>, u64) {
+        let (server, client) = tls_configs();
+        let mut client = (*client).clone();
+        client.enable_secret_extraction = true;
+        let (transport, client, socket) = connected_with(&server, Arc::new(client));
+        let Some(SupportedCipherSuite::Tls13(suite)) = client.negotiated_cipher_suite() else {
+            panic!("TLS 1.3 only");
+        };
+        let (seq, secrets) = client.dangerous_extract_secrets().unwrap().tx;
+        let key = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+            | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+            | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                suite.aead_alg.encrypter(key, iv)
+            }
+            _ => panic!("an AEAD the ring provider does not offer"),
+        };
+        (transport, socket, key, seq)
+    }
+
+    /// A TLS 1.3 record sealed by hand: `content` of type `typ`, then `padding` zeros (RFC 8446
+    /// §5.4: the receiver strips them).
+    fn seal_by_hand(
+        key: &mut Box<dyn MessageEncrypter>,
+        seq: &mut u64,
+        typ: u8,
+        content: &[u8],
+        padding: usize,
+    ) -> Vec<u8> {
+        // The encrypter appends the type byte itself: the last byte of the inner plaintext.
+        let mut inner = content.to_vec();
+        inner.push(typ);
+        inner.resize(inner.len() + padding, 0);
+        let last = inner.pop().unwrap();
+        let message = OutboundPlainMessage {
+            typ: ContentType::from(last),
+            version: ProtocolVersion::TLSv1_2,
+            payload: OutboundChunks::from(&inner[..]),
+        };
+        let record = key.encrypt(message, *seq).unwrap().encode();
+        *seq += 1;
+        record
+    }
+
+    /// One handshake message spread over many records, a byte each padded to 16 KiB: rustls
+    /// keeps every record until the message is whole (its header may announce 64 KiB, so up to
+    /// a gigabyte). The transport refuses it once its inbox holds more than a message's worth.
+    #[test]
+    fn a_handshake_message_in_padded_pieces_is_refused_not_held() {
+        let (mut transport, mut socket, mut key, mut seq) = connected_by_hand();
+        let header = [24u8, 0, 0xff, 0xff]; // a KeyUpdate of 65,535 bytes
+        let mut buf = vec![0; READ_CHUNK];
+        for i in 0..1000 {
+            let byte = header.get(i).copied().unwrap_or(0);
+            socket
+                .inbound
+                .extend(seal_by_hand(&mut key, &mut seq, 22, &[byte], 16_000));
+            match transport.read(&mut socket, &mut buf, usize::MAX).unwrap() {
+                Input::TlsFailed(_) => return,
+                Input::WouldBlock => {}
+                other => panic!("{other:?}"),
+            }
+            let held = transport.buffer_capacity();
+            assert!(held <= 256 * 1024, "{held} bytes held after {i} pieces");
+        }
+        panic!("a thousand pieces taken");
+    }
+
+    /// A read that filled its plaintext buffer leaves whole records in the inbox for the next
+    /// read, which may come a turn later (the client's budget is spent). Meanwhile a write
+    /// goes out: the loop asks for WRITABLE whenever a write leaves bytes, and a socket that
+    /// took nothing because it was never full brings no WRITABLE once those records are read.
+    #[test]
+    fn records_waiting_to_be_opened_do_not_hold_up_a_write() {
+        let (mut transport, mut client, mut socket) = connected();
+        for i in 0..3 {
+            client.writer().write_all(&[i; 9000]).unwrap();
+            client.write_tls(&mut socket.inbound).unwrap();
+        }
+        let mut buf = vec![0; READ_CHUNK];
+        let input = transport.read(&mut socket, &mut buf, usize::MAX).unwrap();
+        assert!(
+            matches!(input, Input::Data { len: 18_000, .. }),
+            "{input:?}"
+        );
+        assert_eq!(
+            socket.read_at,
+            socket.inbound.len(),
+            "the third record is held"
+        );
+
+        let written = transport.deliver(&mut socket, b"reply").unwrap();
+        assert_eq!(written.taken, 5, "a socket with room takes the reply");
+        let mut replied = Vec::new();
+        assert!(client_takes(&mut client, &mut socket, &mut replied));
+        assert_eq!(replied, b"reply");
+
+        let input = transport.read(&mut socket, &mut buf, usize::MAX).unwrap();
+        assert!(matches!(input, Input::Data { len: 9000, .. }), "{input:?}");
+        assert_eq!(buf[..9000], [2; 9000]);
+    }
+
+    /// A client may send its close_notify and then more (garbage, or records it had queued):
+    /// rustls reads nothing after the close_notify. The server still answers the half-closed
+    /// client, and keeps none of those bytes.
+    #[test]
+    fn bytes_after_a_close_notify_neither_hold_up_the_answer_nor_stay() {
+        let (mut transport, mut client, mut socket) = connected();
+        client.writer().write_all(b"request").unwrap();
+        client.send_close_notify();
+        while client.wants_write() {
+            client.write_tls(&mut socket.inbound).unwrap();
+        }
+        socket.inbound.extend_from_slice(&[23, 3, 3, 0, 20]);
+        socket.inbound.extend_from_slice(&[0; 20]);
+        let mut buf = vec![0; READ_CHUNK];
+        let input = transport.read(&mut socket, &mut buf, usize::MAX).unwrap();
+        assert!(matches!(input, Input::Data { len: 7, .. }), "{input:?}");
+        let input = transport.read(&mut socket, &mut buf, usize::MAX).unwrap();
+        assert!(matches!(input, Input::Eof), "{input:?}");
+
+        assert_eq!(transport.deliver(&mut socket, b"answer").unwrap().taken, 6);
+        assert!(transport.say_goodbye());
+        assert!(transport.flush(&mut socket).is_ok());
+        to_client(&mut client, &mut socket);
+        let mut answer = Vec::new();
+        assert!(client.reader().read_to_end(&mut answer).is_ok());
+        assert_eq!(answer, b"answer");
+        assert_eq!(transport.buffer_capacity(), 0, "nothing kept once closed");
+    }
+
+    /// A handshake message after the handshake (a KeyUpdate) may come in pieces: rustls keeps
+    /// the first while it waits for the rest, and the server writes meanwhile.
+    #[test]
+    fn a_key_update_in_pieces_does_not_hold_up_a_write() {
+        let (mut transport, mut socket, mut key, mut seq) = connected_by_hand();
+        let mut buf = vec![0; READ_CHUNK];
+        let update_not_requested = [24u8, 0, 0, 1, 0];
+        socket.inbound.extend(seal_by_hand(
+            &mut key,
+            &mut seq,
+            22,
+            &update_not_requested[..2],
+            0,
+        ));
+        let input = transport.read(&mut socket, &mut buf, usize::MAX).unwrap();
+        assert!(matches!(input, Input::WouldBlock), "{input:?}");
+        assert_eq!(transport.deliver(&mut socket, b"x").unwrap().taken, 1);
+
+        socket.inbound.extend(seal_by_hand(
+            &mut key,
+            &mut seq,
+            22,
+            &update_not_requested[2..],
+            0,
+        ));
+        let input = transport.read(&mut socket, &mut buf, usize::MAX).unwrap();
+        assert!(matches!(input, Input::WouldBlock), "{input:?}");
+        assert_eq!(
+            transport.buffer_capacity(),
+            0,
+            "the KeyUpdate is whole and done"
+        );
+    }
+
+    /// A KeyUpdate that asks for ours: rustls sends it with the next record, sealed with the
+    /// old key and ahead of it, also when a full socket left part of an older record waiting.
+    #[test]
+    fn a_requested_key_update_goes_ahead_of_what_follows() {
+        let (mut transport, mut client, mut socket) = connected();
+        socket.room = 100;
+        let cut = transport.deliver(&mut socket, &[b'a'; 5000]).unwrap();
+        assert_eq!(cut.taken, 5000);
+        client.refresh_traffic_keys().unwrap();
+        client.writer().write_all(b"hello").unwrap();
+        while client.wants_write() {
+            client.write_tls(&mut socket.inbound).unwrap();
+        }
+        assert_eq!(read_all(&mut transport, &mut socket).0, 5);
+
+        socket.room = usize::MAX;
+        assert_eq!(transport.deliver(&mut socket, b"after").unwrap().taken, 5);
+        let mut got = Vec::new();
+        assert!(client_takes(&mut client, &mut socket, &mut got));
+        assert_eq!(got.len(), 5005);
+        assert!(got.starts_with(&[b'a'; 5000]) && got.ends_with(b"after"));
+    }
+
+    /// A read error after some records were opened in the same read (EINTR, which the loop
+    /// retries; a reset, after which the next read says EOF) loses none of their plaintext:
+    /// rustls has let go of those records.
+    #[test]
+    fn a_read_error_after_records_were_opened_loses_none_of_them() {
+        for kind in [io::ErrorKind::Interrupted, io::ErrorKind::ConnectionReset] {
+            let (mut transport, mut client, mut socket) = connected();
+            let start = socket.inbound.len();
+            client.writer().write_all(b"hello").unwrap();
+            client.write_tls(&mut socket.inbound).unwrap();
+            socket.fails_at = Some((socket.inbound.len(), kind));
+            client.writer().write_all(b"world").unwrap();
+            client.write_tls(&mut socket.inbound).unwrap();
+            assert_eq!(socket.read_at, start);
+
+            let mut got = Vec::new();
+            let mut buf = vec![0; READ_CHUNK];
+            loop {
+                match transport.read(&mut socket, &mut buf, usize::MAX) {
+                    Ok(Input::Data { len, .. }) => got.extend_from_slice(&buf[..len]),
+                    Err(e) if e.kind() == kind => {}
+                    other => {
+                        assert!(matches!(other, Ok(Input::WouldBlock)), "{other:?}");
+                        break;
+                    }
+                }
+            }
+            assert_eq!(got, b"helloworld", "{kind:?}");
+        }
+    }
+
+    /// Once the server has said goodbye (its close_notify made), what the peer sends is taken
+    /// and dropped unopened: a bad record would have rustls send a second alert, which it
+    /// refuses by panicking.
+    #[test]
+    fn what_comes_after_our_goodbye_is_dropped_unopened() {
+        let (mut transport, _client, mut socket) = connected();
+        assert!(transport.say_goodbye());
+        transport.flush(&mut socket).unwrap();
+        socket.inbound.extend_from_slice(&[23, 3, 3, 0, 20]);
+        socket.inbound.extend_from_slice(&[0; 20]);
+        let mut buf = vec![0; READ_CHUNK];
+        let input = transport.read(&mut socket, &mut buf, usize::MAX).unwrap();
+        assert!(
+            matches!(input, Input::Data { len: 0, cost: 25 }),
+            "{input:?}"
+        );
+        let input = transport.read(&mut socket, &mut buf, usize::MAX).unwrap();
+        assert!(matches!(input, Input::WouldBlock), "{input:?}");
     }
 
     /// Plaintext of the client's records, read as the loop does; returns (plaintext, cost).

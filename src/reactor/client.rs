@@ -286,9 +286,12 @@ impl Server {
                     true
                 }
                 Ok(Input::WouldBlock) => {
-                    // A TLS handshake step may have left an answer to send.
+                    // A TLS read may have kept the start of a record (for the ledger), and a
+                    // handshake step may have left an answer to send.
                     if client.transport.holds_output() {
                         self.settle(key);
+                    } else {
+                        account(&mut self.ledger, key, client);
                     }
                     return;
                 }

@@ -5,6 +5,10 @@
 //! the rest of the record. The loop must neither put it back on the flush list (it would spin: no
 //! WRITABLE is asked for from the list) nor end it (the record's tail and the close_notify would
 //! be lost); once the peer reads, every byte arrives, then a clean TLS close.
+//!
+//! Also: a client whose turn's budget ran out with whole records still waiting in its inbox is
+//! written meanwhile, and its answers go out (no WRITABLE is owed for a socket never full); and
+//! a partial record a read kept is counted in the memory ledger at once.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -170,4 +174,147 @@ fn a_finishing_tls_client_with_a_cut_off_record_neither_spins_nor_loses_it() {
     );
     assert!(plain[head_end..] == expected[..]);
     assert!(clean, "and then the close_notify, before the socket closed");
+}
+
+/// A turn of the real loop with its own sleep (`poll_timeout`: none while a client is left
+/// unread), a sleep that finds no event bounded by the guard.
+fn turn_as_run(server: &mut Server, events: &mut Events) {
+    let timeout = server
+        .poll_timeout(Instant::now())
+        .map_or(GUARD, |t| t.min(GUARD));
+    server.poll.poll(events, Some(timeout)).unwrap();
+    server.turn(events, Instant::now());
+}
+
+/// A read that fills the plaintext buffer leaves whole records in rustls's inbox; when the
+/// client's budget for the turn is spent there, they wait for the next turn's read. The
+/// flush point writes the client meanwhile: a write held up by those records, with a socket
+/// that has room, would ask for a WRITABLE that comes once, before the records are read, and
+/// never again (edge-triggered: the socket stays writable): the echoes would stall.
+#[test]
+fn a_write_while_records_wait_to_be_opened_still_goes_out() {
+    const FRAME: usize = 9000; // a frame a record: two fill the plaintext buffer's half
+    let (server_tls, client_tls) = tls_configs();
+    let config = Config {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        echo: true,
+        ping_interval: None,
+        ..Config::default()
+    };
+    let mut server = Server::bind(config).unwrap();
+    server.tls = Some(server_tls);
+    let mut events = Events::with_capacity(64);
+    let mut peer = TcpStream::connect(server.local_addr()).unwrap();
+    peer.set_read_timeout(Some(GUARD)).unwrap();
+    server.accept(Instant::now());
+    let key = server.clients.iter().next().expect("accepted").0;
+
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = ClientConnection::new(client_tls, name).unwrap();
+    let request = b"GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n";
+    tls.writer().write_all(request).unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\n") {
+        while tls.wants_write() {
+            tls.write_tls(&mut peer).unwrap();
+        }
+        turn(&mut server, &mut events);
+        tls.read_tls(&mut peer).unwrap();
+        tls.process_new_packets().unwrap();
+        let _ = tls.reader().read_to_end(&mut answer);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 101 "));
+
+    // Three frames, a record each, all on the server's socket before it reads.
+    let mut wire = 0;
+    for i in 0..3u8 {
+        tls.writer()
+            .write_all(&masked(0x82, &[i; FRAME - 8]))
+            .unwrap();
+        wire += tls.write_tls(&mut peer).unwrap();
+    }
+    let mut peeked = vec![0; wire + 1];
+    while server.clients[key].socket.peek(&mut peeked).unwrap_or(0) < wire {
+        server.poll.poll(&mut events, Some(GUARD)).unwrap();
+    }
+
+    // The turn in which the client has this burst's cost left of its budget: one read takes
+    // the three records, opens two and fills the buffer; the third waits in the inbox.
+    let now = Instant::now();
+    let cost = wire + 3 * crate::transport::RECORD_COST;
+    let client = &mut server.clients[key];
+    client.read_turn = server.turns;
+    client.read_spent = u32::try_from(super::client::READ_BUDGET - cost).unwrap();
+    server.read(key, now);
+    assert!(server.unread.contains(&key), "its budget is spent");
+    server.before_sleep(now);
+    server.reap();
+
+    // The next turns, as `run` makes them; all three echoes are written.
+    for _ in 0..3 {
+        turn_as_run(&mut server, &mut events);
+        let client = &server.clients[key];
+        if !client.has_output() && !server.unread.contains(&key) {
+            break;
+        }
+    }
+    let client = &server.clients[key];
+    assert!(
+        !client.has_output(),
+        "echoes stalled: {} bytes queued, awaiting WRITABLE: {}",
+        client.conn.output().len(),
+        client.awaiting_writable
+    );
+    let mut echoed = Vec::new();
+    loop {
+        let end = tls.reader().read_to_end(&mut echoed);
+        assert!(end.is_err(), "open, so no end: {end:?}");
+        if echoed.len() >= 3 * (FRAME - 4) {
+            break;
+        }
+        tls.read_tls(&mut peer).expect("the guard ran out");
+        tls.process_new_packets().unwrap();
+    }
+    assert_eq!(echoed.len(), 3 * (FRAME - 4));
+    for (i, echo) in echoed.chunks(FRAME - 4).enumerate() {
+        assert_eq!(
+            echo[..4],
+            [0x82, 126, 0x23, 0x20],
+            "a binary frame of 8,992 bytes"
+        );
+        assert!(echo[4..].iter().all(|&b| usize::from(b) == i));
+    }
+}
+
+/// What a TLS client's inbox holds is counted as soon as it is read, like a plaintext
+/// client's partial input: a record that has not all come (here the start of a ClientHello
+/// announcing 16 KiB), whose read gives no plaintext.
+#[test]
+fn a_partial_record_is_counted_as_soon_as_it_is_read() {
+    let (server_tls, _) = tls_configs();
+    let config = Config {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..Config::default()
+    };
+    let mut server = Server::bind(config).unwrap();
+    server.tls = Some(server_tls);
+    let mut events = Events::with_capacity(64);
+    let mut peer = TcpStream::connect(server.local_addr()).unwrap();
+    server.accept(Instant::now());
+    let key = server.clients.iter().next().expect("accepted").0;
+
+    let mut start = vec![22, 3, 1, 0x40, 0];
+    start.resize(10_005, 0);
+    peer.write_all(&start).unwrap();
+    let mut peeked = vec![0; start.len()];
+    while server.clients[key].socket.peek(&mut peeked).unwrap_or(0) < start.len() {
+        server.poll.poll(&mut events, Some(GUARD)).unwrap();
+    }
+    server.read(key, Instant::now());
+    let client = &server.clients[key];
+    assert!(client.holding() >= 10_005, "{}", client.holding());
+    assert_eq!(client.held, client.holding(), "the ledger knows");
+    assert_eq!(server.ledger.total(), client.holding());
 }

@@ -2,8 +2,8 @@
 //! one event loop. Certificates are made at test time (rcgen): a CA, and leaves it signs. Checked:
 //! chat both ways over wss://, pages over https://, a handshake fed one byte at a time while
 //! others chat, a stalled handshake timed out, plain HTTP and a garbage ClientHello on the TLS
-//! port, and SIGHUP rotation (a client from before keeps chatting, one after sees the new
-//! certificate, a broken file keeps the old pair).
+//! port, a bad record after the server's close_notify, and SIGHUP rotation (a client from before
+//! keeps chatting, one after sees the new certificate, a broken file keeps the old pair).
 
 use crate::common;
 
@@ -302,6 +302,32 @@ fn a_garbage_client_hello_gets_an_alert_and_the_end() {
         round_trip(&mut a, &mut b, "unbothered");
     }
     assert!(metric(&pki, &server, "mio_chat_tls_failures_total").ends_with(" 3"));
+}
+
+#[test]
+fn a_bad_record_after_the_servers_close_notify_ends_only_that_client() {
+    let pki = Pki::new("after-goodbye");
+    let server = pki.start(&[]);
+    let mut a = pki.join(&server, &mut []);
+    let mut b = pki.join(&server, &mut [&mut a]);
+
+    // An https answer, then the server's close_notify and FIN; the client has not closed.
+    let mut tls = pki.connect(&server);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer).expect("a clean close_notify");
+    assert!(answer.starts_with(b"HTTP/1.1 "));
+    // rustls, having sent its close_notify, must not be shown a bad record: it would answer
+    // with a second alert, which it refuses by panicking.
+    tls.sock
+        .write_all(&[
+            0x17, 3, 3, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ])
+        .unwrap();
+    tls.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    read_to_close(&mut tls.sock);
+    round_trip(&mut a, &mut b, "unbothered");
 }
 
 #[test]
