@@ -5,7 +5,8 @@ The figure of docs/security.md ("Giving memory back"): the server's resident mem
 at the burst's peak, and once every client of the burst has read all and gone, for one server
 binary or several taking turns (the machine is shared and noisy: alternate, take medians).
 
-The burst: N clients join the room through sockets with a 4 KiB receive buffer and read nothing,
+The burst: N clients join the room through sockets with a 256 KiB receive buffer (less stalls loopback TCP: its 64 KiB segments
+wait for a window that never opens that far) and read nothing,
 so the kernel absorbs little and the server queues what they are sent; one more client sends
 MESSAGES chat messages of SIZE bytes. Every reader's queue grows to about MESSAGES x SIZE (the
 join notices besides), in steps of a doubling Vec, many of them below glibc's mmap threshold:
@@ -44,6 +45,29 @@ def rss_kib(pid):
         return int(re.search(r"VmRSS:\s+(\d+)", status.read()).group(1))
 
 
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def peak_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        return int(re.search(r"VmHWM:\s+(\d+)", status.read()).group(1))
+
+
+def heap_kib(pid):
+    """Resident KiB in the [heap] mapping (glibc's main arena), the rest being mmaps and code."""
+    resident, heap = 0, False
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                heap = line.rstrip().endswith("[heap]")
+            elif heap and line.startswith("Rss:"):
+                resident += int(line.split()[1])
+    return resident
+
+
 def fds(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -74,7 +98,7 @@ def start(binary):
 
 def open_reader(port):
     s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 << 10)
     s.connect(("127.0.0.1", port))
     s.sendall(UPGRADE)
     return s
@@ -125,16 +149,14 @@ def burst(pid, port, base_fds):
     expected = MESSAGES * (SIZE + 4)
     while fds(pid) < base_fds + N + 1:
         time.sleep(0.05)
-    peak = 0
-    still = 0
-    while still < 5:  # the queues have stopped growing for half a second
-        time.sleep(0.1)
-        now = rss_kib(pid)
-        still = still + 1 if now <= peak else 0
-        peak = max(peak, now)
+    # The server has handed out the burst once it stops using CPU for half a second.
+    last = -1
+    while cpu_ticks(pid) != last:
+        last = cpu_ticks(pid)
+        time.sleep(0.5)
+    print(f"  queued: RSS {rss_kib(pid) / 1024:.1f} MiB; draining", file=sys.stderr, flush=True)
     drain_all(readers, expected)
     sender.close()
-    return peak
 
 
 def run(binary):
@@ -145,10 +167,12 @@ def run(binary):
         pid = server.pid
         base_fds = fds(pid)
         idle = settle(pid, base_fds)
-        peak = burst(pid, port, base_fds)
+        burst(pid, port, base_fds)
         settle(pid, base_fds)
-        peak = max(peak, burst(pid, port, base_fds))
-        return idle, peak, settle(pid, base_fds)
+        burst(pid, port, base_fds)
+        after = settle(pid, base_fds)
+        print(f"  after: {heap_kib(pid) / 1024:.1f} MiB of it in the heap", file=sys.stderr, flush=True)
+        return idle, peak_kib(pid), after
     finally:
         server.terminate()
         server.wait()

@@ -29,6 +29,8 @@ pub struct Gauges {
     /// What all clients' buffers hold now, and `--max-client-memory` (see `memory.rs`).
     pub client_memory: u64,
     pub max_client_memory: u64,
+    /// Times freed client memory was handed back to the system (see `Server::give_back`).
+    pub memory_trims: u64,
     /// With `--redis`: the backplane's state and counters.
     pub backplane: Option<BackplaneStats>,
 }
@@ -222,6 +224,12 @@ impl Metrics {
             header(out, name, "gauge", help);
             let _ = writeln!(out, "{name} {value}");
         }
+        counter(
+            out,
+            "mio_chat_memory_trims_total",
+            "Times the memory clients' buffers freed was handed back to the system (malloc_trim), once a burst drained.",
+            gauges.memory_trims,
+        );
         counter(
             out,
             "mio_chat_connections_accepted_total",

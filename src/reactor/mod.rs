@@ -123,6 +123,8 @@ pub struct Server {
     ledger: Ledger,
     /// When freed memory was last handed back to the system (see [`Server::give_back`]).
     trimmed_at: Option<Instant>,
+    /// Trims so far (`mio_chat_memory_trims_total`).
+    trims: u64,
     next_id: u64,
     /// Counts turns (wrapping), for the per-turn read budget of each client.
     turns: u32,
@@ -184,6 +186,7 @@ impl Server {
             ending: Vec::new(),
             ledger: Ledger::default(),
             trimmed_at: None,
+            trims: 0,
             next_id: 0,
             turns: 0,
             refusing: 0,
@@ -367,24 +370,25 @@ impl Server {
     /// returns every whole free page (`MADV_DONTNEED`); docs/security.md has what it costs and
     /// gives back.
     fn give_back(&mut self, now: Instant) {
-        if self.trim_due().is_none_or(|at| now < at) {
+        if self.trim_due(now).is_none_or(|at| now < at) {
             return;
         }
         self.ledger.take_released();
         self.trimmed_at = Some(now);
+        self.trims += 1;
         trim_heap();
     }
 
     /// When the next trim may run, if one is owed: `TRIM_AFTER` released, and the burst over
-    /// (clients now hold less than was released). A trim walks the heap (220 ms for a 1 GB heap
-    /// of freed 48 KiB queues; docs/security.md), so it waits for the drain rather than repeat
-    /// each second while queues are still full.
-    fn trim_due(&self) -> Option<Instant> {
+    /// (clients now hold less than was released); at `now` if none ran yet. A trim walks the
+    /// heap (220 ms for a 1 GB heap of freed 48 KiB queues; docs/security.md), so it waits for
+    /// the drain rather than repeat each second while queues are still full.
+    fn trim_due(&self, now: Instant) -> Option<Instant> {
         let released = self.ledger.released();
         if released < TRIM_AFTER || self.ledger.total() >= released {
             return None;
         }
-        Some(self.trimmed_at.map_or(Instant::now(), |at| at + TRIM_EVERY))
+        Some(self.trimmed_at.map_or(now, |at| at + TRIM_EVERY))
     }
 
     /// A client or the subscription still has bytes to read, with no event to come for them.
@@ -403,7 +407,7 @@ impl Server {
             self.stopping_at,
             self.accept_pause.retry_at(),
             self.room.due_at(),
-            self.trim_due(),
+            self.trim_due(now),
             backplane.and_then(Backplane::next_deadline),
         ]
         .into_iter()
@@ -417,6 +421,7 @@ impl Server {
         let mut gauges = Gauges {
             max_connections: self.config.max_connections as u64,
             client_memory: self.ledger.total() as u64,
+            memory_trims: self.trims,
             max_client_memory: self.config.max_client_memory as u64,
             backplane: self.room.relay().map(Backplane::stats),
             ..Gauges::default()

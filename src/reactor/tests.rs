@@ -292,3 +292,42 @@ fn the_ledger_is_the_sum_of_what_clients_hold() {
         }
     }
 }
+
+/// When freed client memory is handed back: the first time as soon as 16 MiB were released and
+/// clients hold less than that (the burst is over); never while they still hold as much (the
+/// burst is on: a trim walks the heap); then at most once a second.
+#[test]
+fn memory_is_handed_back_once_a_burst_drains_and_at_most_once_a_second() {
+    const MIB: usize = 1 << 20;
+    let mut server = server(Config::default());
+    let now = Instant::now();
+    server.ledger.update(1, 0, 40 * MIB);
+    server.ledger.update(1, 40 * MIB, 30 * MIB);
+    server.give_back(now);
+    assert_eq!(
+        server.trims, 0,
+        "10 MiB released: too little to walk the heap for"
+    );
+    server.ledger.update(1, 30 * MIB, 20 * MIB);
+    server.give_back(now);
+    assert_eq!(
+        server.trims, 0,
+        "20 MiB released, but 20 MiB still held: the burst is on"
+    );
+    server.ledger.update(1, 20 * MIB, 0);
+    server.give_back(now);
+    assert_eq!(server.trims, 1, "the first trim, at once");
+    assert_eq!(server.ledger.released(), 0);
+
+    server.ledger.update(2, 0, 30 * MIB);
+    server.ledger.update(2, 30 * MIB, 0);
+    server.give_back(now + Duration::from_millis(999));
+    assert_eq!(server.trims, 1, "not twice within a second");
+    assert_eq!(
+        server.poll_timeout(now),
+        Some(Duration::from_secs(1)),
+        "the loop wakes when it is due"
+    );
+    server.give_back(now + Duration::from_secs(1));
+    assert_eq!(server.trims, 2);
+}

@@ -123,3 +123,49 @@ fn a_reader_far_behind_goes_and_the_others_get_everything() {
     sender.expect_body("still here");
     watcher.expect_body("still here");
 }
+
+/// A burst that drains is handed back to the system: readers that stopped reading are dropped
+/// with queues of a megabyte or more each (past `--max-outbound`), over 16 MiB in all, and once
+/// the loop is quiet it trims the heap (counted in `mio_chat_memory_trims_total`). Scrape after
+/// scrape until it is counted; the guard only turns a hang into a failure.
+#[test]
+fn a_drained_burst_is_handed_back_to_the_system() {
+    const READERS: usize = 24;
+    let server = start("1073741824", &[]);
+    let mut lazy: Vec<RawClient> = Vec::new();
+    for _ in 0..READERS {
+        lazy.push(join_without_reading(&server));
+    }
+    let mut sender = joins(&server, &mut []);
+    let mut watcher = joins(&server, &mut [&mut sender]);
+    let (mut sender_got, mut watcher_got) = (Vec::new(), Vec::new());
+    let (mut sender_leaves, mut watcher_leaves) = (0, 0);
+    let mut sent = 0;
+    while watcher_leaves < READERS {
+        assert!(
+            sent < 400_000,
+            "{sent} messages sent and readers are still there"
+        );
+        let batch: Vec<u8> = (sent..sent + 64)
+            .flat_map(|i| Frame::text(&format!("{i:0>1000}")).encode())
+            .collect();
+        sender.write_raw(&batch);
+        sent += 64;
+        read_messages(&mut sender, 64, &mut sender_got, &mut sender_leaves);
+        read_messages(&mut watcher, 64, &mut watcher_got, &mut watcher_leaves);
+    }
+    assert_eq!(
+        metric(
+            &server,
+            "mio_chat_clients_dropped_total{reason=\"slow_consumer\"}"
+        ),
+        READERS as u64
+    );
+    let guard = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while metric(&server, "mio_chat_memory_trims_total") == 0 {
+        assert!(
+            std::time::Instant::now() < guard,
+            "the drained queues were never handed back"
+        );
+    }
+}
