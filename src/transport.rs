@@ -27,7 +27,7 @@
 //!   one byte per record pays for every record it makes us decrypt.
 //! - **Bytes held here are output too.** Ciphertext a full socket refused is owed to the socket
 //!   like the connection's queue: [`Transport::holds_output`] says so, and the loop's one "has
-//!   output" predicate includes it. At most one record's worth waits per client: plaintext waits
+//!   output" predicate includes it. At most one write's records (64 KiB) wait per client: plaintext waits
 //!   in the connection's own queue (where `--max-outbound` counts it) and is encrypted only when
 //!   the socket has taken everything encrypted before it. Both buffers are counted in the memory
 //!   ledger ([`Transport::buffer_capacity`]).
@@ -56,9 +56,14 @@ pub use client::{client_config, ClientTls};
 /// 7 ns a byte of pongs over ws:// (0.6 ms). A full 16 KiB record pays 0.6 % more for it.
 pub const RECORD_COST: usize = 100;
 
-/// Plaintext encrypted per step: one TLS record's worth (16 KiB), so at most about that much
-/// ciphertext waits in the outbox of a peer whose socket is full.
+/// Plaintext encrypted per step by the client side (`client`): one TLS record's worth (16 KiB).
 const TLS_CHUNK: usize = 16 * 1024;
+
+/// Plaintext the server seals per write: four records' worth (64 KiB), written with one call.
+/// One record a write made a room batch of 23 KB two writes: at max rate over wss, 2 writes per
+/// client per turn against 1 over ws. At most this much ciphertext waits in the outbox of a
+/// peer whose socket is full (counted in the memory ledger).
+const SEAL_CHUNK: usize = 64 * 1024;
 
 /// Reads the PEM files and builds the server's TLS settings: TLS 1.2 and 1.3, the `ring`
 /// provider, ALPN `http/1.1`. An error is a sentence for the operator (the start fails; a reload
@@ -324,7 +329,16 @@ thread_local! {
     /// Where outgoing records are encrypted before the socket takes them. One for the thread's
     /// TLS clients (the loop is one thread): a client keeps ciphertext of its own only when its
     /// socket refused some (its `outbox`), so an idle one keeps none.
-    static SEALED: RefCell<Vec<u8>> = RefCell::new(vec![0; TLS_CHUNK + 1024]);
+    static SEALED: RefCell<Vec<u8>> = RefCell::new(vec![0; SEAL_CHUNK + 1024]);
+}
+
+/// What one read from the socket gave.
+enum Took {
+    Bytes(usize),
+    /// EOF.
+    End,
+    /// Nothing now (or an error left for the next read).
+    Nothing,
 }
 
 /// Why decrypting stopped.
@@ -349,27 +363,9 @@ impl Tls {
         buf: &mut [u8],
         budget: usize,
     ) -> io::Result<Input> {
-        if !self.looked {
-            match first_byte(socket)? {
-                None => return Ok(Input::WouldBlock),
-                Some(byte) if byte.is_ascii_uppercase() => return Ok(Input::PlainHttp),
-                Some(_) => self.looked = true,
-            }
+        if let Some(input) = self.before_reading(socket, buf, budget)? {
+            return Ok(input);
         }
-        if let Some(e) = &self.failed {
-            return Ok(Input::TlsFailed(e.clone()));
-        }
-        if self.said_goodbye && !self.peer_closed {
-            // All is said: the connection reads nothing more, only the end. And rustls, once
-            // it has sent its close_notify, must meet no bad record: it would send a second
-            // alert, which it refuses by panicking (in a debug build).
-            let take = budget.clamp(1, buf.len());
-            return drain(socket, &mut buf[..take]);
-        }
-        debug_assert!(
-            buf.len() >= READ_MIN,
-            "a TLS read needs READ_MIN bytes of buffer"
-        );
         let (plain, wire) = buf.split_at_mut(buf.len() / 2);
         let (mut len, mut cost) = (0, 0);
         let mut ended = self.peer_closed;
@@ -378,52 +374,23 @@ impl Tls {
         while !ended && cost < budget {
             let opened = if read_first {
                 let want = (budget - cost).min(wire.len());
-                let n = match socket.read(&mut wire[..want]) {
-                    Ok(0) => {
+                match self.take(socket, &mut wire[..want], len, &mut cost)? {
+                    Took::Bytes(n) => self.open_taken(&mut wire[..n], plain, &mut len),
+                    Took::End => {
                         ended = true;
                         break;
                     }
-                    Ok(n) => n,
-                    // The plaintext opened already goes first (rustls has let go of its
-                    // records); the next read meets the error, or what follows it (EOF).
-                    Err(_) if len > 0 => break,
-                    Err(e) if would_block(&e) => return Ok(Input::WouldBlock),
-                    Err(e) => return Err(e),
-                };
-                cost += n + self.records.feed(&wire[..n]) * RECORD_COST;
-                if self.inbox.is_empty() {
-                    let (done, opened) = open(
-                        &mut self.conn,
-                        &mut self.outbox,
-                        &mut wire[..n],
-                        plain,
-                        &mut len,
-                    );
-                    self.inbox.extend_from_slice(&wire[done..n]);
-                    opened
-                } else {
-                    self.inbox.extend_from_slice(&wire[..n]);
-                    self.open_inbox(plain, &mut len)
+                    Took::Nothing if len > 0 => break,
+                    Took::Nothing => return Ok(Input::WouldBlock),
                 }
             } else {
                 self.open_inbox(plain, &mut len)
             };
             read_first = true;
-            self.unopened = matches!(opened, Opened::Full);
-            let opened = match opened {
-                Opened::More if self.inbox.len() > MAX_INBOX => Opened::Failed(
-                    rustls::Error::InvalidMessage(rustls::InvalidMessage::HandshakePayloadTooLarge),
-                ),
-                opened => opened,
-            };
-            match opened {
+            match self.judge(opened) {
                 Opened::More => {}
                 Opened::Full => break,
-                Opened::Closed => {
-                    // rustls reads nothing after the peer's close_notify: what follows it goes.
-                    self.discard(self.inbox.len());
-                    ended = true;
-                }
+                Opened::Closed => ended = true,
                 Opened::Failed(e) => {
                     let failed = self.fail(e);
                     if len == 0 {
@@ -440,6 +407,90 @@ impl Tls {
             // A budget spent on half a record is still a read: the loop comes back for more.
             Input::Data { len, cost }
         })
+    }
+
+    /// What a read meets before any record: plaintext HTTP on the TLS port, an earlier failure,
+    /// or the end after our goodbye (the peer's bytes are then drained unopened). `None`: read.
+    fn before_reading(
+        &mut self,
+        socket: &mut impl Socket,
+        buf: &mut [u8],
+        budget: usize,
+    ) -> io::Result<Option<Input>> {
+        if !self.looked {
+            match first_byte(socket)? {
+                None => return Ok(Some(Input::WouldBlock)),
+                Some(byte) if byte.is_ascii_uppercase() => return Ok(Some(Input::PlainHttp)),
+                Some(_) => self.looked = true,
+            }
+        }
+        if let Some(e) = &self.failed {
+            return Ok(Some(Input::TlsFailed(e.clone())));
+        }
+        if self.said_goodbye && !self.peer_closed {
+            // All is said: the connection reads nothing more, only the end. And rustls, once
+            // it has sent its close_notify, must meet no bad record: it would send a second
+            // alert, which it refuses by panicking (in a debug build).
+            let take = budget.clamp(1, buf.len());
+            return drain(socket, &mut buf[..take]).map(Some);
+        }
+        debug_assert!(
+            buf.len() >= READ_MIN,
+            "a TLS read needs READ_MIN bytes of buffer"
+        );
+        Ok(None)
+    }
+
+    /// One read from the socket into `wire`, its cost (bytes and records) added to `cost`. An
+    /// error after plaintext was opened (`opened` bytes) is left for the next read to meet, so
+    /// that plaintext goes first.
+    fn take(
+        &mut self,
+        socket: &mut impl Socket,
+        wire: &mut [u8],
+        opened: usize,
+        cost: &mut usize,
+    ) -> io::Result<Took> {
+        match socket.read(wire) {
+            Ok(0) => Ok(Took::End),
+            Ok(n) => {
+                *cost += n + self.records.feed(&wire[..n]) * RECORD_COST;
+                Ok(Took::Bytes(n))
+            }
+            Err(_) if opened > 0 => Ok(Took::Nothing),
+            Err(e) if would_block(&e) => Ok(Took::Nothing),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens the bytes just read: where they lie when nothing is held (what is left of a
+    /// record then goes to the inbox), or after what is held.
+    fn open_taken(&mut self, taken: &mut [u8], plain: &mut [u8], len: &mut usize) -> Opened {
+        if self.inbox.is_empty() {
+            let (done, opened) = open(&mut self.conn, &mut self.outbox, taken, plain, len);
+            self.inbox.extend_from_slice(&taken[done..]);
+            opened
+        } else {
+            self.inbox.extend_from_slice(taken);
+            self.open_inbox(plain, len)
+        }
+    }
+
+    /// What an opening means for the inbox: records left unopened are noted, an inbox past
+    /// `MAX_INBOX` is refused, and what follows the peer's close_notify goes (rustls reads
+    /// nothing after it).
+    fn judge(&mut self, opened: Opened) -> Opened {
+        self.unopened = matches!(opened, Opened::Full);
+        match opened {
+            Opened::More if self.inbox.len() > MAX_INBOX => Opened::Failed(
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::HandshakePayloadTooLarge),
+            ),
+            Opened::Closed => {
+                self.discard(self.inbox.len());
+                Opened::Closed
+            }
+            opened => opened,
+        }
     }
 
     /// Opens the whole records held; the rest stays (and the buffer goes once empty).
@@ -464,12 +515,12 @@ impl Tls {
     }
 
     /// Encrypts `plaintext` and writes it after what is held, until all is taken or the socket
-    /// is full. What the socket refuses of a record is kept (the outbox) and goes first next
-    /// time, so at most a record's worth of ciphertext waits here.
+    /// is full. What the socket refuses of a write's records is kept (the outbox) and goes first
+    /// next time, so at most one write's worth (`SEAL_CHUNK`) of ciphertext waits here.
     fn write(&mut self, socket: &mut impl Write, plaintext: &[u8]) -> io::Result<Written> {
         let mut done = Written::default();
         while self.send_outbox(socket, &mut done.wire)? && done.taken < plaintext.len() {
-            let end = plaintext.len().min(done.taken + TLS_CHUNK);
+            let end = plaintext.len().min(done.taken + SEAL_CHUNK);
             let sent = SEALED.with_borrow_mut(|sealed| -> io::Result<bool> {
                 let Some(n) = self.seal(&plaintext[done.taken..end], sealed)? else {
                     return Ok(false); // mid-handshake, or closed: nothing can be sent yet
@@ -1302,7 +1353,7 @@ pub(crate) mod tests {
                 let written = transport.deliver(&mut socket, pending).unwrap();
                 pending = &pending[written.taken..];
                 if let Transport::Tls(tls) = &transport {
-                    proptest::prop_assert!(tls.outbox.len() <= TLS_CHUNK + 1024, "a record's worth waits, no more");
+                    proptest::prop_assert!(tls.outbox.len() <= SEAL_CHUNK + 1024, "one write's records wait, no more");
                 }
                 open &= client_takes(&mut client, &mut socket, &mut replied);
                 step += 1;
