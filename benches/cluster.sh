@@ -21,6 +21,8 @@
 #      42 bytes, the version 1 leave frame; /metrics polled every 0.2 s, and answered between
 #      two loop turns). The verdict comes only after --node-timeout (CLUSTER_NODE_TIMEOUT: 3 s
 #      here, not the default 5 s), and both figures include it.
+#   6. memory given back: once every generator's client has closed, each surviving process's
+#      RSS against its RSS with only the watchers (and its `mio_chat_memory_trims_total`).
 #
 #   bash benches/cluster.sh                                   # 2,000 clients, 2 processes, 2 generators
 #   CLUSTER_CLIENTS=40000 CLUSTER_PROCESSES=4 CLUSTER_GENERATORS=4 CLUSTER_TIMEOUT=300 \
@@ -203,8 +205,11 @@ all_watchers_in() {
     done
 }
 wait_for 20 all_watchers_in
-RSS_BEFORE=()
-for pid in "${PIDS[@]}"; do RSS_BEFORE+=("$(rss_kib "$pid")"); done
+RSS_BEFORE=() FDS_BEFORE=()
+for pid in "${PIDS[@]}"; do
+    RSS_BEFORE+=("$(rss_kib "$pid")")
+    FDS_BEFORE+=("$(ls "/proc/$pid/fd" | wc -l)")
+done
 
 # G generators, started together; generator I takes N/G clients (the first ones the rest).
 URLS=$(printf 'ws://127.0.0.1:%s/ws,' "${PORTS[@]}")
@@ -313,6 +318,23 @@ echo "cluster: waiting for the generators' reports (their hold ends $HOLD s afte
 for pid in "${GENERATORS[@]}"; do wait "$pid" || true; done
 GENERATORS=()
 
+# 6. Once every generator's client has closed: each survivor's RSS, against its RSS with the
+# watchers only (a drained burst is handed back: the trim runs at most once a second).
+all_closed() {
+    local i
+    for ((i = 0; i < VICTIM; i++)); do
+        (($(ls "/proc/${PIDS[i]}/fd" | wc -l) <= FDS_BEFORE[i])) || return 1
+    done
+}
+RSS_CLOSED=() TRIMS=()
+if wait_for 60 all_closed; then
+    sleep 2.5
+    for ((i = 0; i < VICTIM; i++)); do
+        RSS_CLOSED+=("$(rss_kib "${PIDS[i]}")")
+        TRIMS+=("$(metric "${PORTS[i]}" mio_chat_memory_trims_total)")
+    done
+fi
+
 # --- the figures
 echo "--- cluster: $N clients in one room, $P processes (--redis, --node-timeout $NODE_TIMEOUT," \
     "--redis-timeout $REDIS_TIMEOUT)," \
@@ -356,6 +378,13 @@ for ((i = 0; i < P; i++)); do
             " longest loop turn %s; CPU %s s until then\n",
             i, b / 1024, a / 1024, h / 1024, (a - b) / own, own, (a - b) / m, m, t, c }'
 done
+for ((i = 0; i < ${#RSS_CLOSED[@]}; i++)); do
+    awk -v i="$i" -v b="${RSS_BEFORE[i]}" -v c="${RSS_CLOSED[i]}" -v t="${TRIMS[i]}" 'BEGIN {
+        printf "closed     process %d: RSS %.1f MiB once every generator'"'"'s client had closed," \
+            " %.1f times its RSS with the watchers only (%.1f MiB); %s heap trims\n",
+            i, c / 1024, c / b, b / 1024, t }'
+done
+((${#RSS_CLOSED[@]})) || echo "closed     not measured: the survivors kept connections 60 s after the generators ended"
 for ((i = 0; i < VICTIM; i++)); do
     if [[ -n $KILL_SKIPPED ]]; then
         echo "SIGKILL    not measured: $KILL_SKIPPED"
