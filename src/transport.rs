@@ -814,6 +814,8 @@ pub(crate) mod tests {
         room: usize,
         /// Where a read stops short and the next fails once with this error.
         fails_at: Option<(usize, io::ErrorKind)>,
+        /// The next write fails with this error (once).
+        write_fails: Option<io::ErrorKind>,
     }
 
     impl Read for Fake {
@@ -840,6 +842,9 @@ pub(crate) mod tests {
 
     impl Write for Fake {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if let Some(kind) = self.write_fails.take() {
+                return Err(kind.into());
+            }
             let n = self.room.min(buf.len());
             if n == 0 {
                 return Err(io::ErrorKind::WouldBlock.into());
@@ -1303,6 +1308,46 @@ pub(crate) mod tests {
             }
         }
         true
+    }
+
+    /// A socket's errors are the caller's, both ways and over both transports (an interrupted
+    /// write is tried again): a reset is never taken for "nothing now".
+    #[test]
+    fn socket_errors_reach_the_caller_and_an_interrupted_write_is_retried() {
+        let (mut tls, _client, mut tls_socket) = connected();
+        let mut plain_socket = Fake {
+            room: usize::MAX,
+            ..Fake::default()
+        };
+        let mut plain = Transport::Plain;
+        for (transport, socket) in [(&mut plain, &mut plain_socket), (&mut tls, &mut tls_socket)] {
+            socket.write_fails = Some(io::ErrorKind::Interrupted);
+            let written = transport.deliver(socket, b"hello").unwrap();
+            assert_eq!(written.taken, 5, "an interrupted write is tried again");
+
+            socket.write_fails = Some(io::ErrorKind::BrokenPipe);
+            let refused = transport.deliver(socket, b"hello").map(|w| w.taken);
+            assert_eq!(
+                refused.map_err(|e| e.kind()),
+                Err(io::ErrorKind::BrokenPipe)
+            );
+
+            socket.inbound.push(0x8a); // a byte to read; the read fails before it
+            socket.fails_at = Some((socket.read_at, io::ErrorKind::ConnectionReset));
+            let read = transport.read(socket, &mut [0; READ_CHUNK], usize::MAX);
+            assert_eq!(
+                read.map(|_| ()).map_err(|e| e.kind()),
+                Err(io::ErrorKind::ConnectionReset)
+            );
+        }
+        // After our goodbye the peer's bytes are drained unopened: a reset is still an error.
+        assert!(tls.say_goodbye());
+        tls_socket.fails_at = Some((tls_socket.read_at, io::ErrorKind::ConnectionReset));
+        let read = tls.read(&mut tls_socket, &mut [0; READ_CHUNK], usize::MAX);
+        assert_eq!(
+            read.map(|_| ()).map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionReset)
+        );
     }
 
     proptest::proptest! {
