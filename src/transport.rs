@@ -860,6 +860,11 @@ pub(crate) mod tests {
 
     impl Socket for Fake {
         fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+            if let Some((at, kind)) = self.fails_at {
+                if self.read_at == at {
+                    return Err(kind.into());
+                }
+            }
             match self.inbound.get(self.read_at) {
                 Some(&byte) => {
                     buf[0] = byte;
@@ -1308,6 +1313,23 @@ pub(crate) mod tests {
             }
         }
         true
+    }
+
+    /// Before the first byte: nothing yet is "nothing now", and a reset is an error (not a
+    /// connection left to wait for its handshake deadline).
+    #[test]
+    fn before_the_first_byte_nothing_waits_and_a_reset_ends() {
+        let (server, _) = tls_configs();
+        let mut transport = Transport::tls(&server).unwrap();
+        let mut socket = Fake::default();
+        let input = transport.read(&mut socket, &mut [0; READ_CHUNK], usize::MAX);
+        assert!(matches!(input, Ok(Input::WouldBlock)), "{input:?}");
+        socket.fails_at = Some((0, io::ErrorKind::ConnectionReset));
+        let input = transport.read(&mut socket, &mut [0; READ_CHUNK], usize::MAX);
+        assert_eq!(
+            input.map(|_| ()).map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionReset)
+        );
     }
 
     /// A socket's errors are the caller's, both ways and over both transports (an interrupted
