@@ -331,3 +331,31 @@ fn memory_is_handed_back_once_a_burst_drains_and_at_most_once_a_second() {
     server.give_back(now + Duration::from_secs(1));
     assert_eq!(server.trims, 2);
 }
+
+/// A trim also hands back the slots of clients gone since the slab was at its fullest (past the
+/// last client still there).
+#[test]
+fn a_trim_hands_back_the_slots_of_clients_gone() {
+    let mut server = server(Config::default());
+    let first = Peer::join(&mut server);
+    let later: Vec<Peer> = (0..40).map(|_| Peer::join(&mut server)).collect();
+    let full = server.clients.capacity();
+    assert!(full >= 41);
+    drop(later);
+    while server.clients.len() > 1 {
+        step(&mut server);
+    }
+    server.ledger.update(1_000_000, 0, 32 << 20);
+    server.ledger.update(1_000_000, 32 << 20, 0);
+    server.give_back(Instant::now());
+    assert_eq!(server.trims, 1);
+    assert!(
+        server.clients.capacity() < full,
+        "{} slots kept for 1 client",
+        server.clients.capacity()
+    );
+    // The slots left are still good for newcomers.
+    let again: Vec<Peer> = (0..3).map(|_| Peer::join(&mut server)).collect();
+    assert_eq!(server.clients.len(), 4);
+    drop((first, again));
+}
