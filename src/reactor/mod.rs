@@ -75,6 +75,8 @@ const REDIS_RESOLVER: Token = Token(usize::MAX - 5);
 /// Client buffers released since the last trim before freed memory is handed back to the system
 /// (see [`Server::give_back`]), and the least time between two trims.
 const TRIM_AFTER: usize = 16 << 20;
+/// Bytes of vacant client slots worth handing back too (see [`Server::slots_vacant`]).
+const SLOTS_AFTER: usize = 1 << 20;
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// How long shutdown waits for closing handshakes and queued bytes.
@@ -125,6 +127,8 @@ pub struct Server {
     trimmed_at: Option<Instant>,
     /// Trims so far (`mio_chat_memory_trims_total`).
     trims: u64,
+    /// The slab's slots and clients right after the last trim shrank it as far as it could.
+    slots_kept: (usize, usize),
     next_id: u64,
     /// Counts turns (wrapping), for the per-turn read budget of each client.
     turns: u32,
@@ -187,6 +191,7 @@ impl Server {
             ledger: Ledger::default(),
             trimmed_at: None,
             trims: 0,
+            slots_kept: (0, 0),
             next_id: 0,
             turns: 0,
             refusing: 0,
@@ -376,9 +381,9 @@ impl Server {
         self.ledger.take_released();
         self.trimmed_at = Some(now);
         self.trims += 1;
-        // The slab keeps a slot for every client it ever held at once (over 10 MiB after a
-        // burst of 20,000): its vacant tail goes too. O(slots), once a second at most.
+        // The slab's vacant tail goes too (a realloc: a copy of the slots up to the last client).
         self.clients.shrink_to_fit();
+        self.slots_kept = (self.clients.capacity(), self.clients.len());
         trim_heap();
     }
 
@@ -388,10 +393,18 @@ impl Server {
     /// the drain rather than repeat each second while queues are still full.
     fn trim_due(&self, now: Instant) -> Option<Instant> {
         let released = self.ledger.released();
-        if released < TRIM_AFTER || self.ledger.total() >= released {
+        let drained = released >= TRIM_AFTER && self.ledger.total() < released;
+        if !drained && !self.slots_vacant() {
             return None;
         }
         Some(self.trimmed_at.map_or(now, |at| at + TRIM_EVERY))
+    }
+
+    /// The slab keeps a slot for every client it held at its fullest: 10 MiB once 18,000 clients
+    /// have gone, live memory that no heap trim returns (see [`slots_worth_a_trim`]).
+    fn slots_vacant(&self) -> bool {
+        let (slots, used) = (self.clients.capacity(), self.clients.len());
+        slots_worth_a_trim(slots, used, self.slots_kept, std::mem::size_of::<Client>())
     }
 
     /// A client or the subscription still has bytes to read, with no event to come for them.
@@ -524,6 +537,15 @@ impl Server {
         let published = self.room.relay().is_none_or(Backplane::is_drained);
         (self.clients.is_empty() && published) || now >= deadline
     }
+}
+
+/// Whether `slots` slots of `size` bytes, `used` of them, are worth shrinking: `SLOTS_AFTER`
+/// vacant and three quarters of them, and changed since the last trim left `kept` (slots, used):
+/// grown, or a client gone (it may have been the one at the top that kept the slots below it).
+/// The quarter keeps a busy slab out of it: shrunk to n, it grows back to 2n, short of 4n.
+fn slots_worth_a_trim(slots: usize, used: usize, kept: (usize, usize), size: usize) -> bool {
+    let changed = slots != kept.0 || used < kept.1;
+    (slots - used) * size >= SLOTS_AFTER && slots >= 4 * used && changed
 }
 
 /// Returns the heap's free pages to the system (glibc); other allocators return them themselves

@@ -359,3 +359,56 @@ fn a_trim_hands_back_the_slots_of_clients_gone() {
     assert_eq!(server.clients.len(), 4);
     drop((first, again));
 }
+
+/// Vacant slots alone make a trim owed once they are worth it, and not again once the slab is
+/// as small as its clients allow.
+#[test]
+fn vacant_slots_alone_are_handed_back_once() {
+    let mut server = server(Config::default());
+    let first = Peer::join(&mut server);
+    let now = Instant::now();
+    assert_eq!(
+        server.trim_due(now),
+        None,
+        "a slab of one client owes nothing"
+    );
+    let slots = 2 * super::SLOTS_AFTER / std::mem::size_of::<super::Client>();
+    server.clients.reserve(slots);
+    assert_eq!(server.trim_due(now), Some(now));
+    server.give_back(now);
+    assert_eq!(server.trims, 1);
+    assert!(
+        server.clients.capacity() < slots,
+        "{} slots",
+        server.clients.capacity()
+    );
+    let later = now + Duration::from_secs(5);
+    assert_eq!(server.trim_due(later), None, "nothing left to give");
+    drop(first);
+}
+
+/// The rule for vacant slots: a megabyte of them, three quarters of the slab, and changed since
+/// the last trim.
+#[test]
+fn vacant_slots_are_worth_a_trim_only_when_many_mostly_and_changed() {
+    use super::slots_worth_a_trim as worth;
+    let mib = super::SLOTS_AFTER;
+    assert!(worth(4096, 1024, (0, 0), 342));
+    assert!(worth(4096, 0, (0, 0), 256), "exactly a megabyte vacant");
+    assert!(!worth(4096, 1, (0, 0), 256), "a slot short of it");
+    assert!(
+        !worth(4096, 1025, (0, 0), 1024),
+        "less than three quarters vacant"
+    );
+    assert!(
+        !worth(4096, 1024, (4096, 1024), 1024),
+        "as the last trim left it"
+    );
+    assert!(
+        !worth(4096, 1000, (4096, 900), 1024),
+        "clients came, none went"
+    );
+    assert!(worth(8192, 1024, (4096, 1024), 1024), "grown since");
+    assert!(worth(4096, 1023, (4096, 1024), 1024), "a client gone since");
+    assert!(!worth(mib, 0, (0, 0), 0), "nothing is worth nothing");
+}
