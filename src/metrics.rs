@@ -227,7 +227,7 @@ impl Metrics {
         counter(
             out,
             "mio_chat_memory_trims_total",
-            "Times the memory clients' buffers freed was handed back to the system (malloc_trim), once a burst drained.",
+            "Times memory clients gave back (their buffers, the slots of clients gone) was handed back to the system (malloc_trim), once a burst drained or clients went.",
             gauges.memory_trims,
         );
         counter(
