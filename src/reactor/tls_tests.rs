@@ -42,6 +42,20 @@ fn small_peer(addr: SocketAddr) -> TcpStream {
     stream
 }
 
+/// A server of `/echo` over TLS on a free port, without pings, and what its clients trust.
+fn tls_echo_server() -> (Server, Arc<ClientConfig>) {
+    let (server_tls, client_tls) = tls_configs();
+    let config = Config {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        echo: true,
+        ping_interval: None,
+        ..Config::default()
+    };
+    let mut server = Server::bind(config).unwrap();
+    server.tls = Some(server_tls);
+    (server, client_tls)
+}
+
 /// One turn of the real loop, as `run` makes it (the guard only bounds a hung poll).
 fn turn(server: &mut Server, events: &mut Events) {
     server.poll.poll(events, Some(GUARD)).unwrap();
@@ -79,15 +93,7 @@ fn read_all(mut tls: ClientConnection, mut socket: TcpStream) -> (Vec<u8>, bool)
 
 #[test]
 fn a_finishing_tls_client_with_a_cut_off_record_neither_spins_nor_loses_it() {
-    let (server_tls, client_tls) = tls_configs();
-    let config = Config {
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        echo: true,
-        ping_interval: None,
-        ..Config::default()
-    };
-    let mut server = Server::bind(config).unwrap();
-    server.tls = Some(server_tls);
+    let (mut server, client_tls) = tls_echo_server();
     let mut events = Events::with_capacity(64);
     let mut peer = small_peer(server.local_addr());
     server.accept(Instant::now());
@@ -194,15 +200,7 @@ fn turn_as_run(server: &mut Server, events: &mut Events) {
 #[test]
 fn a_write_while_records_wait_to_be_opened_still_goes_out() {
     const FRAME: usize = 9000; // a frame a record: two fill the plaintext buffer's half
-    let (server_tls, client_tls) = tls_configs();
-    let config = Config {
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        echo: true,
-        ping_interval: None,
-        ..Config::default()
-    };
-    let mut server = Server::bind(config).unwrap();
-    server.tls = Some(server_tls);
+    let (mut server, client_tls) = tls_echo_server();
     let mut events = Events::with_capacity(64);
     let mut peer = TcpStream::connect(server.local_addr()).unwrap();
     peer.set_read_timeout(Some(GUARD)).unwrap();
