@@ -12,7 +12,10 @@
 #      processes) had it (`probe.all_received_ms`; the latest of the G);
 #   4. memory per connection: each process's RSS (VmRSS, /proc) with only the watchers in the
 #      room, and again once the flood has drained, divided by its own clients and by the room's
-#      members (each process keeps the ids of every other process's members it shows);
+#      members (each process keeps the ids of every other process's members it shows); and its
+#      peak RSS beside the most its clients' buffers held (`mio_chat_client_memory_bytes`, what
+#      --max-client-memory bounds, sampled every 0.5 s: a sample waits for a turn to end, so the
+#      true peak may be higher);
 #   5. a crashed process: SIGKILL of the last process while the generators hold their clients,
 #      then, at a watcher on every other process, the time until it was shown the leave of
 #      every member of the dead process (its first and last leave notice after the kill), and
@@ -104,10 +107,10 @@ if (((N + P - 1) / P + G + 4 > LIMIT || (N + G - 1) / G + P > LIMIT)); then
     exit 2
 fi
 
-REDIS_PID='' GUARD_PID='' PIDS=() WATCHERS=() GENERATORS=()
+REDIS_PID='' GUARD_PID='' PIDS=() WATCHERS=() GENERATORS=() SAMPLERS=()
 cleanup() {
     local pid
-    for pid in "$GUARD_PID" "${GENERATORS[@]}" "${WATCHERS[@]}" "${PIDS[@]}" "$REDIS_PID"; do
+    for pid in "$GUARD_PID" "${SAMPLERS[@]}" "${GENERATORS[@]}" "${WATCHERS[@]}" "${PIDS[@]}" "$REDIS_PID"; do
         [[ -n $pid ]] && kill -KILL "$pid" 2>/dev/null || true
     done
     wait 2>/dev/null || true
@@ -190,6 +193,19 @@ guard() {
 }
 guard "${PIDS[@]}" "$REDIS_PID" &
 GUARD_PID=$!
+
+# The most a process's clients' buffers held, as sampled, kept in a file.
+ledger_peak() { # port, file
+    local most=0 bytes
+    while sleep 0.5; do
+        bytes=$(metric "$1" mio_chat_client_memory_bytes) || continue
+        [[ $bytes =~ ^[0-9]+$ ]] && ((bytes > most)) && most=$bytes && echo "$most" >"$2"
+    done
+}
+for ((i = 0; i < P; i++)); do
+    ledger_peak "${PORTS[i]}" "$DIR/ledger-peak$i" &
+    SAMPLERS+=("$!")
+done
 
 # One watcher a process, one after another (a newcomer hears only later joins: so every
 # watcher hears the last process's watcher join); all are in once each was shown all P.
@@ -371,12 +387,14 @@ if len(reports) == g:
 EOF
 for ((i = 0; i < P; i++)); do
     members=$((N + P))
-    awk -v i="$i" -v b="${RSS_BEFORE[i]}" -v a="${RSS_AFTER[i]}" -v h="${HWM[i]}" \
+    ledger=$(cat "$DIR/ledger-peak$i" 2>/dev/null || echo 0)
+    awk -v i="$i" -v b="${RSS_BEFORE[i]}" -v a="${RSS_AFTER[i]}" -v h="${HWM[i]}" -v l="$ledger" \
         -v own="${PER_PROCESS[i]}" -v m="$members" -v t="${TURN[i]}" -v c="${CPU[i]}" 'BEGIN {
         printf "memory     process %d: RSS %.1f MiB with the watchers, %.1f MiB after the flood" \
-            " (peak %.1f MiB): %.2f KiB per own client (%d), %.2f KiB per member of the room (%d);" \
-            " longest loop turn %s; CPU %s s until then\n",
-            i, b / 1024, a / 1024, h / 1024, (a - b) / own, own, (a - b) / m, m, t, c }'
+            " (peak %.1f MiB; clients'"'"' buffers at most %.1f MiB as sampled): %.2f KiB per own" \
+            " client (%d), %.2f KiB per member of the room (%d); longest loop turn %s; CPU %s s" \
+            " until then\n",
+            i, b / 1024, a / 1024, h / 1024, l / 1048576, (a - b) / own, own, (a - b) / m, m, t, c }'
 done
 for ((i = 0; i < ${#RSS_CLOSED[@]}; i++)); do
     awk -v i="$i" -v b="${RSS_BEFORE[i]}" -v c="${RSS_CLOSED[i]}" -v t="${TRIMS[i]}" 'BEGIN {
