@@ -347,12 +347,29 @@ impl Connection {
         self.report(events);
     }
 
+    /// Lets go at once of what an open connection or a request being read holds, the moment the
+    /// loop chooses it for eviction ([`Connection::evict`] follows at the flush point): partial
+    /// input, a fragmented message, and every queued byte after the frame being written (a
+    /// request's output, all of it: a 503 replaces it). Nothing it held is read or sent again.
+    pub fn let_go(&mut self) {
+        match self.phase {
+            Phase::Open(_) => {
+                self.output.cut_to_frame();
+            }
+            Phase::Request => self.output = OutQueue::default(),
+            Phase::Closing | Phase::Finishing | Phase::Closed => return,
+        }
+        self.input = Vec::new();
+        self.message = None;
+    }
+
     /// The server evicts this connection to keep what all clients hold within
     /// `--max-client-memory`. What it holds is let go at once: its partial input, and every
     /// queued byte after the frame being written; a WebSocket peer then gets close 1013 (the
     /// bound is the server's, over everyone: the same client may be welcome later), a request
     /// 503, and the connection finishes. One already ending is dropped.
     pub fn evict(&mut self, now: Instant, events: &mut Sink) {
+        self.let_go();
         self.end(Ending::Evicted);
         match self.phase {
             Phase::Open(_) if self.output.cut_to_frame() => {

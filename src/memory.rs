@@ -21,6 +21,8 @@ pub struct Ledger {
     holders: BTreeSet<(usize, usize)>,
     /// Bytes released (holdings that shrank or ended) since [`Ledger::take_released`].
     released: usize,
+    /// The highest total so far.
+    peak: usize,
 }
 
 impl Ledger {
@@ -41,7 +43,13 @@ impl Ledger {
             self.holders.insert((new, key));
         }
         self.total = self.total - old + new;
+        self.peak = self.peak.max(self.total);
         self.released += old.saturating_sub(new);
+    }
+
+    /// The most all clients have held at once, in bytes.
+    pub fn peak(&self) -> usize {
+        self.peak
     }
 
     /// The holders, the biggest first: `(bytes, key)`.
@@ -108,7 +116,8 @@ mod tests {
     }
 
     proptest! {
-        /// After any sequence of grows, shrinks and closes, the total is the sum of the parts,
+        /// After any sequence of grows, shrinks and closes, the total is the sum of the parts
+        /// (and the peak the highest it has been),
         /// the index holds exactly the clients holding something, biggest first, and what was
         /// released is what the shrinks gave back.
         #[test]
@@ -116,6 +125,7 @@ mod tests {
             let mut ledger = Ledger::default();
             let mut parts: HashMap<usize, usize> = HashMap::new();
             let mut released = 0;
+            let mut peak = 0;
             for op in ops {
                 let (key, new) = match op {
                     Op::Set(key, bytes) => (key, bytes),
@@ -126,6 +136,8 @@ mod tests {
                 ledger.update(key, old, new);
                 parts.insert(key, new);
                 prop_assert_eq!(ledger.total(), parts.values().sum::<usize>());
+                peak = peak.max(ledger.total());
+                prop_assert_eq!(ledger.peak(), peak);
             }
             let mut expected: Vec<(usize, usize)> =
                 parts.iter().filter(|(_, &b)| b > 0).map(|(&k, &b)| (b, k)).collect();

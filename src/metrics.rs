@@ -29,6 +29,8 @@ pub struct Gauges {
     /// What all clients' buffers hold now, and `--max-client-memory` (see `memory.rs`).
     pub client_memory: u64,
     pub max_client_memory: u64,
+    /// The most all clients' buffers have held at once since the start.
+    pub client_memory_peak: u64,
     /// Times freed client memory was handed back to the system (see `Server::give_back`).
     pub memory_trims: u64,
     /// With `--redis`: the backplane's state and counters.
@@ -214,6 +216,11 @@ impl Metrics {
                 "mio_chat_client_memory_bytes",
                 "Bytes all clients' buffers hold (partial input, queued output).",
                 gauges.client_memory,
+            ),
+            (
+                "mio_chat_client_memory_peak_bytes",
+                "The most all clients' buffers have held at once since the start: past --max-client-memory by one step at most (a read, or one batch to one client).",
+                gauges.client_memory_peak,
             ),
             (
                 "mio_chat_max_client_memory_bytes",

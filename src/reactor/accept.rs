@@ -120,6 +120,7 @@ impl Server {
             read_turn: 0,
             read_spent: 0,
             held: 0,
+            evicting: false,
         });
         self.refusing += usize::from(refused);
         debug!(token = key, peer:% = peer; "accepted");

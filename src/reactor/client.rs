@@ -18,11 +18,12 @@ use std::time::Instant;
 use log::{debug, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
+use slab::Slab;
 
 use super::Server;
 use crate::connection::{Connection, Context, Ending, Sink};
 use crate::http::{self, Response};
-use crate::memory::Ledger;
+use crate::memory::{self, Ledger};
 use crate::proxy::Peer;
 use crate::room_core::Who;
 use crate::timers::Timer;
@@ -84,6 +85,9 @@ pub(super) struct Client {
     pub read_spent: u32,
     /// What the memory ledger last counted for it (see [`Client::holding`]).
     pub held: usize,
+    /// Chosen for eviction and let go of its buffers (see [`keep_within`]); evicted at the
+    /// flush point. It is not read and takes no batch again.
+    pub evicting: bool,
 }
 
 impl Client {
@@ -218,6 +222,13 @@ impl Client {
         }
     }
 
+    /// Whether what it holds may choose it for eviction before the flush point's writes: not
+    /// while its queued bytes wait for their first try this turn (on the flush list, its socket
+    /// has refused nothing), nor once chosen (see [`keep_within`]).
+    fn may_be_evicted_now(&self) -> bool {
+        !self.evicting && (!self.dirty || self.awaiting_writable || self.batch_tail > 0)
+    }
+
     /// What this client may still be read in turn `turn` ([`READ_BUDGET`] a turn).
     fn read_budget(&mut self, turn: u32) -> usize {
         if self.read_turn != turn {
@@ -243,6 +254,42 @@ pub(super) fn account(ledger: &mut Ledger, key: usize, client: &mut Client) {
     client.held = now_held;
 }
 
+/// Keeps what all clients hold within `bound` (`--max-client-memory`) the moment a change
+/// passes it: the biggest holders let go of their buffers there and then
+/// ([`Connection::let_go`]) and are listed for eviction (close 1013 at the flush point). Checked
+/// at every change, not once a turn: one fan-out to 18,750 clients whose sockets are full adds
+/// the batch to each, gigabytes past the bound before the turn ends. So the total passes the
+/// bound by one step at most (a read, or one batch to one client), besides the replies the
+/// turn has queued for the flush point to write.
+///
+/// Bytes queued this turn that the flush point has yet to try (replies to what a client sent)
+/// count, but do not choose their client before that write: what a socket takes at once never
+/// costs a client its place, so the flush point checks again after its writes. The ledger's
+/// index finds the biggest without a walk over all clients; hoarders and far-behind readers hold
+/// the most, so they go before any ordinary client. One chosen is not chosen again: what it
+/// keeps (the rest of one frame, its Close) goes out or is dropped at the close timeout.
+pub(super) fn keep_within(
+    ledger: &mut Ledger,
+    clients: &mut Slab<Client>,
+    bound: usize,
+    ending: &mut Vec<(usize, Ending)>,
+) {
+    if ledger.total() <= bound {
+        return;
+    }
+    let chosen = memory::over_bound(ledger, bound, |key| {
+        clients.get(key).is_none_or(|c| !c.may_be_evicted_now())
+    });
+    for key in chosen {
+        if let Some(client) = clients.get_mut(key) {
+            client.evicting = true;
+            client.conn.let_go();
+            account(ledger, key, client);
+            ending.push((key, Ending::Evicted));
+        }
+    }
+}
+
 impl Server {
     /// Reads from one client until `WouldBlock`, EOF, or its budget for this turn runs out
     /// ([`READ_BUDGET`] a turn, however often the turn comes back to it: its readiness event,
@@ -256,7 +303,7 @@ impl Server {
             let Some(client) = self.clients.get_mut(key) else {
                 return;
             };
-            if client.conn.is_closed() || client.conn.is_held() {
+            if client.conn.is_closed() || client.conn.is_held() || client.evicting {
                 return;
             }
             let budget = client.read_budget(self.turns);
@@ -292,6 +339,7 @@ impl Server {
                         self.settle(key);
                     } else {
                         account(&mut self.ledger, key, client);
+                        self.keep_within_bound();
                     }
                     return;
                 }
@@ -444,6 +492,12 @@ impl Server {
         }
     }
 
+    /// Keeps what all clients hold within `--max-client-memory` (see [`keep_within`]).
+    pub(super) fn keep_within_bound(&mut self) {
+        let bound = self.config.max_client_memory;
+        keep_within(&mut self.ledger, &mut self.clients, bound, &mut self.ending);
+    }
+
     /// Brings the loop in line with what just happened to one client: who it is behind a proxy,
     /// the metrics page it asked for, the outbound limit, the flush list, its timer, the close
     /// list, and the unread list when a hold of its reads ended. It only fills lists: a client
@@ -487,6 +541,7 @@ impl Server {
                 self.timers.arm(Timer { at, key, id });
             }
         }
+        self.keep_within_bound(); // once it is on the flush list, if it must be written
     }
 
     /// Queues the `/metrics` page for a client that asked for it.

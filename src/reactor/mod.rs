@@ -15,8 +15,8 @@
 //! 5. close the connections that are done.
 //!
 //! The work lists, filled during the turn and drained at the flush point or the turn's end:
-//! `dirty` (bytes queued: written at the flush point), `ending` (past `--max-outbound`, or could
-//! not take the batch: ended at the flush point), `unread` (the turn's read budget spent, the
+//! `dirty` (bytes queued: written at the flush point), `ending` (past `--max-outbound`, could not
+//! take the batch, or chosen past `--max-client-memory`: ended at the flush point), `unread` (the turn's read budget spent, the
 //! batch full, or a hold just ended: read next turn, without a new event), `closed` (over: reaped
 //! at the end of the turn).
 //!
@@ -55,7 +55,7 @@ use slab::Slab;
 use crate::backplane::{self, Backplane};
 use crate::config::Config;
 use crate::connection::{Ending, Phase};
-use crate::memory::{self, Ledger};
+use crate::memory::Ledger;
 use crate::metrics::Gauges;
 use crate::nonblocking::READ_CHUNK;
 use crate::room_core::RoomCore;
@@ -292,12 +292,11 @@ impl Server {
         self.reap();
     }
 
-    /// The turn's one flush point (Redis's `beforeSleep`): the batch goes to every member, the
-    /// clients listed for ending are ended, then every client with bytes queued is written, then
-    /// what was published goes to Redis; past `--max-client-memory`, the biggest holders are
-    /// listed for ending (after the writes, so what a socket takes at once never counts). Each step can make more work for the others (a member
-    /// dropped as a slow consumer leaves a leave notice; a failing Redis lands what it had
-    /// pending), so it repeats until quiet.
+    /// The turn's one flush point (Redis's `beforeSleep`): the batch to every member, the clients
+    /// listed for ending ended, every client with bytes queued written, what was published sent
+    /// to Redis, then `--max-client-memory` checked once the writes are done
+    /// ([`client::keep_within`]). Each step can make work for the others (a dropped member's
+    /// leave notice; what a failing Redis had pending), so it repeats until quiet.
     fn before_sleep(&mut self, now: Instant) {
         loop {
             self.fan_out_room(now);
@@ -307,7 +306,7 @@ impl Server {
             }
             self.write_dirty(now);
             self.flush_backplane(now);
-            self.evict_biggest();
+            self.keep_within_bound();
             if self.dirty.is_empty() && self.ending.is_empty() && !self.room.is_due(now) {
                 return;
             }
@@ -327,9 +326,13 @@ impl Server {
             ..
         } = self;
         let mut written = 0;
+        let mut evicted = Vec::new();
         room.fan_out(now, ending, |key, frames| {
             // No client for a member cannot happen; ending the key makes it leave (`abort`).
             let client = clients.get_mut(key).ok_or(Ending::PeerLeft)?;
+            if client.evicting {
+                return Ok(()); // its Close follows the frame it was sent last
+            }
             let taken = client.take_batch(frames, config.max_outbound, &mut written);
             client::account(ledger, key, client);
             taken?;
@@ -337,27 +340,11 @@ impl Server {
                 client.dirty = true;
                 dirty.push(key);
             }
+            client::keep_within(ledger, clients, config.max_client_memory, &mut evicted);
             Ok(())
         });
+        ending.append(&mut evicted);
         room.metrics.bytes_written += written;
-    }
-
-    /// Past `--max-client-memory`, lists the biggest holders for ending (evicted, on the next
-    /// pass of the flush point), as many as bring the total back within it; the ledger's index finds them without a walk over all
-    /// clients. Hoarders and far-behind readers hold the most, so they go before any ordinary
-    /// client. A client already listed is not chosen twice; one evicted before and still among
-    /// the biggest (the rest of its frame, its Close) is dropped, as ending clients are.
-    fn evict_biggest(&mut self) {
-        if self.ledger.total() <= self.config.max_client_memory {
-            return;
-        }
-        let ending = &self.ending;
-        let chosen = memory::over_bound(&self.ledger, self.config.max_client_memory, |key| {
-            ending.iter().any(|&(k, _)| k == key)
-        });
-        for key in chosen {
-            self.ending.push((key, Ending::Evicted));
-        }
     }
 
     /// Ends the clients listed for ending (their leave notices go into the next batch).
@@ -438,6 +425,7 @@ impl Server {
         let mut gauges = Gauges {
             max_connections: self.config.max_connections as u64,
             client_memory: self.ledger.total() as u64,
+            client_memory_peak: self.ledger.peak() as u64,
             memory_trims: self.trims,
             max_client_memory: self.config.max_client_memory as u64,
             backplane: self.room.relay().map(Backplane::stats),

@@ -62,6 +62,15 @@ fn text_frame(text: &str) -> Vec<u8> {
     out
 }
 
+/// Clients evicted past `--max-client-memory`, as `/metrics` counts them.
+fn evictions(server: &Server) -> u64 {
+    let page = server.render_metrics();
+    let line = "mio_chat_clients_dropped_total{reason=\"client_memory\"} ";
+    page.lines()
+        .find_map(|l| l.strip_prefix(line))
+        .map_or(0, |n| n.parse().expect("a count"))
+}
+
 /// A chat client over a blocking socket, joined through the server's own turns.
 struct Peer {
     stream: TcpStream,
@@ -291,6 +300,98 @@ fn the_ledger_is_the_sum_of_what_clients_hold() {
             break;
         }
     }
+}
+
+/// `--max-client-memory` holds within a turn, not only at its end: one fan-out to readers whose
+/// sockets are full adds the batch to each, and the moment the total passes the bound the
+/// biggest holders let go of their queues. The most ever held passes the bound by about one batch
+/// (checked loosely: two), where a check once a turn lets it pass by a batch per reader.
+#[test]
+fn one_fan_out_passes_the_bound_by_one_batch_at_most() {
+    const FRAMES: usize = 200;
+    let body = "m".repeat(100);
+    // A server frame is the body, its JSON and a header: at most 32 bytes more.
+    let batch = FRAMES * (body.len() + 32);
+    let mut server = server(Config {
+        max_outbound: 64 << 20,
+        max_client_memory: 1 << 40,
+        ..Config::default()
+    });
+    let mut peers: Vec<Peer> = (0..8).map(|_| Peer::join(&mut server)).collect();
+    for peer in &peers {
+        socket2::SockRef::from(&peer.stream)
+            .set_recv_buffer_size(4096)
+            .expect("SO_RCVBUF");
+        socket2::SockRef::from(&server.clients[peer.key].socket)
+            .set_send_buffer_size(4096)
+            .expect("SO_SNDBUF");
+    }
+    let burst: Vec<u8> = (0..FRAMES).flat_map(|_| text_frame(&body)).collect();
+    let sender = peers[0].key;
+    let send_a_batch = |server: &mut Server, peers: &mut [Peer]| {
+        peers[0].stream.write_all(&burst).expect("send");
+        wait_readable(server, sender);
+        let now = Instant::now();
+        server.read(sender, now);
+        server.end_turn(now);
+    };
+    // Nobody reads: batch after batch, until every socket is full and every reader has a backlog.
+    let mut sent = 0;
+    while !peers.iter().all(|p| server.clients[p.key].has_output()) {
+        assert!(
+            sent < 500,
+            "{sent} batches and some sockets still take more"
+        );
+        send_a_batch(&mut server, &mut peers);
+        sent += 1;
+    }
+    let bound = server.ledger.peak().max(server.ledger.total()) + batch / 2;
+    server.config.max_client_memory = bound;
+    send_a_batch(&mut server, &mut peers);
+    let peak = server.ledger.peak();
+    assert!(
+        peak <= bound + 2 * batch,
+        "held {peak} bytes at most with a bound of {bound}: {} batches over",
+        (peak - bound) / batch
+    );
+    assert!(server.ledger.total() <= bound);
+    assert!(evictions(&server) >= 1, "the biggest holders were evicted");
+}
+
+/// The same within a turn of reads: hoarders that each send half of a large frame are read one
+/// after another, and the moment the total passes the bound the biggest let go of their input.
+/// The most ever held passes the bound by about one read, where a check once a turn lets it
+/// pass by a read per hoarder.
+#[test]
+fn one_turn_of_reads_passes_the_bound_by_one_read_at_most() {
+    const HALF: usize = 30_000;
+    let bound = 64 * 1024;
+    let mut server = server(Config {
+        max_client_memory: bound,
+        ..Config::default()
+    });
+    let mut hoarders: Vec<Peer> = (0..8).map(|_| Peer::join(&mut server)).collect();
+    let frame = text_frame(&"h".repeat(2 * HALF));
+    for hoarder in &mut hoarders {
+        hoarder.stream.write_all(&frame[..HALF]).expect("send");
+    }
+    let keys: Vec<usize> = hoarders.iter().map(|h| h.key).collect();
+    wait_all_readable(&mut server, &keys);
+    let now = Instant::now();
+    for &key in &keys {
+        server.read(key, now);
+    }
+    let peak = server.ledger.peak();
+    assert!(
+        peak <= bound + 2 * HALF,
+        "held {peak} bytes at most with a bound of {bound}"
+    );
+    server.end_turn(now);
+    assert!(server.ledger.total() <= bound);
+    assert!(
+        evictions(&server) >= 6,
+        "two 30,000-byte holdings fit in 64 KiB; the others go"
+    );
 }
 
 /// When freed client memory is handed back: the first time as soon as 16 MiB were released and
