@@ -13,9 +13,8 @@
 #   4. memory per connection: each process's RSS (VmRSS, /proc) with only the watchers in the
 #      room, and again once the flood has drained, divided by its own clients and by the room's
 #      members (each process keeps the ids of every other process's members it shows); and its
-#      peak RSS beside the most its clients' buffers held (`mio_chat_client_memory_bytes`, what
-#      --max-client-memory bounds, sampled every 0.5 s: a sample waits for a turn to end, so the
-#      true peak may be higher);
+#      peak RSS beside the most its clients' buffers held at once (what --max-client-memory
+#      bounds: `mio_chat_client_memory_peak_bytes`, read every 0.5 s while the process lives);
 #   5. a crashed process: SIGKILL of the last process while the generators hold their clients,
 #      then, at a watcher on every other process, the time until it was shown the leave of
 #      every member of the dead process (its first and last leave notice after the kill), and
@@ -194,11 +193,12 @@ guard() {
 guard "${PIDS[@]}" "$REDIS_PID" &
 GUARD_PID=$!
 
-# The most a process's clients' buffers held, as sampled, kept in a file.
+# The most a process's clients' buffers held at once, as last read, kept in a file (read again
+# and again: the last process is killed in step 5).
 ledger_peak() { # port, file
     local most=0 bytes
     while sleep 0.5; do
-        bytes=$(metric "$1" mio_chat_client_memory_bytes) || continue
+        bytes=$(metric "$1" mio_chat_client_memory_peak_bytes) || continue
         [[ $bytes =~ ^[0-9]+$ ]] && ((bytes > most)) && most=$bytes && echo "$most" >"$2"
     done
 }
@@ -391,7 +391,7 @@ for ((i = 0; i < P; i++)); do
     awk -v i="$i" -v b="${RSS_BEFORE[i]}" -v a="${RSS_AFTER[i]}" -v h="${HWM[i]}" -v l="$ledger" \
         -v own="${PER_PROCESS[i]}" -v m="$members" -v t="${TURN[i]}" -v c="${CPU[i]}" 'BEGIN {
         printf "memory     process %d: RSS %.1f MiB with the watchers, %.1f MiB after the flood" \
-            " (peak %.1f MiB; clients'"'"' buffers at most %.1f MiB as sampled): %.2f KiB per own" \
+            " (peak %.1f MiB; clients'"'"' buffers at most %.1f MiB at once): %.2f KiB per own" \
             " client (%d), %.2f KiB per member of the room (%d); longest loop turn %s; CPU %s s" \
             " until then\n",
             i, b / 1024, a / 1024, h / 1024, l / 1048576, (a - b) / own, own, (a - b) / m, m, t, c }'
