@@ -121,6 +121,7 @@ impl Server {
             read_spent: 0,
             held: 0,
             evicting: false,
+            untried: false,
         });
         self.refusing += usize::from(refused);
         debug!(token = key, peer:% = peer; "accepted");

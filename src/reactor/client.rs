@@ -88,6 +88,9 @@ pub(super) struct Client {
     /// Chosen for eviction and let go of its buffers (see [`keep_within`]); evicted at the
     /// flush point. It is not read and takes no batch again.
     pub evicting: bool,
+    /// What it queued this turn waits for the flush point's write, not yet offered to its
+    /// socket: not counted in the ledger until then (see [`Client::holding`]).
+    pub untried: bool,
 }
 
 impl Client {
@@ -114,6 +117,7 @@ impl Client {
     /// be said (an answer before a TLS handshake completed); the transport adds its goodbye
     /// (TLS's close_notify, before our FIN) once the connection has said all.
     fn flush(&mut self) -> io::Result<usize> {
+        self.untried = false;
         if self.transport.is_handshaking() && !self.conn.output().is_empty() {
             self.conn.cannot_answer();
         }
@@ -211,22 +215,20 @@ impl Client {
     }
 
     /// What its buffers hold, for `--max-client-memory`: its partial input (a request head, a
-    /// frame, a fragmented message) and its queued output, by capacity. Nothing once it is
-    /// closed: it is reaped within the turn. What rustls holds inside a TLS session is not
+    /// frame, a fragmented message) and its queued output, by capacity, once the socket has been
+    /// offered it (`untried`): what a socket takes at once costs no one their place. Nothing once
+    /// it is closed: it is reaped within the turn. What rustls holds inside a TLS session is not
     /// counted (rustls does not say; see docs/security.md).
     pub fn holding(&self) -> usize {
         if self.conn.is_closed() {
-            0
-        } else {
-            self.conn.buffer_capacity() + self.transport.buffer_capacity()
+            return 0;
         }
-    }
-
-    /// Whether what it holds may choose it for eviction before the flush point's writes: not
-    /// while its queued bytes wait for their first try this turn (on the flush list, its socket
-    /// has refused nothing), nor once chosen (see [`keep_within`]).
-    fn may_be_evicted_now(&self) -> bool {
-        !self.evicting && (!self.dirty || self.awaiting_writable || self.batch_tail > 0)
+        let untried = if self.untried {
+            self.conn.output().capacity()
+        } else {
+            0
+        };
+        self.conn.buffer_capacity() - untried + self.transport.buffer_capacity()
     }
 
     /// What this client may still be read in turn `turn` ([`READ_BUDGET`] a turn).
@@ -259,13 +261,10 @@ pub(super) fn account(ledger: &mut Ledger, key: usize, client: &mut Client) {
 /// ([`Connection::let_go`]) and are listed for eviction (close 1013 at the flush point). Checked
 /// at every change, not once a turn: one fan-out to 18,750 clients whose sockets are full adds
 /// the batch to each, gigabytes past the bound before the turn ends. So the total passes the
-/// bound by one step at most (a read, or one batch to one client), besides the replies the
-/// turn has queued for the flush point to write.
+/// bound by one step at most: a read, one batch to one client, or one write's refused bytes
+/// (replies queued during the turn count once the flush point has offered them to the socket).
 ///
-/// Bytes queued this turn that the flush point has yet to try (replies to what a client sent)
-/// count, but do not choose their client before that write: what a socket takes at once never
-/// costs a client its place, so the flush point checks again after its writes. The ledger's
-/// index finds the biggest without a walk over all clients; hoarders and far-behind readers hold
+/// The ledger's index finds the biggest without a walk over all clients; hoarders and far-behind readers hold
 /// the most, so they go before any ordinary client. One chosen is not chosen again: what it
 /// keeps (the rest of one frame, its Close) goes out or is dropped at the close timeout.
 pub(super) fn keep_within(
@@ -278,7 +277,7 @@ pub(super) fn keep_within(
         return;
     }
     let chosen = memory::over_bound(ledger, bound, |key| {
-        clients.get(key).is_none_or(|c| !c.may_be_evicted_now())
+        clients.get(key).is_none_or(|c| c.evicting)
     });
     for key in chosen {
         if let Some(client) = clients.get_mut(key) {
@@ -510,6 +509,8 @@ impl Server {
         };
         if !client.has_output() {
             client.conn.written_out(); // a finishing client whose peer is done is over
+        } else if !client.awaiting_writable && !client.dirty {
+            client.untried = true; // queued this turn: the flush point offers it to the socket
         }
         account(&mut self.ledger, key, client);
         // Closed first: an aborted connection keeps its unsent bytes until it is reaped.
@@ -541,7 +542,7 @@ impl Server {
                 self.timers.arm(Timer { at, key, id });
             }
         }
-        self.keep_within_bound(); // once it is on the flush list, if it must be written
+        self.keep_within_bound();
     }
 
     /// Queues the `/metrics` page for a client that asked for it.

@@ -292,10 +292,9 @@ impl Server {
         self.reap();
     }
 
-    /// The turn's one flush point (Redis's `beforeSleep`): the batch to every member, the clients
-    /// listed for ending ended, every client with bytes queued written, what was published sent
-    /// to Redis, then `--max-client-memory` checked once the writes are done
-    /// ([`client::keep_within`]). Each step can make work for the others (a dropped member's
+    /// The turn's one flush point (Redis's `beforeSleep`): the batch goes to every member, the
+    /// clients listed for ending are ended, every client with bytes queued is written, and what
+    /// was published goes to Redis. Each step can make work for the others (a dropped member's
     /// leave notice; what a failing Redis had pending), so it repeats until quiet.
     fn before_sleep(&mut self, now: Instant) {
         loop {
@@ -306,7 +305,6 @@ impl Server {
             }
             self.write_dirty(now);
             self.flush_backplane(now);
-            self.keep_within_bound();
             if self.dirty.is_empty() && self.ending.is_empty() && !self.room.is_due(now) {
                 return;
             }

@@ -71,6 +71,14 @@ fn evictions(server: &Server) -> u64 {
         .map_or(0, |n| n.parse().expect("a count"))
 }
 
+/// Reads whatever has arrived for `peer`, without waiting: a member that keeps up.
+fn drain(peer: &mut Peer) {
+    peer.stream.set_nonblocking(true).expect("nonblocking");
+    let mut chunk = [0; 65536];
+    while matches!(peer.stream.read(&mut chunk), Ok(n) if n > 0) {}
+    peer.stream.set_nonblocking(false).expect("blocking");
+}
+
 /// A chat client over a blocking socket, joined through the server's own turns.
 struct Peer {
     stream: TcpStream,
@@ -392,6 +400,59 @@ fn one_turn_of_reads_passes_the_bound_by_one_read_at_most() {
         evictions(&server) >= 6,
         "two 30,000-byte holdings fit in 64 KiB; the others go"
     );
+}
+
+/// A hoarder cannot hide behind a reply: one that sends a ping with half a large frame (its pong
+/// queued for the flush point) is still the biggest holder, and it goes, not a reader whose
+/// socket refused a smaller backlog.
+#[test]
+fn a_hoarder_with_a_reply_queued_goes_before_a_reader_behind() {
+    let mut server = server(Config {
+        max_outbound: 64 << 20,
+        max_client_memory: 1 << 40,
+        ..Config::default()
+    });
+    let reader = Peer::join(&mut server);
+    let mut sender = Peer::join(&mut server);
+    let mut hoarder = Peer::join(&mut server);
+    socket2::SockRef::from(&reader.stream)
+        .set_recv_buffer_size(4096)
+        .expect("SO_RCVBUF");
+    socket2::SockRef::from(&server.clients[reader.key].socket)
+        .set_send_buffer_size(4096)
+        .expect("SO_SNDBUF");
+    let burst: Vec<u8> = (0..100)
+        .flat_map(|_| text_frame(&"r".repeat(100)))
+        .collect();
+    while !server.clients[reader.key].has_output() {
+        sender.stream.write_all(&burst).expect("send");
+        wait_readable(&mut server, sender.key);
+        let now = Instant::now();
+        server.read(sender.key, now);
+        server.end_turn(now);
+        drain(&mut sender);
+        drain(&mut hoarder);
+    }
+    let backlog = server.clients[reader.key].held;
+    assert!(
+        backlog > 0 && server.ledger.total() == backlog,
+        "only the reader holds"
+    );
+    assert!(backlog < 30_000, "a backlog of {backlog} bytes");
+    // Room for the reader's queue to double (the hoarder's leave notice joins it), not for the
+    // hoarder's 40,000 bytes as well.
+    server.config.max_client_memory = 2 * backlog + 8_000;
+    let mut bytes = vec![0x89, 0x80, 1, 2, 3, 4]; // an empty ping, masked
+    bytes.extend_from_slice(&text_frame(&"h".repeat(60_000))[..40_000]);
+    hoarder.stream.write_all(&bytes).expect("send");
+    wait_readable(&mut server, hoarder.key);
+    let now = Instant::now();
+    server.read(hoarder.key, now);
+    server.end_turn(now);
+    assert_eq!(evictions(&server), 1);
+    assert!(!server.clients[reader.key].evicting, "the reader stays");
+    assert!(hoarder.next().is_none(), "the hoarder is told to go");
+    drop(reader);
 }
 
 /// When freed client memory is handed back: the first time as soon as 16 MiB were released and
