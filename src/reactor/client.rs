@@ -264,9 +264,9 @@ pub(super) fn account(ledger: &mut Ledger, key: usize, client: &mut Client) {
 /// bound by one step at most: a read, one batch to one client, or one write's refused bytes
 /// (replies queued during the turn count once the flush point has offered them to the socket).
 ///
-/// The ledger's index finds the biggest without a walk over all clients; hoarders and far-behind readers hold
-/// the most, so they go before any ordinary client. One chosen is not chosen again: what it
-/// keeps (the rest of one frame, its Close) goes out or is dropped at the close timeout.
+/// The ledger's index finds the biggest without a walk over all clients; hoarders and far-behind
+/// readers hold the most, so they go before any ordinary client. One chosen is not chosen again:
+/// what it keeps (the rest of one frame, its Close) goes out or is dropped at the close timeout.
 pub(super) fn keep_within(
     ledger: &mut Ledger,
     clients: &mut Slab<Client>,
