@@ -71,6 +71,17 @@ fn evictions(server: &Server) -> u64 {
         .map_or(0, |n| n.parse().expect("a count"))
 }
 
+/// Shrinks the socket buffers between `peer` and the server, so that a member that does not read
+/// has its socket refuse bytes after a few kilobytes rather than megabytes.
+fn small_buffers(server: &Server, peer: &Peer) {
+    socket2::SockRef::from(&peer.stream)
+        .set_recv_buffer_size(4096)
+        .expect("SO_RCVBUF");
+    socket2::SockRef::from(&server.clients[peer.key].socket)
+        .set_send_buffer_size(4096)
+        .expect("SO_SNDBUF");
+}
+
 /// Reads whatever has arrived for `peer`, without waiting: a member that keeps up.
 fn drain(peer: &mut Peer) {
     peer.stream.set_nonblocking(true).expect("nonblocking");
@@ -327,12 +338,7 @@ fn one_fan_out_passes_the_bound_by_one_batch_at_most() {
     });
     let mut peers: Vec<Peer> = (0..8).map(|_| Peer::join(&mut server)).collect();
     for peer in &peers {
-        socket2::SockRef::from(&peer.stream)
-            .set_recv_buffer_size(4096)
-            .expect("SO_RCVBUF");
-        socket2::SockRef::from(&server.clients[peer.key].socket)
-            .set_send_buffer_size(4096)
-            .expect("SO_SNDBUF");
+        small_buffers(&server, peer);
     }
     let burst: Vec<u8> = (0..FRAMES).flat_map(|_| text_frame(&body)).collect();
     let sender = peers[0].key;
@@ -415,12 +421,7 @@ fn a_hoarder_with_a_reply_queued_goes_before_a_reader_behind() {
     let reader = Peer::join(&mut server);
     let mut sender = Peer::join(&mut server);
     let mut hoarder = Peer::join(&mut server);
-    socket2::SockRef::from(&reader.stream)
-        .set_recv_buffer_size(4096)
-        .expect("SO_RCVBUF");
-    socket2::SockRef::from(&server.clients[reader.key].socket)
-        .set_send_buffer_size(4096)
-        .expect("SO_SNDBUF");
+    small_buffers(&server, &reader);
     let burst: Vec<u8> = (0..100)
         .flat_map(|_| text_frame(&"r".repeat(100)))
         .collect();
