@@ -456,6 +456,27 @@ fn a_hoarder_with_a_reply_queued_goes_before_a_reader_behind() {
     drop(reader);
 }
 
+/// A reply queued during a turn costs nothing in the ledger until the flush point has offered it
+/// to the socket (which here takes it whole): a pong, between the read and the flush point.
+#[test]
+fn a_reply_counts_only_once_offered_to_the_socket() {
+    let mut server = server(Config::default());
+    let mut peer = Peer::join(&mut server);
+    peer.stream
+        .write_all(&[0x89, 0x84, 1, 2, 3, 4, 5, 6, 7, 8]) // a ping of 4 bytes, masked
+        .expect("ping");
+    wait_readable(&mut server, peer.key);
+    let now = Instant::now();
+    server.read(peer.key, now);
+    let client = &server.clients[peer.key];
+    assert!(client.conn.output().capacity() > 0, "the pong is queued");
+    assert_eq!((client.held, server.ledger.total()), (0, 0));
+    server.end_turn(now);
+    assert_eq!(server.ledger.total(), 0, "written at once");
+    peer.fill();
+    assert_eq!(&peer.input[..2], &[0x8A, 4], "the pong");
+}
+
 /// When freed client memory is handed back: the first time as soon as 16 MiB were released and
 /// clients hold less than that (the burst is over); never while they still hold as much (the
 /// burst is on: a trim walks the heap); then at most once a second.
