@@ -347,17 +347,19 @@ impl Connection {
         self.report(events);
     }
 
-    /// Lets go at once of what an open connection or a request being read holds, the moment the
-    /// loop chooses it for eviction ([`Connection::evict`] follows at the flush point): partial
-    /// input, a fragmented message, and every queued byte after the frame being written (a
-    /// request's output, all of it: a 503 replaces it). Nothing it held is read or sent again.
+    /// Lets go at once of what the connection holds, the moment the loop chooses it for eviction
+    /// ([`Connection::evict`] follows at the flush point): partial input, a fragmented message,
+    /// and every queued byte after the frame being written (all of them for a request, which is
+    /// answered 503, and for a connection already ending, which is dropped). Nothing it held is
+    /// read or sent again.
     pub fn let_go(&mut self) {
         match self.phase {
             Phase::Open(_) => {
                 self.output.cut_to_frame();
             }
-            Phase::Request => self.output = OutQueue::default(),
-            Phase::Closing | Phase::Finishing | Phase::Closed => return,
+            // A request gets a 503 instead; one ending already is dropped by `evict`.
+            Phase::Request | Phase::Closing | Phase::Finishing => self.output = OutQueue::default(),
+            Phase::Closed => return,
         }
         self.input = Vec::new();
         self.message = None;

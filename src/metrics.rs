@@ -219,7 +219,7 @@ impl Metrics {
             ),
             (
                 "mio_chat_client_memory_peak_bytes",
-                "The most all clients' buffers have held at once since the start: past --max-client-memory by one step at most (a read, or one batch to one client).",
+                "The most all clients' buffers have held at once since the start: past --max-client-memory by one step at most (a read, or one batch to one client), besides what evicted clients keep on their way out.",
                 gauges.client_memory_peak,
             ),
             (

@@ -21,9 +21,9 @@ use mio::{Interest, Token};
 use slab::Slab;
 
 use super::Server;
-use crate::connection::{Connection, Context, Ending, Sink};
+use crate::connection::{Connection, Context, Ending, Phase, Sink};
 use crate::http::{self, Response};
-use crate::memory::{self, Ledger};
+use crate::memory::Ledger;
 use crate::proxy::Peer;
 use crate::room_core::Who;
 use crate::timers::Timer;
@@ -86,10 +86,10 @@ pub(super) struct Client {
     /// What the memory ledger last counted for it (see [`Client::holding`]).
     pub held: usize,
     /// Chosen for eviction and let go of its buffers (see [`keep_within`]); evicted at the
-    /// flush point. It is not read and takes no batch again.
+    /// flush point. It takes no batch again, and the ledger counts it as leaving.
     pub evicting: bool,
     /// What it queued this turn waits for the flush point's write, not yet offered to its
-    /// socket: not counted in the ledger until then (see [`Client::holding`]).
+    /// socket: offered before it could cost the client its place (see [`keep_within`]).
     pub untried: bool,
 }
 
@@ -215,20 +215,21 @@ impl Client {
     }
 
     /// What its buffers hold, for `--max-client-memory`: its partial input (a request head, a
-    /// frame, a fragmented message) and its queued output, by capacity, once the socket has been
-    /// offered it (`untried`): what a socket takes at once costs no one their place. Nothing once
-    /// it is closed: it is reaped within the turn. What rustls holds inside a TLS session is not
+    /// frame, a fragmented message) and its queued output, by capacity. Nothing once it is
+    /// closed: it is reaped within the turn. What rustls holds inside a TLS session is not
     /// counted (rustls does not say; see docs/security.md).
     pub fn holding(&self) -> usize {
         if self.conn.is_closed() {
-            return 0;
-        }
-        let untried = if self.untried {
-            self.conn.output().capacity()
-        } else {
             0
-        };
-        self.conn.buffer_capacity() - untried + self.transport.buffer_capacity()
+        } else {
+            self.conn.buffer_capacity() + self.transport.buffer_capacity()
+        }
+    }
+
+    /// Chosen for eviction and not evicted yet (at the flush point): its partial input is gone,
+    /// so nothing more is read from it until then.
+    fn awaiting_eviction(&self) -> bool {
+        self.evicting && matches!(self.conn.phase(), Phase::Open(_) | Phase::Request)
     }
 
     /// What this client may still be read in turn `turn` ([`READ_BUDGET`] a turn).
@@ -252,41 +253,55 @@ impl Client {
 /// Tells the ledger what `client` holds now (O(1) when nothing changed; O(log n) otherwise).
 pub(super) fn account(ledger: &mut Ledger, key: usize, client: &mut Client) {
     let now_held = client.holding();
-    ledger.update(key, client.held, now_held);
+    if client.evicting {
+        ledger.update_leaving(client.held, now_held);
+    } else {
+        ledger.update(key, client.held, now_held);
+    }
     client.held = now_held;
 }
 
 /// Keeps what all clients hold within `bound` (`--max-client-memory`) the moment a change
-/// passes it: the biggest holders let go of their buffers there and then
-/// ([`Connection::let_go`]) and are listed for eviction (close 1013 at the flush point). Checked
-/// at every change, not once a turn: one fan-out to 18,750 clients whose sockets are full adds
-/// the batch to each, gigabytes past the bound before the turn ends. So the total passes the
-/// bound by one step at most: a read, one batch to one client, or one write's refused bytes
-/// (replies queued during the turn count once the flush point has offered them to the socket).
+/// passes it; returns the bytes written on the way. Checked at every change, not once a turn:
+/// one fan-out to 18,750 clients whose sockets are full adds the batch to each, gigabytes past
+/// the bound before the turn ends. So the total passes the bound by one step at most (a read,
+/// one batch to one client), besides what clients already chosen still hold on their way out.
 ///
-/// The ledger's index finds the biggest without a walk over all clients; hoarders and far-behind
-/// readers hold the most, so they go before any ordinary client. One chosen is not chosen again:
-/// what it keeps (the rest of one frame, its Close) goes out or is dropped at the close timeout.
+/// The biggest holder goes first (the top of the ledger's index: no walk over all clients), so
+/// hoarders and far-behind readers go before any ordinary client. But bytes queued this turn
+/// and not yet offered to its socket (`untried`: a pong, an echo, the `/metrics` page) are
+/// offered first, here and now, since what a socket takes at once should cost no one their
+/// place; what the socket refuses counts. A client chosen lets go of its buffers there and then
+/// ([`Connection::let_go`]) and is listed for eviction (close 1013 at the flush point); what it
+/// keeps (the rest of one frame, its Close, sealed records) leaves the ledger's index, so it
+/// cannot cost another client its place, and goes out or is dropped at the close timeout.
 pub(super) fn keep_within(
     ledger: &mut Ledger,
     clients: &mut Slab<Client>,
     bound: usize,
     ending: &mut Vec<(usize, Ending)>,
-) {
-    if ledger.total() <= bound {
-        return;
-    }
-    let chosen = memory::over_bound(ledger, bound, |key| {
-        clients.get(key).is_none_or(|c| c.evicting)
-    });
-    for key in chosen {
-        if let Some(client) = clients.get_mut(key) {
+) -> u64 {
+    let mut written = 0;
+    while let Some((held, key)) = ledger.biggest_past(bound) {
+        let Some(client) = clients.get_mut(key) else {
+            ledger.update(key, held, 0); // cannot happen: the reaped leave the ledger
+            continue;
+        };
+        if client.untried {
+            match client.flush() {
+                Ok(n) => written += n as u64,
+                Err(_) => ending.push((key, Ending::PeerLeft)),
+            }
+            client.sent();
+        } else {
             client.evicting = true;
+            ledger.leave(key, held);
             client.conn.let_go();
-            account(ledger, key, client);
             ending.push((key, Ending::Evicted));
         }
+        account(ledger, key, client);
     }
+    written
 }
 
 impl Server {
@@ -302,7 +317,7 @@ impl Server {
             let Some(client) = self.clients.get_mut(key) else {
                 return;
             };
-            if client.conn.is_closed() || client.conn.is_held() || client.evicting {
+            if client.conn.is_closed() || client.conn.is_held() || client.awaiting_eviction() {
                 return;
             }
             let budget = client.read_budget(self.turns);
@@ -494,7 +509,8 @@ impl Server {
     /// Keeps what all clients hold within `--max-client-memory` (see [`keep_within`]).
     pub(super) fn keep_within_bound(&mut self) {
         let bound = self.config.max_client_memory;
-        keep_within(&mut self.ledger, &mut self.clients, bound, &mut self.ending);
+        self.room.metrics.bytes_written +=
+            keep_within(&mut self.ledger, &mut self.clients, bound, &mut self.ending);
     }
 
     /// Brings the loop in line with what just happened to one client: who it is behind a proxy,
@@ -586,7 +602,7 @@ impl Server {
                 continue; // listed twice
             }
             let mut client = self.clients.remove(key);
-            self.ledger.update(key, client.held, 0);
+            account(&mut self.ledger, key, &mut client);
             client.transport.last_words(&mut client.socket);
             if let Err(e) = self.poll.registry().deregister(&mut client.socket) {
                 debug!(token = key, peer:% = client.peer; "deregister: {e}");

@@ -338,7 +338,7 @@ impl Server {
                 client.dirty = true;
                 dirty.push(key);
             }
-            client::keep_within(ledger, clients, config.max_client_memory, &mut evicted);
+            written += client::keep_within(ledger, clients, config.max_client_memory, &mut evicted);
             Ok(())
         });
         ending.append(&mut evicted);

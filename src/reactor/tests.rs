@@ -10,6 +10,7 @@ use mio::{Events, Token};
 use super::Server;
 use crate::budget::FairShare;
 use crate::config::Config;
+use crate::connection::Phase;
 use crate::frame::OpCode;
 use crate::message::{Message, JOINED};
 
@@ -80,6 +81,36 @@ fn small_buffers(server: &Server, peer: &Peer) {
     socket2::SockRef::from(&server.clients[peer.key].socket)
         .set_send_buffer_size(4096)
         .expect("SO_SNDBUF");
+}
+
+/// Sends `bytes` from `peer` and runs the turn that reads them.
+fn send_and_turn(server: &mut Server, peer: &mut Peer, bytes: &[u8]) {
+    peer.stream.write_all(bytes).expect("send");
+    wait_readable(server, peer.key);
+    let now = Instant::now();
+    server.read(peer.key, now);
+    server.end_turn(now);
+}
+
+/// Sends batches of chat from `sender` until `reader` (with small buffers, reading nothing) has
+/// had `batches` of them queued; the sender and `bystander` keep up.
+fn fall_behind(
+    server: &mut Server,
+    reader: &Peer,
+    sender: &mut Peer,
+    bystander: &mut Peer,
+    batches: usize,
+) {
+    let burst: Vec<u8> = (0..100)
+        .flat_map(|_| text_frame(&"r".repeat(100)))
+        .collect();
+    let mut behind = 0;
+    while behind < batches {
+        send_and_turn(server, sender, &burst);
+        drain(sender);
+        drain(bystander);
+        behind += usize::from(server.clients[reader.key].has_output());
+    }
 }
 
 /// Reads whatever has arrived for `peer`, without waiting: a member that keeps up.
@@ -422,18 +453,7 @@ fn a_hoarder_with_a_reply_queued_goes_before_a_reader_behind() {
     let mut sender = Peer::join(&mut server);
     let mut hoarder = Peer::join(&mut server);
     small_buffers(&server, &reader);
-    let burst: Vec<u8> = (0..100)
-        .flat_map(|_| text_frame(&"r".repeat(100)))
-        .collect();
-    while !server.clients[reader.key].has_output() {
-        sender.stream.write_all(&burst).expect("send");
-        wait_readable(&mut server, sender.key);
-        let now = Instant::now();
-        server.read(sender.key, now);
-        server.end_turn(now);
-        drain(&mut sender);
-        drain(&mut hoarder);
-    }
+    fall_behind(&mut server, &reader, &mut sender, &mut hoarder, 1);
     let backlog = server.clients[reader.key].held;
     assert!(
         backlog > 0 && server.ledger.total() == backlog,
@@ -445,36 +465,130 @@ fn a_hoarder_with_a_reply_queued_goes_before_a_reader_behind() {
     server.config.max_client_memory = 2 * backlog + 8_000;
     let mut bytes = vec![0x89, 0x80, 1, 2, 3, 4]; // an empty ping, masked
     bytes.extend_from_slice(&text_frame(&"h".repeat(60_000))[..40_000]);
-    hoarder.stream.write_all(&bytes).expect("send");
-    wait_readable(&mut server, hoarder.key);
-    let now = Instant::now();
-    server.read(hoarder.key, now);
-    server.end_turn(now);
+    send_and_turn(&mut server, &mut hoarder, &bytes);
     assert_eq!(evictions(&server), 1);
     assert!(!server.clients[reader.key].evicting, "the reader stays");
     assert!(hoarder.next().is_none(), "the hoarder is told to go");
     drop(reader);
 }
 
-/// A reply queued during a turn costs nothing in the ledger until the flush point has offered it
-/// to the socket (which here takes it whole): a pong, between the read and the flush point.
+/// A reply that passes the bound is offered to its socket before anyone is evicted for it: a pong
+/// of 102 bytes under a bound of 64, which the socket takes at once. It counts (the peak says
+/// so), and costs no one their place.
 #[test]
-fn a_reply_counts_only_once_offered_to_the_socket() {
+fn a_reply_past_the_bound_is_offered_to_the_socket_before_anyone_goes() {
     let mut server = server(Config::default());
     let mut peer = Peer::join(&mut server);
-    peer.stream
-        .write_all(&[0x89, 0x84, 1, 2, 3, 4, 5, 6, 7, 8]) // a ping of 4 bytes, masked
-        .expect("ping");
+    server.config.max_client_memory = 64;
+    let mut ping = vec![0x89, 0x80 | 100, 0, 0, 0, 0]; // masked with zeros
+    ping.extend_from_slice(&[b'p'; 100]);
+    peer.stream.write_all(&ping).expect("ping");
     wait_readable(&mut server, peer.key);
     let now = Instant::now();
     server.read(peer.key, now);
-    let client = &server.clients[peer.key];
-    assert!(client.conn.output().capacity() > 0, "the pong is queued");
-    assert_eq!((client.held, server.ledger.total()), (0, 0));
+    assert!(server.ledger.peak() >= 102, "the pong counted");
+    assert_eq!(server.ledger.total(), 0, "the socket took it");
     server.end_turn(now);
-    assert_eq!(server.ledger.total(), 0, "written at once");
+    assert_eq!(evictions(&server), 0);
     peer.fill();
-    assert_eq!(&peer.input[..2], &[0x8A, 4], "the pong");
+    assert_eq!(&peer.input[..2], &[0x8A, 100], "the pong");
+}
+
+/// Replies count as they are queued: clients that each send 100 KB of pings in one turn have
+/// their pongs offered to their sockets past the bound, not piled up uncounted until the flush
+/// point (400 KB of them under a bound of 64 KiB).
+#[test]
+fn replies_queued_in_a_turn_pass_the_bound_by_one_read_at_most() {
+    let bound = 64 * 1024;
+    let mut server = server(Config {
+        max_client_memory: bound,
+        ..Config::default()
+    });
+    let mut peers: Vec<Peer> = (0..4).map(|_| Peer::join(&mut server)).collect();
+    let mut ping = vec![0x89, 0x80 | 125, 0, 0, 0, 0];
+    ping.extend_from_slice(&[b'p'; 125]);
+    let pings: Vec<u8> = ping.repeat(100_000 / ping.len());
+    for peer in &mut peers {
+        peer.stream.write_all(&pings).expect("send");
+    }
+    let keys: Vec<usize> = peers.iter().map(|p| p.key).collect();
+    wait_all_readable(&mut server, &keys);
+    let now = Instant::now();
+    for &key in &keys {
+        server.read(key, now);
+    }
+    let queued: usize = keys
+        .iter()
+        .map(|&k| server.clients[k].conn.output().capacity())
+        .sum();
+    assert!(
+        queued <= bound + super::client::READ_BUDGET,
+        "{queued} bytes of pongs queued under a bound of {bound}"
+    );
+    assert!(server.ledger.total() <= bound + super::client::READ_BUDGET);
+}
+
+/// A holder that letting go cannot shrink (a reader whose Close reply waits behind its backlog:
+/// finishing) is chosen first and dropped; what it holds until then does not cost an ordinary
+/// client with part of a frame its place.
+#[test]
+fn a_finishing_holder_chosen_first_costs_no_one_else_their_place() {
+    let mut server = server(Config {
+        max_outbound: 64 << 20,
+        max_client_memory: 1 << 40,
+        ..Config::default()
+    });
+    let mut reader = Peer::join(&mut server);
+    let mut sender = Peer::join(&mut server);
+    let mut hoarder = Peer::join(&mut server);
+    small_buffers(&server, &reader);
+    fall_behind(&mut server, &reader, &mut sender, &mut hoarder, 3);
+    // The reader says goodbye: its Close is read, the reply queued behind its backlog.
+    let close = [0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xE8 ^ 2]; // 1000, masked
+    send_and_turn(&mut server, &mut reader, &close);
+    drain(&mut sender);
+    drain(&mut hoarder);
+    assert_eq!(server.clients[reader.key].conn.phase(), Phase::Finishing);
+    let frame = text_frame(&"h".repeat(10_000));
+    send_and_turn(&mut server, &mut hoarder, &frame[..2_000]);
+    let (r, h) = (
+        server.clients[reader.key].held,
+        server.clients[hoarder.key].held,
+    );
+    assert!(
+        r > 4 * h,
+        "the finishing reader holds the most: {r} against {h}"
+    );
+    server.config.max_client_memory = server.ledger.total() - 100;
+    send_and_turn(&mut server, &mut hoarder, &frame[2_000..2_010]);
+    assert!(server.ledger.total() <= server.config.max_client_memory);
+    assert!(
+        !server.clients.contains(reader.key),
+        "the reader was dropped"
+    );
+    assert!(!server.clients[hoarder.key].evicting, "the hoarder stays");
+}
+
+/// An evicted client is read again once evicted: its peer's EOF, after our close 1013, ends it
+/// at once rather than at the close timeout.
+#[test]
+fn an_evicted_client_whose_peer_closes_is_reaped_at_once() {
+    let mut server = server(Config {
+        max_client_memory: 16 * 1024,
+        ..Config::default()
+    });
+    let mut hoarder = Peer::join(&mut server);
+    let key = hoarder.key;
+    let frame = text_frame(&"h".repeat(60_000));
+    send_and_turn(&mut server, &mut hoarder, &frame[..30_000]);
+    assert_eq!(evictions(&server), 1);
+    assert!(hoarder.next().is_none(), "close 1013");
+    drop(hoarder);
+    wait_readable(&mut server, key);
+    let now = Instant::now();
+    server.read(key, now);
+    server.end_turn(now);
+    assert!(!server.clients.contains(key), "its peer's EOF ended it");
 }
 
 /// When freed client memory is handed back: the first time as soon as 16 MiB were released and
