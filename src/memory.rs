@@ -100,11 +100,6 @@ impl Ledger {
     pub fn released(&self) -> usize {
         self.released
     }
-
-    /// Clients holding anything.
-    pub fn holders(&self) -> usize {
-        self.holders.len()
-    }
 }
 
 #[cfg(test)]

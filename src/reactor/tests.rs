@@ -484,10 +484,12 @@ fn a_reply_past_the_bound_is_offered_to_the_socket_before_anyone_goes() {
     ping.extend_from_slice(&[b'p'; 100]);
     peer.stream.write_all(&ping).expect("ping");
     wait_readable(&mut server, peer.key);
+    let written = server.room.metrics.bytes_written;
     let now = Instant::now();
     server.read(peer.key, now);
     assert!(server.ledger.peak() >= 102, "the pong counted");
     assert_eq!(server.ledger.total(), 0, "the socket took it");
+    assert_eq!(server.room.metrics.bytes_written, written + 102);
     server.end_turn(now);
     assert_eq!(evictions(&server), 0);
     peer.fill();
@@ -567,6 +569,28 @@ fn a_finishing_holder_chosen_first_costs_no_one_else_their_place() {
         "the reader was dropped"
     );
     assert!(!server.clients[hoarder.key].evicting, "the hoarder stays");
+}
+
+/// A client chosen for eviction is not read again before it is evicted: its partial input is
+/// gone, and what follows it would be read as garbage (a protocol error, not close 1013).
+#[test]
+fn a_client_chosen_is_not_read_until_it_is_evicted() {
+    let mut server = server(Config::default());
+    let mut big = Peer::join(&mut server);
+    let mut small = Peer::join(&mut server);
+    let frame = text_frame(&"h".repeat(60_000));
+    send_and_turn(&mut server, &mut big, &frame[..30_000]);
+    server.config.max_client_memory = server.ledger.total() + 1_000;
+    big.stream.write_all(&frame[30_000..40_000]).expect("send");
+    small.stream.write_all(&frame[..2_000]).expect("send");
+    wait_all_readable(&mut server, &[big.key, small.key]);
+    let now = Instant::now();
+    server.read(small.key, now); // past the bound: the big one is chosen
+    assert!(server.clients[big.key].evicting);
+    server.read(big.key, now);
+    server.end_turn(now);
+    assert_eq!(evictions(&server), 1, "{}", server.render_metrics());
+    assert!(!server.clients[small.key].evicting, "the small one stays");
 }
 
 /// An evicted client is read again once evicted: its peer's EOF, after our close 1013, ends it
