@@ -5,7 +5,8 @@
 #      tokio-rustls + tokio-tungstenite) over wss://, each in the same run;
 #   2. the handshake flood: N wss:// clients at once, handshakes per second and server CPU per
 #      handshake, with an ECDSA P-256 and an RSA 2048 certificate (ws:// beside them);
-#   3. CPU per delivery, ws:// against wss://, at max rate and at 1,000 clients x 100 msg/s.
+#   3. CPU per delivery, ws:// against wss://, at max rate and at 1,000 clients x 100 msg/s, with
+#      the peer over wss:// beside them.
 # The servers take turns within each run (the machine is shared and noisy); medians at the end.
 # Not part of `cargo test` or CI: it builds the peer itself (its own workspace, in target/peers).
 #
@@ -43,9 +44,7 @@ make_cert ec -newkey ec -pkeyopt ec_paramgen_curve:prime256v1
 make_cert rsa -newkey rsa:2048
 
 cargo build --release --bins --quiet
-if [ -z "$ONLY" ] || [ "$ONLY" = idle ]; then # only the idle rows run the peer
-    (cd benches/peers/tokio-tls && CARGO_TARGET_DIR="$PWD/../../../target/peers" cargo build --release --quiet)
-fi
+(cd benches/peers/tokio-tls && CARGO_TARGET_DIR="$PWD/../../../target/peers" cargo build --release --quiet)
 SERVER=${TLS_SERVER:-target/release/mio-chat}
 LOAD=target/release/mio-chat-load
 PEER=target/peers/release/tokio-tls-peer
@@ -123,7 +122,7 @@ for run in $(seq "$RUNS"); do
         for kind in plain ec rsa peer peer4k; do idle "$kind"; done
     fi
     if [ -z "$ONLY" ] || [ "$ONLY" = broadcast ] || [ "$ONLY" = maxrate ]; then
-        for kind in plain ec; do
+        for kind in plain ec peer; do
             broadcast "$kind" maxrate -n 100 --senders 10 --window 64 --duration 10 --size 64
             if [ "$ONLY" != maxrate ]; then
                 broadcast "$kind" paced -n 1000 --senders 1 --rate 100 --duration 10 --size 64
