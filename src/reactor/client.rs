@@ -88,8 +88,8 @@ pub(super) struct Client {
     /// Chosen for eviction and let go of its buffers (see [`keep_within`]); evicted at the
     /// flush point. It takes no batch again, and the ledger counts it as leaving.
     pub evicting: bool,
-    /// What it queued this turn waits for the flush point's write, not yet offered to its
-    /// socket: offered before it could cost the client its place (see [`keep_within`]).
+    /// What it queued since its last write waits for the flush point's write, not yet offered
+    /// to its socket: offered before it could cost anyone their place (see [`keep_within`]).
     pub untried: bool,
 }
 
@@ -267,38 +267,46 @@ pub(super) fn account(ledger: &mut Ledger, key: usize, client: &mut Client) {
 /// the bound before the turn ends. So the total passes the bound by one step at most (a read,
 /// one batch to one client), besides what clients already chosen still hold on their way out.
 ///
-/// The biggest holder goes first (the top of the ledger's index: no walk over all clients), so
-/// hoarders and far-behind readers go before any ordinary client. But bytes queued this turn
-/// and not yet offered to its socket (`untried`: a pong, an echo, the `/metrics` page) are
-/// offered first, here and now, since what a socket takes at once should cost no one their
-/// place; what the socket refuses counts. A client chosen lets go of its buffers there and then
-/// ([`Connection::let_go`]) and is listed for eviction (close 1013 at the flush point); what it
-/// keeps (the rest of one frame, its Close, sealed records) leaves the ledger's index, so it
-/// cannot cost another client its place, and goes out or is dropped at the close timeout.
+/// Past the bound, the bytes queued this turn that no write has been offered yet (`untried`: a
+/// pong, an echo, the `/metrics` page) are offered to their sockets first, here and now, as the
+/// flush point would: what a socket takes at once should cost no one their place, and what it
+/// refuses counts. Then the biggest holder goes first (the top of the ledger's index: no walk
+/// over all clients), so hoarders and far-behind readers go before any ordinary client. A
+/// client chosen lets go of its buffers there and then ([`Connection::let_go`]) and is listed
+/// for eviction (close 1013 at the flush point); what it keeps (the rest of one frame, its
+/// Close, sealed records) leaves the ledger's index, so it cannot cost another client its
+/// place, and goes out or is dropped at the close timeout.
 pub(super) fn keep_within(
     ledger: &mut Ledger,
     clients: &mut Slab<Client>,
     bound: usize,
+    untried: &mut Vec<usize>,
     ending: &mut Vec<(usize, Ending)>,
 ) -> u64 {
+    if ledger.biggest_past(bound).is_none() {
+        return 0;
+    }
     let mut written = 0;
+    for key in untried.drain(..) {
+        let Some(client) = clients.get_mut(key).filter(|c| c.untried) else {
+            continue;
+        };
+        match client.flush() {
+            Ok(n) => written += n as u64,
+            Err(_) => ending.push((key, Ending::PeerLeft)),
+        }
+        client.sent();
+        account(ledger, key, client);
+    }
     while let Some((held, key)) = ledger.biggest_past(bound) {
         let Some(client) = clients.get_mut(key) else {
             ledger.update(key, held, 0); // cannot happen: the reaped leave the ledger
             continue;
         };
-        if client.untried {
-            match client.flush() {
-                Ok(n) => written += n as u64,
-                Err(_) => ending.push((key, Ending::PeerLeft)),
-            }
-            client.sent();
-        } else {
-            client.evicting = true;
-            ledger.leave(key, held);
-            client.conn.let_go();
-            ending.push((key, Ending::Evicted));
-        }
+        client.evicting = true;
+        ledger.leave(key, held);
+        client.conn.let_go();
+        ending.push((key, Ending::Evicted));
         account(ledger, key, client);
     }
     written
@@ -509,8 +517,13 @@ impl Server {
     /// Keeps what all clients hold within `--max-client-memory` (see [`keep_within`]).
     pub(super) fn keep_within_bound(&mut self) {
         let bound = self.config.max_client_memory;
-        self.room.metrics.bytes_written +=
-            keep_within(&mut self.ledger, &mut self.clients, bound, &mut self.ending);
+        self.room.metrics.bytes_written += keep_within(
+            &mut self.ledger,
+            &mut self.clients,
+            bound,
+            &mut self.untried,
+            &mut self.ending,
+        );
     }
 
     /// Brings the loop in line with what just happened to one client: who it is behind a proxy,
@@ -525,8 +538,9 @@ impl Server {
         };
         if !client.has_output() {
             client.conn.written_out(); // a finishing client whose peer is done is over
-        } else if !client.awaiting_writable && !client.dirty {
-            client.untried = true; // queued this turn: the flush point offers it to the socket
+        } else if !client.awaiting_writable && !client.untried {
+            client.untried = true; // queued since its last write: offered at the flush point
+            self.untried.push(key);
         }
         account(&mut self.ledger, key, client);
         // Closed first: an aborted connection keeps its unsent bytes until it is reaped.

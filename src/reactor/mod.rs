@@ -113,6 +113,9 @@ pub struct Server {
     read_buf: Box<[u8]>,
     /// Clients with newly queued bytes, written at the flush point.
     dirty: Vec<usize>,
+    /// Of those, the ones whose bytes no write has been offered yet (`Client::untried`): past
+    /// `--max-client-memory` they are offered first (see [`client::keep_within`]).
+    untried: Vec<usize>,
     /// Clients that used up their read budget (or met a full batch) with bytes still to read.
     unread: Vec<usize>,
     /// Clients whose connection is over, closed at the end of the turn.
@@ -185,6 +188,7 @@ impl Server {
             timers: Timers::default(),
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
             dirty: Vec::new(),
+            untried: Vec::new(),
             unread: Vec::new(),
             closed: Vec::new(),
             ending: Vec::new(),
@@ -304,6 +308,9 @@ impl Server {
                 self.send_everyone_away(now);
             }
             self.write_dirty(now);
+            let clients = &self.clients; // each was just offered to its socket, or is closing
+            self.untried
+                .retain(|&key| clients.get(key).is_some_and(|c| c.untried));
             self.flush_backplane(now);
             if self.dirty.is_empty() && self.ending.is_empty() && !self.room.is_due(now) {
                 return;
@@ -318,6 +325,7 @@ impl Server {
             room,
             clients,
             dirty,
+            untried,
             ending,
             config,
             ledger,
@@ -338,7 +346,8 @@ impl Server {
                 client.dirty = true;
                 dirty.push(key);
             }
-            written += client::keep_within(ledger, clients, config.max_client_memory, &mut evicted);
+            let bound = config.max_client_memory;
+            written += client::keep_within(ledger, clients, bound, untried, &mut evicted);
             Ok(())
         });
         ending.append(&mut evicted);

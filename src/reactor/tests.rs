@@ -496,6 +496,54 @@ fn a_reply_past_the_bound_is_offered_to_the_socket_before_anyone_goes() {
     assert_eq!(&peer.input[..2], &[0x8A, 100], "the pong");
 }
 
+/// A second reply in the same turn is offered too: its client was offered (and its socket took)
+/// the first, and is still on the flush list when the second is queued.
+#[test]
+fn a_second_reply_in_a_turn_is_offered_before_its_client_goes() {
+    let mut server = server(Config::default());
+    let mut peer = Peer::join(&mut server);
+    server.config.max_client_memory = 64;
+    let mut ping = vec![0x89, 0x80 | 100, 0, 0, 0, 0]; // masked with zeros
+    ping.extend_from_slice(&[b'p'; 100]);
+    let now = Instant::now();
+    for round in 0..2 {
+        peer.stream.write_all(&ping).expect("ping");
+        wait_readable(&mut server, peer.key);
+        server.read(peer.key, now); // the same turn comes back to it (as the unread list does)
+        assert!(!server.clients[peer.key].evicting, "round {round}");
+    }
+    server.end_turn(now);
+    assert_eq!(evictions(&server), 0);
+}
+
+/// A reply that passes the bound is offered to its socket before anyone goes, also when its
+/// client is not the biggest holder: a pong of 127 bytes does not cost a reader behind its place.
+#[test]
+fn a_small_reply_past_the_bound_costs_a_bigger_reader_nothing() {
+    let mut server = server(Config {
+        max_outbound: 64 << 20,
+        max_client_memory: 1 << 40,
+        ..Config::default()
+    });
+    let reader = Peer::join(&mut server);
+    let mut sender = Peer::join(&mut server);
+    let mut pinger = Peer::join(&mut server);
+    small_buffers(&server, &reader);
+    fall_behind(&mut server, &reader, &mut sender, &mut pinger, 1);
+    let backlog = server.clients[reader.key].held;
+    assert!(
+        backlog > 1_000 && server.ledger.total() == backlog,
+        "only the reader holds"
+    );
+    server.config.max_client_memory = backlog + 64;
+    let mut ping = vec![0x89, 0x80 | 125, 0, 0, 0, 0]; // masked with zeros
+    ping.extend_from_slice(&[b'p'; 125]);
+    send_and_turn(&mut server, &mut pinger, &ping);
+    assert!(server.ledger.total() <= server.config.max_client_memory);
+    assert!(!server.clients[reader.key].evicting, "the reader stays");
+    assert_eq!(evictions(&server), 0);
+}
+
 /// Replies count as they are queued: clients that each send 100 KB of pings in one turn have
 /// their pongs offered to their sockets past the bound, not piled up uncounted until the flush
 /// point (400 KB of them under a bound of 64 KiB).
