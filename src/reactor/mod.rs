@@ -15,10 +15,11 @@
 //! 5. close the connections that are done.
 //!
 //! The work lists, filled during the turn and drained at the flush point or the turn's end:
-//! `dirty` (bytes queued: written at the flush point), `ending` (past `--max-outbound`, could not
-//! take the batch, or chosen past `--max-client-memory`: ended at the flush point), `unread` (the
-//! turn's read budget spent, the batch full, or a hold just ended: read next turn, without a new
-//! event), `closed` (over: reaped at the end of the turn).
+//! `dirty` (bytes queued: written at the flush point; those not offered to their socket yet are
+//! on `untried` too, offered at once past `--max-client-memory`), `ending` (past
+//! `--max-outbound`, could not take the batch, or chosen past `--max-client-memory`: ended at the
+//! flush point), `unread` (the turn's read budget spent, the batch full, or a hold just ended:
+//! read next turn, without a new event), `closed` (over: reaped at the end of the turn).
 //!
 //! Sockets are edge-triggered (mio always registers `EPOLLET`): an event means "something
 //! changed", so a handler reads (or writes) until the kernel says `WouldBlock`, and whatever
