@@ -113,6 +113,22 @@ fn fall_behind(
     }
 }
 
+/// A server without a memory bound yet and three members: a reader with small buffers that
+/// reads nothing and has had `batches` of chat queued, a sender and a third member that keep up.
+fn a_reader_behind(batches: usize) -> (Server, Peer, Peer, Peer) {
+    let mut server = server(Config {
+        max_outbound: 64 << 20,
+        max_client_memory: 1 << 40,
+        ..Config::default()
+    });
+    let reader = Peer::join(&mut server);
+    let mut sender = Peer::join(&mut server);
+    let mut other = Peer::join(&mut server);
+    small_buffers(&server, &reader);
+    fall_behind(&mut server, &reader, &mut sender, &mut other, batches);
+    (server, reader, sender, other)
+}
+
 /// Reads whatever has arrived for `peer`, without waiting: a member that keeps up.
 fn drain(peer: &mut Peer) {
     peer.stream.set_nonblocking(true).expect("nonblocking");
@@ -444,16 +460,7 @@ fn one_turn_of_reads_passes_the_bound_by_one_read_at_most() {
 /// socket refused a smaller backlog.
 #[test]
 fn a_hoarder_with_a_reply_queued_goes_before_a_reader_behind() {
-    let mut server = server(Config {
-        max_outbound: 64 << 20,
-        max_client_memory: 1 << 40,
-        ..Config::default()
-    });
-    let reader = Peer::join(&mut server);
-    let mut sender = Peer::join(&mut server);
-    let mut hoarder = Peer::join(&mut server);
-    small_buffers(&server, &reader);
-    fall_behind(&mut server, &reader, &mut sender, &mut hoarder, 1);
+    let (mut server, reader, _sender, mut hoarder) = a_reader_behind(1);
     let backlog = server.clients[reader.key].held;
     assert!(
         backlog > 0 && server.ledger.total() == backlog,
@@ -520,16 +527,7 @@ fn a_second_reply_in_a_turn_is_offered_before_its_client_goes() {
 /// client is not the biggest holder: a pong of 127 bytes does not cost a reader behind its place.
 #[test]
 fn a_small_reply_past_the_bound_costs_a_bigger_reader_nothing() {
-    let mut server = server(Config {
-        max_outbound: 64 << 20,
-        max_client_memory: 1 << 40,
-        ..Config::default()
-    });
-    let reader = Peer::join(&mut server);
-    let mut sender = Peer::join(&mut server);
-    let mut pinger = Peer::join(&mut server);
-    small_buffers(&server, &reader);
-    fall_behind(&mut server, &reader, &mut sender, &mut pinger, 1);
+    let (mut server, reader, _sender, mut pinger) = a_reader_behind(1);
     let backlog = server.clients[reader.key].held;
     assert!(
         backlog > 1_000 && server.ledger.total() == backlog,
@@ -583,16 +581,7 @@ fn replies_queued_in_a_turn_pass_the_bound_by_one_read_at_most() {
 /// client with part of a frame its place.
 #[test]
 fn a_finishing_holder_chosen_first_costs_no_one_else_their_place() {
-    let mut server = server(Config {
-        max_outbound: 64 << 20,
-        max_client_memory: 1 << 40,
-        ..Config::default()
-    });
-    let mut reader = Peer::join(&mut server);
-    let mut sender = Peer::join(&mut server);
-    let mut hoarder = Peer::join(&mut server);
-    small_buffers(&server, &reader);
-    fall_behind(&mut server, &reader, &mut sender, &mut hoarder, 3);
+    let (mut server, mut reader, mut sender, mut hoarder) = a_reader_behind(3);
     // The reader says goodbye: its Close is read, the reply queued behind its backlog.
     let close = [0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xE8 ^ 2]; // 1000, masked
     send_and_turn(&mut server, &mut reader, &close);
